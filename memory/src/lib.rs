@@ -1,0 +1,213 @@
+//! Guest RAM for a KVM VMM: the address layout ([`layout`]) and the allocation of guest memory
+//! on `vm-memory`, with transparent hugepages, KSM merging and prefaulting as options.
+//!
+//! This crate knows nothing of KVM: it can be used and tested on any Linux machine.
+
+pub mod layout;
+
+use std::io;
+
+pub use vm_memory::{
+    Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap, GuestUsize, MmapRegion,
+};
+
+use vm_memory::mmap::MmapRegionBuilder;
+
+/// Errors of guest memory creation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The requested size is below what the boot layout needs.
+    #[error("guest memory of {0} bytes is too small: at least {min} MiB are needed", min = layout::MIN_RAM_BYTES >> 20)]
+    TooSmall(u64),
+    /// The requested size is not a whole number of 4 KiB pages.
+    #[error("guest memory of {0} bytes is not a multiple of 4 KiB")]
+    NotPageAligned(u64),
+    /// The requested size exceeds what the host has.
+    #[error("guest memory of {requested} MiB is more than the host's {host} MiB of RAM and swap")]
+    BeyondHost {
+        /// Requested MiB.
+        requested: u64,
+        /// Host MemTotal + SwapTotal in MiB.
+        host: u64,
+    },
+    /// mmap of a region failed.
+    #[error("cannot map {size} bytes of guest memory at {addr:#x}")]
+    Mmap {
+        /// Guest address of the region.
+        addr: u64,
+        /// Length of the region.
+        size: u64,
+        /// The cause.
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    /// madvise on guest memory failed.
+    #[error("madvise({advice}) on guest memory failed")]
+    Madvise {
+        /// Which advice.
+        advice: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The regions could not be put together (overlap; a bug in the layout).
+    #[error("invalid guest memory regions")]
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
+}
+
+/// Result of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How guest RAM is backed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryOptions {
+    /// Ask for transparent hugepages (MADV_HUGEPAGE) on guest RAM.
+    pub hugepages: bool,
+    /// Let KSM merge identical guest pages (MADV_MERGEABLE).
+    pub ksm: bool,
+    /// Fault every page in at creation (MAP_POPULATE) instead of on first guest touch.
+    pub prefault: bool,
+}
+
+/// Checks a guest RAM size against the layout and the host, without allocating.
+pub fn validate_size(ram_bytes: u64) -> Result<()> {
+    if ram_bytes < layout::MIN_RAM_BYTES {
+        return Err(Error::TooSmall(ram_bytes));
+    }
+    if ram_bytes % 4096 != 0 {
+        return Err(Error::NotPageAligned(ram_bytes));
+    }
+    let host = host_memory_bytes().unwrap_or(layout::MAX_RAM_BYTES);
+    if ram_bytes > host.min(layout::MAX_RAM_BYTES) {
+        return Err(Error::BeyondHost {
+            requested: ram_bytes >> 20,
+            host: host >> 20,
+        });
+    }
+    Ok(())
+}
+
+/// The host's RAM plus swap in bytes, from /proc/meminfo; `None` if it cannot be read.
+pub fn host_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    };
+    Some(field("MemTotal:")? + field("SwapTotal:").unwrap_or(0))
+}
+
+/// Creates guest RAM of `ram_bytes` laid out by [`layout::ram_regions`].
+///
+/// Memory is private anonymous and not reserved against overcommit (MAP_NORESERVE): a guest only
+/// costs the host what it touches, as users of a VMM expect.
+pub fn create_guest_memory(ram_bytes: u64, options: MemoryOptions) -> Result<GuestMemoryMmap> {
+    validate_size(ram_bytes)?;
+    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    if options.prefault {
+        flags |= libc::MAP_POPULATE;
+    }
+    let mut regions = Vec::new();
+    for (addr, size) in layout::ram_regions(ram_bytes) {
+        let mapping = MmapRegionBuilder::new(size as usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags)
+            .build()
+            .map_err(|source| Error::Mmap { addr, size, source })?;
+        if options.hugepages {
+            advise(&mapping, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
+        }
+        if options.ksm {
+            advise(&mapping, libc::MADV_MERGEABLE, "MADV_MERGEABLE")?;
+        }
+        // Only fails when the region would wrap the address space, which the layout excludes.
+        let region = GuestRegionMmap::new(mapping, GuestAddress(addr)).ok_or(Error::Mmap {
+            addr,
+            size,
+            source: vm_memory::mmap::MmapRegionError::InvalidPointer,
+        })?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(Error::Regions)
+}
+
+fn advise(mapping: &MmapRegion, advice: libc::c_int, name: &'static str) -> Result<()> {
+    // SAFETY: the range is exactly one mapping owned by `mapping`, alive for this call; the
+    // advices used here (hugepage, mergeable) never change the contents of the memory.
+    let rc = unsafe { libc::madvise(mapping.as_ptr().cast(), mapping.size(), advice) };
+    if rc != 0 {
+        return Err(Error::Madvise {
+            advice: name,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Total guest RAM in bytes.
+pub fn ram_size(mem: &GuestMemoryMmap) -> u64 {
+    mem.iter().map(|r| r.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_zero_small_and_unaligned() {
+        assert!(matches!(validate_size(0), Err(Error::TooSmall(0))));
+        assert!(matches!(validate_size(1 << 20), Err(Error::TooSmall(_))));
+        assert!(matches!(
+            validate_size((64 << 20) + 1),
+            Err(Error::NotPageAligned(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_more_than_the_host_has() {
+        let err = validate_size(1 << 45).unwrap_err();
+        assert!(matches!(err, Error::BeyondHost { .. }), "{err}");
+        assert!(err.to_string().contains("MiB"));
+    }
+
+    #[test]
+    fn creates_small_memory_that_reads_and_writes() {
+        let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
+        assert_eq!(mem.num_regions(), 1);
+        assert_eq!(ram_size(&mem), 64 << 20);
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert!(mem.read_obj::<u8>(GuestAddress(64 << 20)).is_err());
+    }
+
+    #[test]
+    fn creates_memory_above_the_gap_lazily() {
+        // 5 GiB of address space; MAP_NORESERVE means nothing is committed until touched.
+        let mem = create_guest_memory(5 << 30, MemoryOptions::default()).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        assert_eq!(ram_size(&mem), 5 << 30);
+        let top = GuestAddress((6 << 30) - 8);
+        mem.write_obj(7u64, top).unwrap();
+        assert_eq!(mem.read_obj::<u64>(top).unwrap(), 7);
+        assert!(mem.read_obj::<u8>(GuestAddress(layout::MMIO_GAP_START)).is_err());
+    }
+
+    #[test]
+    fn options_apply() {
+        let options = MemoryOptions {
+            hugepages: true,
+            ksm: true,
+            prefault: true,
+        };
+        // THP and KSM may be compiled out of a host kernel; then madvise says EINVAL.
+        match create_guest_memory(4 << 20, options) {
+            Ok(mem) => assert_eq!(ram_size(&mem), 4 << 20),
+            Err(Error::Madvise { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::EINVAL))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
