@@ -43,10 +43,13 @@ pub const PDE_START: u64 = 0xb000;
 pub const CMDLINE_START: u64 = 0x20000;
 /// Largest command line we pass, including the NUL (x86 Linux's COMMAND_LINE_SIZE).
 pub const CMDLINE_MAX_SIZE: usize = 2048;
-/// Extended BIOS data area, where the MP table goes; reserved in the e820 map.
+/// Extended BIOS data area, where the MP table goes. From here to [`HIGH_RAM_START`] the e820 map
+/// says reserved; the MP table may run past 640 KiB into the legacy hole for many vCPUs.
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of conventional memory (the VGA/ROM hole follows).
 pub const EBDA_END: u64 = 0xa0000;
+/// Room for the MP table: from the EBDA to the first byte of high RAM.
+pub const MPTABLE_MAX_SIZE: u64 = HIGH_RAM_START - EBDA_START;
 /// First byte of RAM above the legacy hole: kernels and the initrd load at or above it.
 pub const HIGH_RAM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap: no RAM between here and 4 GiB.
@@ -129,8 +132,8 @@ pub fn low_ram_end(ram_bytes: u64) -> u64 {
 
 /// The memory map the guest sees (e820 for Linux, memmap for PVH), sorted by address.
 ///
-/// Conventional memory stops at the EBDA, which holds the MP table and is reserved; the legacy
-/// hole from 640 KiB to 1 MiB is left out (it is no RAM); the rest follows [`ram_regions`].
+/// Conventional memory stops at the EBDA; from there to 1 MiB (MP table, legacy hole) is reserved;
+/// the rest follows [`ram_regions`].
 pub fn memory_map(ram_bytes: u64) -> Vec<MemoryMapEntry> {
     let mut map = vec![
         MemoryMapEntry {
@@ -140,7 +143,7 @@ pub fn memory_map(ram_bytes: u64) -> Vec<MemoryMapEntry> {
         },
         MemoryMapEntry {
             addr: EBDA_START,
-            size: EBDA_END - EBDA_START,
+            size: HIGH_RAM_START - EBDA_START,
             kind: MemoryKind::Reserved,
         },
     ];
@@ -201,6 +204,7 @@ mod tests {
             .sum();
         // All RAM but the EBDA and the 640 KiB..1 MiB hole is usable.
         assert_eq!(ram, (5 << 30) - (HIGH_RAM_START - EBDA_START));
+        assert_eq!(map[1].addr + map[1].size, HIGH_RAM_START);
         for pair in map.windows(2) {
             assert!(pair[0].addr + pair[0].size <= pair[1].addr, "overlap in {map:?}");
         }
