@@ -1,1 +1,17 @@
-//! (under construction)
+//! KVM VM and vCPU setup for x86-64 guests on `kvm-ioctls`: opening /dev/kvm with clear errors,
+//! the in-kernel irqchip and PIT, memory slots, irqfd/ioeventfd, per-vCPU CPUID normalization,
+//! boot MSRs, long-mode and 32-bit (PVH) entry registers, FPU, LAPIC, and the run loop that
+//! hands port and MMIO exits to an [`ExitHandler`].
+//!
+//! This crate knows KVM but no devices: `vmm-core` implements [`ExitHandler`] with its buses.
+
+pub mod cpuid;
+mod error;
+pub mod regs;
+pub mod run;
+pub mod vm;
+
+pub use error::{Error, Result};
+pub use run::{ExitHandler, VcpuExitReason, VcpuKicker, Vcpu};
+pub use vm::{is_pvm_host, BootEntry, Vm, VmOptions, PVM_EXPLANATION};
+pub use vmm_sys_util::eventfd::EventFd;

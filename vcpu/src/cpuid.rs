@@ -1,0 +1,182 @@
+//! Per-vCPU CPUID from KVM's supported CPUID: APIC ids and topology (one socket, one thread per
+//! core, `vcpu_count` cores), the hypervisor bit, and nothing the VMM cannot back.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+const LEAF_FEATURES: u32 = 0x1;
+const LEAF_CACHE_PARAMS: u32 = 0x4;
+const LEAF_PMU: u32 = 0xa;
+const LEAF_EXT_TOPOLOGY: u32 = 0xb;
+const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
+const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
+
+const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
+const EDX_HTT: u32 = 1 << 28;
+
+/// Topology level types in leaves 0xB / 0x1F.
+const LEVEL_SMT: u32 = 1;
+const LEVEL_CORE: u32 = 2;
+
+/// Bits needed for APIC ids of `count` cores (the x2APIC id shift of the core level).
+fn apic_id_bits(count: u8) -> u32 {
+    let count = u32::from(count.max(1));
+    32 - (count - 1).leading_zeros()
+}
+
+/// Rewrites `cpuid` (KVM's supported CPUID) for vCPU `index` of `vcpu_count`.
+pub fn normalize(cpuid: &mut CpuId, index: u8, vcpu_count: u8) {
+    let apic_id = u32::from(index);
+    let count = u32::from(vcpu_count.max(1));
+    for entry in cpuid.as_mut_slice() {
+        normalize_entry(entry, apic_id, count, apic_id_bits(vcpu_count));
+    }
+}
+
+fn normalize_entry(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_bits: u32) {
+    match entry.function {
+        LEAF_FEATURES => {
+            // EBX: APIC id in 31:24, logical processors per package in 23:16, CLFLUSH 8 qwords.
+            entry.ebx = (apic_id << 24) | ((count & 0xff) << 16) | (8 << 8);
+            entry.ecx |= ECX_HYPERVISOR;
+            // KVM offers the TSC deadline timer only through the in-kernel LAPIC, which we have.
+            entry.ecx |= ECX_TSC_DEADLINE;
+            if count > 1 {
+                entry.edx |= EDX_HTT;
+            } else {
+                entry.edx &= !EDX_HTT;
+            }
+        }
+        LEAF_CACHE_PARAMS => {
+            // EAX 31:26: cores per package - 1; 25:14: threads sharing this cache - 1
+            // (one per core, except the shared last level).
+            let level = (entry.eax >> 5) & 0x7;
+            let sharing = if level >= 3 { count - 1 } else { 0 };
+            entry.eax &= 0x3fff;
+            entry.eax |= ((count - 1) & 0x3f) << 26;
+            entry.eax |= (sharing & 0xfff) << 14;
+        }
+        LEAF_PMU => {
+            // No virtual PMU: guests must not program counters we never set up.
+            entry.eax = 0;
+            entry.ebx = 0;
+            entry.ecx = 0;
+            entry.edx = 0;
+        }
+        LEAF_EXT_TOPOLOGY | LEAF_V2_EXT_TOPOLOGY => {
+            entry.edx = apic_id;
+            match entry.index {
+                0 => {
+                    entry.eax = 0; // one thread per core
+                    entry.ebx = 1;
+                    entry.ecx = (LEVEL_SMT << 8) | entry.index;
+                }
+                1 => {
+                    entry.eax = core_bits;
+                    entry.ebx = count;
+                    entry.ecx = (LEVEL_CORE << 8) | entry.index;
+                }
+                _ => {
+                    entry.eax = 0;
+                    entry.ebx = 0;
+                    entry.ecx = entry.index;
+                }
+            }
+        }
+        LEAF_AMD_SIZES => {
+            // ECX 15:12: APIC id size; 7:0: cores - 1.
+            entry.ecx = (core_bits << 12) | ((count - 1) & 0xff);
+        }
+        LEAF_AMD_EXT_APIC => {
+            entry.eax = apic_id;
+            entry.ebx &= !0xff00; // one thread per compute unit
+            entry.ecx &= !0x700; // one node
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
+    }
+
+    fn sample() -> CpuId {
+        CpuId::from_entries(&[
+            leaf(0, 0),
+            kvm_cpuid_entry2 {
+                edx: EDX_HTT,
+                ..leaf(LEAF_FEATURES, 0)
+            },
+            kvm_cpuid_entry2 {
+                eax: (3 << 5) | 0x3,
+                ..leaf(LEAF_CACHE_PARAMS, 3)
+            },
+            leaf(LEAF_EXT_TOPOLOGY, 0),
+            leaf(LEAF_EXT_TOPOLOGY, 1),
+            leaf(LEAF_EXT_TOPOLOGY, 2),
+            kvm_cpuid_entry2 {
+                eax: 0x1234,
+                ..leaf(LEAF_PMU, 0)
+            },
+            leaf(LEAF_AMD_SIZES, 0),
+            leaf(LEAF_AMD_EXT_APIC, 0),
+        ])
+        .unwrap()
+    }
+
+    fn find(cpuid: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap()
+    }
+
+    #[test]
+    fn apic_ids_and_counts_per_vcpu() {
+        for (index, count) in [(0u8, 1u8), (3, 4), (7, 8), (5, 6)] {
+            let mut cpuid = sample();
+            normalize(&mut cpuid, index, count);
+            let f = find(&cpuid, LEAF_FEATURES, 0);
+            assert_eq!(f.ebx >> 24, u32::from(index));
+            assert_eq!((f.ebx >> 16) & 0xff, u32::from(count));
+            assert_ne!(f.ecx & ECX_HYPERVISOR, 0);
+            assert_eq!(f.edx & EDX_HTT != 0, count > 1);
+            assert_eq!(find(&cpuid, LEAF_EXT_TOPOLOGY, 0).edx, u32::from(index));
+            assert_eq!(find(&cpuid, LEAF_EXT_TOPOLOGY, 1).ebx, u32::from(count));
+            assert_eq!(find(&cpuid, LEAF_EXT_TOPOLOGY, 1).ecx >> 8, LEVEL_CORE);
+            assert_eq!(find(&cpuid, LEAF_EXT_TOPOLOGY, 2).ecx >> 8, 0);
+            assert_eq!(find(&cpuid, LEAF_AMD_EXT_APIC, 0).eax, u32::from(index));
+            assert_eq!(
+                find(&cpuid, LEAF_AMD_SIZES, 0).ecx & 0xff,
+                u32::from(count) - 1
+            );
+            let cache = find(&cpuid, LEAF_CACHE_PARAMS, 3);
+            assert_eq!(cache.eax >> 26, u32::from(count) - 1);
+            assert_eq!(cache.eax & 0x1f, 0x3, "cache type kept");
+            assert_eq!(find(&cpuid, LEAF_PMU, 0).eax, 0);
+        }
+    }
+
+    #[test]
+    fn core_bits_cover_every_apic_id() {
+        assert_eq!(apic_id_bits(1), 0);
+        assert_eq!(apic_id_bits(2), 1);
+        assert_eq!(apic_id_bits(3), 2);
+        assert_eq!(apic_id_bits(8), 3);
+        assert_eq!(apic_id_bits(9), 4);
+        assert_eq!(apic_id_bits(254), 8);
+        for n in 1..=254u8 {
+            assert!(u32::from(n - 1) < (1 << apic_id_bits(n)));
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! A vCPU: configuration for boot and the run loop, with a kick (signal + immediate_exit)
+//! that gets a vCPU out of KVM_RUN from another thread.
+
+use std::cell::Cell;
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+
+use kvm_bindings::{kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_memory::GuestMemoryMmap;
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::cpuid;
+use crate::error::{kvm_err, Error, Result};
+use crate::regs;
+use crate::vm::{is_pvm_host, BootEntry, Vm, PVM_EXPLANATION};
+
+/// Receives the exits that the VMM's devices must answer. `vmm-core` implements it with its
+/// port and MMIO buses; the run loop never knows which device it talks to.
+pub trait ExitHandler: Send + Sync {
+    /// A guest IN: fill `data` (1, 2 or 4 bytes).
+    fn pio_read(&self, port: u16, data: &mut [u8]);
+    /// A guest OUT.
+    fn pio_write(&self, port: u16, data: &[u8]);
+    /// A guest read of unbacked memory: fill `data`.
+    fn mmio_read(&self, addr: u64, data: &mut [u8]);
+    /// A guest write to unbacked memory.
+    fn mmio_write(&self, addr: u64, data: &[u8]);
+}
+
+/// Why a vCPU's run loop ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuExitReason {
+    /// KVM_EXIT_SHUTDOWN: a triple fault, which x86 guests use to reset.
+    TripleFault,
+    /// KVM_SYSTEM_EVENT_RESET (e.g. a PSCI or ACPI reset).
+    SystemReset,
+    /// KVM_SYSTEM_EVENT_SHUTDOWN.
+    SystemShutdown,
+    /// KVM_SYSTEM_EVENT_CRASH.
+    SystemCrash,
+    /// KVM_EXIT_HLT (only without the in-kernel irqchip, which otherwise handles HLT).
+    Halted,
+    /// Another thread asked this vCPU to stop (see [`VcpuKicker`]).
+    Stopped,
+}
+
+thread_local! {
+    /// The kvm_run page of the vCPU running on this thread, for the kick signal handler.
+    static KVM_RUN_PAGE: Cell<*mut kvm_run> = const { Cell::new(null_mut()) };
+}
+
+extern "C" fn kick_signal_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only a thread-local read and one byte store: async-signal-safe.
+    let page = KVM_RUN_PAGE.with(|p| p.get());
+    if !page.is_null() {
+        // SAFETY: the pointer is this thread's own kvm_run mapping, set by `Vcpu::run` while it
+        // runs and cleared before the mapping can go away; immediate_exit is a plain byte that
+        // KVM reads on entry, so a volatile store is what it needs.
+        unsafe { std::ptr::addr_of_mut!((*page).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// The signal that kicks vCPU threads.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+fn install_kick_handler() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), kick_signal_handler).map_err(Error::Signal);
+    });
+    result
+}
+
+/// Stops one vCPU thread from another: sets its stop flag, then signals the thread so that it
+/// leaves KVM_RUN (or does not enter it: the handler sets immediate_exit).
+#[derive(Clone, Debug)]
+pub struct VcpuKicker {
+    stop: Arc<AtomicBool>,
+    thread: Arc<std::sync::Mutex<Option<libc::pthread_t>>>,
+}
+
+impl VcpuKicker {
+    fn new(stop: Arc<AtomicBool>) -> Self {
+        VcpuKicker {
+            stop,
+            thread: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    /// Asks the vCPU to stop and kicks it out of KVM_RUN.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = *self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(thread) = thread {
+            // SAFETY: `thread` is the pthread id of a vCPU thread recorded while it runs its loop
+            // and cleared before that loop returns; the signal's handler is installed before
+            // any vCPU runs. A thread that already left only gets ESRCH, which is ignored.
+            unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }
+    }
+
+    /// Whether a stop was asked for.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// One KVM vCPU.
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+    kicker: VcpuKicker,
+}
+
+impl Vcpu {
+    pub(crate) fn new(index: u8, fd: VcpuFd) -> Self {
+        Vcpu {
+            index,
+            fd,
+            kicker: VcpuKicker::new(Arc::new(AtomicBool::new(false))),
+        }
+    }
+
+    /// This vCPU's index (and APIC id).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The raw vCPU fd, for state save/restore and tests.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// A handle other threads use to stop this vCPU.
+    pub fn kicker(&self) -> VcpuKicker {
+        self.kicker.clone()
+    }
+
+    /// Sets CPUID, MSRs, FPU and LAPIC; for the boot vCPU (`boot` given) also the entry
+    /// registers, GDT and page tables in `mem`.
+    pub fn configure(&self, vm: &Vm, mem: &GuestMemoryMmap, boot: Option<BootEntry>, vcpu_count: u8) -> Result<()> {
+        let mut cpuid = vm.supported_cpuid().clone();
+        cpuid::normalize(&mut cpuid, self.index, vcpu_count);
+        self.fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+
+        let msrs = regs::boot_msrs();
+        let written = self.fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+        if written != msrs.as_slice().len() {
+            let index = msrs.as_slice()[written].index;
+            return Err(Error::Kvm {
+                what: if index == regs::msr::MTRR_DEF_TYPE { "KVM_SET_MSRS (MTRR_DEF_TYPE)" } else { "KVM_SET_MSRS" },
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            });
+        }
+        self.fd.set_fpu(&regs::boot_fpu()).map_err(kvm_err("KVM_SET_FPU"))?;
+        if vm.has_irqchip() {
+            let mut lapic = self.fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+            regs::set_lint_pins(&mut lapic);
+            self.fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
+        }
+        if let Some(entry) = boot {
+            let sregs = self.fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+            let sregs = regs::setup_sregs(mem, entry, sregs)?;
+            self.fd.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+            self.fd.set_regs(&regs::boot_regs(entry)).map_err(kvm_err("KVM_SET_REGS"))?;
+        }
+        Ok(())
+    }
+
+    fn rip(&self) -> u64 {
+        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    /// Runs the vCPU until the guest resets or shuts down, a fatal exit happens, or a
+    /// [`VcpuKicker`] stops it. Port and MMIO exits go to `handler`.
+    pub fn run(&mut self, handler: &dyn ExitHandler) -> Result<VcpuExitReason> {
+        install_kick_handler()?;
+        let page: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN_PAGE.with(|p| p.set(page));
+        // SAFETY: pthread_self has no preconditions.
+        *self.kicker.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(unsafe { libc::pthread_self() });
+        let result = self.run_loop(handler);
+        *self.kicker.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        KVM_RUN_PAGE.with(|p| p.set(null_mut()));
+        result
+    }
+
+    fn run_loop(&mut self, handler: &dyn ExitHandler) -> Result<VcpuExitReason> {
+        let vcpu = self.index;
+        loop {
+            if self.kicker.stop_requested() {
+                return Ok(VcpuExitReason::Stopped);
+            }
+            let fatal = match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    handler.pio_read(port, data);
+                    continue;
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    handler.pio_write(port, data);
+                    continue;
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    handler.mmio_read(addr, data);
+                    continue;
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    handler.mmio_write(addr, data);
+                    continue;
+                }
+                Ok(VcpuExit::Hlt) => return Ok(VcpuExitReason::Halted),
+                Ok(VcpuExit::Shutdown) => return Ok(VcpuExitReason::TripleFault),
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    return Ok(match kind {
+                        KVM_SYSTEM_EVENT_SHUTDOWN => VcpuExitReason::SystemShutdown,
+                        KVM_SYSTEM_EVENT_RESET => VcpuExitReason::SystemReset,
+                        KVM_SYSTEM_EVENT_CRASH => VcpuExitReason::SystemCrash,
+                        other => {
+                            let name = format!("SystemEvent({other})");
+                            return Err(Error::UnhandledExit { vcpu, name, rip: self.rip() });
+                        }
+                    })
+                }
+                Ok(VcpuExit::Intr) => {
+                    self.clear_immediate_exit();
+                    continue;
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => Fatal::FailEntry(reason, cpu),
+                Ok(VcpuExit::InternalError) => {
+                    // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                    // union member KVM filled in.
+                    let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    Fatal::Internal(suberror)
+                }
+                Ok(other) => Fatal::Unhandled(exit_name(&other)),
+                Err(e) if e.errno() == libc::EINTR => {
+                    self.clear_immediate_exit();
+                    continue;
+                }
+                Err(e) if e.errno() == libc::EAGAIN => continue,
+                Err(source) => return Err(Error::Run { vcpu, source }),
+            };
+            let rip = self.rip();
+            return Err(match fatal {
+                Fatal::FailEntry(reason, cpu) => Error::FailEntry { vcpu, reason, cpu, rip },
+                Fatal::Internal(suberror) => Error::InternalError {
+                    vcpu,
+                    suberror,
+                    what: internal_error_name(suberror),
+                    rip,
+                    pvm: if is_pvm_host() && suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
+                        format!("; {PVM_EXPLANATION}")
+                    } else {
+                        String::new()
+                    },
+                },
+                Fatal::Unhandled(name) => Error::UnhandledExit { vcpu, name, rip },
+            });
+        }
+    }
+
+    fn clear_immediate_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(0);
+    }
+}
+
+enum Fatal {
+    FailEntry(u64, u32),
+    Internal(u32),
+    Unhandled(String),
+}
+
+fn internal_error_name(suberror: u32) -> &'static str {
+    match suberror {
+        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => ", emulation failure",
+        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => ", exception during exception delivery",
+        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => ", event delivery failed",
+        kvm_bindings::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => ", unexpected exit reason",
+        _ => "",
+    }
+}
+
+fn exit_name(exit: &VcpuExit) -> String {
+    let debug = format!("{exit:?}");
+    // "Hypercall(...)" -> "Hypercall": the variant name is what a person needs.
+    let name = debug.split(['(', ' ', '{']).next().unwrap_or("Unknown");
+    format!("KVM_EXIT {name}")
+}

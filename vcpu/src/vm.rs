@@ -1,0 +1,210 @@
+//! The KVM VM: /dev/kvm, the VM fd, irqchip, PIT, memory slots, irqfd and ioeventfd.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_memory::{layout, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::error::{kvm_err, Error, Result};
+use crate::run::Vcpu;
+
+/// What a PVM host means for the guest, said once wherever it matters.
+pub const PVM_EXPLANATION: &str = "this host's /dev/kvm is PVM (kvm_pvm module, no VT-x/AMD-V): it runs guest \
+kernel code through KVM's instruction emulator, so an ordinary Linux kernel cannot boot here; use a host with \
+hardware virtualization (or ../shared/testhost)";
+
+/// True when /dev/kvm comes from the kvm_pvm module.
+pub fn is_pvm_host() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Where the boot vCPU starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootEntry {
+    /// 64-bit Linux boot protocol: long mode, identity paging, RSI = boot_params.
+    Long64 {
+        /// Entry point.
+        rip: u64,
+        /// Guest address of boot_params.
+        boot_params: u64,
+    },
+    /// PVH: 32-bit protected mode, paging off, EBX = hvm_start_info.
+    Protected32 {
+        /// Entry point.
+        eip: u64,
+        /// Guest address of hvm_start_info.
+        start_info: u64,
+    },
+}
+
+/// VM creation options.
+#[derive(Clone, Copy, Debug)]
+pub struct VmOptions {
+    /// Create the in-kernel irqchip (IOAPIC, PIC, LAPICs) and PIT. Off only for tests that want
+    /// HLT to exit to user space.
+    pub irqchip: bool,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions { irqchip: true }
+    }
+}
+
+/// A KVM VM.
+pub struct Vm {
+    kvm: Kvm,
+    fd: Arc<VmFd>,
+    supported_cpuid: CpuId,
+    irqchip: bool,
+}
+
+impl Vm {
+    /// Opens /dev/kvm and creates a VM with the in-kernel irqchip and PIT.
+    pub fn new(options: VmOptions) -> Result<Vm> {
+        let kvm = open_kvm()?;
+        let version = kvm.get_api_version();
+        if version != 12 {
+            return Err(Error::ApiVersion(version));
+        }
+        let mut required = vec![
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+            (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        ];
+        if options.irqchip {
+            required.extend([
+                (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+                (Cap::Pit2, "KVM_CAP_PIT2"),
+                (Cap::Irqfd, "KVM_CAP_IRQFD"),
+                (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+            ]);
+        }
+        for (cap, name) in required {
+            if !kvm.check_extension(cap) {
+                return Err(Error::MissingCapability(name));
+            }
+        }
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        if options.irqchip {
+            fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+            // The dummy speaker port keeps port 0x61 in the kernel, as guests poke it while
+            // calibrating timers.
+            let pit = kvm_pit_config {
+                flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        }
+        Ok(Vm {
+            kvm,
+            fd: Arc::new(fd),
+            supported_cpuid,
+            irqchip: options.irqchip,
+        })
+    }
+
+    /// The most vCPUs this VM can have: KVM's recommended limit, and below 255 APIC ids so the
+    /// IOAPIC id and the broadcast id stay free.
+    pub fn max_vcpus(&self) -> u64 {
+        (self.kvm.get_nr_vcpus().max(1) as u64).min(254)
+    }
+
+    /// Checks a vCPU count against [`Vm::max_vcpus`].
+    pub fn check_vcpu_count(&self, count: u64) -> Result<()> {
+        let max = self.max_vcpus();
+        if count == 0 || count > max {
+            return Err(Error::VcpuCount {
+                requested: count,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// The CPUID KVM supports on this host, before per-vCPU normalization.
+    pub fn supported_cpuid(&self) -> &CpuId {
+        &self.supported_cpuid
+    }
+
+    /// The VM file descriptor.
+    pub fn fd(&self) -> &Arc<VmFd> {
+        &self.fd
+    }
+
+    /// Whether the in-kernel irqchip exists.
+    pub fn has_irqchip(&self) -> bool {
+        self.irqchip
+    }
+
+    /// Registers every guest memory region as a KVM memory slot.
+    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<()> {
+        let slots = self.kvm.get_nr_memslots();
+        if mem.num_regions() > slots {
+            return Err(Error::TooManyMemorySlots(mem.num_regions()));
+        }
+        for (slot, region) in mem.iter().enumerate() {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|_| Error::GuestMemory { what: "memory slot" })?;
+            let entry = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `mem` of exactly `memory_size` bytes;
+            // the caller keeps `mem` alive as long as the VM (vmm-core holds both together), so
+            // KVM never sees a dangling host address.
+            unsafe { self.fd.set_user_memory_region(entry) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes a write to `fd` raise guest interrupt line `gsi` (KVM_IRQFD).
+    pub fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .register_irqfd(fd, gsi)
+            .map_err(kvm_err("KVM_IRQFD"))
+    }
+
+    /// Makes a guest write to MMIO address `addr` signal `fd` without leaving KVM (KVM_IOEVENTFD).
+    pub fn register_mmio_ioeventfd(&self, fd: &EventFd, addr: u64) -> Result<()> {
+        self.fd
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), kvm_ioctls::NoDatamatch)
+            .map_err(kvm_err("KVM_IOEVENTFD"))
+    }
+
+    /// Creates vCPU `index` (its APIC id is the same number).
+    pub fn create_vcpu(&self, index: u8) -> Result<Vcpu> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        Ok(Vcpu::new(index, fd))
+    }
+}
+
+fn open_kvm() -> Result<Kvm> {
+    let path = Path::new("/dev/kvm");
+    if !path.exists() {
+        return Err(Error::NoKvmDevice);
+    }
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::EACCES | libc::EPERM => Error::KvmPermission,
+        libc::ENOENT => Error::NoKvmDevice,
+        _ => Error::OpenKvm(std::io::Error::from_raw_os_error(e.errno())),
+    })
+}

@@ -1,0 +1,206 @@
+//! Tier 2: tiny guests written here, run on this machine's /dev/kvm (PVM works too). They cover
+//! long-mode and PVH entry, port and MMIO exits through the handler, HLT, triple fault, several
+//! vCPUs at once, and the kick that stops a vCPU spinning in the guest.
+
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+use vmm_memory::{create_guest_memory, layout, GuestMemoryMmap, MemoryOptions};
+use vmm_vcpu::{BootEntry, ExitHandler, VcpuExitReason, Vm, VmOptions};
+
+const CODE: u64 = 0x10_0000;
+/// Unbacked guest address inside the boot identity map (RAM is 16 MiB): an MMIO exit.
+const MMIO_ADDR: u64 = 0x200_0000;
+
+#[derive(Default)]
+struct Recorder {
+    log: Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl ExitHandler for Recorder {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        data.fill(0x5a);
+        self.log.lock().unwrap().push(format!("in {port:#x} {}", data.len()));
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        self.log.lock().unwrap().push(format!("out {port:#x} {data:02x?}"));
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        data.fill(0xab);
+        self.log.lock().unwrap().push(format!("mmio-read {addr:#x} {}", data.len()));
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        self.log.lock().unwrap().push(format!("mmio-write {addr:#x} {data:02x?}"));
+    }
+}
+
+fn vm_with_code(code: &[u8], irqchip: bool) -> (Vm, GuestMemoryMmap) {
+    let vm = Vm::new(VmOptions { irqchip }).expect("/dev/kvm must be usable for tier-2 tests");
+    let mem = create_guest_memory(16 << 20, MemoryOptions::default()).unwrap();
+    mem.write_slice(code, GuestAddress(CODE)).unwrap();
+    vm.register_memory(&mem).unwrap();
+    (vm, mem)
+}
+
+fn long64() -> BootEntry {
+    BootEntry::Long64 {
+        rip: CODE,
+        boot_params: layout::ZERO_PAGE_START,
+    }
+}
+
+#[rustfmt::skip]
+const LONG_MODE_IO: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03,             // mov dx, 0x3f8
+    0xb0, b'A',                         // mov al, 'A'
+    0xee,                               // out dx, al
+    0xe4, 0x60,                         // in al, 0x60
+    0xe6, 0x80,                         // out 0x80, al   (echo what the handler gave)
+    0x48, 0xb8, 0x00, 0x00, 0x00, 0x02, 0, 0, 0, 0, // mov rax, 0x2000000
+    0x8b, 0x18,                         // mov ebx, [rax]
+    0xc7, 0x00, 0x78, 0x56, 0x34, 0x12, // mov dword [rax], 0x12345678
+    0x89, 0xd8,                         // mov eax, ebx
+    0xe7, 0x84,                         // out 0x84, eax  (echo the MMIO read)
+    0xf4,                               // hlt
+];
+
+#[test]
+fn long_mode_guest_does_port_and_mmio_exits_then_halts() {
+    let (vm, mem) = vm_with_code(LONG_MODE_IO, false);
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.configure(&vm, &mem, Some(long64()), 1).unwrap();
+    let handler = Recorder::default();
+    assert_eq!(vcpu.run(&handler).unwrap(), VcpuExitReason::Halted);
+    assert_eq!(
+        handler.lines(),
+        vec![
+            "out 0x3f8 [41]".to_string(),
+            "in 0x60 1".into(),
+            "out 0x80 [5a]".into(),
+            format!("mmio-read {MMIO_ADDR:#x} 4"),
+            format!("mmio-write {MMIO_ADDR:#x} [78, 56, 34, 12]"),
+            "out 0x84 [ab, ab, ab, ab]".into(),
+        ]
+    );
+    let regs = vcpu.fd().get_regs().unwrap();
+    assert_eq!(regs.rip, CODE + LONG_MODE_IO.len() as u64, "stopped after the HLT");
+    let sregs = vcpu.fd().get_sregs().unwrap();
+    assert_ne!(sregs.efer & (1 << 10), 0, "long mode active");
+}
+
+#[test]
+fn pvh_entry_runs_32_bit_code_with_start_info_in_ebx() {
+    #[rustfmt::skip]
+    let code = [
+        0x89, 0xd8,             // mov eax, ebx
+        0xe7, 0x88,             // out 0x88, eax
+        0xf4,                   // hlt
+    ];
+    let (vm, mem) = vm_with_code(&code, false);
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    let entry = BootEntry::Protected32 {
+        eip: CODE,
+        start_info: layout::PVH_INFO_START,
+    };
+    vcpu.configure(&vm, &mem, Some(entry), 1).unwrap();
+    let handler = Recorder::default();
+    assert_eq!(vcpu.run(&handler).unwrap(), VcpuExitReason::Halted);
+    let start = layout::PVH_INFO_START.to_le_bytes();
+    assert_eq!(handler.lines(), vec![format!("out 0x88 {:02x?}", &start[..4])]);
+}
+
+#[test]
+fn undefined_instruction_without_idt_is_a_triple_fault() {
+    let (vm, mem) = vm_with_code(&[0x0f, 0x0b], false); // ud2
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.configure(&vm, &mem, Some(long64()), 1).unwrap();
+    assert_eq!(vcpu.run(&Recorder::default()).unwrap(), VcpuExitReason::TripleFault);
+}
+
+#[test]
+fn several_vcpus_run_at_once() {
+    const VCPUS: u8 = 4;
+    let vm = Vm::new(VmOptions { irqchip: false }).unwrap();
+    let mem = create_guest_memory(16 << 20, MemoryOptions::default()).unwrap();
+    for i in 0..VCPUS {
+        // Each vCPU gets its own entry: out 0x80, <index>; hlt.
+        let code = [0xb0, i, 0xe6, 0x80, 0xf4];
+        mem.write_slice(&code, GuestAddress(CODE + 0x100 * u64::from(i))).unwrap();
+    }
+    vm.register_memory(&mem).unwrap();
+    let handler = Recorder::default();
+    thread::scope(|s| {
+        for i in 0..VCPUS {
+            let mut vcpu = vm.create_vcpu(i).unwrap();
+            let entry = BootEntry::Long64 {
+                rip: CODE + 0x100 * u64::from(i),
+                boot_params: 0,
+            };
+            vcpu.configure(&vm, &mem, Some(entry), VCPUS).unwrap();
+            let handler = &handler;
+            s.spawn(move || assert_eq!(vcpu.run(handler).unwrap(), VcpuExitReason::Halted));
+        }
+    });
+    let mut lines = handler.lines();
+    lines.sort();
+    let expected: Vec<String> = (0..VCPUS).map(|i| format!("out 0x80 [{i:02x}]")).collect();
+    assert_eq!(lines, expected);
+}
+
+#[test]
+fn kick_stops_a_spinning_vcpu_promptly() {
+    let (vm, mem) = vm_with_code(&[0xeb, 0xfe], true); // jmp $
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.configure(&vm, &mem, Some(long64()), 1).unwrap();
+    let kicker = vcpu.kicker();
+    let runner = thread::spawn(move || vcpu.run(&Recorder::default()));
+    thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    kicker.stop();
+    let reason = runner.join().unwrap().unwrap();
+    let latency = asked.elapsed();
+    assert_eq!(reason, VcpuExitReason::Stopped);
+    // A generous bound: this asserts "the kick works", not a speed target (the host is noisy).
+    assert!(latency < Duration::from_secs(5), "stop took {latency:?}");
+}
+
+#[test]
+fn kick_before_run_stops_immediately() {
+    let (vm, mem) = vm_with_code(&[0xeb, 0xfe], true);
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.configure(&vm, &mem, Some(long64()), 1).unwrap();
+    vcpu.kicker().stop();
+    assert_eq!(vcpu.run(&Recorder::default()).unwrap(), VcpuExitReason::Stopped);
+}
+
+#[test]
+fn vcpu_count_limits() {
+    let vm = Vm::new(VmOptions::default()).unwrap();
+    assert!(vm.check_vcpu_count(0).is_err());
+    assert!(vm.check_vcpu_count(1).is_ok());
+    let max = vm.max_vcpus();
+    assert!(vm.check_vcpu_count(max).is_ok());
+    let err = vm.check_vcpu_count(max + 1).unwrap_err().to_string();
+    assert!(err.contains(&format!("1 to {max}")), "{err}");
+}
+
+#[test]
+fn configured_cpuid_carries_the_apic_id() {
+    let (vm, mem) = vm_with_code(&[0xf4], true);
+    for i in 0..3u8 {
+        let vcpu = vm.create_vcpu(i).unwrap();
+        vcpu.configure(&vm, &mem, (i == 0).then(long64), 3).unwrap();
+        let cpuid = vcpu.fd().get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES).unwrap();
+        let leaf1 = cpuid.as_slice().iter().find(|e| e.function == 1).unwrap();
+        assert_eq!(leaf1.ebx >> 24, u32::from(i));
+        assert_ne!(leaf1.ecx & (1 << 31), 0, "hypervisor bit");
+    }
+}
