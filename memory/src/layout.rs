@@ -83,6 +83,12 @@ pub const MIN_RAM_BYTES: u64 = 2 << 20;
 /// Largest guest RAM we accept (far beyond any host; a guard against typos and overflow).
 pub const MAX_RAM_BYTES: u64 = 1 << 46;
 
+// The layout's own invariants, checked at compile time.
+const _: () =
+    assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+const _: () = assert!(VIRTIO_MMIO_START + VIRTIO_MMIO_WINDOW_SIZE <= IOAPIC_START);
+const _: () = assert!(KVM_TSS_ADDRESS > LAPIC_START && KVM_TSS_ADDRESS + 3 * 4096 <= MMIO_GAP_END);
+
 /// What an e820 / PVH memory map entry describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryKind {
@@ -206,7 +212,10 @@ mod tests {
         assert_eq!(ram, (5 << 30) - (HIGH_RAM_START - EBDA_START));
         assert_eq!(map[1].addr + map[1].size, HIGH_RAM_START);
         for pair in map.windows(2) {
-            assert!(pair[0].addr + pair[0].size <= pair[1].addr, "overlap in {map:?}");
+            assert!(
+                pair[0].addr + pair[0].size <= pair[1].addr,
+                "overlap in {map:?}"
+            );
         }
     }
 
@@ -227,9 +236,6 @@ mod tests {
         for pair in areas.windows(2) {
             assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{pair:x?}");
         }
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
-        assert!(VIRTIO_MMIO_START + VIRTIO_MMIO_WINDOW_SIZE <= IOAPIC_START);
-        assert!(KVM_TSS_ADDRESS > LAPIC_START && KVM_TSS_ADDRESS + 3 * 4096 <= MMIO_GAP_END);
     }
 
     #[test]

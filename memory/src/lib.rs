@@ -75,7 +75,7 @@ pub fn validate_size(ram_bytes: u64) -> Result<()> {
     if ram_bytes < layout::MIN_RAM_BYTES {
         return Err(Error::TooSmall(ram_bytes));
     }
-    if ram_bytes % 4096 != 0 {
+    if !ram_bytes.is_multiple_of(4096) {
         return Err(Error::NotPageAligned(ram_bytes));
     }
     let host = host_memory_bytes().unwrap_or(layout::MAX_RAM_BYTES);
@@ -177,8 +177,12 @@ mod tests {
         let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
         assert_eq!(mem.num_regions(), 1);
         assert_eq!(ram_size(&mem), 64 << 20);
-        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
         assert!(mem.read_obj::<u8>(GuestAddress(64 << 20)).is_err());
     }
 
@@ -191,7 +195,9 @@ mod tests {
         let top = GuestAddress((6 << 30) - 8);
         mem.write_obj(7u64, top).unwrap();
         assert_eq!(mem.read_obj::<u64>(top).unwrap(), 7);
-        assert!(mem.read_obj::<u8>(GuestAddress(layout::MMIO_GAP_START)).is_err());
+        assert!(mem
+            .read_obj::<u8>(GuestAddress(layout::MMIO_GAP_START))
+            .is_err());
     }
 
     #[test]

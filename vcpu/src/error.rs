@@ -48,7 +48,9 @@ pub enum Error {
     #[error("cannot register the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
     /// KVM_EXIT_INTERNAL_ERROR.
-    #[error("vCPU {vcpu}: KVM internal error (suberror {suberror}{what}) at guest RIP {rip:#x}{pvm}")]
+    #[error(
+        "vCPU {vcpu}: KVM internal error (suberror {suberror}{what}) at guest RIP {rip:#x}{pvm}"
+    )]
     InternalError {
         /// vCPU index.
         vcpu: u8,

@@ -12,6 +12,6 @@ pub mod run;
 pub mod vm;
 
 pub use error::{Error, Result};
-pub use run::{ExitHandler, VcpuExitReason, VcpuKicker, Vcpu};
+pub use run::{ExitHandler, Vcpu, VcpuExitReason, VcpuKicker};
 pub use vm::{is_pvm_host, BootEntry, Vm, VmOptions, PVM_EXPLANATION};
 pub use vmm_sys_util::eventfd::EventFd;

@@ -1,7 +1,9 @@
 //! Boot-time register state: GDT, identity page tables, segment and control registers for
 //! long-mode and 32-bit PVH entry, general registers, FPU, MSRs and LAPIC LINT pins.
 
-use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
+use kvm_bindings::{
+    kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs,
+};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_memory::{layout, GuestMemoryMmap};
 
@@ -73,16 +75,30 @@ pub fn boot_gdt() -> [u64; layout::BOOT_GDT_MAX] {
     ]
 }
 
-fn write<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, value: T, addr: u64, what: &'static str) -> Result<()> {
+fn write<T: vm_memory::ByteValued>(
+    mem: &GuestMemoryMmap,
+    value: T,
+    addr: u64,
+    what: &'static str,
+) -> Result<()> {
     mem.write_obj(value, GuestAddress(addr))
         .map_err(|_| Error::GuestMemory { what })
 }
 
 /// Writes the GDT and the empty IDT, and returns the special registers for `entry`.
-pub fn setup_sregs(mem: &GuestMemoryMmap, entry: BootEntry, mut sregs: kvm_sregs) -> Result<kvm_sregs> {
+pub fn setup_sregs(
+    mem: &GuestMemoryMmap,
+    entry: BootEntry,
+    mut sregs: kvm_sregs,
+) -> Result<kvm_sregs> {
     let gdt = boot_gdt();
     for (i, descriptor) in gdt.iter().enumerate() {
-        write(mem, *descriptor, layout::BOOT_GDT_START + 8 * i as u64, "GDT")?;
+        write(
+            mem,
+            *descriptor,
+            layout::BOOT_GDT_START + 8 * i as u64,
+            "GDT",
+        )?;
     }
     write(mem, 0u64, layout::BOOT_IDT_START, "IDT")?;
     sregs.gdt.base = layout::BOOT_GDT_START;
@@ -120,10 +136,25 @@ pub fn setup_sregs(mem: &GuestMemoryMmap, entry: BootEntry, mut sregs: kvm_sregs
 
 /// Identity-maps the first 1 GiB with 2 MiB pages: enough for the kernel's own early page tables.
 fn setup_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
-    write(mem, layout::PDPTE_START | PAGE_PRESENT_RW, layout::PML4_START, "PML4")?;
-    write(mem, layout::PDE_START | PAGE_PRESENT_RW, layout::PDPTE_START, "PDPT")?;
+    write(
+        mem,
+        layout::PDPTE_START | PAGE_PRESENT_RW,
+        layout::PML4_START,
+        "PML4",
+    )?;
+    write(
+        mem,
+        layout::PDE_START | PAGE_PRESENT_RW,
+        layout::PDPTE_START,
+        "PDPT",
+    )?;
     for i in 0..512u64 {
-        write(mem, (i << 21) | PAGE_PRESENT_RW | PAGE_PS_2M, layout::PDE_START + i * 8, "PD")?;
+        write(
+            mem,
+            (i << 21) | PAGE_PRESENT_RW | PAGE_PS_2M,
+            layout::PDE_START + i * 8,
+            "PD",
+        )?;
     }
     Ok(())
 }
@@ -245,7 +276,10 @@ mod tests {
     fn gdt_entries_round_trip_through_segments() {
         let gdt = boot_gdt();
         let code = segment_from_gdt(gdt[1], SEL_CODE64);
-        assert_eq!((code.l, code.db, code.present, code.s, code.type_), (1, 0, 1, 1, 0xb));
+        assert_eq!(
+            (code.l, code.db, code.present, code.s, code.type_),
+            (1, 0, 1, 1, 0xb)
+        );
         assert_eq!(code.limit, 0xffff_ffff);
         let code32 = segment_from_gdt(gdt[4], SEL_CODE32);
         assert_eq!((code32.l, code32.db), (0, 1));
@@ -269,11 +303,20 @@ mod tests {
         assert_eq!(sregs.cs.selector, SEL_CODE64);
         let pml4: u64 = mem.read_obj(GuestAddress(layout::PML4_START)).unwrap();
         assert_eq!(pml4 & !0xfff, layout::PDPTE_START);
-        let last_pde: u64 = mem.read_obj(GuestAddress(layout::PDE_START + 511 * 8)).unwrap();
+        let last_pde: u64 = mem
+            .read_obj(GuestAddress(layout::PDE_START + 511 * 8))
+            .unwrap();
         assert_eq!(last_pde & !0xfff, 511 << 21);
-        assert_eq!(mem.read_obj::<u64>(GuestAddress(layout::BOOT_GDT_START + 8)).unwrap(), boot_gdt()[1]);
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(layout::BOOT_GDT_START + 8))
+                .unwrap(),
+            boot_gdt()[1]
+        );
         let regs = boot_regs(entry);
-        assert_eq!((regs.rip, regs.rsi, regs.rflags), (0x100_0000, layout::ZERO_PAGE_START, 2));
+        assert_eq!(
+            (regs.rip, regs.rsi, regs.rflags),
+            (0x100_0000, layout::ZERO_PAGE_START, 2)
+        );
     }
 
     #[test]
@@ -286,7 +329,10 @@ mod tests {
         let sregs = setup_sregs(&mem, entry, kvm_sregs::default()).unwrap();
         assert_eq!(sregs.cr0 & (X86_CR0_PE | X86_CR0_PG), X86_CR0_PE);
         assert_eq!((sregs.cr4, sregs.efer), (0, 0));
-        assert_eq!((sregs.cs.db, sregs.cs.l, sregs.cs.limit), (1, 0, 0xffff_ffff));
+        assert_eq!(
+            (sregs.cs.db, sregs.cs.l, sregs.cs.limit),
+            (1, 0, 0xffff_ffff)
+        );
         assert_eq!(boot_regs(entry).rbx, layout::PVH_INFO_START);
     }
 
@@ -302,7 +348,11 @@ mod tests {
     #[test]
     fn boot_msrs_enable_write_back_mtrrs() {
         let msrs = boot_msrs();
-        let mtrr = msrs.as_slice().iter().find(|e| e.index == msr::MTRR_DEF_TYPE).unwrap();
+        let mtrr = msrs
+            .as_slice()
+            .iter()
+            .find(|e| e.index == msr::MTRR_DEF_TYPE)
+            .unwrap();
         assert_eq!(mtrr.data, (1 << 11) | 6);
     }
 }

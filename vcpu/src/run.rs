@@ -6,7 +6,9 @@ use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
-use kvm_bindings::{kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -143,31 +145,51 @@ impl Vcpu {
 
     /// Sets CPUID, MSRs, FPU and LAPIC; for the boot vCPU (`boot` given) also the entry
     /// registers, GDT and page tables in `mem`.
-    pub fn configure(&self, vm: &Vm, mem: &GuestMemoryMmap, boot: Option<BootEntry>, vcpu_count: u8) -> Result<()> {
+    pub fn configure(
+        &self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        boot: Option<BootEntry>,
+        vcpu_count: u8,
+    ) -> Result<()> {
         let mut cpuid = vm.supported_cpuid().clone();
         cpuid::normalize(&mut cpuid, self.index, vcpu_count);
-        self.fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(kvm_err("KVM_SET_CPUID2"))?;
 
         let msrs = regs::boot_msrs();
         let written = self.fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
         if written != msrs.as_slice().len() {
             let index = msrs.as_slice()[written].index;
             return Err(Error::Kvm {
-                what: if index == regs::msr::MTRR_DEF_TYPE { "KVM_SET_MSRS (MTRR_DEF_TYPE)" } else { "KVM_SET_MSRS" },
+                what: if index == regs::msr::MTRR_DEF_TYPE {
+                    "KVM_SET_MSRS (MTRR_DEF_TYPE)"
+                } else {
+                    "KVM_SET_MSRS"
+                },
                 source: kvm_ioctls::Error::new(libc::EINVAL),
             });
         }
-        self.fd.set_fpu(&regs::boot_fpu()).map_err(kvm_err("KVM_SET_FPU"))?;
+        self.fd
+            .set_fpu(&regs::boot_fpu())
+            .map_err(kvm_err("KVM_SET_FPU"))?;
         if vm.has_irqchip() {
             let mut lapic = self.fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
             regs::set_lint_pins(&mut lapic);
-            self.fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
+            self.fd
+                .set_lapic(&lapic)
+                .map_err(kvm_err("KVM_SET_LAPIC"))?;
         }
         if let Some(entry) = boot {
             let sregs = self.fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
             let sregs = regs::setup_sregs(mem, entry, sregs)?;
-            self.fd.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
-            self.fd.set_regs(&regs::boot_regs(entry)).map_err(kvm_err("KVM_SET_REGS"))?;
+            self.fd
+                .set_sregs(&sregs)
+                .map_err(kvm_err("KVM_SET_SREGS"))?;
+            self.fd
+                .set_regs(&regs::boot_regs(entry))
+                .map_err(kvm_err("KVM_SET_REGS"))?;
         }
         Ok(())
     }
@@ -183,7 +205,8 @@ impl Vcpu {
         let page: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN_PAGE.with(|p| p.set(page));
         // SAFETY: pthread_self has no preconditions.
-        *self.kicker.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(unsafe { libc::pthread_self() });
+        *self.kicker.thread.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(unsafe { libc::pthread_self() });
         let result = self.run_loop(handler);
         *self.kicker.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
         KVM_RUN_PAGE.with(|p| p.set(null_mut()));
@@ -222,7 +245,11 @@ impl Vcpu {
                         KVM_SYSTEM_EVENT_CRASH => VcpuExitReason::SystemCrash,
                         other => {
                             let name = format!("SystemEvent({other})");
-                            return Err(Error::UnhandledExit { vcpu, name, rip: self.rip() });
+                            return Err(Error::UnhandledExit {
+                                vcpu,
+                                name,
+                                rip: self.rip(),
+                            });
                         }
                     })
                 }
@@ -234,7 +261,8 @@ impl Vcpu {
                 Ok(VcpuExit::InternalError) => {
                     // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                     // union member KVM filled in.
-                    let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    let suberror =
+                        unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
                     Fatal::Internal(suberror)
                 }
                 Ok(other) => Fatal::Unhandled(exit_name(&other)),
@@ -247,13 +275,19 @@ impl Vcpu {
             };
             let rip = self.rip();
             return Err(match fatal {
-                Fatal::FailEntry(reason, cpu) => Error::FailEntry { vcpu, reason, cpu, rip },
+                Fatal::FailEntry(reason, cpu) => Error::FailEntry {
+                    vcpu,
+                    reason,
+                    cpu,
+                    rip,
+                },
                 Fatal::Internal(suberror) => Error::InternalError {
                     vcpu,
                     suberror,
                     what: internal_error_name(suberror),
                     rip,
-                    pvm: if is_pvm_host() && suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
+                    pvm: if is_pvm_host() && suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
+                    {
                         format!("; {PVM_EXPLANATION}")
                     } else {
                         String::new()

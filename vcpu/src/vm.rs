@@ -97,7 +97,8 @@ impl Vm {
         fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         if options.irqchip {
-            fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+            fd.create_irq_chip()
+                .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
             // The dummy speaker port keeps port 0x61 in the kernel, as guests poke it while
             // calibrating timers.
             let pit = kvm_pit_config {
@@ -114,10 +115,11 @@ impl Vm {
         })
     }
 
-    /// The most vCPUs this VM can have: KVM's recommended limit, and below 255 APIC ids so the
+    /// The most vCPUs this VM can have: KVM's maximum (not its recommendation, which is the
+    /// host's CPU count: overcommitting vCPUs is the user's call), and below 255 APIC ids so the
     /// IOAPIC id and the broadcast id stay free.
     pub fn max_vcpus(&self) -> u64 {
-        (self.kvm.get_nr_vcpus().max(1) as u64).min(254)
+        (self.kvm.get_max_vcpus().max(1) as u64).min(254)
     }
 
     /// Checks a vCPU count against [`Vm::max_vcpus`].
@@ -154,9 +156,11 @@ impl Vm {
             return Err(Error::TooManyMemorySlots(mem.num_regions()));
         }
         for (slot, region) in mem.iter().enumerate() {
-            let host = mem
-                .get_host_address(region.start_addr())
-                .map_err(|_| Error::GuestMemory { what: "memory slot" })?;
+            let host =
+                mem.get_host_address(region.start_addr())
+                    .map_err(|_| Error::GuestMemory {
+                        what: "memory slot",
+                    })?;
             let entry = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,

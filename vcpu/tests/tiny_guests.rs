@@ -28,17 +28,29 @@ impl Recorder {
 impl ExitHandler for Recorder {
     fn pio_read(&self, port: u16, data: &mut [u8]) {
         data.fill(0x5a);
-        self.log.lock().unwrap().push(format!("in {port:#x} {}", data.len()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("in {port:#x} {}", data.len()));
     }
     fn pio_write(&self, port: u16, data: &[u8]) {
-        self.log.lock().unwrap().push(format!("out {port:#x} {data:02x?}"));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("out {port:#x} {data:02x?}"));
     }
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         data.fill(0xab);
-        self.log.lock().unwrap().push(format!("mmio-read {addr:#x} {}", data.len()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("mmio-read {addr:#x} {}", data.len()));
     }
     fn mmio_write(&self, addr: u64, data: &[u8]) {
-        self.log.lock().unwrap().push(format!("mmio-write {addr:#x} {data:02x?}"));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("mmio-write {addr:#x} {data:02x?}"));
     }
 }
 
@@ -91,7 +103,11 @@ fn long_mode_guest_does_port_and_mmio_exits_then_halts() {
         ]
     );
     let regs = vcpu.fd().get_regs().unwrap();
-    assert_eq!(regs.rip, CODE + LONG_MODE_IO.len() as u64, "stopped after the HLT");
+    assert_eq!(
+        regs.rip,
+        CODE + LONG_MODE_IO.len() as u64,
+        "stopped after the HLT"
+    );
     let sregs = vcpu.fd().get_sregs().unwrap();
     assert_ne!(sregs.efer & (1 << 10), 0, "long mode active");
 }
@@ -114,7 +130,10 @@ fn pvh_entry_runs_32_bit_code_with_start_info_in_ebx() {
     let handler = Recorder::default();
     assert_eq!(vcpu.run(&handler).unwrap(), VcpuExitReason::Halted);
     let start = layout::PVH_INFO_START.to_le_bytes();
-    assert_eq!(handler.lines(), vec![format!("out 0x88 {:02x?}", &start[..4])]);
+    assert_eq!(
+        handler.lines(),
+        vec![format!("out 0x88 {:02x?}", &start[..4])]
+    );
 }
 
 #[test]
@@ -122,7 +141,10 @@ fn undefined_instruction_without_idt_is_a_triple_fault() {
     let (vm, mem) = vm_with_code(&[0x0f, 0x0b], false); // ud2
     let mut vcpu = vm.create_vcpu(0).unwrap();
     vcpu.configure(&vm, &mem, Some(long64()), 1).unwrap();
-    assert_eq!(vcpu.run(&Recorder::default()).unwrap(), VcpuExitReason::TripleFault);
+    assert_eq!(
+        vcpu.run(&Recorder::default()).unwrap(),
+        VcpuExitReason::TripleFault
+    );
 }
 
 #[test]
@@ -133,7 +155,8 @@ fn several_vcpus_run_at_once() {
     for i in 0..VCPUS {
         // Each vCPU gets its own entry: out 0x80, <index>; hlt.
         let code = [0xb0, i, 0xe6, 0x80, 0xf4];
-        mem.write_slice(&code, GuestAddress(CODE + 0x100 * u64::from(i))).unwrap();
+        mem.write_slice(&code, GuestAddress(CODE + 0x100 * u64::from(i)))
+            .unwrap();
     }
     vm.register_memory(&mem).unwrap();
     let handler = Recorder::default();
@@ -178,7 +201,10 @@ fn kick_before_run_stops_immediately() {
     let mut vcpu = vm.create_vcpu(0).unwrap();
     vcpu.configure(&vm, &mem, Some(long64()), 1).unwrap();
     vcpu.kicker().stop();
-    assert_eq!(vcpu.run(&Recorder::default()).unwrap(), VcpuExitReason::Stopped);
+    assert_eq!(
+        vcpu.run(&Recorder::default()).unwrap(),
+        VcpuExitReason::Stopped
+    );
 }
 
 #[test]
@@ -198,7 +224,10 @@ fn configured_cpuid_carries_the_apic_id() {
     for i in 0..3u8 {
         let vcpu = vm.create_vcpu(i).unwrap();
         vcpu.configure(&vm, &mem, (i == 0).then(long64), 3).unwrap();
-        let cpuid = vcpu.fd().get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES).unwrap();
+        let cpuid = vcpu
+            .fd()
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
         let leaf1 = cpuid.as_slice().iter().find(|e| e.function == 1).unwrap();
         assert_eq!(leaf1.ebx >> 24, u32::from(i));
         assert_ne!(leaf1.ecx & (1 << 31), 0, "hypervisor bit");

@@ -1,1 +1,196 @@
-fn main() {}
+//! `vmm`: the command line over vmm-core. It parses flags (or a JSON config file), runs the VM,
+//! prints any error as one line with its cause chain, and exits with the VM's exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use vmm_core::{ElfEntry, MemorySize, SerialMode, VmConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "vmm",
+    version,
+    about = "A KVM virtual machine monitor for Linux guests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a VM and run it until the guest powers off or resets.
+    Run(RunArgs),
+}
+
+/// Every flag overrides the same key of `--config`.
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// JSON config file; its keys are these flags' long names (e.g. {"kernel": "...", "vcpus": 2}).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (cpio, optionally compressed as the kernel supports).
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line, replacing the default.
+    #[arg(long, value_name = "STRING")]
+    cmdline: Option<String>,
+    /// Appended to the kernel command line (repeatable).
+    #[arg(long, value_name = "STRING")]
+    append: Vec<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u64>,
+    /// Guest RAM, e.g. 256M, 5G; a plain number is MiB [default: 256M].
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<MemorySize>,
+    /// Serial console: stdio, none or file:PATH [default: stdio].
+    #[arg(long, value_name = "MODE")]
+    serial: Option<SerialMode>,
+    /// Back guest RAM with transparent hugepages.
+    #[arg(long)]
+    hugepages: bool,
+    /// Let KSM merge identical guest pages.
+    #[arg(long)]
+    ksm: bool,
+    /// Fault all guest RAM in before boot.
+    #[arg(long)]
+    prefault: bool,
+    /// ELF kernel entry: auto (PVH when the kernel has the note), linux64 or pvh.
+    #[arg(long, value_name = "ENTRY")]
+    elf_entry: Option<ElfEntry>,
+}
+
+impl RunArgs {
+    fn into_config(self) -> Result<VmConfig, vmm_core::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => VmConfig::from_file(path)?,
+            None => VmConfig::default(),
+        };
+        if let Some(kernel) = self.kernel {
+            config.kernel = Some(kernel);
+        }
+        if let Some(initrd) = self.initrd {
+            config.initrd = Some(initrd);
+        }
+        if let Some(cmdline) = self.cmdline {
+            config.cmdline = Some(cmdline);
+        }
+        if !self.append.is_empty() {
+            config.append = Some(self.append.join(" "));
+        }
+        if let Some(vcpus) = self.vcpus {
+            config.vcpus = vcpus;
+        }
+        if let Some(memory) = self.memory {
+            config.memory = memory;
+        }
+        if let Some(serial) = self.serial {
+            config.serial = serial;
+        }
+        config.hugepages |= self.hugepages;
+        config.ksm |= self.ksm;
+        config.prefault |= self.prefault;
+        if let Some(entry) = self.elf_entry {
+            config.elf_entry = entry;
+        }
+        Ok(config)
+    }
+}
+
+/// One line: the error and every cause, joined by ": ".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => args
+            .into_config()
+            .map_err(vmm_core::Error::from)
+            .and_then(|config| vmm_core::run_vm(&config)),
+    };
+    match result {
+        Ok(reason) => {
+            let code = reason.exit_code();
+            if code != 0 {
+                eprintln!("vmm: VM ended: {reason}");
+            }
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        Err(error) => {
+            eprintln!("vmm: error: {}", error_chain(&error));
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("vmm-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vm.json");
+        std::fs::write(
+            &file,
+            r#"{"kernel": "/a", "vcpus": 2, "memory": "128M", "append": "x=1"}"#,
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "vmm",
+            "run",
+            "--config",
+            file.to_str().unwrap(),
+            "--vcpus",
+            "4",
+            "--append",
+            "y=2",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command;
+        let config = args.into_config().unwrap();
+        assert_eq!(config.kernel, Some(PathBuf::from("/a")));
+        assert_eq!(config.vcpus, 4);
+        assert_eq!(config.memory, MemorySize(128 << 20));
+        assert_eq!(config.append.as_deref(), Some("y=2"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_flag_values_are_refused_by_the_parser() {
+        for args in [
+            vec!["vmm", "run", "--memory", "lots"],
+            vec!["vmm", "run", "--vcpus", "-1"],
+            vec!["vmm", "run", "--serial", "tcp:1"],
+            vec!["vmm", "run", "--elf-entry", "bios"],
+        ] {
+            assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn error_chain_is_one_line() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let outer = vmm_core::Error::OpenFile {
+            what: "kernel",
+            path: "/x".into(),
+            source: inner,
+        };
+        assert_eq!(error_chain(&outer), "cannot open kernel /x: No such file");
+    }
+}

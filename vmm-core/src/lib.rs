@@ -1,1 +1,16 @@
-//! (under construction)
+//! The VMM core: turns a [`VmConfig`] into a running VM (memory, KVM VM, devices, kernel, vCPUs)
+//! and runs it to its end, with one thread per vCPU and one event-loop thread on event-manager.
+//!
+//! This is the only crate that knows all the others; `vmm-cli` is a thin layer over it.
+
+pub mod config;
+mod error;
+mod event_loop;
+mod exits;
+mod terminal;
+mod vm;
+
+pub use config::{ConfigError, ElfEntry, MemorySize, SerialMode, VmConfig};
+pub use error::{Error, Result};
+pub use vm::{run_vm, BuiltVm, ShutdownReason};
+pub use vmm_vcpu::{is_pvm_host, PVM_EXPLANATION};

@@ -1,0 +1,35 @@
+//! Arbitrary bytes as a kernel image, under each ELF entry preference: the loader must return
+//! an error or a kernel that fits in memory, never panic. Accepted kernels go on through the
+//! initrd placement and boot structure writers.
+
+#![no_main]
+
+use std::io::Cursor;
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use vmm_loader::{build_cmdline, configure_boot, load_initrd, load_kernel, ElfEntry};
+use vmm_memory::GuestMemoryMmap;
+
+const RAM: u64 = 32 << 20;
+
+/// One guest memory for all runs: creating 32 MiB per input would dominate the run time, and a
+/// kernel must load correctly whatever an earlier input left in memory.
+static MEM: OnceLock<GuestMemoryMmap> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let mem = MEM.get_or_init(|| {
+        vmm_memory::create_guest_memory(RAM, Default::default()).expect("32 MiB of guest memory")
+    });
+    for entry in [ElfEntry::Auto, ElfEntry::Linux64, ElfEntry::Pvh] {
+        let Ok(kernel) = load_kernel(mem, &mut Cursor::new(data), entry) else {
+            continue;
+        };
+        assert!(kernel.kernel_end <= RAM, "{kernel:?}");
+        assert!(kernel.entry < kernel.kernel_end, "{kernel:?}");
+        let initrd = load_initrd(mem, &mut Cursor::new([0x1f_u8; 64]), 64, &kernel).ok();
+        let cmdline = build_cmdline(None, &["quiet"]).expect("default command line");
+        // May refuse (e.g. a bzImage header with a tiny cmdline_size), must not panic.
+        let _ = configure_boot(mem, &kernel, &cmdline, initrd, RAM);
+    }
+});

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The end-to-end suite (tier 3): full Linux boots of the shared guest through the whole VMM.
+# Runs directly where /dev/kvm has hardware virtualization; on a PVM host (kvm_pvm, which cannot
+# boot ordinary kernels) it runs the whole suite inside one boot of ../shared/testhost.
+#
+#   scripts/e2e.sh [TEST-NAME-FILTER...]
+#
+# Env: VMM_GUEST_DIR (guest images, default ../shared/guest), TESTHOST_DIR (default
+# ../shared/testhost), E2E_TIMEOUT (seconds for the whole suite, default 1500).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=$(cargo test -p vmm-cli --test e2e --no-run --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*/e2e-[^"]*"' | tail -n 1 | cut -d'"' -f4)
+[ -x "$bin" ] || { echo "e2e.sh: could not build the e2e test binary" >&2; exit 1; }
+
+if [ -e /sys/module/kvm_pvm ] && [ -z "${TESTHOST:-}" ]; then
+    testhost="${TESTHOST_DIR:-$(cd .. && pwd)/shared/testhost}"
+    [ -x "$testhost/run.sh" ] || { echo "e2e.sh: PVM host and no test host at $testhost" >&2; exit 1; }
+    echo "e2e.sh: /dev/kvm is PVM here; running the suite inside the test host ($testhost)"
+    # 6 GiB for the L1 so that a 5 GiB guest fits; L2 memory is only touched as the guest uses it.
+    exec "$testhost/run.sh" -m 6G -c 2 -t "${E2E_TIMEOUT:-1500}" -- "$bin" --test-threads=1 "$@"
+fi
+exec "$bin" --test-threads=1 "$@"

@@ -1,0 +1,349 @@
+//! Tier 2: the `vmm` binary end to end on this machine's /dev/kvm with the tiny PVH guest
+//! (../shared/guest/tiny-pvh.elf), and every bad-input case the CLI must refuse cleanly.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn guest_dir() -> PathBuf {
+    std::env::var_os("VMM_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/guest"))
+}
+
+fn guest_file(name: &str) -> PathBuf {
+    let path = guest_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: set VMM_GUEST_DIR to the guest image folder",
+        path.display()
+    );
+    path
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-cli-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn vmm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The run failed with exit code 1 and exactly one error line on stderr containing `needle`.
+fn assert_clean_error(output: &Output, needle: &str) {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("vmm: warning"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line expected, got: {stderr}");
+    assert!(lines[0].starts_with("vmm: error: "), "{stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "expected {needle:?} in: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn tiny_pvh_guest_prints_its_marker_and_exits_zero() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let output = vmm(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "test=1",
+        "--memory",
+        "64M",
+    ]);
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("GUEST-INIT-OK"),
+        "stdout: {stdout} stderr: {}",
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("GUEST-TEST-DONE"), "{stdout}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn config_file_and_serial_file() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let out = scratch("serial.txt");
+    let _ = std::fs::remove_file(&out);
+    let config = scratch("vm.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"kernel": "{}", "cmdline": "test=1", "vcpus": 2, "memory": "32M", "serial": "file:{}"}}"#,
+            kernel.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let output = vmm(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}",
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stdout).is_empty(),
+        "serial went to the file, not stdout"
+    );
+    let serial = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        serial.contains("GUEST-INIT-OK") && serial.contains("GUEST-TEST-DONE"),
+        "{serial}"
+    );
+}
+
+#[test]
+fn sigterm_ends_a_halted_guest_cleanly() {
+    let kernel = guest_file("tiny-pvh.elf");
+    // Without test= the guest halts forever after its marker.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let start = Instant::now();
+    while !line.contains("GUEST-INIT-OK") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "vmm closed stdout before the marker"
+        );
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+    // SAFETY: sends SIGTERM to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+}
+
+#[test]
+fn serial_input_reaches_the_guest_uart() {
+    // The tiny guest never reads its UART, so this checks that input on a pipe neither blocks nor
+    // kills the VMM, and that EOF on stdin is harmless.
+    let kernel = guest_file("tiny-pvh.elf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cmdline",
+            "test=1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(&[b'x'; 4096]);
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(text(&output.stdout).contains("GUEST-TEST-DONE"));
+}
+
+#[test]
+fn missing_kernel_file() {
+    assert_clean_error(
+        &vmm(&["run", "--kernel", "/nonexistent/vmlinux"]),
+        "cannot open kernel /nonexistent/vmlinux",
+    );
+}
+
+#[test]
+fn no_kernel_at_all() {
+    assert_clean_error(&vmm(&["run"]), "no kernel given");
+}
+
+#[test]
+fn kernel_that_is_a_directory() {
+    assert_clean_error(&vmm(&["run", "--kernel", "/tmp"]), "is a directory");
+}
+
+#[test]
+fn files_that_are_not_kernels() {
+    let text_file = scratch("notes.txt");
+    std::fs::write(&text_file, "just some text, not a kernel\n").unwrap();
+    let random = scratch("random.bin");
+    let bytes: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&random, bytes).unwrap();
+    let empty = scratch("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let truncated = scratch("truncated.elf");
+    let elf = std::fs::read(guest_file("tiny-pvh.elf")).unwrap();
+    std::fs::write(&truncated, &elf[..100]).unwrap();
+    for file in [&text_file, &random, &empty, &truncated] {
+        let output = vmm(&["run", "--kernel", file.to_str().unwrap()]);
+        assert_clean_error(&output, "cannot load kernel");
+    }
+}
+
+#[test]
+fn bad_memory_sizes() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let k = kernel.to_str().unwrap();
+    assert_clean_error(&vmm(&["run", "--kernel", k, "--memory", "0"]), "too small");
+    assert_clean_error(
+        &vmm(&["run", "--kernel", k, "--memory", "64T"]),
+        "more than the host",
+    );
+    let output = vmm(&["run", "--kernel", k, "--memory", "lots"]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "clap refuses unparsable sizes"
+    );
+}
+
+#[test]
+fn bad_vcpu_counts() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let k = kernel.to_str().unwrap();
+    assert_clean_error(
+        &vmm(&["run", "--kernel", k, "--vcpus", "0"]),
+        "at least 1 vCPU",
+    );
+    assert_clean_error(
+        &vmm(&["run", "--kernel", k, "--vcpus", "100000"]),
+        "vCPUs requested",
+    );
+}
+
+#[test]
+fn missing_initrd() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let output = vmm(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        "/nonexistent/initrd",
+    ]);
+    assert_clean_error(&output, "cannot open initrd /nonexistent/initrd");
+}
+
+#[test]
+fn initrd_that_does_not_fit() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let big = scratch("big-initrd");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let output = vmm(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        big.to_str().unwrap(),
+        "--memory",
+        "8M",
+    ]);
+    assert_clean_error(&output, "cannot load initrd");
+}
+
+#[test]
+fn bad_config_file() {
+    let config = scratch("bad.json");
+    std::fs::write(&config, r#"{"kernal": "/typo"}"#).unwrap();
+    assert_clean_error(
+        &vmm(&["run", "--config", config.to_str().unwrap()]),
+        "invalid config file",
+    );
+    assert_clean_error(
+        &vmm(&["run", "--config", "/nonexistent.json"]),
+        "cannot read config file",
+    );
+}
+
+#[test]
+fn command_line_too_long() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let long = "x".repeat(5000);
+    assert_clean_error(
+        &vmm(&[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--append",
+            &long,
+        ]),
+        "boot setup",
+    );
+}
+
+#[test]
+fn no_access_to_dev_kvm() {
+    // As an unprivileged user (root can't be denied): /dev/kvm is root-only on this machine.
+    let kernel = guest_file("tiny-pvh.elf");
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(setpriv) = setpriv else {
+        panic!("setpriv (util-linux) is needed for this test");
+    };
+    let kvm_mode = std::fs::metadata("/dev/kvm")
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    // The checkout may sit where user nobody cannot reach: copy binary and kernel to /tmp.
+    let binary = scratch("vmm-as-nobody");
+    std::fs::copy(env!("CARGO_BIN_EXE_vmm"), &binary).unwrap();
+    let kernel_copy = scratch("tiny-pvh-as-nobody.elf");
+    std::fs::copy(&kernel, &kernel_copy).unwrap();
+    for path in [&binary, &kernel_copy] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    std::fs::set_permissions(
+        binary.parent().unwrap(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let output = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .args(["run", "--kernel", kernel_copy.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    if matches!(kvm_mode, Ok(mode) if mode & 0o006 == 0o006) {
+        // /dev/kvm open to all: nothing to deny; the run must still not fail on permissions.
+        assert!(!text(&output.stderr).contains("no permission"));
+    } else {
+        assert_clean_error(&output, "no permission to open /dev/kvm");
+    }
+}

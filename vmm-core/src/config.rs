@@ -1,0 +1,357 @@
+//! `VmConfig`: what a VM is made of. The CLI fills it from flags or a JSON file, the control API
+//! and job files embed it; it is validated once, here, with errors a person can act on.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Default guest RAM.
+pub const DEFAULT_MEMORY: &str = "256M";
+
+/// Errors in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No kernel given.
+    #[error("no kernel given (--kernel PATH or \"kernel\" in the config file)")]
+    NoKernel,
+    /// A memory size that does not parse.
+    #[error("invalid memory size {0:?}: use a number with an optional K, M, G or T suffix (MiB when none), e.g. 256M or 5G")]
+    MemorySize(String),
+    /// vCPUs out of range before asking KVM.
+    #[error("invalid vCPU count {0}: at least 1 vCPU is needed")]
+    Vcpus(u64),
+    /// Serial mode that does not parse.
+    #[error("invalid serial {0:?}: use stdio, none or file:PATH")]
+    Serial(String),
+    /// ELF entry that does not parse.
+    #[error("invalid ELF entry {0:?}: use auto, linux64 or pvh")]
+    ElfEntry(String),
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not a valid config.
+    #[error("invalid config file {path}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A size in bytes written as "256M", "5G", "1024K", "2T" or a plain number of MiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemorySize(pub u64);
+
+impl FromStr for MemorySize {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        let err = || ConfigError::MemorySize(text.to_string());
+        let trimmed = text.trim();
+        let upper = trimmed.to_ascii_uppercase();
+        let upper = upper
+            .strip_suffix("IB")
+            .or_else(|| upper.strip_suffix('B'))
+            .unwrap_or(&upper);
+        let (digits, shift) = match upper.char_indices().last() {
+            Some((i, 'K')) => (&upper[..i], 10),
+            Some((i, 'M')) => (&upper[..i], 20),
+            Some((i, 'G')) => (&upper[..i], 30),
+            Some((i, 'T')) => (&upper[..i], 40),
+            _ => (upper, 20),
+        };
+        let number: u64 = digits.trim().parse().map_err(|_| err())?;
+        number
+            .checked_mul(1u64 << shift)
+            .map(MemorySize)
+            .ok_or_else(err)
+    }
+}
+
+impl fmt::Display for MemorySize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.0;
+        for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+            if bytes != 0 && bytes.is_multiple_of(1 << shift) {
+                return write!(f, "{}{suffix}", bytes >> shift);
+            }
+        }
+        write!(f, "{}K", bytes as f64 / 1024.0)
+    }
+}
+
+impl Serialize for MemorySize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for MemorySize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Mib(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Mib(mib) => mib
+                .checked_mul(1 << 20)
+                .map(MemorySize)
+                .ok_or_else(|| serde::de::Error::custom(format!("memory of {mib} MiB overflows"))),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SerialMode {
+    /// The VMM's stdin and stdout (the terminal in raw mode when it is one).
+    #[default]
+    Stdio,
+    /// Output appended to a file; no input.
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+impl FromStr for SerialMode {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        match text {
+            "stdio" => Ok(SerialMode::Stdio),
+            "none" => Ok(SerialMode::None),
+            _ => match text.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(SerialMode::File(PathBuf::from(path))),
+                _ => Err(ConfigError::Serial(text.to_string())),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SerialMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SerialMode::Stdio => f.write_str("stdio"),
+            SerialMode::None => f.write_str("none"),
+            SerialMode::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+/// Which entry an ELF kernel boots through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ElfEntry {
+    /// PVH when the kernel has the PVH note, else the 64-bit Linux entry.
+    #[default]
+    Auto,
+    /// The 64-bit Linux boot protocol entry (e_entry, boot_params in RSI).
+    Linux64,
+    /// The PVH entry (32-bit, hvm_start_info in EBX).
+    Pvh,
+}
+
+impl FromStr for ElfEntry {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        match text {
+            "auto" => Ok(ElfEntry::Auto),
+            "linux64" => Ok(ElfEntry::Linux64),
+            "pvh" => Ok(ElfEntry::Pvh),
+            _ => Err(ConfigError::ElfEntry(text.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for ElfEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ElfEntry::Auto => "auto",
+            ElfEntry::Linux64 => "linux64",
+            ElfEntry::Pvh => "pvh",
+        })
+    }
+}
+
+macro_rules! serde_via_str {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+serde_via_str!(SerialMode, ElfEntry);
+
+/// A whole VM. JSON keys are the CLI's long flag names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct VmConfig {
+    /// Kernel image: ELF vmlinux or bzImage.
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Replaces the default kernel command line.
+    pub cmdline: Option<String>,
+    /// Appended to the kernel command line.
+    pub append: Option<String>,
+    /// vCPU count.
+    pub vcpus: u64,
+    /// Guest RAM.
+    pub memory: MemorySize,
+    /// Serial console.
+    pub serial: SerialMode,
+    /// Transparent hugepages for guest RAM.
+    pub hugepages: bool,
+    /// KSM merging of guest RAM.
+    pub ksm: bool,
+    /// Fault guest RAM in before boot.
+    pub prefault: bool,
+    /// ELF kernel entry.
+    pub elf_entry: ElfEntry,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            append: None,
+            vcpus: 1,
+            memory: DEFAULT_MEMORY
+                .parse()
+                .expect("the default memory size parses"),
+            serial: SerialMode::Stdio,
+            hugepages: false,
+            ksm: false,
+            prefault: false,
+            elf_entry: ElfEntry::Auto,
+        }
+    }
+}
+
+impl VmConfig {
+    /// Reads a JSON config file.
+    pub fn from_file(path: &std::path::Path) -> Result<VmConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks what can be checked without KVM or the files: a kernel is named, vCPUs > 0.
+    /// Memory bounds are checked by vmm-memory, the vCPU limit by KVM, the files when opened.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kernel.is_none() {
+            return Err(ConfigError::NoKernel);
+        }
+        if self.vcpus == 0 {
+            return Err(ConfigError::Vcpus(0));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        let parse = |s: &str| s.parse::<MemorySize>().map(|m| m.0);
+        assert_eq!(parse("256M").unwrap(), 256 << 20);
+        assert_eq!(parse("256").unwrap(), 256 << 20);
+        assert_eq!(parse("5G").unwrap(), 5 << 30);
+        assert_eq!(parse("5GiB").unwrap(), 5 << 30);
+        assert_eq!(parse("1024k").unwrap(), 1 << 20);
+        assert_eq!(parse("0").unwrap(), 0);
+        for bad in ["", "M", "-1G", "1.5G", "12X", "99999999999T"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(MemorySize(5 << 30).to_string(), "5G");
+        assert_eq!(MemorySize(256 << 20).to_string(), "256M");
+    }
+
+    #[test]
+    fn json_uses_the_flag_names() {
+        let config: VmConfig = serde_json::from_str(
+            r#"{"kernel": "/k", "initrd": "/i", "vcpus": 2, "memory": "256M", "append": "quiet",
+                "serial": "file:/tmp/out", "elf-entry": "linux64", "hugepages": true}"#,
+        )
+        .unwrap();
+        assert_eq!(config.kernel.as_deref(), Some(std::path::Path::new("/k")));
+        assert_eq!(config.vcpus, 2);
+        assert_eq!(config.memory, MemorySize(256 << 20));
+        assert_eq!(config.serial, SerialMode::File("/tmp/out".into()));
+        assert_eq!(config.elf_entry, ElfEntry::Linux64);
+        assert!(config.hugepages && !config.ksm);
+        let back: VmConfig =
+            serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+        assert_eq!(back, config);
+        let numeric: VmConfig = serde_json::from_str(r#"{"memory": 512}"#).unwrap();
+        assert_eq!(numeric.memory, MemorySize(512 << 20));
+    }
+
+    #[test]
+    fn bad_json_is_refused() {
+        for bad in [
+            r#"{"kernal": "/k"}"#,
+            r#"{"vcpus": -1}"#,
+            r#"{"memory": "lots"}"#,
+            r#"{"serial": "tcp:1"}"#,
+            r#"{"vcpus": "two"}"#,
+        ] {
+            assert!(serde_json::from_str::<VmConfig>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert!(matches!(
+            VmConfig::default().validate(),
+            Err(ConfigError::NoKernel)
+        ));
+        let config = VmConfig {
+            kernel: Some("/k".into()),
+            vcpus: 0,
+            ..Default::default()
+        };
+        assert!(matches!(config.validate(), Err(ConfigError::Vcpus(0))));
+    }
+
+    #[test]
+    fn serial_modes() {
+        assert_eq!("stdio".parse::<SerialMode>().unwrap(), SerialMode::Stdio);
+        assert_eq!("none".parse::<SerialMode>().unwrap(), SerialMode::None);
+        assert_eq!(
+            "file:/x".parse::<SerialMode>().unwrap(),
+            SerialMode::File("/x".into())
+        );
+        assert!("file:".parse::<SerialMode>().is_err());
+        assert!("pty".parse::<SerialMode>().is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! The event-loop thread (event-manager): host stdin into the serial console, the i8042 reset
+//! line, and whatever later device backends subscribe. It reports VM-ending events to the main
+//! thread over a channel.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_devices::SerialDevice;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vm::VmEvent;
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// How long the loop sleeps at most while host input waits for room in the guest's FIFO.
+const TICK_MS: i32 = 20;
+
+/// Feeds host input (stdin) to the guest's serial port.
+pub struct SerialInput {
+    fd: RawFd,
+    serial: Arc<Mutex<SerialDevice>>,
+    /// Bytes read from the host that the guest's receive FIFO had no room for yet.
+    pending: Vec<u8>,
+    /// Input is off epoll while `pending` waits for room in the FIFO.
+    paused: bool,
+    /// The host closed its end (EOF) or it cannot be polled.
+    closed: bool,
+}
+
+impl SerialInput {
+    /// Input from `fd` (normally stdin) to `serial`.
+    pub fn new(fd: RawFd, serial: Arc<Mutex<SerialDevice>>) -> Self {
+        SerialInput {
+            fd,
+            serial,
+            pending: Vec::new(),
+            paused: false,
+            closed: false,
+        }
+    }
+
+    /// Moves pending bytes into the FIFO; true when all went in.
+    fn flush_pending(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        let accepted = serial.enqueue_input(&self.pending).unwrap_or(0);
+        self.pending.drain(..accepted);
+        self.pending.is_empty()
+    }
+
+    fn read_input(&mut self, ops: &mut EventOps) {
+        let mut buf = [0u8; 64];
+        // SAFETY: reads at most buf.len() bytes into a live local buffer from a descriptor we
+        // were given for reading; epoll said it is readable, so this does not block.
+        let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            0 => self.stop_polling(ops, true),
+            n if n > 0 => {
+                self.pending.extend_from_slice(&buf[..n as usize]);
+                if !self.flush_pending() {
+                    self.stop_polling(ops, false);
+                    self.paused = true;
+                }
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted
+                    && err.kind() != io::ErrorKind::WouldBlock
+                {
+                    self.stop_polling(ops, true);
+                }
+            }
+        }
+    }
+
+    fn stop_polling(&mut self, ops: &mut EventOps, closed: bool) {
+        let _ = ops.remove(Events::empty_raw(self.fd));
+        self.closed |= closed;
+    }
+}
+
+impl MutEventSubscriber for SerialInput {
+    fn init(&mut self, ops: &mut EventOps) {
+        // /dev/null and regular files cannot be polled: then there is simply no input.
+        if ops.add(Events::new_raw(self.fd, EventSet::IN)).is_err() {
+            self.closed = true;
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.event_set().contains(EventSet::IN) {
+            self.read_input(ops);
+        } else {
+            // HUP or ERR without data: the host side is gone.
+            self.stop_polling(ops, true);
+        }
+    }
+}
+
+/// Ends the VM when the guest asks the i8042 for a reset.
+struct ResetListener {
+    reset: EventFd,
+    events: Sender<VmEvent>,
+}
+
+impl MutEventSubscriber for ResetListener {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.reset, EventSet::IN)) {
+            let _ = self
+                .events
+                .send(VmEvent::EventLoopFailed(io::Error::other(e.to_string())));
+        }
+    }
+
+    fn process(&mut self, _: Events, ops: &mut EventOps) {
+        let _ = self.reset.read();
+        let _ = ops.remove(Events::new(&self.reset, EventSet::IN));
+        let _ = self.events.send(VmEvent::GuestReset);
+    }
+}
+
+/// Wakes the loop when the VM ends, so stopping does not wait for a tick.
+struct StopListener {
+    stop: EventFd,
+}
+
+impl MutEventSubscriber for StopListener {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.stop, EventSet::IN));
+    }
+
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.stop.read();
+    }
+}
+
+/// The running event loop thread.
+pub struct EventLoop {
+    stop: Arc<AtomicBool>,
+    wake: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EventLoop {
+    /// Starts the loop with the serial input (if any) and the reset line.
+    pub fn start(
+        input: Option<SerialInput>,
+        reset: EventFd,
+        events: Sender<VmEvent>,
+    ) -> io::Result<EventLoop> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+        let wake_listener = StopListener {
+            stop: wake.try_clone()?,
+        };
+        let thread = std::thread::Builder::new()
+            .name("vmm-events".into())
+            .spawn(move || {
+                if let Err(e) = event_loop(input, reset, wake_listener, events.clone(), &stop_flag)
+                {
+                    let _ = events.send(VmEvent::EventLoopFailed(e));
+                }
+            })?;
+        Ok(EventLoop {
+            stop,
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the loop and waits for the thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn event_loop(
+    input: Option<SerialInput>,
+    reset: EventFd,
+    wake: StopListener,
+    events: Sender<VmEvent>,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let to_io = |e: event_manager::Error| io::Error::other(e.to_string());
+    let mut manager: EventManager<Subscriber> = EventManager::new().map_err(to_io)?;
+    manager.add_subscriber(Arc::new(Mutex::new(wake)));
+    manager.add_subscriber(Arc::new(Mutex::new(ResetListener { reset, events })));
+    let input = input.map(|i| Arc::new(Mutex::new(i)));
+    let input_id = input
+        .clone()
+        .map(|i| manager.add_subscriber(i as Subscriber));
+    while !stop.load(Ordering::SeqCst) {
+        manager.run_with_timeout(TICK_MS).map_err(to_io)?;
+        if let (Some(input), Some(id)) = (&input, input_id) {
+            let mut input = input.lock().unwrap_or_else(|e| e.into_inner());
+            if input.paused && !input.closed && input.flush_pending() {
+                input.paused = false;
+                let fd = input.fd;
+                manager
+                    .event_ops(id)
+                    .and_then(|mut ops| ops.add(Events::new_raw(fd, EventSet::IN)))
+                    .map_err(to_io)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Standard input's descriptor.
+pub fn stdin_fd() -> RawFd {
+    io::stdin().as_raw_fd()
+}

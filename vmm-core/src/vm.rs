@@ -1,0 +1,395 @@
+//! Building a VM from its config and running it to its end.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vmm_devices::{Bus, EventFdTrigger, I8042Wrapper, SerialDevice};
+use vmm_loader::{BootProtocol, LoadedKernel};
+use vmm_memory::{layout, GuestMemoryMmap, MemoryOptions};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_vcpu::{BootEntry, Vcpu, VcpuExitReason, VcpuKicker, Vm, VmOptions};
+
+use crate::config::{ElfEntry, SerialMode, VmConfig};
+use crate::error::{Error, Result};
+use crate::event_loop::{stdin_fd, EventLoop, SerialInput};
+use crate::exits::BusExitHandler;
+use crate::terminal::RawTerminal;
+
+/// Kernels larger than this are ordinary kernels (not tiny test guests): on a PVM host they get
+/// a warning before they fail.
+const TINY_KERNEL_BYTES: u64 = 1 << 20;
+
+/// How a VM ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownReason {
+    /// The guest asked the i8042 for a reset (Linux `reboot=k`).
+    GuestReset,
+    /// The guest triple-faulted (Linux's last resort for reboot).
+    TripleFault,
+    /// KVM reported a guest shutdown system event.
+    GuestShutdown,
+    /// KVM reported a guest reset system event.
+    GuestSystemReset,
+    /// KVM reported a guest crash.
+    GuestCrash,
+    /// A vCPU halted with no irqchip to wake it (only VMs built without the irqchip).
+    Halted,
+    /// The VMM got a termination signal.
+    Signal(i32),
+}
+
+impl ShutdownReason {
+    /// The process exit code: 0 when the guest ended itself, non-zero otherwise.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ShutdownReason::GuestReset
+            | ShutdownReason::TripleFault
+            | ShutdownReason::GuestShutdown
+            | ShutdownReason::GuestSystemReset
+            | ShutdownReason::Halted => 0,
+            ShutdownReason::GuestCrash => 3,
+            ShutdownReason::Signal(sig) => 128 + sig,
+        }
+    }
+
+    fn from_vcpu(reason: VcpuExitReason) -> Option<ShutdownReason> {
+        Some(match reason {
+            VcpuExitReason::TripleFault => ShutdownReason::TripleFault,
+            VcpuExitReason::SystemReset => ShutdownReason::GuestSystemReset,
+            VcpuExitReason::SystemShutdown => ShutdownReason::GuestShutdown,
+            VcpuExitReason::SystemCrash => ShutdownReason::GuestCrash,
+            VcpuExitReason::Halted => ShutdownReason::Halted,
+            VcpuExitReason::Stopped => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for ShutdownReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShutdownReason::GuestReset => f.write_str("guest reset (i8042)"),
+            ShutdownReason::TripleFault => f.write_str("guest reset (triple fault)"),
+            ShutdownReason::GuestShutdown => f.write_str("guest shutdown"),
+            ShutdownReason::GuestSystemReset => f.write_str("guest reset (system event)"),
+            ShutdownReason::GuestCrash => f.write_str("guest crashed"),
+            ShutdownReason::Halted => f.write_str("guest halted"),
+            ShutdownReason::Signal(sig) => write!(f, "signal {sig}"),
+        }
+    }
+}
+
+/// What the main thread hears from the vCPU threads and the event loop.
+pub(crate) enum VmEvent {
+    Vcpu(vmm_vcpu::Result<VcpuExitReason>),
+    VcpuPanicked(u8),
+    GuestReset,
+    EventLoopFailed(io::Error),
+}
+
+/// A VM built and ready to run: memory, KVM VM, devices on their buses, kernel loaded, vCPUs
+/// configured.
+pub struct BuiltVm {
+    /// Guest RAM (kept alive as long as KVM's memory slots point into it).
+    pub memory: GuestMemoryMmap,
+    /// The KVM VM.
+    pub vm: Vm,
+    /// The vCPUs, boot vCPU first.
+    pub vcpus: Vec<Vcpu>,
+    /// How the kernel was loaded.
+    pub kernel: LoadedKernel,
+    /// The command line given to the kernel.
+    pub cmdline: String,
+    serial: Arc<Mutex<SerialDevice>>,
+    serial_mode: SerialMode,
+    reset: EventFd,
+    exits: Arc<BusExitHandler>,
+}
+
+fn open(what: &'static str, path: &Path) -> Result<(File, u64)> {
+    let file = File::open(path).map_err(|source| Error::OpenFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let meta = file.metadata().map_err(|source| Error::OpenFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_dir() {
+        return Err(Error::OpenFile {
+            what,
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "is a directory"),
+        });
+    }
+    Ok((file, meta.len()))
+}
+
+fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>> {
+    Ok(match mode {
+        SerialMode::Stdio => Box::new(io::stdout()),
+        SerialMode::None => Box::new(io::sink()),
+        SerialMode::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| Error::OpenFile {
+                    what: "serial output file",
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+    })
+}
+
+fn event_fd() -> Result<EventFd> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)
+}
+
+impl BuiltVm {
+    /// Builds the VM `config` describes. Nothing runs yet.
+    pub fn build(config: &VmConfig) -> Result<BuiltVm> {
+        config.validate()?;
+        let kernel_path = config
+            .kernel
+            .as_deref()
+            .ok_or(crate::ConfigError::NoKernel)?;
+        // Files first: a typo should not wait for KVM or memory.
+        let (mut kernel_file, kernel_size) = open("kernel", kernel_path)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some((path, open("initrd", path)?)),
+            None => None,
+        };
+        let cmdline = {
+            let append: Vec<&str> = config.append.as_deref().into_iter().collect();
+            vmm_loader::build_cmdline(config.cmdline.as_deref(), &append).map_err(Error::Boot)?
+        };
+        vmm_memory::validate_size(config.memory.0)?;
+
+        let vm = Vm::new(VmOptions::default())?;
+        vm.check_vcpu_count(config.vcpus)?;
+        // check_vcpu_count caps the count at 254.
+        let vcpu_count = config.vcpus as u8;
+
+        let options = MemoryOptions {
+            hugepages: config.hugepages,
+            ksm: config.ksm,
+            prefault: config.prefault,
+        };
+        let memory = vmm_memory::create_guest_memory(config.memory.0, options)?;
+        vm.register_memory(&memory)?;
+
+        // Devices: COM1 with its IRQ through an irqfd, the i8042 whose reset ends the VM.
+        let serial_irq = event_fd()?;
+        vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            EventFdTrigger::new(serial_irq),
+            serial_output(&config.serial)?,
+        )));
+        let reset = event_fd()?;
+        let reset_trigger = EventFdTrigger::new(reset.try_clone().map_err(Error::EventFd)?);
+        let i8042 = Arc::new(Mutex::new(I8042Wrapper::new(reset_trigger)));
+        let mut pio = Bus::new();
+        pio.insert(
+            serial.clone(),
+            vmm_devices::SERIAL_PORT_BASE,
+            vmm_devices::SERIAL_PORT_LEN,
+        )?;
+        pio.insert(
+            i8042,
+            vmm_devices::I8042_PORT_BASE,
+            vmm_devices::I8042_PORT_LEN,
+        )?;
+        let exits = Arc::new(BusExitHandler {
+            pio,
+            mmio: Bus::new(),
+        });
+
+        // Kernel, initrd, command line, boot structures.
+        let elf_entry = match config.elf_entry {
+            ElfEntry::Auto => vmm_loader::ElfEntry::Auto,
+            ElfEntry::Linux64 => vmm_loader::ElfEntry::Linux64,
+            ElfEntry::Pvh => vmm_loader::ElfEntry::Pvh,
+        };
+        let kernel =
+            vmm_loader::load_kernel(&memory, &mut kernel_file, elf_entry).map_err(|source| {
+                Error::Load {
+                    what: "kernel",
+                    path: kernel_path.to_path_buf(),
+                    source,
+                }
+            })?;
+        let initrd = match initrd {
+            Some((path, (mut file, size))) => Some(
+                vmm_loader::load_initrd(&memory, &mut file, size, &kernel).map_err(|source| {
+                    Error::Load {
+                        what: "initrd",
+                        path: path.clone(),
+                        source,
+                    }
+                })?,
+            ),
+            None => None,
+        };
+        vmm_loader::configure_boot(&memory, &kernel, &cmdline, initrd, config.memory.0)
+            .map_err(Error::Boot)?;
+        vmm_loader::setup_mptable(&memory, vcpu_count).map_err(Error::Boot)?;
+
+        if vmm_vcpu::is_pvm_host()
+            && (kernel_size > TINY_KERNEL_BYTES || kernel.protocol != BootProtocol::Pvh)
+        {
+            eprintln!("vmm: warning: {}", vmm_vcpu::PVM_EXPLANATION);
+        }
+
+        let entry = match kernel.protocol {
+            BootProtocol::Pvh => BootEntry::Protected32 {
+                eip: kernel.entry,
+                start_info: layout::PVH_INFO_START,
+            },
+            BootProtocol::Linux64 | BootProtocol::BzImage => BootEntry::Long64 {
+                rip: kernel.entry,
+                boot_params: layout::ZERO_PAGE_START,
+            },
+        };
+        let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+        for index in 0..vcpu_count {
+            let vcpu = vm.create_vcpu(index)?;
+            vcpu.configure(&vm, &memory, (index == 0).then_some(entry), vcpu_count)?;
+            vcpus.push(vcpu);
+        }
+        let cmdline = cmdline
+            .as_cstring()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(BuiltVm {
+            memory,
+            vm,
+            vcpus,
+            kernel,
+            cmdline,
+            serial,
+            serial_mode: config.serial.clone(),
+            reset,
+            exits,
+        })
+    }
+
+    /// Runs the VM until the guest ends it, a vCPU fails, or the VMM gets SIGTERM/SIGINT/SIGHUP.
+    pub fn run(self) -> Result<ShutdownReason> {
+        install_termination_handlers();
+        let (events_tx, events_rx) = channel();
+        let interactive = self.serial_mode == SerialMode::Stdio;
+        let input = interactive.then(|| SerialInput::new(stdin_fd(), self.serial.clone()));
+        let _terminal = interactive.then(RawTerminal::enter);
+        let event_loop =
+            EventLoop::start(input, self.reset, events_tx.clone()).map_err(Error::EventLoop)?;
+
+        let mut kickers = Vec::new();
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let mut spawn_error = None;
+        for vcpu in self.vcpus {
+            kickers.push(vcpu.kicker());
+            match spawn_vcpu(vcpu, self.exits.clone(), events_tx.clone()) {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(events_tx);
+        let outcome = match spawn_error {
+            Some(e) => Err(e),
+            None => wait_for_end(&events_rx),
+        };
+        stop_vcpus(&kickers, threads);
+        event_loop.stop();
+        // The memory outlives the vCPUs: KVM's slots point into it until the VM fd closes.
+        drop(self.vm);
+        drop(self.memory);
+        outcome
+    }
+}
+
+fn spawn_vcpu(
+    mut vcpu: Vcpu,
+    exits: Arc<BusExitHandler>,
+    events: Sender<VmEvent>,
+) -> Result<JoinHandle<()>> {
+    let index = vcpu.index();
+    std::thread::Builder::new()
+        .name(format!("vcpu{index}"))
+        .spawn(move || {
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vcpu.run(exits.as_ref())));
+            let _ = events.send(match result {
+                Ok(result) => VmEvent::Vcpu(result),
+                Err(_) => VmEvent::VcpuPanicked(index),
+            });
+        })
+        .map_err(|e| Error::Thread("vcpu", e))
+}
+
+static TERMINATION_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_termination_signal(
+    num: libc::c_int,
+    _: *mut libc::siginfo_t,
+    _: *mut libc::c_void,
+) {
+    TERMINATION_SIGNAL.store(num, Ordering::SeqCst);
+}
+
+fn install_termination_handlers() {
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // A failure leaves the default action (exit), which is still an exit.
+        let _ = vmm_sys_util::signal::register_signal_handler(signal, on_termination_signal);
+    }
+}
+
+fn wait_for_end(events: &Receiver<VmEvent>) -> Result<ShutdownReason> {
+    loop {
+        let signal = TERMINATION_SIGNAL.swap(0, Ordering::SeqCst);
+        if signal != 0 {
+            return Ok(ShutdownReason::Signal(signal));
+        }
+        match events.recv_timeout(Duration::from_millis(50)) {
+            Ok(VmEvent::GuestReset) => return Ok(ShutdownReason::GuestReset),
+            Ok(VmEvent::Vcpu(Ok(reason))) => {
+                if let Some(reason) = ShutdownReason::from_vcpu(reason) {
+                    return Ok(reason);
+                }
+            }
+            Ok(VmEvent::Vcpu(Err(e))) => return Err(e.into()),
+            Ok(VmEvent::VcpuPanicked(index)) => return Err(Error::VcpuPanicked(index)),
+            Ok(VmEvent::EventLoopFailed(e)) => return Err(Error::EventLoop(e)),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                // Every vCPU thread is gone without a reason: treat as a halt.
+                return Ok(ShutdownReason::Halted);
+            }
+        }
+    }
+}
+
+fn stop_vcpus(kickers: &[VcpuKicker], threads: Vec<JoinHandle<()>>) {
+    for kicker in kickers {
+        kicker.stop();
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+}
+
+/// Builds and runs the VM `config` describes, returning how it ended.
+pub fn run_vm(config: &VmConfig) -> Result<ShutdownReason> {
+    BuiltVm::build(config)?.run()
+}
