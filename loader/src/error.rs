@@ -277,7 +277,7 @@ pub enum Error {
     },
 
     /// The MP table cannot describe this many vCPUs.
-    #[error("an MP table cannot describe {num_cpus} vCPUs: 1 to {max} are possible")]
+    #[error("the MP and ACPI tables cannot describe {num_cpus} vCPUs: 1 to {max} are possible")]
     TooManyCpus {
         /// Requested vCPUs.
         num_cpus: u8,
@@ -292,6 +292,16 @@ pub enum Error {
         /// Room.
         max: u64,
         /// Where it goes.
+        addr: u64,
+    },
+    /// The ACPI tables would not fit in their reserved area.
+    #[error("the ACPI tables ({size} bytes) do not fit in the {max} bytes reserved at {addr:#x}")]
+    AcpiTooLarge {
+        /// Size of all tables.
+        size: u64,
+        /// Room.
+        max: u64,
+        /// Where they go.
         addr: u64,
     },
     /// A plain write to guest memory failed.

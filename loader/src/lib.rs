@@ -13,6 +13,7 @@
 //! tests on any Linux machine, and every function returns an [`Error`] instead of panicking on
 //! bad input.
 
+mod acpi;
 mod boot_params;
 mod cmdline;
 mod error;
@@ -23,6 +24,7 @@ mod mptable;
 #[cfg(test)]
 mod test_elf;
 
+pub use acpi::setup_acpi;
 pub use boot_params::configure_boot;
 pub use cmdline::{build_cmdline, DEFAULT_CMDLINE};
 pub use error::{Error, Result};

@@ -97,6 +97,21 @@ struct MpProcessor {
     reserved: [u32; 2],
 }
 
+/// How ISA IRQs reach the IOAPIC, as (interrupt type, ISA IRQ, IOAPIC pin): as on a PC and as
+/// KVM's default GSI routing wires them, the PIT's IRQ 0 arrives on pin 2 (pin 0 carries the
+/// PIC's ExtINT), IRQ 2 is the PIC cascade and has no pin, every other IRQ its own pin.
+/// Announcing IRQ 0 on pin 0 instead sends Linux through its timer-fallback probing, which
+/// under a slow (nested) host can pick a dead timer and hang the boot.
+fn isa_interrupt_routes() -> impl Iterator<Item = (u8, u8, u8)> {
+    [(INT_TYPE_EXTINT, 0, 0), (INT_TYPE_INT, 0, 2)]
+        .into_iter()
+        .chain(
+            (1..ISA_IRQS)
+                .filter(|&irq| irq != 2)
+                .map(|irq| (INT_TYPE_INT, irq, irq)),
+        )
+}
+
 #[repr(C, packed)]
 #[derive(Clone, Copy, Default, Debug)]
 struct MpBus {
@@ -234,16 +249,16 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
         }
         .as_slice(),
     );
-    for irq in 0..ISA_IRQS {
+    for (int_type, src_irq, dst_pin) in isa_interrupt_routes() {
         push(
             MpInterrupt {
                 entry_type: ENTRY_IO_INTERRUPT,
-                int_type: INT_TYPE_INT,
+                int_type,
                 flags: INT_FLAGS_CONFORM,
                 src_bus: ISA_BUS_ID,
-                src_irq: irq,
+                src_irq,
                 dst_id: ioapic_id,
-                dst_pin: irq,
+                dst_pin,
             }
             .as_slice(),
         );
@@ -404,7 +419,9 @@ mod tests {
             assert_eq!(bsp, 1);
             assert_eq!({ header.entry_count }, seen);
             assert_eq!(ioapic, Some((num_cpus, 0x11, layout::IOAPIC_START as u32)));
-            assert_eq!(isa_irqs, (0..16).map(|i| (i, i)).collect::<Vec<_>>());
+            let mut expected = vec![(0, 0), (0, 2)];
+            expected.extend((1..16).filter(|&i| i != 2).map(|i| (i, i)));
+            assert_eq!(isa_irqs, expected);
             assert_eq!(lints, vec![(3, 0xff, 0), (1, 0xff, 1)]);
             assert_eq!({ header.lapic_addr }, layout::LAPIC_START as u32);
         }

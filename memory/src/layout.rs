@@ -8,8 +8,9 @@
 //! 0x0000_8ff0  boot stack pointer (grows down)
 //! 0x0000_9000  identity page tables: PML4, PDPT, PD (first 1 GiB in 2 MiB pages)
 //! 0x0002_0000  kernel command line
-//! 0x0009_fc00  EBDA: MP table (reserved in e820)
+//! 0x0009_fc00  EBDA: MP table (reserved in e820 up to 1 MiB)
 //! 0x000a_0000  legacy VGA/ROM hole (not RAM)
+//! 0x000e_0000  ACPI tables: RSDP, XSDT, FADT, DSDT, MADT
 //! 0x0010_0000  RAM: kernel, initrd (top of low RAM), free memory
 //! 0xc000_0000  32-bit MMIO gap: virtio-mmio window, IOAPIC, LAPIC, KVM's TSS
 //! 0x1_0000_0000 RAM above 4 GiB for guests larger than the gap start
@@ -48,8 +49,13 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of conventional memory (the VGA/ROM hole follows).
 pub const EBDA_END: u64 = 0xa0000;
-/// Room for the MP table: from the EBDA to the first byte of high RAM.
-pub const MPTABLE_MAX_SIZE: u64 = HIGH_RAM_START - EBDA_START;
+/// Room for the MP table: from the EBDA to the ACPI tables.
+pub const MPTABLE_MAX_SIZE: u64 = ACPI_START - EBDA_START;
+/// ACPI tables, RSDP first: where Linux scans for the RSDP (0xE0000..0xFFFFF) when no boot
+/// protocol field points at it. Inside the reserved range below 1 MiB.
+pub const ACPI_START: u64 = 0xe_0000;
+/// Room for the ACPI tables.
+pub const ACPI_MAX_SIZE: u64 = HIGH_RAM_START - ACPI_START;
 /// First byte of RAM above the legacy hole: kernels and the initrd load at or above it.
 pub const HIGH_RAM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap: no RAM between here and 4 GiB.
@@ -71,6 +77,8 @@ pub const LAPIC_START: u64 = 0xfee0_0000;
 /// Three pages KVM needs for the TSS on Intel hosts (KVM_SET_TSS_ADDR), inside the gap.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 
+/// Legacy IRQ of the i8042 keyboard port.
+pub const KEYBOARD_IRQ: u32 = 1;
 /// Legacy IRQ of the first serial port (COM1).
 pub const SERIAL_IRQ: u32 = 4;
 /// First and last IOAPIC pins handed to virtio-mmio devices.
@@ -231,6 +239,7 @@ mod tests {
             (PDE_START, 0x1000),
             (CMDLINE_START, CMDLINE_MAX_SIZE as u64),
             (EBDA_START, EBDA_END - EBDA_START),
+            (ACPI_START, ACPI_MAX_SIZE),
         ];
         areas.sort();
         for pair in areas.windows(2) {

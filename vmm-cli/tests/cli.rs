@@ -347,3 +347,58 @@ fn no_access_to_dev_kvm() {
         assert_clean_error(&output, "no permission to open /dev/kvm");
     }
 }
+
+#[test]
+fn pvm_host_explains_why_linux_cannot_boot() {
+    // On a PVM host an ordinary kernel dies in KVM's emulator (~15 s in); the VMM must say why
+    // up front and name the internal error with its RIP. Elsewhere there is no such warning.
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let (kernel, initrd) = (guest_file("vmlinux"), guest_file("initramfs.cpio.gz"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+        ])
+        .args(["--serial", "none", "--append", "guest.test=poweroff"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    if !pvm {
+        // Real KVM: the guest boots and powers off; nothing on stderr.
+        let status = child.wait().unwrap();
+        stderr.read_line(&mut first).unwrap();
+        assert_eq!(status.code(), Some(0), "{first}");
+        assert!(first.is_empty(), "{first}");
+        return;
+    }
+    stderr.read_line(&mut first).unwrap();
+    assert!(
+        first.starts_with("vmm: warning: ") && first.contains("PVM"),
+        "{first}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "vmm still running after 120 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(1), "{rest}");
+    let lines: Vec<&str> = rest.lines().collect();
+    assert_eq!(lines.len(), 1, "{rest}");
+    assert!(lines[0].starts_with("vmm: error: "), "{rest}");
+    assert!(
+        lines[0].contains("KVM internal error") && lines[0].contains("RIP 0x"),
+        "{rest}"
+    );
+    assert!(lines[0].contains("PVM"), "{rest}");
+}

@@ -187,7 +187,7 @@ impl BuiltVm {
         let memory = vmm_memory::create_guest_memory(config.memory.0, options)?;
         vm.register_memory(&memory)?;
 
-        // Devices: COM1 with its IRQ through an irqfd, the i8042 whose reset ends the VM.
+        // Devices: COM1 with its IRQ through an irqfd, the i8042 (IRQ 1) whose reset ends the VM.
         let serial_irq = event_fd()?;
         vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(
@@ -196,7 +196,12 @@ impl BuiltVm {
         )));
         let reset = event_fd()?;
         let reset_trigger = EventFdTrigger::new(reset.try_clone().map_err(Error::EventFd)?);
-        let i8042 = Arc::new(Mutex::new(I8042Wrapper::new(reset_trigger)));
+        let keyboard_irq = event_fd()?;
+        vm.register_irqfd(&keyboard_irq, layout::KEYBOARD_IRQ)?;
+        let i8042 = Arc::new(Mutex::new(
+            I8042Wrapper::new(reset_trigger)
+                .with_keyboard_interrupt(EventFdTrigger::new(keyboard_irq)),
+        ));
         let mut pio = Bus::new();
         pio.insert(
             serial.clone(),
@@ -241,7 +246,10 @@ impl BuiltVm {
         };
         vmm_loader::configure_boot(&memory, &kernel, &cmdline, initrd, config.memory.0)
             .map_err(Error::Boot)?;
+        // CPUs and interrupt routing twice: the MP table for kernels without ACPI (or booted
+        // with acpi=off), ACPI for kernels without MP-table support.
         vmm_loader::setup_mptable(&memory, vcpu_count).map_err(Error::Boot)?;
+        vmm_loader::setup_acpi(&memory, vcpu_count).map_err(Error::Boot)?;
 
         if vmm_vcpu::is_pvm_host()
             && (kernel_size > TINY_KERNEL_BYTES || kernel.protocol != BootProtocol::Pvh)
@@ -293,7 +301,7 @@ impl BuiltVm {
             EventLoop::start(input, self.reset, events_tx.clone()).map_err(Error::EventLoop)?;
 
         let mut kickers = Vec::new();
-        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let mut threads: Vec<JoinHandle<Vcpu>> = Vec::new();
         let mut spawn_error = None;
         for vcpu in self.vcpus {
             kickers.push(vcpu.kicker());
@@ -310,8 +318,17 @@ impl BuiltVm {
             Some(e) => Err(e),
             None => wait_for_end(&events_rx),
         };
-        stop_vcpus(&kickers, threads);
+        let vcpus = stop_vcpus(&kickers, threads);
         event_loop.stop();
+        if let Ok(ShutdownReason::Signal(_)) = outcome {
+            // Where each vCPU was tells whether a stuck guest was idle or spinning.
+            for vcpu in &vcpus {
+                if let Ok(regs) = vcpu.fd().get_regs() {
+                    eprintln!("vmm: vCPU {} stopped at RIP {:#x}", vcpu.index(), regs.rip);
+                }
+            }
+        }
+        drop(vcpus);
         // The memory outlives the vCPUs: KVM's slots point into it until the VM fd closes.
         drop(self.vm);
         drop(self.memory);
@@ -323,7 +340,7 @@ fn spawn_vcpu(
     mut vcpu: Vcpu,
     exits: Arc<BusExitHandler>,
     events: Sender<VmEvent>,
-) -> Result<JoinHandle<()>> {
+) -> Result<JoinHandle<Vcpu>> {
     let index = vcpu.index();
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
@@ -334,6 +351,7 @@ fn spawn_vcpu(
                 Ok(result) => VmEvent::Vcpu(result),
                 Err(_) => VmEvent::VcpuPanicked(index),
             });
+            vcpu
         })
         .map_err(|e| Error::Thread("vcpu", e))
 }
@@ -380,13 +398,12 @@ fn wait_for_end(events: &Receiver<VmEvent>) -> Result<ShutdownReason> {
     }
 }
 
-fn stop_vcpus(kickers: &[VcpuKicker], threads: Vec<JoinHandle<()>>) {
+/// Stops every vCPU and hands them back (a vCPU whose thread panicked is lost).
+fn stop_vcpus(kickers: &[VcpuKicker], threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
     for kicker in kickers {
         kicker.stop();
     }
-    for thread in threads {
-        let _ = thread.join();
-    }
+    threads.into_iter().filter_map(|t| t.join().ok()).collect()
 }
 
 /// Builds and runs the VM `config` describes, returning how it ended.

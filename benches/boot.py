@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Linux boot time of this VMM against QEMU microvm (-accel kvm), measured in the same run.
+
+Boots the shared guest's kernel and initramfs with `guest.test=poweroff` under both VMMs
+alternately, N times each, and prints the medians (ms from process start to GUEST-INIT-OK and
+to process exit) and their ratio. Needs a /dev/kvm with hardware virtualization: on a PVM host
+run it through benches/boot-vs-qemu.sh, which runs it inside ../shared/testhost (nested: the
+absolute numbers are the test host's, only the ratio carries over).
+
+    benches/boot.py [-n 10] [--kernel vmlinux|bzImage] [--vcpus 1] [--vmm target/release/vmm]
+"""
+import argparse
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from startup import ROOT, guest_dir, run_once  # noqa: E402
+
+CMDLINE = ("console=ttyS0 reboot=k panic=1 pci=off nomodule 8250.nr_uarts=1 i8042.noaux i8042.nomux "
+           "i8042.dumbkbd quiet noxsave guest.test=poweroff")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=10)
+    parser.add_argument("--kernel", default="vmlinux")
+    parser.add_argument("--vcpus", type=int, default=1)
+    parser.add_argument("--memory-mib", type=int, default=256)
+    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "release", "vmm"))
+    parser.add_argument("--qemu", default="qemu-system-x86_64")
+    args = parser.parse_args()
+    if os.path.exists("/sys/module/kvm_pvm"):
+        sys.exit("boot.py: /dev/kvm is PVM here and cannot boot Linux: use benches/boot-vs-qemu.sh")
+    kernel = os.path.join(guest_dir(), args.kernel)
+    initrd = os.path.join(guest_dir(), "initramfs.cpio.gz")
+    ours = [args.vmm, "run", "--kernel", kernel, "--initrd", initrd, "--vcpus", str(args.vcpus),
+            "--memory", f"{args.memory_mib}M", "--cmdline", CMDLINE]
+    qemu = [args.qemu, "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off", "-accel", "kvm",
+            "-cpu", "host", "-m", str(args.memory_mib), "-smp", str(args.vcpus), "-nodefaults",
+            "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
+            "-kernel", kernel, "-initrd", initrd, "-append", CMDLINE]
+    peers = [("vmm", ours), ("qemu-microvm", qemu)]
+    results = {name: {"marker": [], "exit": []} for name, _ in peers}
+    for _ in range(args.n):
+        for name, cmd in peers:
+            marker, end, code = run_once(cmd, timeout=300)
+            if code != 0:
+                raise RuntimeError(f"{name} exited {code}")
+            results[name]["marker"].append(marker)
+            results[name]["exit"].append(end)
+    where = "inside the test host (nested KVM)" if os.environ.get("TESTHOST") else "on /dev/kvm"
+    print(f"{args.kernel} + initramfs, {args.vcpus} vCPU(s), {args.memory_mib} MiB, {args.n} runs each, "
+          f"alternating, {where}")
+    for name, _ in peers:
+        r = results[name]
+        print(f"{name:14} to GUEST-INIT-OK {statistics.median(r['marker']):8.1f} ms   to exit "
+              f"{statistics.median(r['exit']):8.1f} ms   (medians; marker {min(r['marker']):.0f}-"
+              f"{max(r['marker']):.0f})")
+    m = lambda name, key: statistics.median(results[name][key])
+    print("ratio vmm/qemu: to marker {:.3f}, to exit {:.3f}".format(
+        m("vmm", "marker") / m("qemu-microvm", "marker"), m("vmm", "exit") / m("qemu-microvm", "exit")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+//! ACPI tables for x86-64 guests: RSDP, XSDT, a hardware-reduced FADT, a DSDT with the legacy
+//! devices (COM1, the i8042) and the MADT (local APICs, the IOAPIC, IRQ 0 on GSI 2, LINT1 as
+//! NMI), built with rust-vmm's `acpi_tables` and placed where Linux scans for the RSDP
+//! (layout::ACPI_START).
+//!
+//! Kernels without MP-table support (Debian's cloud kernel, for one) find their CPUs and the
+//! IOAPIC only here; without it they fall back to the 8259 PIC in "virtual wire" mode.
+//! Hardware-reduced ACPI means no PM timer, SCI or sleep registers to emulate, and no legacy
+//! PIC for Linux: a legacy device's IRQ then reaches the IOAPIC only if the DSDT declares the
+//! device with its interrupt, so COM1 and the i8042 are declared there.
+//! `acpi_tables` has no MADT interrupt source override or local APIC NMI structure, so those
+//! two are written as raw bytes from the ACPI spec's layout.
+
+use acpi_tables::aml::{Device, EISAName, Interrupt, Name, Path, ResourceTemplate, Scope, IO};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_memory::{layout, GuestMemoryMmap};
+
+use crate::error::{Error, Result};
+
+const OEM_ID: [u8; 6] = *b"RSVMM ";
+const OEM_TABLE_ID: [u8; 8] = *b"RSVMMTBL";
+const OEM_REVISION: u32 = 1;
+
+/// MADT flag: the machine also has dual 8259 PICs (KVM's in-kernel PIC), which the OS masks.
+const MADT_PCAT_COMPAT: u32 = 1;
+const MADT_INTERRUPT_SOURCE_OVERRIDE: u8 = 2;
+const MADT_LOCAL_APIC_NMI: u8 = 4;
+/// Polarity and trigger "conform to the bus" (ISA: active high, edge).
+const MPS_INTI_CONFORMS: u16 = 0;
+/// All processors, in a local APIC NMI structure.
+const ALL_PROCESSORS: u8 = 0xff;
+
+/// Largest vCPU count the tables describe (APIC ids are one byte; the IOAPIC takes the next).
+const MAX_CPUS: u8 = 254;
+
+fn bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut out = Vec::new();
+    table.to_aml_bytes(&mut out);
+    out
+}
+
+/// An edge-triggered, active-high, exclusive ISA interrupt.
+fn isa_interrupt(irq: u32) -> Interrupt {
+    Interrupt::new(true, true, false, false, irq)
+}
+
+fn dsdt() -> Sdt {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    let com1_port = IO::new(0x3f8, 0x3f8, 1, 8);
+    let com1_irq = isa_interrupt(layout::SERIAL_IRQ);
+    let com1_resources = ResourceTemplate::new(vec![&com1_port, &com1_irq]);
+    let com1_hid = EISAName::new("PNP0501");
+    let com1_names = [
+        Name::new(Path::new("_HID"), &com1_hid),
+        Name::new(Path::new("_UID"), &0u8),
+        Name::new(Path::new("_CRS"), &com1_resources),
+    ];
+    let com1 = Device::new(
+        Path::new("COM1"),
+        com1_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    let kbd_data = IO::new(0x60, 0x60, 1, 1);
+    let kbd_command = IO::new(0x64, 0x64, 1, 1);
+    let kbd_irq = isa_interrupt(layout::KEYBOARD_IRQ);
+    let kbd_resources = ResourceTemplate::new(vec![&kbd_data, &kbd_command, &kbd_irq]);
+    let kbd_hid = EISAName::new("PNP0303");
+    let kbd_names = [
+        Name::new(Path::new("_HID"), &kbd_hid),
+        Name::new(Path::new("_CRS"), &kbd_resources),
+    ];
+    let kbd = Device::new(
+        Path::new("PS2K"),
+        kbd_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    Scope::new(Path::new("\\_SB_"), vec![&com1, &kbd]).to_aml_bytes(&mut dsdt);
+    dsdt
+}
+
+fn madt(num_cpus: u8) -> Vec<u8> {
+    // Header (36 bytes), local APIC address, flags.
+    let mut madt = Sdt::new(*b"APIC", 44, 5, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    madt.write_u32(36, layout::LAPIC_START as u32);
+    madt.write_u32(40, MADT_PCAT_COMPAT);
+    for cpu in 0..num_cpus {
+        madt.append_slice(&bytes(&ProcessorLocalApic::new(
+            cpu,
+            cpu,
+            EnabledStatus::Enabled,
+        )));
+    }
+    // The IOAPIC id follows the APIC ids of the CPUs, as in the MP table.
+    madt.append_slice(&bytes(&IoApic::new(
+        num_cpus,
+        layout::IOAPIC_START as u32,
+        0,
+    )));
+    // ISA IRQ 0 (the PIT) arrives on GSI 2, as KVM's default routing wires it.
+    let mut iso = vec![MADT_INTERRUPT_SOURCE_OVERRIDE, 10, 0, 0];
+    iso.extend_from_slice(&2u32.to_le_bytes());
+    iso.extend_from_slice(&MPS_INTI_CONFORMS.to_le_bytes());
+    madt.append_slice(&iso);
+    // LINT1 of every local APIC is the NMI input.
+    let mut nmi = vec![MADT_LOCAL_APIC_NMI, 6, ALL_PROCESSORS];
+    nmi.extend_from_slice(&MPS_INTI_CONFORMS.to_le_bytes());
+    nmi.push(1);
+    madt.append_slice(&nmi);
+    madt.as_slice().to_vec()
+}
+
+/// Writes the ACPI tables for `num_cpus` vCPUs at [`layout::ACPI_START`], RSDP first.
+pub fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
+    if num_cpus == 0 || num_cpus > MAX_CPUS {
+        return Err(Error::TooManyCpus {
+            num_cpus,
+            max: MAX_CPUS,
+        });
+    }
+    let align = |addr: u64| (addr + 15) & !15;
+    let rsdp_addr = layout::ACPI_START;
+    let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
+    // Virtio devices are not in the DSDT: they come from the command line.
+    let dsdt = dsdt();
+    let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
+    // Hardware-reduced: no PM timer, SCI or sleep registers to emulate; reset goes through
+    // the i8042.
+    let fadt = bytes(
+        &FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+            .flag(Flags::HwReducedAcpi)
+            .dsdt_64(dsdt_addr)
+            .finalize(),
+    );
+    let madt_addr = align(fadt_addr + fadt.len() as u64);
+    let madt = madt(num_cpus);
+    let xsdt_addr = align(madt_addr + madt.len() as u64);
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let xsdt = bytes(&xsdt);
+    let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+
+    let end = xsdt_addr + xsdt.len() as u64;
+    if end - layout::ACPI_START > layout::ACPI_MAX_SIZE {
+        return Err(Error::AcpiTooLarge {
+            size: end - layout::ACPI_START,
+            max: layout::ACPI_MAX_SIZE,
+            addr: layout::ACPI_START,
+        });
+    }
+    for (what, addr, table) in [
+        ("ACPI RSDP", rsdp_addr, &rsdp),
+        ("ACPI DSDT", dsdt_addr, &dsdt.as_slice().to_vec()),
+        ("ACPI FADT", fadt_addr, &fadt),
+        ("ACPI MADT", madt_addr, &madt),
+        ("ACPI XSDT", xsdt_addr, &xsdt),
+    ] {
+        mem.write_slice(table, GuestAddress(addr))
+            .map_err(|source| Error::GuestWrite { what, addr, source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_memory::{create_guest_memory, MemoryOptions};
+
+    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        buf
+    }
+
+    fn u32_at(bytes: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+    }
+
+    fn u64_at(bytes: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+    }
+
+    fn checksum_ok(bytes: &[u8]) -> bool {
+        bytes.iter().fold(0u8, |sum, b| sum.wrapping_add(*b)) == 0
+    }
+
+    /// Reads a whole table at `addr` (length from its header) and checks its checksum.
+    fn table(mem: &GuestMemoryMmap, addr: u64, signature: &[u8; 4]) -> Vec<u8> {
+        let header = read(mem, addr, 36);
+        assert_eq!(&header[..4], signature);
+        let table = read(mem, addr, u32_at(&header, 4) as usize);
+        assert!(
+            checksum_ok(&table),
+            "{} checksum",
+            String::from_utf8_lossy(signature)
+        );
+        table
+    }
+
+    #[test]
+    fn tables_chain_from_the_rsdp_with_valid_checksums() {
+        let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
+        setup_acpi(&mem, 4).unwrap();
+        let rsdp = read(&mem, layout::ACPI_START, 36);
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert!(checksum_ok(&rsdp[..20]) && checksum_ok(&rsdp));
+        assert_eq!(rsdp[15], 2, "ACPI 2.0+ RSDP");
+        let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
+        let entries: Vec<u64> = (36..xsdt.len())
+            .step_by(8)
+            .map(|at| u64_at(&xsdt, at))
+            .collect();
+        assert_eq!(entries.len(), 2);
+        let fadt = table(&mem, entries[0], b"FACP");
+        assert_ne!(u32_at(&fadt, 112) & (1 << 20), 0, "hardware-reduced ACPI");
+        let dsdt = table(&mem, u64_at(&fadt, 140), b"DSDT");
+        let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            has(b"COM1") && has(b"PS2K") && has(b"_CRS"),
+            "legacy devices declared"
+        );
+        let madt = table(&mem, entries[1], b"APIC");
+        assert_eq!(u32_at(&madt, 36), layout::LAPIC_START as u32);
+        // Walk the MADT's structures.
+        let (mut cpus, mut ioapic, mut overrides, mut nmis) = (vec![], None, vec![], 0);
+        let mut at = 44;
+        while at < madt.len() {
+            let (kind, len) = (madt[at], madt[at + 1] as usize);
+            let entry = &madt[at..at + len];
+            match kind {
+                0 => {
+                    assert_eq!(u32_at(entry, 4), 1, "enabled");
+                    cpus.push(entry[3]);
+                }
+                1 => ioapic = Some((entry[2], u32_at(entry, 4), u32_at(entry, 8))),
+                2 => overrides.push((entry[3], u32_at(entry, 4))),
+                4 => nmis += 1,
+                other => panic!("unexpected MADT structure {other}"),
+            }
+            at += len;
+        }
+        assert_eq!(at, madt.len());
+        assert_eq!(cpus, vec![0, 1, 2, 3]);
+        assert_eq!(ioapic, Some((4, layout::IOAPIC_START as u32, 0)));
+        assert_eq!(overrides, vec![(0, 2)], "IRQ 0 on GSI 2");
+        assert_eq!(nmis, 1);
+    }
+
+    #[test]
+    fn cpu_limits() {
+        let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
+        assert!(setup_acpi(&mem, 0).is_err());
+        assert!(setup_acpi(&mem, 255).is_err());
+        setup_acpi(&mem, 254).unwrap();
+    }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond a Rust toolchain, on Debian 12 (as root):
+# QEMU (the test host for full Linux boots on PVM machines, and the benchmark peer),
+# util-linux's setpriv (the no-/dev/kvm-access test), python3 (benchmark scripts),
+# rustfmt and clippy, and cargo-fuzz. Does nothing for what is already there.
+set -euo pipefail
+missing=()
+command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+command -v setpriv >/dev/null || missing+=(util-linux)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if command -v rustup >/dev/null; then
+    for component in rustfmt clippy; do
+        rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+    done
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "install-deps: cargo install cargo-fuzz"
+    cargo install cargo-fuzz --locked
+fi

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this):
+#   formatting, clippy with -D warnings, tier 1 (no KVM) and tier 2 (tiny guests on this
+#   machine's /dev/kvm) through cargo test, tier 3 (full Linux boots: scripts/e2e.sh, inside the
+#   test host on a PVM machine), and a short fuzz run of every target.
+# Env: FUZZ_SECONDS (per target, default 15), VMM_GUEST_DIR (default ../shared/guest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n=== %s\n' "$*"; }
+
+step "dependencies"
+scripts/install-deps.sh
+step "cargo fmt --check"
+cargo fmt --all --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+step "tiers 1 and 2: cargo test --workspace"
+cargo test --workspace
+step "tier 3: end-to-end Linux boots"
+scripts/e2e.sh
+step "fuzz smoke run"
+fuzz/run.sh "${FUZZ_SECONDS:-15}"
+step "all passed"
