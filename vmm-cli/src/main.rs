@@ -125,7 +125,9 @@ fn main() -> ExitCode {
     match result {
         Ok(reason) => {
             let code = reason.exit_code();
-            if code != 0 {
+            // A clean guest reboot goes through the i8042 and needs no word; anything else
+            // (a triple fault is how a dying guest resets, a signal, a crash) is said once.
+            if reason != vmm_core::ShutdownReason::GuestReset {
                 eprintln!("vmm: VM ended: {reason}");
             }
             ExitCode::from(code.clamp(0, 255) as u8)

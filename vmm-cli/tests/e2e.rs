@@ -88,8 +88,9 @@ impl Running {
                 Ok(line) => self.seen.push(line),
                 Err(_) => {
                     let _ = self.child.kill();
+                    let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
                     panic!(
-                        "no line starting with {marker:?}; output so far:\n{}",
+                        "no line starting with {marker:?} (vmm {status}); output so far:\n{}",
                         self.seen.join("\n")
                     );
                 }
@@ -126,7 +127,39 @@ impl Running {
 }
 
 /// Boots, runs the guest tests named in `tests`, and checks every marker and exit code 0.
+///
+/// Inside the nested test host (QEMU TCG emulating SVM) a boot fails now and then for reasons
+/// of that emulation (its README: hangs under load); there a failed boot is retried once, and
+/// the first failure is printed in full so that it stays visible. On real KVM: no retry.
 fn boot_and_test(args: &[&str], tests: &str, markers: &[&str]) -> String {
+    if std::env::var_os("TESTHOST").is_none() {
+        return boot_and_test_once(args, tests, markers);
+    }
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let markers: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
+    let (a, t, m) = (args.clone(), tests.to_string(), markers.clone());
+    let first = std::thread::spawn(move || {
+        let args: Vec<&str> = a.iter().map(String::as_str).collect();
+        let markers: Vec<&str> = m.iter().map(String::as_str).collect();
+        boot_and_test_once(&args, &t, &markers)
+    })
+    .join();
+    match first {
+        Ok(output) => output,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "(no message)".into());
+            eprintln!("e2e: RETRYING after a failed nested boot; the first attempt said:\n{why}");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let markers: Vec<&str> = markers.iter().map(String::as_str).collect();
+            boot_and_test_once(&args, tests, &markers)
+        }
+    }
+}
+
+fn boot_and_test_once(args: &[&str], tests: &str, markers: &[&str]) -> String {
     let append = format!("{QUIET} guest.test={tests}");
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--append", &append]);
@@ -168,7 +201,8 @@ fn vmlinux_pvh_one_vcpu_small_memory() {
 }
 
 #[test]
-fn vmlinux_64bit_entry_two_vcpus() {
+fn vmlinux_64bit_entry_two_vcpus_from_the_mp_table() {
+    // acpi=off: the guest finds its CPUs and interrupt routing in the MP table alone.
     let (kernel, initrd) = (guest("vmlinux"), guest("initramfs.cpio.gz"));
     boot_and_test(
         &[
@@ -181,7 +215,7 @@ fn vmlinux_64bit_entry_two_vcpus() {
             "--vcpus",
             "2",
             "--append",
-            "guest.cpus=2",
+            "acpi=off guest.cpus=2",
         ],
         "smp",
         &["SMP-OK 2"],
@@ -225,12 +259,22 @@ fn bzimage_eight_vcpus_and_memory_above_4g() {
 }
 
 #[test]
-fn debian_distro_kernel_reaches_init() {
+fn debian_distro_kernel_reaches_init_and_finds_both_cpus_in_acpi() {
+    // Debian's kernel has no MP-table parser: it finds the second CPU only in the ACPI MADT.
     let (kernel, initrd) = (guest("debian-cloud-vmlinuz"), guest("initramfs.cpio.gz"));
     boot_and_test(
-        &["--kernel", &kernel, "--initrd", &initrd, "--vcpus", "1"],
-        "poweroff",
-        &[],
+        &[
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--vcpus",
+            "2",
+            "--append",
+            "guest.cpus=2",
+        ],
+        "smp",
+        &["SMP-OK 2"],
     );
 }
 
