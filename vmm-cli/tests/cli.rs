@@ -57,6 +57,20 @@ fn assert_clean_error(output: &Output, needle: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Reads the VMM's output until the guest's GUEST-INIT-OK line.
+fn wait_for_marker(output: &mut impl BufRead) {
+    let mut line = String::new();
+    let start = Instant::now();
+    while !line.contains("GUEST-INIT-OK") {
+        line.clear();
+        assert!(
+            output.read_line(&mut line).unwrap() > 0,
+            "vmm closed its output before the marker"
+        );
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+}
+
 #[test]
 fn tiny_pvh_guest_prints_its_marker_and_exits_zero() {
     let kernel = guest_file("tiny-pvh.elf");
@@ -133,17 +147,7 @@ fn sigterm_ends_a_halted_guest_cleanly() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let start = Instant::now();
-    while !line.contains("GUEST-INIT-OK") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "vmm closed stdout before the marker"
-        );
-        assert!(start.elapsed() < Duration::from_secs(30));
-    }
+    wait_for_marker(&mut BufReader::new(child.stdout.take().unwrap()));
     // SAFETY: sends SIGTERM to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -151,7 +155,7 @@ fn sigterm_ends_a_halted_guest_cleanly() {
 }
 
 #[test]
-fn serial_input_reaches_the_guest_uart() {
+fn host_input_on_a_pipe_neither_blocks_nor_ends_the_vm() {
     // The tiny guest never reads its UART, so this checks that input on a pipe neither blocks nor
     // kills the VMM, and that EOF on stdin is harmless.
     let kernel = guest_file("tiny-pvh.elf");
@@ -401,4 +405,88 @@ fn pvm_host_explains_why_linux_cannot_boot() {
         "{rest}"
     );
     assert!(lines[0].contains("PVM"), "{rest}");
+}
+
+#[test]
+fn memory_options_boot() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let output = vmm(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "test=1",
+        "--memory",
+        "64M",
+        "--hugepages",
+        "--ksm",
+        "--prefault",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}",
+        text(&output.stderr)
+    );
+    assert!(text(&output.stdout).contains("GUEST-TEST-DONE"));
+}
+
+/// The local-mode flags of a terminal.
+fn lflag(fd: i32) -> libc::tcflag_t {
+    // SAFETY: tcgetattr fills a termios we own for a descriptor we opened.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(fd, &mut t), 0);
+        t.c_lflag
+    }
+}
+
+#[test]
+fn terminal_is_raw_while_running_and_restored_after() {
+    use std::os::fd::FromRawFd;
+    let kernel = guest_file("tiny-pvh.elf");
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into our integers; the other arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0);
+    let canonical = libc::ICANON | libc::ECHO;
+    assert_eq!(
+        lflag(slave) & canonical,
+        canonical,
+        "a new pty starts canonical"
+    );
+    // SAFETY: `slave` is a descriptor we own; each File gets its own duplicate.
+    let (stdin, stdout) = unsafe { (libc::dup(slave), libc::dup(slave)) };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0",
+        ])
+        // SAFETY: the duplicated descriptors are handed over to the child's stdio.
+        .stdin(unsafe { Stdio::from_raw_fd(stdin) })
+        .stdout(unsafe { Stdio::from_raw_fd(stdout) })
+        .spawn()
+        .unwrap();
+    // SAFETY: `master` is ours; reading it sees what the VMM writes to the terminal. The reader
+    // lives to the end of the test: closing the master would hang up the VMM's terminal.
+    let mut terminal = BufReader::new(unsafe { std::fs::File::from_raw_fd(master) });
+    wait_for_marker(&mut terminal);
+    assert_eq!(lflag(slave) & canonical, 0, "raw while the guest runs");
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    assert_eq!(lflag(slave) & canonical, canonical, "restored on exit");
+    // SAFETY: closes the descriptor we still own.
+    unsafe { libc::close(slave) };
 }

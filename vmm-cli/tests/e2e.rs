@@ -201,8 +201,7 @@ fn vmlinux_pvh_one_vcpu_small_memory() {
 }
 
 #[test]
-fn vmlinux_64bit_entry_two_vcpus_from_the_mp_table() {
-    // acpi=off: the guest finds its CPUs and interrupt routing in the MP table alone.
+fn vmlinux_64bit_entry_two_vcpus() {
     let (kernel, initrd) = (guest("vmlinux"), guest("initramfs.cpio.gz"));
     boot_and_test(
         &[
@@ -215,7 +214,7 @@ fn vmlinux_64bit_entry_two_vcpus_from_the_mp_table() {
             "--vcpus",
             "2",
             "--append",
-            "acpi=off guest.cpus=2",
+            "guest.cpus=2",
         ],
         "smp",
         &["SMP-OK 2"],
@@ -223,7 +222,8 @@ fn vmlinux_64bit_entry_two_vcpus_from_the_mp_table() {
 }
 
 #[test]
-fn bzimage_eight_vcpus_and_memory_above_4g() {
+fn bzimage_eight_vcpus_from_the_mp_table_and_memory_above_4g() {
+    // acpi=off: the guest finds its CPUs and interrupt routing in the MP table alone.
     let (kernel, initrd) = (guest("bzImage"), guest("initramfs.cpio.gz"));
     let output = boot_and_test(
         &[
@@ -236,7 +236,7 @@ fn bzimage_eight_vcpus_and_memory_above_4g() {
             "--memory",
             "5G",
             "--append",
-            "guest.cpus=8",
+            "acpi=off guest.cpus=8",
         ],
         "devices,smp",
         &["DEVICES-OK", "SMP-OK 8"],
