@@ -186,6 +186,8 @@ impl BuiltVm {
         };
         let memory = vmm_memory::create_guest_memory(config.memory.0, options)?;
         vm.register_memory(&memory)?;
+        // After the memory slots, which are much slower to add once an irqchip exists.
+        vm.create_irqchip()?;
 
         // Devices: COM1 with its IRQ through an irqfd, the i8042 (IRQ 1) whose reset ends the VM.
         let serial_irq = event_fd()?;
