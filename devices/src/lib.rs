@@ -74,22 +74,10 @@ pub enum Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{self, Write};
     use std::sync::{Arc, Mutex};
     use vmm_sys_util::eventfd::EventFd;
 
-    #[derive(Clone, Default)]
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for SharedBuf {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::serial::tests::SharedBuf;
 
     #[test]
     fn serial_and_i8042_on_the_port_bus_at_their_real_bases() {

@@ -119,7 +119,7 @@ impl BusDevice for SerialDevice {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io;
     use std::sync::{Arc, Mutex};
@@ -137,9 +137,9 @@ mod tests {
     const LSR_THR_EMPTY: u8 = 0x20;
     const FIFO_SIZE: usize = 64;
 
-    /// A `Write` the test can look into.
+    /// A `Write` the test can look into (also used by the crate-level tests).
     #[derive(Clone, Default)]
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct SharedBuf(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl Write for SharedBuf {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -15,41 +15,13 @@ use std::io::ErrorKind;
 use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
+
+mod common;
+use common::Cursor;
 use vmm_devices::{
     Bus, BusDevice, EventFd, EventFdTrigger, I8042Wrapper, SerialDevice, EFD_NONBLOCK,
     I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
-
-/// Reads the fuzz input front to back; past the end it yields zeros.
-struct Cursor<'a>(&'a [u8]);
-
-impl Cursor<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn u64(&mut self) -> u64 {
-        let mut v = [0u8; 8];
-        for b in &mut v {
-            *b = self.byte();
-        }
-        u64::from_le_bytes(v)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-}
 
 fn event_fd() -> EventFd {
     EventFd::new(EFD_NONBLOCK).expect("eventfd")
