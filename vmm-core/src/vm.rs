@@ -172,19 +172,19 @@ impl BuiltVm {
             let append: Vec<&str> = config.append.as_deref().into_iter().collect();
             vmm_loader::build_cmdline(config.cmdline.as_deref(), &append).map_err(Error::Boot)?
         };
-        vmm_memory::validate_size(config.memory.0)?;
-
-        let vm = Vm::new(VmOptions::default())?;
-        vm.check_vcpu_count(config.vcpus)?;
-        // check_vcpu_count caps the count at 254.
-        let vcpu_count = config.vcpus as u8;
-
+        // Guest RAM before KVM: its size is checked (once) here, and an unreserved mapping
+        // costs microseconds even when KVM then refuses.
         let options = MemoryOptions {
             hugepages: config.hugepages,
             ksm: config.ksm,
             prefault: config.prefault,
         };
         let memory = vmm_memory::create_guest_memory(config.memory.0, options)?;
+
+        let vm = Vm::new(VmOptions::default())?;
+        vm.check_vcpu_count(config.vcpus)?;
+        // check_vcpu_count caps the count at 254.
+        let vcpu_count = config.vcpus as u8;
         vm.register_memory(&memory)?;
         // After the memory slots, which are much slower to add once an irqchip exists.
         vm.create_irqchip()?;
