@@ -27,6 +27,14 @@ pub enum Error {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// KVM refused to set a boot MSR.
+    #[error("vCPU {vcpu}: KVM refused to set MSR {index:#x}")]
+    MsrRefused {
+        /// vCPU index.
+        vcpu: u8,
+        /// The MSR.
+        index: u32,
+    },
     /// Too many or zero vCPUs.
     #[error("{requested} vCPUs requested: this host's KVM allows 1 to {max}")]
     VcpuCount {

@@ -160,15 +160,11 @@ impl Vcpu {
 
         let msrs = regs::boot_msrs();
         let written = self.fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
-        if written != msrs.as_slice().len() {
-            let index = msrs.as_slice()[written].index;
-            return Err(Error::Kvm {
-                what: if index == regs::msr::MTRR_DEF_TYPE {
-                    "KVM_SET_MSRS (MTRR_DEF_TYPE)"
-                } else {
-                    "KVM_SET_MSRS"
-                },
-                source: kvm_ioctls::Error::new(libc::EINVAL),
+        if let Some(refused) = msrs.as_slice().get(written) {
+            // KVM stops at the first MSR it refuses and reports how many it set.
+            return Err(Error::MsrRefused {
+                vcpu: self.index,
+                index: refused.index,
             });
         }
         self.fd
