@@ -5,6 +5,7 @@
 #
 #   scripts/e2e.sh [TEST-NAME-FILTER...]
 #
+# --nocapture: a failed first attempt inside the test host stays visible even when the retry passes.
 # Env: VMM_GUEST_DIR (guest images, default ../shared/guest), TESTHOST_DIR (default
 # ../shared/testhost), E2E_TIMEOUT (seconds for the whole suite, default 1500).
 set -euo pipefail
@@ -19,6 +20,6 @@ if [ -e /sys/module/kvm_pvm ] && [ -z "${TESTHOST:-}" ]; then
     [ -x "$testhost/run.sh" ] || { echo "e2e.sh: PVM host and no test host at $testhost" >&2; exit 1; }
     echo "e2e.sh: /dev/kvm is PVM here; running the suite inside the test host ($testhost)"
     # 6 GiB for the L1 so that a 5 GiB guest fits; L2 memory is only touched as the guest uses it.
-    exec "$testhost/run.sh" -m 6G -c 2 -t "${E2E_TIMEOUT:-1500}" -- "$bin" --test-threads=1 "$@"
+    exec "$testhost/run.sh" -m 6G -c 2 -t "${E2E_TIMEOUT:-1500}" -- "$bin" --test-threads=1 --nocapture "$@"
 fi
-exec "$bin" --test-threads=1 "$@"
+exec "$bin" --test-threads=1 --nocapture "$@"

@@ -135,26 +135,12 @@ fn boot_and_test(args: &[&str], tests: &str, markers: &[&str]) -> String {
     if std::env::var_os("TESTHOST").is_none() {
         return boot_and_test_once(args, tests, markers);
     }
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let markers: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
-    let (a, t, m) = (args.clone(), tests.to_string(), markers.clone());
-    let first = std::thread::spawn(move || {
-        let args: Vec<&str> = a.iter().map(String::as_str).collect();
-        let markers: Vec<&str> = m.iter().map(String::as_str).collect();
-        boot_and_test_once(&args, &t, &markers)
-    })
-    .join();
-    match first {
+    // The panic message of the first attempt is printed by the default hook as it happens.
+    match std::panic::catch_unwind(|| boot_and_test_once(args, tests, markers)) {
         Ok(output) => output,
-        Err(panic) => {
-            let why = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_else(|| "(no message)".into());
-            eprintln!("e2e: RETRYING after a failed nested boot; the first attempt said:\n{why}");
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let markers: Vec<&str> = markers.iter().map(String::as_str).collect();
-            boot_and_test_once(&args, tests, &markers)
+        Err(_) => {
+            eprintln!("e2e: RETRYING after a failed nested boot (first failure above)");
+            boot_and_test_once(args, tests, markers)
         }
     }
 }
