@@ -43,6 +43,7 @@ pub mod bus;
 pub mod i8042;
 pub mod serial;
 pub mod trigger;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice};
 pub use i8042::{I8042Wrapper, I8042_PORT_BASE, I8042_PORT_LEN};

@@ -1,0 +1,359 @@
+//! Virtio devices over the virtio-mmio transport (virtio 1.x, "modern" register layout).
+//!
+//! The pieces:
+//! - [`VirtioDevice`]: what one device type (block, net, vsock, rng, balloon) implements: its
+//!   feature bits, config space, and the work done when the driver notifies a queue or a host
+//!   backend (tap, socket) becomes ready.
+//! - [`mmio::MmioTransport`]: the register block the guest sees at one MMIO slot; it does feature
+//!   negotiation, device status, queue setup and reset, and hands the device its queues on
+//!   DRIVER_OK. It is a [`crate::BusDevice`].
+//! - [`VirtioInterrupt`]: the interrupt status bits and the irqfd-backed line.
+//!
+//! Threads: vCPU threads reach the transport through the MMIO bus; the event loop reaches the
+//! same transport (same `Mutex`) when a queue's ioeventfd or a backend descriptor fires. Devices
+//! never block: backends are non-blocking and a device that cannot make progress (no receive
+//! buffers, tap full) waits for the next notification.
+//!
+//! Hostile drivers: nothing here panics on guest input. Malformed requests get an error status
+//! (or are dropped) and the chain is returned to the driver; a broken queue (rings outside guest
+//! memory) puts the device into DEVICE_NEEDS_RESET.
+
+pub mod balloon;
+pub mod block;
+pub mod mmio;
+pub mod net;
+pub mod rng;
+pub mod tap;
+pub mod vsock;
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueT};
+use vmm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+
+use crate::EventFdTrigger;
+
+/// Device IDs (virtio 1.2, 5 "Device Types").
+pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+    /// Entropy source.
+    pub const RNG: u32 = 4;
+    /// Traditional memory balloon.
+    pub const BALLOON: u32 = 5;
+    /// Socket device.
+    pub const VSOCK: u32 = 19;
+}
+
+/// Feature bits shared by all device types (virtio 1.2, 6 "Reserved Feature Bits").
+pub mod features {
+    /// Indirect descriptors.
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+    /// `used_event` / `avail_event` notification suppression.
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    /// A virtio 1.x ("modern") device; required by this transport.
+    pub const VERSION_1: u64 = 1 << 32;
+}
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = 2;
+    /// The driver is set up; the device may be used.
+    pub const DRIVER_OK: u32 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = 128;
+}
+
+/// Interrupt status bits (the InterruptStatus register).
+pub mod interrupt_bits {
+    /// The device used a buffer in at least one queue.
+    pub const USED_BUFFER: u32 = 1;
+    /// The device's configuration changed.
+    pub const CONFIG_CHANGE: u32 = 2;
+}
+
+/// Errors of the virtio devices.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    /// A queue the driver made ready is not usable (rings outside guest memory, misaligned, bad
+    /// size).
+    #[error("virtio queue {index} is not valid (rings outside guest memory, misaligned or bad size)")]
+    InvalidQueue {
+        /// Which queue.
+        index: usize,
+    },
+    /// The driver activated the device with the wrong number of queues.
+    #[error("device expects {expected} queues, got {got}")]
+    QueueCount {
+        /// Queues the device type has.
+        expected: usize,
+        /// Queues handed over.
+        got: usize,
+    },
+    /// Accessing a queue's rings in guest memory failed.
+    #[error("virtio queue access failed: {0:?}")]
+    Queue(virtio_queue::Error),
+    /// Raising the interrupt failed.
+    #[error("failed to raise the virtio interrupt: {0}")]
+    Interrupt(#[source] io::Error),
+    /// A host backend (file, tap, socket) failed in a way the device cannot hide from the guest.
+    #[error("device backend failed: {0}")]
+    Backend(#[source] io::Error),
+    /// A saved state does not fit this device (other type, other configuration).
+    #[error("saved device state does not match this device: {0}")]
+    StateMismatch(String),
+}
+
+impl From<virtio_queue::Error> for VirtioError {
+    fn from(e: virtio_queue::Error) -> Self {
+        VirtioError::Queue(e)
+    }
+}
+
+/// The interrupt line of one virtio-mmio device and its InterruptStatus bits.
+///
+/// Clones share both. Signalling sets a status bit and then writes the irqfd (edge), so the
+/// driver's interrupt handler always finds the reason in InterruptStatus.
+#[derive(Clone, Debug)]
+pub struct VirtioInterrupt {
+    status: Arc<AtomicU32>,
+    line: Arc<EventFdTrigger>,
+}
+
+impl VirtioInterrupt {
+    /// An interrupt raised through `line` (an EventFd that vmm-core binds with KVM_IRQFD).
+    pub fn new(line: EventFdTrigger) -> Self {
+        VirtioInterrupt {
+            status: Arc::new(AtomicU32::new(0)),
+            line: Arc::new(line),
+        }
+    }
+
+    /// Tells the driver that buffers were used.
+    pub fn signal_used_queue(&self) -> Result<(), VirtioError> {
+        self.signal(interrupt_bits::USED_BUFFER)
+    }
+
+    /// Tells the driver that the configuration space changed.
+    pub fn signal_config_change(&self) -> Result<(), VirtioError> {
+        self.signal(interrupt_bits::CONFIG_CHANGE)
+    }
+
+    fn signal(&self, bit: u32) -> Result<(), VirtioError> {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.line.event_fd().write(1).map_err(VirtioError::Interrupt)
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears the given bits.
+    pub fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Sets the status bits directly (restore from a snapshot).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
+    /// The EventFd behind the line (for binding it to a guest IRQ).
+    pub fn line(&self) -> &EventFdTrigger {
+        &self.line
+    }
+}
+
+/// What a device gets when the driver sets DRIVER_OK: guest memory, its queues (validated, in
+/// queue-index order), the interrupt, and the features both sides agreed on.
+pub struct ActiveQueues {
+    /// Guest memory, for the rings and the buffers.
+    pub mem: GuestMemoryMmap,
+    /// One entry per queue of the device type, already checked with `Queue::is_valid`.
+    pub queues: Vec<Queue>,
+    /// The device's interrupt.
+    pub interrupt: VirtioInterrupt,
+    /// Features offered by the device and accepted by the driver.
+    pub acked_features: u64,
+}
+
+/// A host descriptor a device wants polled by the event loop, with a token the device chooses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendFd {
+    /// The descriptor (tap, listening socket, the device's own epoll fd...).
+    pub fd: RawFd,
+    /// Readiness to wait for (may include `EventSet::EDGE_TRIGGERED`).
+    pub events: EventSet,
+    /// Passed back to [`VirtioDevice::process_backend`].
+    pub token: u32,
+}
+
+/// One virtio device type, independent of the transport.
+///
+/// Called with the transport's lock held, from a vCPU thread (register accesses, activation,
+/// reset, and queue notifies that arrive as MMIO exits) or from the event loop (ioeventfd queue
+/// notifies, backend readiness). Methods never block and never panic on guest input.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID ([`device_type`]).
+    fn device_type(&self) -> u32;
+
+    /// The maximum size of each of the device's queues; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Feature bits the device offers, [`features::VERSION_1`] included.
+    fn device_features(&self) -> u64;
+
+    /// Reads the device-specific configuration space at `offset`. Bytes past its end read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the device-specific configuration space; read-only fields ignore the write.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    /// The driver set DRIVER_OK: start using the queues.
+    fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError>;
+
+    /// The driver reset the device (status 0): drop the queues and any in-flight state, and be
+    /// ready for a new negotiation. Host backends (files, taps, listeners) stay open.
+    fn reset(&mut self);
+
+    /// Whether [`VirtioDevice::activate`] happened since the last reset.
+    fn is_activated(&self) -> bool;
+
+    /// The driver notified queue `index` (an ioeventfd, or a QueueNotify MMIO write).
+    /// An `Err` is fatal for the device: the transport sets DEVICE_NEEDS_RESET.
+    fn process_queue(&mut self, index: usize) -> Result<(), VirtioError>;
+
+    /// Host descriptors the event loop should poll for this device, registered once at start.
+    fn backend_fds(&self) -> Vec<BackendFd> {
+        Vec::new()
+    }
+
+    /// A descriptor from [`VirtioDevice::backend_fds`] became ready.
+    fn process_backend(&mut self, _token: u32, _events: EventSet) -> Result<(), VirtioError> {
+        Ok(())
+    }
+
+    /// The device-specific part of a snapshot.
+    fn save_state(&self) -> VirtioDeviceState;
+
+    /// Restores [`VirtioDevice::save_state`]'s output into a device built with the same
+    /// configuration, before the transport re-activates it.
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError>;
+}
+
+/// The device-specific snapshot state of each device type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum VirtioDeviceState {
+    /// virtio-blk.
+    Block(block::BlockState),
+    /// virtio-net.
+    Net(net::NetState),
+    /// virtio-vsock.
+    Vsock(vsock::VsockState),
+    /// virtio-rng.
+    Rng(rng::RngState),
+    /// virtio-balloon.
+    Balloon(balloon::BalloonState),
+}
+
+/// Serializable form of one queue's state (virtio-queue's `QueueState`, which has no serde).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    /// Maximum size offered by the device.
+    pub max_size: u16,
+    /// Size the driver chose.
+    pub size: u16,
+    /// Ready bit.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available (driver) ring address.
+    pub avail_ring: u64,
+    /// Used (device) ring address.
+    pub used_ring: u64,
+    /// Next available index the device will read.
+    pub next_avail: u16,
+    /// Next used index the device will write.
+    pub next_used: u16,
+    /// Whether EVENT_IDX was negotiated.
+    pub event_idx_enabled: bool,
+}
+
+impl QueueSnapshot {
+    /// Captures `queue`.
+    pub fn of(queue: &Queue) -> Self {
+        let s = queue.state();
+        QueueSnapshot {
+            max_size: s.max_size,
+            size: s.size,
+            ready: s.ready,
+            desc_table: s.desc_table,
+            avail_ring: s.avail_ring,
+            used_ring: s.used_ring,
+            next_avail: s.next_avail,
+            next_used: s.next_used,
+            event_idx_enabled: s.event_idx_enabled,
+        }
+    }
+
+    /// Rebuilds a queue; untrusted input (a state file), so every field is validated.
+    pub fn to_queue(&self) -> Result<Queue, VirtioError> {
+        let state = virtio_queue::QueueState {
+            max_size: self.max_size,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            event_idx_enabled: self.event_idx_enabled,
+        };
+        Queue::try_from(state).map_err(VirtioError::Queue)
+    }
+}
+
+/// After a device used buffers of `queue`: raises the interrupt unless the driver suppressed it
+/// (EVENT_IDX `used_event`, or the no-interrupt flag).
+pub fn notify_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &VirtioInterrupt,
+) -> Result<(), VirtioError> {
+    if queue.needs_notification(mem)? {
+        interrupt.signal_used_queue()?;
+    }
+    Ok(())
+}
+
+/// Copies `data` into the config-space read `data_out` at `offset`, zero-filling past the end.
+/// Shared by every device's `read_config`.
+pub fn read_config_bytes(config: &[u8], offset: u64, data_out: &mut [u8]) {
+    data_out.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start >= config.len() {
+        return;
+    }
+    let n = data_out.len().min(config.len() - start);
+    data_out[..n].copy_from_slice(&config[start..start + n]);
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;

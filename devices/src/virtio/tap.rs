@@ -1,0 +1,1 @@
+//! Tap device (placeholder).
