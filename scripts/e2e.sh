@@ -11,6 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Guest tools busybox lacks (vsock, TCP stream, balloon and flush checks), layered over the
+# shared initramfs into target/test-guest/.
+scripts/build-test-initramfs.sh >/dev/null
+
 bin=$(cargo test -p vmm-cli --test e2e --no-run --message-format=json 2>/dev/null \
     | grep -o '"executable":"[^"]*/e2e-[^"]*"' | tail -n 1 | cut -d'"' -f4)
 [ -x "$bin" ] || { echo "e2e.sh: could not build the e2e test binary" >&2; exit 1; }

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond a Rust toolchain, on Debian 12 (as root):
 # QEMU (the test host for full Linux boots on PVM machines, and the benchmark peer),
-# util-linux's setpriv (the no-/dev/kvm-access test), python3 (benchmark scripts),
-# rustfmt and clippy, and cargo-fuzz. Does nothing for what is already there.
+# util-linux's setpriv (the no-/dev/kvm-access test), python3 (benchmark scripts), gcc,
+# libc6-dev and cpio (scripts/build-test-initramfs.sh), rustfmt and clippy, and cargo-fuzz.
+# Does nothing for what is already there.
 set -euo pipefail
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
+# scripts/build-test-initramfs.sh: vsock-tool is built with gcc -static (libc.a is in libc6-dev)
+command -v gcc >/dev/null || missing+=(gcc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
+command -v cpio >/dev/null || missing+=(cpio)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${missing[*]}"
     apt-get update -qq

@@ -7,11 +7,15 @@
 //! IOAPIC only here; without it they fall back to the 8259 PIC in "virtual wire" mode.
 //! Hardware-reduced ACPI means no PM timer, SCI or sleep registers to emulate, and no legacy
 //! PIC for Linux: a legacy device's IRQ then reaches the IOAPIC only if the DSDT declares the
-//! device with its interrupt, so COM1 and the i8042 are declared there.
+//! device with its interrupt, so COM1, the i8042 and every virtio-mmio device (`LNRO0005`, the
+//! ID Linux's virtio_mmio driver matches) are declared there. The `virtio_mmio.device=` command
+//! line entries are for kernels booted with `acpi=off` (see [`crate::virtio_mmio_cmdline`]).
 //! `acpi_tables` has no MADT interrupt source override or local APIC NMI structure, so those
 //! two are written as raw bytes from the ACPI spec's layout.
 
-use acpi_tables::aml::{Device, EISAName, Interrupt, Name, Path, ResourceTemplate, Scope, IO};
+use acpi_tables::aml::{
+    Device, EISAName, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, Scope, IO,
+};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
 use acpi_tables::rsdp::Rsdp;
@@ -22,6 +26,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_memory::{layout, GuestMemoryMmap};
 
 use crate::error::{Error, Result};
+use crate::VirtioMmioDevice;
 
 const OEM_ID: [u8; 6] = *b"RSVMM ";
 const OEM_TABLE_ID: [u8; 8] = *b"RSVMMTBL";
@@ -50,7 +55,7 @@ fn isa_interrupt(irq: u32) -> Interrupt {
     Interrupt::new(true, true, false, false, irq)
 }
 
-fn dsdt() -> Sdt {
+fn dsdt(virtio: &[VirtioMmioDevice]) -> Result<Sdt> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let com1_port = IO::new(0x3f8, 0x3f8, 1, 8);
     let com1_irq = isa_interrupt(layout::SERIAL_IRQ);
@@ -78,8 +83,50 @@ fn dsdt() -> Sdt {
         Path::new("PS2K"),
         kbd_names.iter().map(|n| n as &dyn Aml).collect(),
     );
-    Scope::new(Path::new("\\_SB_"), vec![&com1, &kbd]).to_aml_bytes(&mut dsdt);
-    dsdt
+    // One `Device` per virtio-mmio slot; the AML objects borrow their parts, so those live in
+    // vectors built first.
+    let mut ranges = Vec::with_capacity(virtio.len());
+    let mut irqs = Vec::with_capacity(virtio.len());
+    for dev in virtio {
+        let (Ok(base), Ok(size)) = (u32::try_from(dev.addr), u32::try_from(dev.size)) else {
+            return Err(Error::VirtioMmioAbove4G { addr: dev.addr });
+        };
+        ranges.push(Memory32Fixed::new(true, base, size));
+        irqs.push(isa_interrupt(dev.irq));
+    }
+    let resources: Vec<ResourceTemplate> = ranges
+        .iter()
+        .zip(&irqs)
+        .map(|(range, irq)| ResourceTemplate::new(vec![range, irq]))
+        .collect();
+    let uids: Vec<u32> = (0..virtio.len() as u32).collect();
+    let hid = "LNRO0005";
+    let names: Vec<[Name; 3]> = resources
+        .iter()
+        .zip(&uids)
+        .map(|(crs, uid)| {
+            [
+                Name::new(Path::new("_HID"), &hid),
+                Name::new(Path::new("_UID"), uid),
+                Name::new(Path::new("_CRS"), crs),
+            ]
+        })
+        .collect();
+    let paths: Vec<String> = (0..virtio.len()).map(|i| format!("V{i:03X}")).collect();
+    let devices: Vec<Device> = names
+        .iter()
+        .zip(&paths)
+        .map(|(names, path)| {
+            Device::new(
+                Path::new(path),
+                names.iter().map(|n| n as &dyn Aml).collect(),
+            )
+        })
+        .collect();
+    let mut children: Vec<&dyn Aml> = vec![&com1, &kbd];
+    children.extend(devices.iter().map(|d| d as &dyn Aml));
+    Scope::new(Path::new("\\_SB_"), children).to_aml_bytes(&mut dsdt);
+    Ok(dsdt)
 }
 
 fn madt(num_cpus: u8) -> Vec<u8> {
@@ -113,8 +160,9 @@ fn madt(num_cpus: u8) -> Vec<u8> {
     madt.as_slice().to_vec()
 }
 
-/// Writes the ACPI tables for `num_cpus` vCPUs at [`layout::ACPI_START`], RSDP first.
-pub fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
+/// Writes the ACPI tables for `num_cpus` vCPUs and the `virtio` devices at
+/// [`layout::ACPI_START`], RSDP first.
+pub fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8, virtio: &[VirtioMmioDevice]) -> Result<()> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
         return Err(Error::TooManyCpus {
             num_cpus,
@@ -124,8 +172,7 @@ pub fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
     let align = |addr: u64| (addr + 15) & !15;
     let rsdp_addr = layout::ACPI_START;
     let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
-    // Virtio devices are not in the DSDT: they come from the command line.
-    let dsdt = dsdt();
+    let dsdt = dsdt(virtio)?;
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
     // Hardware-reduced: no PM timer, SCI or sleep registers to emulate; reset goes through
     // the i8042.
@@ -202,9 +249,50 @@ mod tests {
     }
 
     #[test]
+    fn virtio_devices_are_declared_in_the_dsdt() {
+        let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
+        let devices = [
+            VirtioMmioDevice {
+                addr: 0xd000_0000,
+                size: 0x1000,
+                irq: 5,
+            },
+            VirtioMmioDevice {
+                addr: 0xd000_1000,
+                size: 0x1000,
+                irq: 23,
+            },
+        ];
+        setup_acpi(&mem, 1, &devices).unwrap();
+        let rsdp = read(&mem, layout::ACPI_START, 36);
+        let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
+        let fadt = table(&mem, u64_at(&xsdt, 36), b"FACP");
+        let dsdt = table(&mem, u64_at(&fadt, 140), b"DSDT");
+        let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
+        assert_eq!(count(b"LNRO0005\0"), 2);
+        assert_eq!(count(b"V000") + count(b"V001"), 2);
+        // Memory32Fixed: tag 0x86, length 9, read-write, base, length.
+        for d in &devices {
+            let mut range = vec![0x86, 9, 0, 1];
+            range.extend_from_slice(&(d.addr as u32).to_le_bytes());
+            range.extend_from_slice(&(d.size as u32).to_le_bytes());
+            assert_eq!(count(&range), 1, "{d:?}");
+        }
+        let above = [VirtioMmioDevice {
+            addr: 1 << 32,
+            size: 0x1000,
+            irq: 5,
+        }];
+        assert!(matches!(
+            setup_acpi(&mem, 1, &above),
+            Err(Error::VirtioMmioAbove4G { .. })
+        ));
+    }
+
+    #[test]
     fn tables_chain_from_the_rsdp_with_valid_checksums() {
         let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
-        setup_acpi(&mem, 4).unwrap();
+        setup_acpi(&mem, 4, &[]).unwrap();
         let rsdp = read(&mem, layout::ACPI_START, 36);
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert!(checksum_ok(&rsdp[..20]) && checksum_ok(&rsdp));
@@ -253,8 +341,8 @@ mod tests {
     #[test]
     fn cpu_limits() {
         let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
-        assert!(setup_acpi(&mem, 0).is_err());
-        assert!(setup_acpi(&mem, 255).is_err());
-        setup_acpi(&mem, 254).unwrap();
+        assert!(setup_acpi(&mem, 0, &[]).is_err());
+        assert!(setup_acpi(&mem, 255, &[]).is_err());
+        setup_acpi(&mem, 254, &[]).unwrap();
     }
 }

@@ -10,6 +10,14 @@ use crate::BootProtocol;
 /// Errors of kernel, initrd, command line and boot structure setup.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A virtio-mmio device outside the 32-bit address space cannot be described in the DSDT.
+    #[error(
+        "virtio-mmio device at {addr:#x} is above 4 GiB: the DSDT describes only 32-bit ranges"
+    )]
+    VirtioMmioAbove4G {
+        /// Its base address.
+        addr: u64,
+    },
     /// The kernel image has no bytes at all.
     #[error("the kernel image is empty (0 bytes)")]
     EmptyKernel,

@@ -31,7 +31,9 @@ const CPU_SIGNATURE: u32 = 0x600;
 /// Feature flags: FPU (bit 0) and APIC (bit 9).
 const CPU_FEATURES: u32 = 0x201;
 /// Number of ISA interrupts routed identity to IOAPIC pins.
-const ISA_IRQS: u8 = 16;
+/// Every IOAPIC pin a device may use gets an entry: ISA IRQs 1-15 and the pins up to
+/// `layout::IRQ_LAST` that virtio-mmio devices from the command line use with `acpi=off`.
+const IOAPIC_LAST_PIN: u8 = layout::IRQ_LAST as u8;
 
 const ENTRY_PROCESSOR: u8 = 0;
 const ENTRY_BUS: u8 = 1;
@@ -106,7 +108,7 @@ fn isa_interrupt_routes() -> impl Iterator<Item = (u8, u8, u8)> {
     [(INT_TYPE_EXTINT, 0, 0), (INT_TYPE_INT, 0, 2)]
         .into_iter()
         .chain(
-            (1..ISA_IRQS)
+            (1..=IOAPIC_LAST_PIN)
                 .filter(|&irq| irq != 2)
                 .map(|irq| (INT_TYPE_INT, irq, irq)),
         )
@@ -181,7 +183,7 @@ fn table_size(num_cpus: u8) -> u64 {
         + usize::from(num_cpus) * size_of::<MpProcessor>()
         + size_of::<MpBus>()
         + size_of::<MpIoApic>()
-        + (usize::from(ISA_IRQS) + 2) * size_of::<MpInterrupt>()) as u64
+        + (usize::from(IOAPIC_LAST_PIN) + 1 + 2) * size_of::<MpInterrupt>()) as u64
 }
 
 /// Writes the MP table for `num_cpus` vCPUs (APIC ids `0..num_cpus`, the first one the BSP) at
@@ -420,7 +422,7 @@ mod tests {
             assert_eq!({ header.entry_count }, seen);
             assert_eq!(ioapic, Some((num_cpus, 0x11, layout::IOAPIC_START as u32)));
             let mut expected = vec![(0, 0), (0, 2)];
-            expected.extend((1..16).filter(|&i| i != 2).map(|i| (i, i)));
+            expected.extend((1..=23).filter(|&i| i != 2).map(|i| (i, i)));
             assert_eq!(isa_irqs, expected);
             assert_eq!(lints, vec![(3, 0xff, 0), (1, 0xff, 1)]);
             assert_eq!({ header.lapic_addr }, layout::LAPIC_START as u32);

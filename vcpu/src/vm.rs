@@ -205,10 +205,21 @@ impl Vm {
     }
 
     /// Makes a guest write to MMIO address `addr` signal `fd` without leaving KVM (KVM_IOEVENTFD).
-    pub fn register_mmio_ioeventfd(&self, fd: &EventFd, addr: u64) -> Result<()> {
-        self.fd
-            .register_ioevent(fd, &IoEventAddress::Mmio(addr), kvm_ioctls::NoDatamatch)
-            .map_err(kvm_err("KVM_IOEVENTFD"))
+    ///
+    /// With `datamatch`, only 32-bit writes of that value signal `fd` (a virtio-mmio QueueNotify
+    /// register gets one EventFd per queue index); other writes still exit to user space.
+    pub fn register_mmio_ioeventfd(
+        &self,
+        fd: &EventFd,
+        addr: u64,
+        datamatch: Option<u32>,
+    ) -> Result<()> {
+        let addr = IoEventAddress::Mmio(addr);
+        match datamatch {
+            Some(value) => self.fd.register_ioevent(fd, &addr, value),
+            None => self.fd.register_ioevent(fd, &addr, kvm_ioctls::NoDatamatch),
+        }
+        .map_err(kvm_err("KVM_IOEVENTFD"))
     }
 
     /// Creates vCPU `index` (its APIC id is the same number).

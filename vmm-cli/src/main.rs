@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use vmm_core::{ElfEntry, MemorySize, SerialMode, VmConfig};
+use vmm_core::{
+    BalloonConfig, DiskConfig, ElfEntry, MemorySize, NetConfig, SerialMode, VmConfig, VsockConfig,
+};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +65,23 @@ struct RunArgs {
     /// ELF kernel entry: auto (PVH when the kernel has the note), linux64 or pvh.
     #[arg(long, value_name = "ENTRY")]
     elf_entry: Option<ElfEntry>,
+    /// virtio-blk disk on a raw image: path=FILE[,read_only=on][,id=NAME] (repeatable; the
+    /// first is /dev/vda).
+    #[arg(long, value_name = "SPEC")]
+    disk: Vec<DiskConfig>,
+    /// virtio-net device on a tap (attached, or created for the VM's lifetime):
+    /// tap=NAME[,mac=02:..] (repeatable).
+    #[arg(long, value_name = "SPEC")]
+    net: Vec<NetConfig>,
+    /// virtio-vsock device with its host side on a Unix socket: cid=N,socket=PATH.
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<VsockConfig>,
+    /// virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
+    /// virtio-balloon device: [target=SIZE][,deflate_on_oom=on].
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
+    balloon: Option<BalloonConfig>,
 }
 
 impl RunArgs {
@@ -97,6 +116,20 @@ impl RunArgs {
         config.prefault |= self.prefault;
         if let Some(entry) = self.elf_entry {
             config.elf_entry = entry;
+        }
+        // Device lists replace the file's lists rather than adding to them.
+        if !self.disk.is_empty() {
+            config.disk = self.disk;
+        }
+        if !self.net.is_empty() {
+            config.net = self.net;
+        }
+        if let Some(vsock) = self.vsock {
+            config.vsock = Some(vsock);
+        }
+        config.rng |= self.rng;
+        if let Some(balloon) = self.balloon {
+            config.balloon = Some(balloon);
         }
         Ok(config)
     }

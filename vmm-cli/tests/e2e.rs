@@ -12,6 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+#[path = "e2e/virtio.rs"]
+mod virtio;
+
 /// Per-boot limit: nested boots in the test host take seconds; the Debian kernel a minute.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 /// Quiet guests: serial output is the slowest part of a nested boot. `noxsave` avoids a
@@ -48,8 +51,22 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Running {
+        Running::start_in(&[], args)
+    }
+
+    /// Starts `vmm run ARGS` through `prefix` (e.g. `ip netns exec NS`) when it is not empty.
+    fn start_in(prefix: &[&str], args: &[&str]) -> Running {
         require_real_kvm();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        let vmm = env!("CARGO_BIN_EXE_vmm");
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(vmm);
+                c
+            }
+            None => Command::new(vmm),
+        };
+        let mut child = command
             .arg("run")
             .args(args)
             .stdin(Stdio::piped())
@@ -132,25 +149,30 @@ impl Running {
 /// of that emulation (its README: hangs under load); there a failed boot is retried once, and
 /// the first failure is printed in full so that it stays visible. On real KVM: no retry.
 fn boot_and_test(args: &[&str], tests: &str, markers: &[&str]) -> String {
+    boot_and_test_in(&[], args, tests, markers)
+}
+
+/// [`boot_and_test`] with the VMM started through `prefix` (e.g. `ip netns exec NS`).
+fn boot_and_test_in(prefix: &[&str], args: &[&str], tests: &str, markers: &[&str]) -> String {
     if std::env::var_os("TESTHOST").is_none() {
-        return boot_and_test_once(args, tests, markers);
+        return boot_and_test_once(prefix, args, tests, markers);
     }
     // The panic message of the first attempt is printed by the default hook as it happens.
-    match std::panic::catch_unwind(|| boot_and_test_once(args, tests, markers)) {
+    match std::panic::catch_unwind(|| boot_and_test_once(prefix, args, tests, markers)) {
         Ok(output) => output,
         Err(_) => {
             eprintln!("e2e: RETRYING after a failed nested boot (first failure above)");
-            boot_and_test_once(args, tests, markers)
+            boot_and_test_once(prefix, args, tests, markers)
         }
     }
 }
 
-fn boot_and_test_once(args: &[&str], tests: &str, markers: &[&str]) -> String {
+fn boot_and_test_once(prefix: &[&str], args: &[&str], tests: &str, markers: &[&str]) -> String {
     let append = format!("{QUIET} guest.test={tests}");
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--append", &append]);
     let deadline = Instant::now() + BOOT_TIMEOUT;
-    let mut vm = Running::start(&all);
+    let mut vm = Running::start_in(prefix, &all);
     vm.expect("GUEST-INIT-OK", deadline);
     for marker in markers {
         vm.expect(marker, deadline);

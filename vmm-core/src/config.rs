@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::device_config::{BalloonConfig, DeviceConfigError, DiskConfig, NetConfig, VsockConfig};
+
 /// Default guest RAM.
 pub const DEFAULT_MEMORY: &str = "256M";
 
@@ -37,6 +39,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A virtio device setting.
+    #[error(transparent)]
+    Devices(#[from] DeviceConfigError),
     /// The config file is not a valid config.
     #[error("invalid config file {path}")]
     ParseFile {
@@ -49,7 +54,7 @@ pub enum ConfigError {
 }
 
 /// A size in bytes written as "256M", "5G", "1024K", "2T" or a plain number of MiB.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemorySize(pub u64);
 
 impl FromStr for MemorySize {
@@ -228,6 +233,16 @@ pub struct VmConfig {
     pub prefault: bool,
     /// ELF kernel entry.
     pub elf_entry: ElfEntry,
+    /// virtio-blk devices, in order: the first is /dev/vda.
+    pub disk: Vec<DiskConfig>,
+    /// virtio-net devices on taps.
+    pub net: Vec<NetConfig>,
+    /// A virtio-vsock device.
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-rng device fed from the host's getrandom.
+    pub rng: bool,
+    /// A virtio-balloon device.
+    pub balloon: Option<BalloonConfig>,
 }
 
 impl Default for VmConfig {
@@ -246,6 +261,11 @@ impl Default for VmConfig {
             ksm: false,
             prefault: false,
             elf_entry: ElfEntry::Auto,
+            disk: Vec::new(),
+            net: Vec::new(),
+            vsock: None,
+            rng: false,
+            balloon: None,
         }
     }
 }
@@ -272,7 +292,17 @@ impl VmConfig {
         if self.vcpus == 0 {
             return Err(ConfigError::Vcpus(0));
         }
+        crate::device_config::validate_devices(self)?;
         Ok(())
+    }
+
+    /// How many virtio-mmio devices this VM has.
+    pub fn virtio_device_count(&self) -> usize {
+        self.disk.len()
+            + self.net.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng)
+            + usize::from(self.balloon.is_some())
     }
 }
 

@@ -37,6 +37,33 @@ pub enum Error {
     /// Boot structures (command line, zero page, MP table).
     #[error("boot setup")]
     Boot(#[source] vmm_loader::Error),
+    /// A `--disk` image.
+    #[error("cannot attach disk {path}")]
+    Disk {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: vmm_devices::virtio::block::BlockError,
+    },
+    /// A `--net` tap.
+    #[error("cannot attach network device on tap {tap:?}")]
+    Net {
+        /// The tap name.
+        tap: String,
+        /// Why.
+        #[source]
+        source: vmm_devices::virtio::tap::TapError,
+    },
+    /// The `--vsock` socket.
+    #[error("cannot set up vsock on {path}")]
+    Vsock {
+        /// The Unix socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: vmm_devices::virtio::vsock::VsockError,
+    },
     /// Devices.
     #[error("devices")]
     Devices(#[from] vmm_devices::Error),

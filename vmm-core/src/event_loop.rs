@@ -1,5 +1,5 @@
 //! The event-loop thread (event-manager): host stdin into the serial console, the i8042 reset
-//! line, and whatever later device backends subscribe. It reports VM-ending events to the main
+//! line, and the virtio devices' queue notifications and host backends. It reports VM-ending events to the main
 //! thread over a channel.
 
 use std::io;
@@ -14,6 +14,7 @@ use vmm_devices::SerialDevice;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::virtio_devices::VirtioSubscriber;
 use crate::vm::VmEvent;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -151,9 +152,10 @@ pub struct EventLoop {
 
 impl EventLoop {
     /// Starts the loop with the serial input (if any) and the reset line.
-    pub fn start(
+    pub(crate) fn start(
         input: Option<SerialInput>,
         reset: EventFd,
+        virtio: Vec<VirtioSubscriber>,
         events: Sender<VmEvent>,
     ) -> io::Result<EventLoop> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -165,8 +167,14 @@ impl EventLoop {
         let thread = std::thread::Builder::new()
             .name("vmm-events".into())
             .spawn(move || {
-                if let Err(e) = event_loop(input, reset, wake_listener, events.clone(), &stop_flag)
-                {
+                if let Err(e) = event_loop(
+                    input,
+                    reset,
+                    virtio,
+                    wake_listener,
+                    events.clone(),
+                    &stop_flag,
+                ) {
                     let _ = events.send(VmEvent::EventLoopFailed(e));
                 }
             })?;
@@ -190,6 +198,7 @@ impl EventLoop {
 fn event_loop(
     input: Option<SerialInput>,
     reset: EventFd,
+    virtio: Vec<VirtioSubscriber>,
     wake: StopListener,
     events: Sender<VmEvent>,
     stop: &AtomicBool,
@@ -198,6 +207,9 @@ fn event_loop(
     let mut manager: EventManager<Subscriber> = EventManager::new().map_err(to_io)?;
     manager.add_subscriber(Arc::new(Mutex::new(wake)));
     manager.add_subscriber(Arc::new(Mutex::new(ResetListener { reset, events })));
+    for device in virtio {
+        manager.add_subscriber(Arc::new(Mutex::new(device)));
+    }
     let input = input.map(|i| Arc::new(Mutex::new(i)));
     let input_id = input
         .clone()

@@ -4,13 +4,17 @@
 //! This is the only crate that knows all the others; `vmm-cli` is a thin layer over it.
 
 pub mod config;
+pub mod device_config;
 mod error;
 mod event_loop;
 mod exits;
 mod terminal;
+mod virtio_devices;
 mod vm;
 
 pub use config::{ConfigError, ElfEntry, MemorySize, SerialMode, VmConfig};
+pub use device_config::{BalloonConfig, DeviceConfigError, DiskConfig, NetConfig, VsockConfig};
 pub use error::{Error, Result};
+pub use virtio_devices::AttachedDevice;
 pub use vm::{run_vm, BuiltVm, ShutdownReason};
 pub use vmm_vcpu::{is_pvm_host, PVM_EXPLANATION};

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::event_loop::{stdin_fd, EventLoop, SerialInput};
 use crate::exits::BusExitHandler;
 use crate::terminal::RawTerminal;
+use crate::virtio_devices::{self, AttachedDevice};
 
 /// Kernels larger than this are ordinary kernels (not tiny test guests): on a PVM host they get
 /// a warning before they fail.
@@ -105,6 +106,8 @@ pub struct BuiltVm {
     pub kernel: LoadedKernel,
     /// The command line given to the kernel.
     pub cmdline: String,
+    /// The virtio-mmio devices, in slot order.
+    pub virtio: Vec<AttachedDevice>,
     serial: Arc<Mutex<SerialDevice>>,
     serial_mode: SerialMode,
     reset: EventFd,
@@ -168,9 +171,23 @@ impl BuiltVm {
             Some(path) => Some((path, open("initrd", path)?)),
             None => None,
         };
+        // Virtio backends too (disk images, taps, the vsock socket).
+        let opened = virtio_devices::open_devices(config)?;
         let cmdline = {
-            let append: Vec<&str> = config.append.as_deref().into_iter().collect();
-            vmm_loader::build_cmdline(config.cmdline.as_deref(), &append).map_err(Error::Boot)?
+            let mut append: Vec<String> = config.append.iter().cloned().collect();
+            let pieces: Vec<&str> = append.iter().map(String::as_str).collect();
+            let text = vmm_loader::build_cmdline(config.cmdline.as_deref(), &pieces)
+                .map_err(Error::Boot)?;
+            let text = text
+                .as_cstring()
+                .map_err(|e| Error::Boot(vmm_loader::Error::Cmdline(e)))?;
+            // With ACPI the devices are in the DSDT; a kernel told acpi=off needs them here.
+            if vmm_loader::cmdline_disables_acpi(&text.to_string_lossy()) {
+                let slots: Vec<_> = (0..opened.len()).filter_map(virtio_devices::slot).collect();
+                append.extend(vmm_loader::virtio_mmio_cmdline(&slots));
+            }
+            let pieces: Vec<&str> = append.iter().map(String::as_str).collect();
+            vmm_loader::build_cmdline(config.cmdline.as_deref(), &pieces).map_err(Error::Boot)?
         };
         // Guest RAM before KVM: its size is checked (once) here, and an unreserved mapping
         // costs microseconds even when KVM then refuses.
@@ -215,10 +232,10 @@ impl BuiltVm {
             vmm_devices::I8042_PORT_BASE,
             vmm_devices::I8042_PORT_LEN,
         )?;
-        let exits = Arc::new(BusExitHandler {
-            pio,
-            mmio: Bus::new(),
-        });
+        let mut mmio = Bus::new();
+        let virtio = virtio_devices::attach_devices(opened, &vm, &memory, &mut mmio)?;
+        let virtio_slots: Vec<_> = virtio.iter().map(|d| d.slot).collect();
+        let exits = Arc::new(BusExitHandler { pio, mmio });
 
         // Kernel, initrd, command line, boot structures.
         let elf_entry = match config.elf_entry {
@@ -251,7 +268,7 @@ impl BuiltVm {
         // CPUs and interrupt routing twice: the MP table for kernels without ACPI (or booted
         // with acpi=off), ACPI for kernels without MP-table support.
         vmm_loader::setup_mptable(&memory, vcpu_count).map_err(Error::Boot)?;
-        vmm_loader::setup_acpi(&memory, vcpu_count).map_err(Error::Boot)?;
+        vmm_loader::setup_acpi(&memory, vcpu_count, &virtio_slots).map_err(Error::Boot)?;
 
         if vmm_vcpu::is_pvm_host()
             && (kernel_size > TINY_KERNEL_BYTES || kernel.protocol != BootProtocol::Pvh)
@@ -285,6 +302,7 @@ impl BuiltVm {
             vcpus,
             kernel,
             cmdline,
+            virtio,
             serial,
             serial_mode: config.serial.clone(),
             reset,
@@ -299,8 +317,13 @@ impl BuiltVm {
         let interactive = self.serial_mode == SerialMode::Stdio;
         let input = interactive.then(|| SerialInput::new(stdin_fd(), self.serial.clone()));
         let _terminal = interactive.then(RawTerminal::enter);
-        let event_loop =
-            EventLoop::start(input, self.reset, events_tx.clone()).map_err(Error::EventLoop)?;
+        let subscribers = self
+            .virtio
+            .iter()
+            .map(AttachedDevice::subscriber)
+            .collect::<Result<Vec<_>>>()?;
+        let event_loop = EventLoop::start(input, self.reset, subscribers, events_tx.clone())
+            .map_err(Error::EventLoop)?;
 
         let mut kickers = Vec::new();
         let mut threads: Vec<JoinHandle<Vcpu>> = Vec::new();

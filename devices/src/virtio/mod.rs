@@ -91,7 +91,9 @@ pub mod interrupt_bits {
 pub enum VirtioError {
     /// A queue the driver made ready is not usable (rings outside guest memory, misaligned, bad
     /// size).
-    #[error("virtio queue {index} is not valid (rings outside guest memory, misaligned or bad size)")]
+    #[error(
+        "virtio queue {index} is not valid (rings outside guest memory, misaligned or bad size)"
+    )]
     InvalidQueue {
         /// Which queue.
         index: usize,
@@ -155,7 +157,10 @@ impl VirtioInterrupt {
 
     fn signal(&self, bit: u32) -> Result<(), VirtioError> {
         self.status.fetch_or(bit, Ordering::SeqCst);
-        self.line.event_fd().write(1).map_err(VirtioError::Interrupt)
+        self.line
+            .event_fd()
+            .write(1)
+            .map_err(VirtioError::Interrupt)
     }
 
     /// The InterruptStatus register.

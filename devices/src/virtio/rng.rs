@@ -1,7 +1,526 @@
-//! virtio-rng (placeholder until the device lands).
+//! virtio-rng (virtio 1.2, 5.4 "Entropy Device"): the guest hands the device empty buffers on
+//! its single request queue and gets them back full of random bytes from the host kernel.
+//!
+//! Bytes come from getrandom(2) with no flags, the same source as /dev/urandom: once the host's
+//! pool is initialised (long before a VMM runs) it never blocks and never runs dry, so a guest
+//! cannot starve the host or other guests of entropy by asking for a lot of it.
+//!
+//! Hostile drivers: only device-writable descriptors are filled, at most
+//! [`MAX_BYTES_PER_CHAIN`] bytes per chain; readable descriptors are skipped; a descriptor
+//! outside guest memory ends its chain, which is returned with the bytes written before it.
+
+use std::fmt;
+use std::io;
 
 use serde::{Deserialize, Serialize};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vmm_memory::{Bytes, GuestMemoryMmap};
+
+use super::{
+    device_type, features, notify_used, ActiveQueues, VirtioDevice, VirtioDeviceState, VirtioError,
+    VirtioInterrupt,
+};
+
+/// Size of the request queue offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// The most random bytes one descriptor chain receives; longer buffers are partly filled
+/// (the spec lets the device use less than the whole buffer), which bounds the work and the
+/// host memory one request costs.
+pub const MAX_BYTES_PER_CHAIN: usize = 64 * 1024;
+
+const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
 
 /// Snapshot state of the rng device.
+///
+/// The device keeps nothing between requests, so there is nothing to save beyond the queue,
+/// which the transport saves.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RngState {}
+
+/// What the device holds between DRIVER_OK and reset.
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: VirtioInterrupt,
+}
+
+/// The virtio entropy device.
+pub struct Rng {
+    active: Option<Active>,
+    /// Random bytes are drawn here, then copied to guest memory: keeps getrandom(2) away from
+    /// guest mappings and needs no unsafe pointer arithmetic on them.
+    scratch: Vec<u8>,
+    bytes_served: u64,
+}
+
+impl fmt::Debug for Rng {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rng")
+            .field("activated", &self.active.is_some())
+            .field("bytes_served", &self.bytes_served)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rng {
+    /// A device waiting for its driver.
+    pub fn new() -> Rng {
+        Rng {
+            active: None,
+            scratch: vec![0; MAX_BYTES_PER_CHAIN],
+            bytes_served: 0,
+        }
+    }
+
+    /// Random bytes handed to the guest since the device was created.
+    pub fn bytes_served(&self) -> u64 {
+        self.bytes_served
+    }
+
+    fn process_requests(&mut self) -> Result<(), VirtioError> {
+        let Some(active) = self.active.as_mut() else {
+            // A notify before DRIVER_OK or after a reset: nothing to serve.
+            return Ok(());
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queue;
+        let mut used_any = false;
+        loop {
+            queue.disable_notification(mem)?;
+            while let Some(chain) = next_chain(queue, mem)? {
+                let head = chain.head_index();
+                if head >= queue.size() {
+                    // A head index past the table names no descriptor and cannot be returned
+                    // to the used ring (add_used refuses it): drop the entry.
+                    continue;
+                }
+                let written = fill_chain(mem, chain, &mut self.scratch)?;
+                queue.add_used(mem, head, written)?;
+                self.bytes_served = self.bytes_served.saturating_add(u64::from(written));
+                used_any = true;
+            }
+            if !queue.enable_notification(mem)? {
+                break;
+            }
+        }
+        if used_any {
+            notify_used(queue, mem, &active.interrupt)?;
+        }
+        Ok(())
+    }
+}
+
+/// The next available chain, or `None` when the driver published nothing more.
+///
+/// `pop_descriptor_chain` hides a broken avail index (more entries than the queue holds) as
+/// "no chain" while `enable_notification` keeps seeing work, which would spin forever; going
+/// through `iter` surfaces it as an error instead.
+pub(crate) fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, VirtioError> {
+    Ok(queue.iter(mem)?.next())
+}
+
+/// Fills the writable descriptors of `chain` with random bytes; returns how many were written.
+fn fill_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    scratch: &mut [u8],
+) -> Result<u32, VirtioError> {
+    let cap = scratch.len().min(MAX_BYTES_PER_CHAIN);
+    let mut written = 0usize;
+    for desc in chain.writable() {
+        let room = cap.saturating_sub(written);
+        if room == 0 {
+            break;
+        }
+        let want = usize::try_from(desc.len()).unwrap_or(usize::MAX).min(room);
+        if want == 0 {
+            continue;
+        }
+        let Some(buf) = scratch.get_mut(..want) else {
+            break;
+        };
+        fill_random(buf).map_err(VirtioError::Backend)?;
+        match mem.write(buf, desc.addr()) {
+            Ok(n) => {
+                written = written.saturating_add(n);
+                if n < want {
+                    // The buffer runs off the end of guest memory: keep what fit, stop here.
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    // `written` never exceeds MAX_BYTES_PER_CHAIN, so it fits.
+    Ok(u32::try_from(written).unwrap_or(u32::MAX))
+}
+
+/// Fills `buf` from getrandom(2), retrying on EINTR and short reads.
+fn fill_random(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0usize;
+    while let Some(rest) = buf.get_mut(done..) {
+        if rest.is_empty() {
+            break;
+        }
+        // SAFETY: `rest` is a live, exclusively borrowed byte buffer of `rest.len()` bytes; the
+        // kernel writes at most that many bytes into it.
+        let rc = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if rc == 0 {
+            // Never happens for a non-empty buffer; an error beats spinning.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "getrandom returned no bytes",
+            ));
+        }
+        // rc is positive and at most rest.len().
+        done = done.saturating_add(rc.unsigned_abs());
+    }
+    Ok(())
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        device_type::RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn device_features(&self) -> u64 {
+        features::VERSION_1 | features::RING_EVENT_IDX
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // No configuration space.
+        super::read_config_bytes(&[], offset, data);
+    }
+
+    fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
+        let ActiveQueues {
+            mem,
+            queues,
+            interrupt,
+            acked_features,
+        } = active;
+        let got = queues.len();
+        let Ok([mut queue]) = <[Queue; 1]>::try_from(queues) else {
+            return Err(VirtioError::QueueCount { expected: 1, got });
+        };
+        queue.set_event_idx(acked_features & features::RING_EVENT_IDX != 0);
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<(), VirtioError> {
+        if index != 0 {
+            return Ok(());
+        }
+        self.process_requests()
+    }
+
+    fn save_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Rng(RngState {})
+    }
+
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError> {
+        match state {
+            VirtioDeviceState::Rng(RngState {}) => Ok(()),
+            other => Err(VirtioError::StateMismatch(format!(
+                "expected a virtio-rng state, got {}",
+                state_kind(other)
+            ))),
+        }
+    }
+}
+
+/// The device type a saved state belongs to, for mismatch errors.
+pub(crate) fn state_kind(state: &VirtioDeviceState) -> &'static str {
+    match state {
+        VirtioDeviceState::Block(_) => "virtio-blk",
+        VirtioDeviceState::Net(_) => "virtio-net",
+        VirtioDeviceState::Vsock(_) => "virtio-vsock",
+        VirtioDeviceState::Rng(_) => "virtio-rng",
+        VirtioDeviceState::Balloon(_) => "virtio-balloon",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::test_utils::{test_memory, TestQueue, DESC_F_NEXT, DESC_F_WRITE};
+    use crate::virtio::{interrupt_bits, VirtioDeviceState};
+    use crate::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+    use vmm_memory::GuestAddress;
+
+    const MEM_SIZE: usize = 0x10_0000;
+    const QUEUE_BASE: u64 = 0x1000;
+    const BUF: u64 = 0x1_0000;
+
+    struct Harness {
+        mem: GuestMemoryMmap,
+        tq: TestQueue,
+        rng: Rng,
+        interrupt: VirtioInterrupt,
+    }
+
+    fn harness(acked_features: u64) -> Harness {
+        let mem = test_memory(MEM_SIZE);
+        let tq = TestQueue::new(QUEUE_BASE, QUEUE_SIZE);
+        let interrupt =
+            VirtioInterrupt::new(EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let mut rng = Rng::new();
+        rng.activate(ActiveQueues {
+            mem: mem.clone(),
+            queues: vec![tq.queue()],
+            interrupt: interrupt.clone(),
+            acked_features,
+        })
+        .unwrap();
+        Harness {
+            mem,
+            tq,
+            rng,
+            interrupt,
+        }
+    }
+
+    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    fn nonzero(bytes: &[u8]) -> bool {
+        bytes.iter().any(|&b| b != 0)
+    }
+
+    #[test]
+    fn offers_one_queue_event_idx_and_no_config() {
+        let rng = Rng::new();
+        assert_eq!(rng.device_type(), device_type::RNG);
+        assert_eq!(rng.queue_max_sizes(), &[256]);
+        assert_eq!(
+            rng.device_features(),
+            features::VERSION_1 | features::RING_EVENT_IDX
+        );
+        let mut data = [0xffu8; 8];
+        rng.read_config(0, &mut data);
+        assert_eq!(data, [0; 8]);
+        assert!(!rng.is_activated());
+    }
+
+    #[test]
+    fn fills_every_writable_descriptor_and_skips_readable_ones() {
+        let mut h = harness(features::VERSION_1);
+        let readable = [0x5au8; 64];
+        h.mem.write_slice(&readable, GuestAddress(BUF)).unwrap();
+        let head = h.tq.add_chain(
+            &h.mem,
+            &[
+                (BUF, 64, false),
+                (BUF + 0x1000, 100, true),
+                (BUF + 0x2000, 0, true),
+                (BUF + 0x3000, 300, true),
+            ],
+        );
+        h.rng.process_queue(0).unwrap();
+        assert_eq!(h.tq.used_idx(&h.mem), 1);
+        assert_eq!(h.tq.used_elem(&h.mem, 0), (u32::from(head), 400));
+        assert_eq!(read(&h.mem, BUF, 64), readable, "readable buffer untouched");
+        assert!(nonzero(&read(&h.mem, BUF + 0x1000, 100)));
+        assert!(nonzero(&read(&h.mem, BUF + 0x3000, 300)));
+        // Nothing past the descriptors' ends.
+        assert!(!nonzero(&read(&h.mem, BUF + 0x1000 + 100, 0x1000 - 100)));
+        assert!(!nonzero(&read(&h.mem, BUF + 0x3000 + 300, 0x100)));
+        assert_eq!(h.rng.bytes_served(), 400);
+        assert_eq!(h.interrupt.status(), interrupt_bits::USED_BUFFER);
+    }
+
+    #[test]
+    fn two_reads_differ() {
+        let mut h = harness(features::VERSION_1);
+        h.tq.add_chain(&h.mem, &[(BUF, 64, true)]);
+        h.tq.add_chain(&h.mem, &[(BUF + 64, 64, true)]);
+        h.rng.process_queue(0).unwrap();
+        assert_eq!(h.tq.used_idx(&h.mem), 2);
+        let (a, b) = (read(&h.mem, BUF, 64), read(&h.mem, BUF + 64, 64));
+        assert!(nonzero(&a) && nonzero(&b));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn caps_each_chain_at_64_kib() {
+        let mut h = harness(features::VERSION_1);
+        // 40 KiB + 40 KiB: the second descriptor only gets the 24 KiB left.
+        h.tq.add_chain(
+            &h.mem,
+            &[(BUF, 40 << 10, true), (BUF + (40 << 10), 40 << 10, true)],
+        );
+        h.rng.process_queue(0).unwrap();
+        assert_eq!(h.tq.used_elem(&h.mem, 0).1, 64 << 10);
+        let tail = read(&h.mem, BUF + (64 << 10), 16 << 10);
+        assert!(!nonzero(&tail), "bytes past the cap stay untouched");
+        assert!(nonzero(&read(&h.mem, BUF + (64 << 10) - 32, 32)));
+
+        // One huge descriptor (u32::MAX bytes, most of it outside memory) is capped too.
+        h.tq.add_chain(&h.mem, &[(BUF, u32::MAX, true)]);
+        h.rng.process_queue(0).unwrap();
+        assert_eq!(h.tq.used_elem(&h.mem, 1).1, 64 << 10);
+    }
+
+    #[test]
+    fn a_descriptor_outside_memory_ends_the_chain() {
+        let mut h = harness(features::VERSION_1);
+        let outside = MEM_SIZE as u64 + 0x1000;
+        h.tq.add_chain(
+            &h.mem,
+            &[
+                (BUF, 32, true),
+                (outside, 32, true),
+                (BUF + 0x1000, 32, true),
+            ],
+        );
+        h.rng.process_queue(0).unwrap();
+        assert_eq!(h.tq.used_elem(&h.mem, 0).1, 32);
+        assert!(!nonzero(&read(&h.mem, BUF + 0x1000, 32)));
+
+        // Straddling the end of memory: the part inside is written and counted.
+        let near_end = MEM_SIZE as u64 - 16;
+        h.tq.add_chain(&h.mem, &[(near_end, 64, true), (BUF + 0x2000, 32, true)]);
+        h.rng.process_queue(0).unwrap();
+        assert_eq!(h.tq.used_elem(&h.mem, 1).1, 16);
+        assert!(!nonzero(&read(&h.mem, BUF + 0x2000, 32)));
+    }
+
+    #[test]
+    fn hostile_chains_are_returned_or_dropped_without_panic() {
+        let mut h = harness(features::VERSION_1 | features::RING_EVENT_IDX);
+        // A loop: 0 -> 1 -> 0, both writable.
+        h.tq.write_desc(&h.mem, 0, BUF, 16, DESC_F_WRITE | DESC_F_NEXT, 1);
+        h.tq.write_desc(&h.mem, 1, BUF + 16, 16, DESC_F_WRITE | DESC_F_NEXT, 0);
+        h.tq.push_avail(&h.mem, 0);
+        // A head past the table.
+        h.tq.push_avail(&h.mem, 999);
+        // A chain whose next points past the table.
+        h.tq.write_desc(&h.mem, 2, BUF + 64, 16, DESC_F_WRITE | DESC_F_NEXT, 4000);
+        h.tq.push_avail(&h.mem, 2);
+        h.rng.process_queue(0).unwrap();
+        assert_eq!(h.tq.used_idx(&h.mem), 2, "the bad head is dropped");
+        // The loop is cut by the chain's length limit (queue size descriptors).
+        let (id, len) = h.tq.used_elem(&h.mem, 0);
+        assert_eq!(id, 0);
+        assert!(len <= 16 * u32::from(QUEUE_SIZE));
+        assert_eq!(h.tq.used_elem(&h.mem, 1), (2, 16));
+    }
+
+    #[test]
+    fn a_broken_avail_index_is_an_error_not_a_hang() {
+        let mut h = harness(features::VERSION_1 | features::RING_EVENT_IDX);
+        // The driver claims 1000 new entries in a 256-entry ring.
+        h.mem
+            .write_obj(1000u16.to_le(), GuestAddress(h.tq.avail + 2))
+            .unwrap();
+        assert!(matches!(
+            h.rng.process_queue(0),
+            Err(VirtioError::Queue(
+                virtio_queue::Error::InvalidAvailRingIndex
+            ))
+        ));
+    }
+
+    #[test]
+    fn event_idx_suppresses_the_interrupt_until_used_event() {
+        let mut h = harness(features::VERSION_1 | features::RING_EVENT_IDX);
+        // used_event (after the avail ring entries) = 1: interrupt once two chains are used.
+        let used_event = GuestAddress(h.tq.avail + 4 + 2 * u64::from(QUEUE_SIZE));
+        h.mem.write_obj(1u16.to_le(), used_event).unwrap();
+        h.tq.add_chain(&h.mem, &[(BUF, 8, true)]);
+        h.rng.process_queue(0).unwrap();
+        assert_eq!(h.interrupt.status(), 0);
+        h.tq.add_chain(&h.mem, &[(BUF, 8, true)]);
+        h.rng.process_queue(0).unwrap();
+        assert_eq!(h.interrupt.status(), interrupt_bits::USED_BUFFER);
+    }
+
+    #[test]
+    fn notifies_before_activation_and_on_other_queues_are_ignored() {
+        let mut rng = Rng::new();
+        rng.process_queue(0).unwrap();
+        let mut h = harness(features::VERSION_1);
+        h.tq.add_chain(&h.mem, &[(BUF, 8, true)]);
+        h.rng.process_queue(1).unwrap();
+        assert_eq!(h.tq.used_idx(&h.mem), 0);
+        h.rng.reset();
+        assert!(!h.rng.is_activated());
+        h.rng.process_queue(0).unwrap();
+        assert_eq!(h.tq.used_idx(&h.mem), 0);
+    }
+
+    #[test]
+    fn activation_needs_exactly_one_queue() {
+        let mem = test_memory(MEM_SIZE);
+        let tq = TestQueue::new(QUEUE_BASE, QUEUE_SIZE);
+        let interrupt =
+            VirtioInterrupt::new(EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let mut rng = Rng::new();
+        let err = rng
+            .activate(ActiveQueues {
+                mem,
+                queues: vec![tq.queue(), tq.queue()],
+                interrupt,
+                acked_features: features::VERSION_1,
+            })
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            VirtioError::QueueCount {
+                expected: 1,
+                got: 2
+            }
+        ));
+        assert!(!rng.is_activated());
+    }
+
+    #[test]
+    fn state_round_trip_and_mismatch() {
+        let rng = Rng::new();
+        let state = rng.save_state();
+        let json = serde_json::to_string(&state).unwrap();
+        let back: VirtioDeviceState = serde_json::from_str(&json).unwrap();
+        let mut other = Rng::new();
+        other.restore_state(&back).unwrap();
+        let wrong = VirtioDeviceState::Balloon(Default::default());
+        let err = other.restore_state(&wrong).unwrap_err();
+        assert!(err.to_string().contains("virtio-balloon"), "{err}");
+    }
+}

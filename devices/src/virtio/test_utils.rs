@@ -70,8 +70,10 @@ impl TestQueue {
         let at = GuestAddress(self.desc + 16 * u64::from(index % self.size));
         mem.write_obj(addr.to_le(), at).unwrap();
         mem.write_obj(len.to_le(), GuestAddress(at.0 + 8)).unwrap();
-        mem.write_obj(flags.to_le(), GuestAddress(at.0 + 12)).unwrap();
-        mem.write_obj(next.to_le(), GuestAddress(at.0 + 14)).unwrap();
+        mem.write_obj(flags.to_le(), GuestAddress(at.0 + 12))
+            .unwrap();
+        mem.write_obj(next.to_le(), GuestAddress(at.0 + 14))
+            .unwrap();
     }
 
     /// Publishes `head` in the available ring and bumps its index.

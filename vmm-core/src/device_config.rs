@@ -1,0 +1,496 @@
+//! Virtio device settings in a [`crate::VmConfig`]: `--disk`, `--net`, `--vsock`, `--balloon`.
+//!
+//! On the command line each is a `key=value[,key=value...]` list; in a JSON config file the same
+//! keys form an object (`{"path": "disk.img", "read_only": true}`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::MemorySize;
+
+/// Errors in a device setting.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceConfigError {
+    /// A `key=value` list that does not parse.
+    #[error("invalid {flag} {text:?}: {why}")]
+    Syntax {
+        /// The flag (`--disk`...).
+        flag: &'static str,
+        /// What was given.
+        text: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Two disks with the same id.
+    #[error("two disks have the id {0:?}: disk ids must be unique")]
+    DuplicateDiskId(String),
+    /// One file attached twice (it would be written by two devices at once).
+    #[error("disk {0} is attached twice")]
+    DuplicateDiskPath(PathBuf),
+    /// Two network devices on the same tap.
+    #[error("two network devices use tap {0:?}")]
+    DuplicateTap(String),
+    /// Two network devices with the same MAC.
+    #[error("two network devices have the MAC {0}")]
+    DuplicateMac(String),
+    /// More devices than the MMIO window and IRQ lines have slots.
+    #[error("{count} virtio devices requested, at most {max} fit (one IRQ line each)")]
+    TooManyDevices {
+        /// Devices requested.
+        count: usize,
+        /// Slots available.
+        max: usize,
+    },
+    /// A balloon target larger than the guest.
+    #[error("balloon target {target} is larger than guest memory {memory}")]
+    BalloonTooLarge {
+        /// Requested target.
+        target: MemorySize,
+        /// Guest RAM.
+        memory: MemorySize,
+    },
+}
+
+/// Splits `a=1,b=2` into pairs, refusing unknown and repeated keys and keys without a value.
+fn key_values<'a>(
+    flag: &'static str,
+    text: &'a str,
+    allowed: &[&str],
+) -> Result<Vec<(&'a str, &'a str)>, DeviceConfigError> {
+    let err = |why: String| DeviceConfigError::Syntax {
+        flag,
+        text: text.to_string(),
+        why,
+    };
+    let mut seen = HashSet::new();
+    let mut pairs = Vec::new();
+    for item in text.split(',') {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(err(format!("{item:?} is not key=value")));
+        };
+        if !allowed.contains(&key) {
+            return Err(err(format!(
+                "unknown key {key:?} (known: {})",
+                allowed.join(", ")
+            )));
+        }
+        if value.is_empty() {
+            return Err(err(format!("{key} has no value")));
+        }
+        if !seen.insert(key) {
+            return Err(err(format!("{key} given twice")));
+        }
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+fn on_off(
+    flag: &'static str,
+    text: &str,
+    key: &str,
+    value: &str,
+) -> Result<bool, DeviceConfigError> {
+    match value {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(DeviceConfigError::Syntax {
+            flag,
+            text: text.to_string(),
+            why: format!("{key} must be on or off, not {value:?}"),
+        }),
+    }
+}
+
+fn missing(flag: &'static str, text: &str, key: &str) -> DeviceConfigError {
+    DeviceConfigError::Syntax {
+        flag,
+        text: text.to_string(),
+        why: format!("{key}= is required"),
+    }
+}
+
+/// `--disk path=FILE[,read_only=on][,id=NAME]`: a virtio-blk device on a raw image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The raw disk image (a regular file or block device; never created or resized).
+    pub path: PathBuf,
+    /// The guest may not write.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Serial the guest reads with GET_ID (at most 20 bytes).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl FromStr for DiskConfig {
+    type Err = DeviceConfigError;
+
+    fn from_str(text: &str) -> Result<Self, DeviceConfigError> {
+        const FLAG: &str = "--disk";
+        let mut disk = DiskConfig {
+            path: PathBuf::new(),
+            read_only: false,
+            id: None,
+        };
+        for (key, value) in key_values(FLAG, text, &["path", "read_only", "id"])? {
+            match key {
+                "path" => disk.path = PathBuf::from(value),
+                "read_only" => disk.read_only = on_off(FLAG, text, key, value)?,
+                _ => disk.id = Some(value.to_string()),
+            }
+        }
+        if disk.path.as_os_str().is_empty() {
+            return Err(missing(FLAG, text, "path"));
+        }
+        Ok(disk)
+    }
+}
+
+impl fmt::Display for DiskConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "path={}", self.path.display())?;
+        if self.read_only {
+            f.write_str(",read_only=on")?;
+        }
+        if let Some(id) = &self.id {
+            write!(f, ",id={id}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `--net tap=NAME[,mac=AA:BB:CC:DD:EE:FF]`: a virtio-net device on a tap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Tap device name; attached if it exists, created (for the VM's lifetime) if not.
+    pub tap: String,
+    /// Guest MAC; derived from the tap name when absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+impl FromStr for NetConfig {
+    type Err = DeviceConfigError;
+
+    fn from_str(text: &str) -> Result<Self, DeviceConfigError> {
+        const FLAG: &str = "--net";
+        let mut net = NetConfig {
+            tap: String::new(),
+            mac: None,
+        };
+        for (key, value) in key_values(FLAG, text, &["tap", "mac"])? {
+            match key {
+                "tap" => net.tap = value.to_string(),
+                _ => net.mac = Some(value.to_string()),
+            }
+        }
+        if net.tap.is_empty() {
+            return Err(missing(FLAG, text, "tap"));
+        }
+        net.check(text)?;
+        Ok(net)
+    }
+}
+
+impl NetConfig {
+    /// The MAC, parsed; `None` when not given.
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        self.mac
+            .as_deref()
+            .and_then(vmm_devices::virtio::net::parse_mac)
+    }
+
+    fn check(&self, text: &str) -> Result<(), DeviceConfigError> {
+        if let Some(mac) = &self.mac {
+            if vmm_devices::virtio::net::parse_mac(mac).is_none() {
+                return Err(DeviceConfigError::Syntax {
+                    flag: "--net",
+                    text: text.to_string(),
+                    why: format!("mac {mac:?} is not a unicast MAC like 02:00:00:00:00:01"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for NetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tap={}", self.tap)?;
+        if let Some(mac) = &self.mac {
+            write!(f, ",mac={mac}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `--vsock cid=N,socket=PATH`: a virtio-vsock device whose host side is a Unix socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub cid: u64,
+    /// Unix socket the VMM listens on (`CONNECT <port>` from the host); guest connections to
+    /// host port P go to `<socket>_P`.
+    pub socket: PathBuf,
+}
+
+impl FromStr for VsockConfig {
+    type Err = DeviceConfigError;
+
+    fn from_str(text: &str) -> Result<Self, DeviceConfigError> {
+        const FLAG: &str = "--vsock";
+        let mut cid = None;
+        let mut socket = None;
+        for (key, value) in key_values(FLAG, text, &["cid", "socket"])? {
+            match key {
+                "cid" => {
+                    cid = Some(
+                        value
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|&c| c >= 3)
+                            .ok_or_else(|| DeviceConfigError::Syntax {
+                                flag: FLAG,
+                                text: text.to_string(),
+                                why: format!(
+                                    "cid {value:?} must be a number >= 3 (0-2 are reserved)"
+                                ),
+                            })?,
+                    )
+                }
+                _ => socket = Some(PathBuf::from(value)),
+            }
+        }
+        Ok(VsockConfig {
+            cid: cid.ok_or_else(|| missing(FLAG, text, "cid"))?,
+            socket: socket.ok_or_else(|| missing(FLAG, text, "socket"))?,
+        })
+    }
+}
+
+impl fmt::Display for VsockConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cid={},socket={}", self.cid, self.socket.display())
+    }
+}
+
+/// `--balloon [target=SIZE][,deflate_on_oom=on]`: a virtio-balloon device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    /// How much guest memory the balloon should hold at start (0: none).
+    #[serde(default = "zero_size")]
+    pub target: MemorySize,
+    /// Let the guest deflate when it runs out of memory.
+    #[serde(default)]
+    pub deflate_on_oom: bool,
+}
+
+fn zero_size() -> MemorySize {
+    MemorySize(0)
+}
+
+impl FromStr for BalloonConfig {
+    type Err = DeviceConfigError;
+
+    fn from_str(text: &str) -> Result<Self, DeviceConfigError> {
+        const FLAG: &str = "--balloon";
+        let mut balloon = BalloonConfig::default();
+        if text.is_empty() || text == "on" {
+            return Ok(balloon);
+        }
+        for (key, value) in key_values(FLAG, text, &["target", "deflate_on_oom"])? {
+            match key {
+                "target" => {
+                    balloon.target = value.parse().map_err(|e: crate::ConfigError| {
+                        DeviceConfigError::Syntax {
+                            flag: FLAG,
+                            text: text.to_string(),
+                            why: e.to_string(),
+                        }
+                    })?
+                }
+                _ => balloon.deflate_on_oom = on_off(FLAG, text, key, value)?,
+            }
+        }
+        Ok(balloon)
+    }
+}
+
+impl fmt::Display for BalloonConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "target={}", self.target)?;
+        if self.deflate_on_oom {
+            f.write_str(",deflate_on_oom=on")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the device list as a whole: unique disk ids, paths, taps and MACs, and room for all.
+pub(crate) fn validate_devices(config: &crate::VmConfig) -> Result<(), DeviceConfigError> {
+    let mut ids = HashSet::new();
+    let mut paths = HashSet::new();
+    for disk in &config.disk {
+        if let Some(id) = &disk.id {
+            if !ids.insert(id.as_str()) {
+                return Err(DeviceConfigError::DuplicateDiskId(id.clone()));
+            }
+        }
+        // Canonical paths catch the same file under two names; a missing file is reported
+        // when it is opened.
+        let key = std::fs::canonicalize(&disk.path).unwrap_or_else(|_| disk.path.clone());
+        if !paths.insert(key) {
+            return Err(DeviceConfigError::DuplicateDiskPath(disk.path.clone()));
+        }
+    }
+    let mut taps = HashSet::new();
+    let mut macs = HashSet::new();
+    for net in &config.net {
+        net.check(&net.to_string())?;
+        if !taps.insert(net.tap.as_str()) {
+            return Err(DeviceConfigError::DuplicateTap(net.tap.clone()));
+        }
+        if let Some(mac) = net.mac_bytes() {
+            if !macs.insert(mac) {
+                return Err(DeviceConfigError::DuplicateMac(
+                    net.mac.clone().unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    let count = config.virtio_device_count();
+    let max = crate::virtio_devices::VIRTIO_SLOTS;
+    if count > max {
+        return Err(DeviceConfigError::TooManyDevices { count, max });
+    }
+    if let Some(balloon) = &config.balloon {
+        if balloon.target.0 > config.memory.0 {
+            return Err(DeviceConfigError::BalloonTooLarge {
+                target: balloon.target,
+                memory: config.memory,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_flags() {
+        let d: DiskConfig = "path=/x.img,read_only=on,id=root".parse().unwrap();
+        assert_eq!(d.path, PathBuf::from("/x.img"));
+        assert!(d.read_only);
+        assert_eq!(d.id.as_deref(), Some("root"));
+        assert_eq!(d.to_string().parse::<DiskConfig>().unwrap(), d);
+        for bad in [
+            "",
+            "/x.img",
+            "path=",
+            "read_only=on",
+            "path=/x,read_only=maybe",
+            "path=/x,size=1G",
+            "path=/x,path=/y",
+        ] {
+            let e = bad.parse::<DiskConfig>().unwrap_err().to_string();
+            assert!(e.starts_with("invalid --disk"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn net_vsock_balloon_flags() {
+        let n: NetConfig = "tap=tap0,mac=02:00:00:00:00:01".parse().unwrap();
+        assert_eq!(n.mac_bytes(), Some([2, 0, 0, 0, 0, 1]));
+        assert!("tap=tap0,mac=01:00:00:00:00:01"
+            .parse::<NetConfig>()
+            .is_err());
+        assert!("mac=02:00:00:00:00:01".parse::<NetConfig>().is_err());
+        let v: VsockConfig = "cid=3,socket=/tmp/v.sock".parse().unwrap();
+        assert_eq!(v.cid, 3);
+        assert_eq!(v.to_string().parse::<VsockConfig>().unwrap(), v);
+        for bad in ["cid=2,socket=/s", "cid=x,socket=/s", "cid=3", "socket=/s"] {
+            assert!(bad.parse::<VsockConfig>().is_err(), "{bad}");
+        }
+        let b: BalloonConfig = "target=64M,deflate_on_oom=on".parse().unwrap();
+        assert_eq!(b.target, MemorySize(64 << 20));
+        assert!(b.deflate_on_oom);
+        assert_eq!(
+            "".parse::<BalloonConfig>().unwrap(),
+            BalloonConfig::default()
+        );
+        assert!("target=lots".parse::<BalloonConfig>().is_err());
+    }
+
+    #[test]
+    fn device_list_is_checked_as_a_whole() {
+        let base = crate::VmConfig {
+            kernel: Some("/k".into()),
+            ..Default::default()
+        };
+        let mut c = base.clone();
+        c.disk = vec![
+            "path=/a,id=x".parse().unwrap(),
+            "path=/b,id=x".parse().unwrap(),
+        ];
+        assert!(matches!(
+            validate_devices(&c),
+            Err(DeviceConfigError::DuplicateDiskId(_))
+        ));
+        c.disk = vec!["path=/a".parse().unwrap(), "path=/a".parse().unwrap()];
+        assert!(matches!(
+            validate_devices(&c),
+            Err(DeviceConfigError::DuplicateDiskPath(_))
+        ));
+        let mut c = base.clone();
+        c.net = vec!["tap=t0".parse().unwrap(), "tap=t0".parse().unwrap()];
+        assert!(matches!(
+            validate_devices(&c),
+            Err(DeviceConfigError::DuplicateTap(_))
+        ));
+        let mut c = base.clone();
+        c.disk = (0..30)
+            .map(|i| format!("path=/d{i}").parse().unwrap())
+            .collect();
+        assert!(matches!(
+            validate_devices(&c),
+            Err(DeviceConfigError::TooManyDevices { count: 30, .. })
+        ));
+        let mut c = base;
+        c.balloon = Some("target=1G".parse().unwrap());
+        assert!(matches!(
+            validate_devices(&c),
+            Err(DeviceConfigError::BalloonTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn json_objects_use_the_flag_keys() {
+        let c: crate::VmConfig = serde_json::from_str(
+            r#"{"kernel": "/k", "disk": [{"path": "/a", "read_only": true}],
+                "net": [{"tap": "t0"}], "vsock": {"cid": 3, "socket": "/v"}, "rng": true,
+                "balloon": {"target": "16M"}}"#,
+        )
+        .unwrap();
+        assert!(c.disk[0].read_only);
+        assert_eq!(c.net[0].tap, "t0");
+        assert_eq!(c.vsock.as_ref().unwrap().cid, 3);
+        assert!(c.rng);
+        assert_eq!(c.balloon.as_ref().unwrap().target, MemorySize(16 << 20));
+        assert_eq!(c.virtio_device_count(), 5);
+        assert!(
+            serde_json::from_str::<crate::VmConfig>(r#"{"disk": [{"path": "/a", "ro": 1}]}"#)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! The VM's virtio-mmio devices: opened from the config (before KVM, so a bad `--disk` or
+//! `--net` fails first), then attached: one MMIO slot, one IRQ line (irqfd) and one ioeventfd per
+//! queue each, and a subscriber on the event loop for the queues and the device's host backend.
+
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_devices::virtio::balloon::{Balloon, BalloonConfig as BalloonDeviceConfig};
+use vmm_devices::virtio::block::{Block, BlockConfig};
+use vmm_devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use vmm_devices::virtio::net::Net;
+use vmm_devices::virtio::rng::Rng;
+use vmm_devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig};
+use vmm_devices::virtio::{BackendFd, VirtioDevice, VirtioInterrupt};
+use vmm_devices::{Bus, EventFdTrigger};
+use vmm_loader::VirtioMmioDevice;
+use vmm_memory::{layout, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_vcpu::Vm;
+
+use crate::error::{Error, Result};
+use crate::VmConfig;
+
+/// Virtio-mmio slots: one per IRQ line from `VIRTIO_IRQ_FIRST` to `IRQ_LAST`.
+pub(crate) const VIRTIO_SLOTS: usize = (layout::IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
+
+/// Balloon pages are 4 KiB whatever the host page size.
+const BALLOON_PAGE: u64 = 4096;
+
+/// Where slot `index` sits and which IRQ it raises.
+pub(crate) fn slot(index: usize) -> Option<VirtioMmioDevice> {
+    if index >= VIRTIO_SLOTS {
+        return None;
+    }
+    Some(VirtioMmioDevice {
+        addr: layout::virtio_mmio_slot(index as u32)?,
+        size: layout::VIRTIO_MMIO_DEVICE_SIZE,
+        irq: layout::VIRTIO_IRQ_FIRST + index as u32,
+    })
+}
+
+/// A device opened from the config, not yet attached to a VM.
+pub(crate) struct OpenedDevice {
+    /// "virtio-blk /path", for messages.
+    pub name: String,
+    pub device: Box<dyn VirtioDevice>,
+}
+
+/// Opens every device the config names, in slot order: disks, nets, vsock, rng, balloon.
+pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
+    let mut devices = Vec::with_capacity(config.virtio_device_count());
+    for disk in &config.disk {
+        let block = Block::new(BlockConfig {
+            path: disk.path.clone(),
+            read_only: disk.read_only,
+            id: disk.id.clone(),
+        })
+        .map_err(|source| Error::Disk {
+            path: disk.path.clone(),
+            source,
+        })?;
+        devices.push(OpenedDevice {
+            name: format!("virtio-blk {}", disk.path.display()),
+            device: Box::new(block),
+        });
+    }
+    for net in &config.net {
+        let device = Net::with_tap(&net.tap, net.mac_bytes()).map_err(|source| Error::Net {
+            tap: net.tap.clone(),
+            source,
+        })?;
+        devices.push(OpenedDevice {
+            name: format!("virtio-net {}", net.tap),
+            device: Box::new(device),
+        });
+    }
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(VsockDeviceConfig {
+            guest_cid: vsock.cid,
+            uds_path: vsock.socket.clone(),
+        })
+        .map_err(|source| Error::Vsock {
+            path: vsock.socket.clone(),
+            source,
+        })?;
+        devices.push(OpenedDevice {
+            name: format!("virtio-vsock {}", vsock.socket.display()),
+            device: Box::new(device),
+        });
+    }
+    if config.rng {
+        devices.push(OpenedDevice {
+            name: "virtio-rng".into(),
+            device: Box::new(Rng::new()),
+        });
+    }
+    if let Some(balloon) = &config.balloon {
+        let target_pages = u32::try_from(balloon.target.0 / BALLOON_PAGE).unwrap_or(u32::MAX);
+        devices.push(OpenedDevice {
+            name: "virtio-balloon".into(),
+            device: Box::new(Balloon::new(BalloonDeviceConfig {
+                target_pages,
+                deflate_on_oom: balloon.deflate_on_oom,
+            })),
+        });
+    }
+    Ok(devices)
+}
+
+/// A device on the VM's MMIO bus.
+pub struct AttachedDevice {
+    /// "virtio-blk /path".
+    pub name: String,
+    /// Its slot.
+    pub slot: VirtioMmioDevice,
+    /// The transport (and device) shared by the bus and the event loop.
+    pub transport: Arc<Mutex<MmioTransport>>,
+    queue_events: Vec<EventFd>,
+}
+
+impl AttachedDevice {
+    /// The event-loop subscriber for this device's queues and backend.
+    pub(crate) fn subscriber(&self) -> Result<VirtioSubscriber> {
+        let queue_events = self
+            .queue_events
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(Error::EventFd)?;
+        let backend = lock(&self.transport).backend_fds();
+        Ok(VirtioSubscriber {
+            transport: self.transport.clone(),
+            queue_events,
+            backend,
+            backend_parked: false,
+        })
+    }
+}
+
+fn lock(transport: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
+    // A panic while holding the lock is a bug; the device state is still usable for shutdown.
+    transport.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Attaches opened devices to `vm`: slot `i` gets MMIO range `slot(i)`, its IRQ through an
+/// irqfd and one ioeventfd per queue on its QueueNotify register.
+pub(crate) fn attach_devices(
+    opened: Vec<OpenedDevice>,
+    vm: &Vm,
+    memory: &GuestMemoryMmap,
+    mmio: &mut Bus,
+) -> Result<Vec<AttachedDevice>> {
+    let mut attached = Vec::with_capacity(opened.len());
+    for (index, OpenedDevice { name, device }) in opened.into_iter().enumerate() {
+        let slot = slot(index)
+            .ok_or(crate::DeviceConfigError::TooManyDevices {
+                count: index + 1,
+                max: VIRTIO_SLOTS,
+            })
+            .map_err(|e| Error::Config(e.into()))?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        vm.register_irqfd(&irq, slot.irq)?;
+        let interrupt = VirtioInterrupt::new(EventFdTrigger::new(irq));
+        let transport = MmioTransport::new(memory.clone(), device, interrupt);
+        let mut queue_events = Vec::new();
+        for queue in 0..transport.queue_count() {
+            let event = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+            vm.register_mmio_ioeventfd(&event, slot.addr + NOTIFY_REG_OFFSET, Some(queue as u32))?;
+            queue_events.push(event);
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(transport.clone(), slot.addr, slot.size)?;
+        attached.push(AttachedDevice {
+            name,
+            slot,
+            transport,
+            queue_events,
+        });
+    }
+    Ok(attached)
+}
+
+/// Event-loop tokens: queue `i` is `i`, backend token `t` is `BACKEND | t`.
+const BACKEND: u32 = 1 << 31;
+
+/// Runs a device's queues when the guest notifies them (ioeventfd) and its backend when the
+/// host side is ready.
+pub(crate) struct VirtioSubscriber {
+    transport: Arc<Mutex<MmioTransport>>,
+    queue_events: Vec<EventFd>,
+    backend: Vec<BackendFd>,
+    /// The backend fds are off epoll while the transport does not want their events (paused,
+    /// or a device waiting for a reset): a level-triggered fd that stays ready would spin.
+    backend_parked: bool,
+}
+
+impl VirtioSubscriber {
+    fn add_backend(&self, ops: &mut EventOps) {
+        for b in &self.backend {
+            if let Err(e) = ops.add(Events::with_data_raw(b.fd, BACKEND | b.token, b.events)) {
+                eprintln!("vmm: cannot poll a virtio backend: {e:?}");
+            }
+        }
+    }
+
+    /// Parks or unparks the backend fds to match what the transport wants now.
+    fn sync_backend(&mut self, wanted: bool, ops: &mut EventOps) {
+        if wanted && self.backend_parked {
+            self.add_backend(ops);
+            self.backend_parked = false;
+        } else if !wanted && !self.backend_parked {
+            for b in &self.backend {
+                let _ = ops.remove(Events::with_data_raw(b.fd, BACKEND | b.token, b.events));
+            }
+            self.backend_parked = true;
+        }
+    }
+}
+
+impl MutEventSubscriber for VirtioSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, event) in self.queue_events.iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(event, index as u32, EventSet::IN)) {
+                eprintln!("vmm: cannot poll virtio queue {index}: {e:?}");
+            }
+        }
+        self.add_backend(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let data = events.data();
+        let mut transport = lock(&self.transport);
+        if data & BACKEND != 0 {
+            transport.process_backend(data & !BACKEND, events.event_set());
+        } else if let Some(event) = self.queue_events.get(data as usize) {
+            // Several notifies collapse into one pass over the queue.
+            let _ = event.read();
+            transport.process_queue(data as usize);
+        }
+        // A driver that resets a broken device re-initialises it and notifies its queues, which
+        // brings us here to unpark the backend.
+        let wanted = transport.backend_events_wanted();
+        drop(transport);
+        self.sync_backend(wanted, ops);
+    }
+}
