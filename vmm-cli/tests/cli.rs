@@ -490,3 +490,149 @@ fn terminal_is_raw_while_running_and_restored_after() {
     // SAFETY: closes the descriptor we still own.
     unsafe { libc::close(slave) };
 }
+
+#[test]
+fn tiny_guest_runs_with_every_virtio_device_but_net_attached() {
+    // The devices are created, placed on the MMIO bus and wired to irqfd/ioeventfd on this
+    // host's KVM; the tiny guest never drives them, so this checks the setup path and teardown
+    // (the vsock socket file is removed on exit).
+    let kernel = guest_file("tiny-pvh.elf");
+    let disk = scratch("tiny-virtio.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let socket = scratch("tiny-virtio.sock");
+    let _ = std::fs::remove_file(&socket);
+    let output = vmm(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "test=virtio",
+        "--disk",
+        &format!("path={},id=tiny", disk.display()),
+        "--disk",
+        &format!("path={},read_only=on", guest_file("rootfs.ext4").display()),
+        "--vsock",
+        &format!("cid=3,socket={}", socket.display()),
+        "--rng",
+        "--balloon",
+        "target=16M",
+    ]);
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("GUEST-INIT-OK"), "{stdout}");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(!socket.exists(), "the vsock socket outlived vmm");
+}
+
+#[test]
+fn bad_virtio_flags_fail_with_one_line_before_the_guest_starts() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let kernel = kernel.to_str().unwrap();
+    let missing = scratch("no-such-disk.img");
+    let dir = scratch("a-directory");
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = scratch("dup.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let existing = scratch("existing-file");
+    std::fs::write(&existing, b"x").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--disk".into(), format!("path={}", missing.display())],
+            "cannot attach disk",
+        ),
+        (
+            vec!["--disk".into(), format!("path={}", dir.display())],
+            "cannot attach disk",
+        ),
+        (
+            vec![
+                "--disk".into(),
+                format!("path={},id=same", disk.display()),
+                "--disk".into(),
+                format!("path={},id=same", missing.display()),
+            ],
+            "two disks have the id \"same\"",
+        ),
+        (
+            vec![
+                "--disk".into(),
+                format!("path={}", disk.display()),
+                "--disk".into(),
+                format!("path={}", disk.display()),
+            ],
+            "is attached twice",
+        ),
+        (
+            vec![
+                "--disk".into(),
+                format!("path={},id=an-id-longer-than-twenty", disk.display()),
+            ],
+            "cannot attach disk",
+        ),
+        (
+            vec!["--net".into(), "tap=bad/name".into()],
+            "cannot attach network device: invalid tap name \"bad/name\"",
+        ),
+        (
+            vec!["--net".into(), "tap=a-name-far-too-long-for-linux".into()],
+            "cannot attach network device",
+        ),
+        (
+            vec![
+                "--net".into(),
+                "tap=t0".into(),
+                "--net".into(),
+                "tap=t0".into(),
+            ],
+            "two network devices use tap \"t0\"",
+        ),
+        (
+            vec![
+                "--vsock".into(),
+                format!("cid=3,socket={}", existing.display()),
+            ],
+            "cannot set up vsock",
+        ),
+        (
+            vec![
+                "--balloon".into(),
+                "target=1G".into(),
+                "--memory".into(),
+                "64M".into(),
+            ],
+            "balloon target 1G is larger than guest memory 64M",
+        ),
+    ];
+    for (flags, needle) in cases {
+        let mut args = vec!["run", "--kernel", kernel];
+        args.extend(flags.iter().map(String::as_str));
+        let output = vmm(&args);
+        assert_clean_error(&output, needle);
+        assert!(
+            !text(&output.stdout).contains("GUEST-INIT-OK"),
+            "the guest must not start: {flags:?}"
+        );
+    }
+    // Flags that do not parse are refused by the argument parser (exit 2, usage message).
+    for flags in [
+        ["--disk", "read_only=on"],
+        ["--disk", "path=/x,colour=blue"],
+        ["--net", "mac=02:00:00:00:00:01"],
+        ["--net", "tap=t0,mac=ff:ff:ff:ff:ff:ff"],
+        ["--vsock", "cid=2,socket=/tmp/x"],
+        ["--balloon", "target=lots"],
+    ] {
+        let mut args = vec!["run", "--kernel", kernel];
+        args.extend(flags);
+        let output = vmm(&args);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("invalid value"), "{flags:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

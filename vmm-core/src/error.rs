@@ -38,7 +38,7 @@ pub enum Error {
     #[error("boot setup")]
     Boot(#[source] vmm_loader::Error),
     /// A `--disk` image.
-    #[error("cannot attach disk {path}")]
+    #[error("cannot attach disk")]
     Disk {
         /// The image.
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum Error {
         source: vmm_devices::virtio::block::BlockError,
     },
     /// A `--net` tap.
-    #[error("cannot attach network device on tap {tap:?}")]
+    #[error("cannot attach network device")]
     Net {
         /// The tap name.
         tap: String,
@@ -56,7 +56,7 @@ pub enum Error {
         source: vmm_devices::virtio::tap::TapError,
     },
     /// The `--vsock` socket.
-    #[error("cannot set up vsock on {path}")]
+    #[error("cannot set up vsock")]
     Vsock {
         /// The Unix socket path.
         path: PathBuf,

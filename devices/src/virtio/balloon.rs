@@ -43,9 +43,10 @@ pub const DEFLATE_QUEUE: usize = 1;
 pub const F_DEFLATE_ON_OOM: u64 = 1 << 2;
 /// The balloon's page size; PFNs count these whatever the guest or host page size.
 pub const BALLOON_PAGE_SIZE: u64 = 4096;
-/// The most PFNs taken from one descriptor chain; the rest are refused. Linux sends at most
-/// 256 per chain; the bound keeps a chain of huge descriptors from holding the device for long.
-pub const MAX_PFNS_PER_CHAIN: u64 = 1 << 16;
+/// The most PFNs taken from one descriptor chain (16 MiB of guest memory); the rest are
+/// refused. Linux sends at most 256 per chain; the bound keeps a chain of huge descriptors of
+/// scattered PFNs (one madvise each) from holding the device, and its lock, for long.
+pub const MAX_PFNS_PER_CHAIN: u64 = 1 << 12;
 
 const PFN_SHIFT: u32 = 12;
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];

@@ -72,7 +72,7 @@ pub struct BlockConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
     /// open(2) failed.
-    #[error("cannot open disk image {}: {source}", path.display())]
+    #[error("cannot open disk image {}", path.display())]
     Open {
         /// The image.
         path: PathBuf,
@@ -81,7 +81,7 @@ pub enum BlockError {
         source: io::Error,
     },
     /// fstat(2) or finding the size failed.
-    #[error("cannot read the size and type of disk image {}: {source}", path.display())]
+    #[error("cannot read the size and type of disk image {}", path.display())]
     Inspect {
         /// The image.
         path: PathBuf,

@@ -110,10 +110,10 @@ pub enum VirtioError {
     #[error("virtio queue access failed: {0:?}")]
     Queue(virtio_queue::Error),
     /// Raising the interrupt failed.
-    #[error("failed to raise the virtio interrupt: {0}")]
+    #[error("failed to raise the virtio interrupt")]
     Interrupt(#[source] io::Error),
     /// A host backend (file, tap, socket) failed in a way the device cannot hide from the guest.
-    #[error("device backend failed: {0}")]
+    #[error("device backend failed")]
     Backend(#[source] io::Error),
     /// A saved state does not fit this device (other type, other configuration).
     #[error("saved device state does not match this device: {0}")]
