@@ -22,14 +22,13 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vmm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 
-use super::rng::{next_chain, state_kind};
 use super::{
-    device_type, features, notify_used, ActiveQueues, VirtioDevice, VirtioDeviceState, VirtioError,
+    device_type, drain_queue, features, ActiveQueues, VirtioDevice, VirtioDeviceState, VirtioError,
     VirtioInterrupt,
 };
 
@@ -190,32 +189,17 @@ impl Balloon {
             DEFLATE_QUEUE => (&mut active.deflate, false),
             _ => return Ok(()),
         };
-        let mut used_any = false;
-        loop {
-            queue.disable_notification(mem)?;
-            while let Some(chain) = next_chain(queue, mem)? {
-                let head = chain.head_index();
-                if head >= queue.size() {
-                    // A head past the table names no descriptor and add_used refuses it.
-                    continue;
-                }
-                if inflate {
-                    inflate_chain(mem, chain, self.host_page_size, &mut self.stats);
-                } else {
-                    deflate_chain(chain, &mut self.stats);
-                }
-                // The balloon never writes into the buffers.
-                queue.add_used(mem, head, 0)?;
-                used_any = true;
+        let host_page_size = self.host_page_size;
+        let stats = &mut self.stats;
+        drain_queue(queue, mem, &active.interrupt, |chain| {
+            if inflate {
+                inflate_chain(mem, chain, host_page_size, stats);
+            } else {
+                deflate_chain(chain, stats);
             }
-            if !queue.enable_notification(mem)? {
-                break;
-            }
-        }
-        if used_any {
-            notify_used(queue, mem, &active.interrupt)?;
-        }
-        Ok(())
+            // The balloon never writes into the buffers.
+            Ok(0)
+        })
     }
 }
 
@@ -455,19 +439,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
-        let ActiveQueues {
-            mem,
-            queues,
-            interrupt,
-            acked_features,
-        } = active;
-        let got = queues.len();
-        let Ok([mut inflate, mut deflate]) = <[Queue; 2]>::try_from(queues) else {
-            return Err(VirtioError::QueueCount { expected: 2, got });
-        };
-        let event_idx = acked_features & features::RING_EVENT_IDX != 0;
-        inflate.set_event_idx(event_idx);
-        deflate.set_event_idx(event_idx);
+        let (mem, [inflate, deflate], interrupt) = active.into_queues()?;
         self.active = Some(Active {
             mem,
             inflate,
@@ -504,7 +476,7 @@ impl VirtioDevice for Balloon {
         let VirtioDeviceState::Balloon(state) = state else {
             return Err(VirtioError::StateMismatch(format!(
                 "expected a virtio-balloon state, got {}",
-                state_kind(state)
+                state.kind()
             )));
         };
         if state.deflate_on_oom != self.deflate_on_oom {

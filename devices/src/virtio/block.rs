@@ -26,12 +26,12 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{
-    device_type, features, notify_used, read_config_bytes, ActiveQueues, VirtioDevice,
-    VirtioDeviceState, VirtioError, VirtioInterrupt,
+    device_type, features, notify_used, pop_valid_chain, read_config_bytes, ActiveQueues,
+    VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
 };
 
 /// Size of a virtio-blk sector: capacities and request offsets count in these.
@@ -649,17 +649,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
-        let ActiveQueues {
-            mem,
-            queues,
-            interrupt,
-            acked_features,
-        } = active;
-        let got = queues.len();
-        let Some(mut queue) = queues.into_iter().next().filter(|_| got == 1) else {
-            return Err(VirtioError::QueueCount { expected: 1, got });
-        };
-        queue.set_event_idx(acked_features & features::RING_EVENT_IDX != 0);
+        let (mem, [queue], interrupt) = active.into_queues()?;
         self.active = Some(Active {
             mem,
             queue,
@@ -691,17 +681,12 @@ impl VirtioDevice for Block {
         let mut used_any = false;
         let mut idle_passes = 0;
         loop {
-            // An available index more than a queue ahead is a broken driver: fatal, so the
-            // transport sets DEVICE_NEEDS_RESET instead of the device spinning on it.
-            queue.iter(&*mem)?;
             queue.disable_notification(mem)?;
             let mut handled = 0u32;
-            while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+            // A broken available index is fatal (the transport sets DEVICE_NEEDS_RESET); heads
+            // past the table are dropped.
+            while let Some(chain) = pop_valid_chain(queue, mem)? {
                 let head = chain.head_index();
-                // A head past the table cannot be named in the used ring: drop it.
-                if head >= queue.size() {
-                    continue;
-                }
                 let len = process_chain(&self.disk, mem, chain, &mut self.scratch);
                 queue.add_used(mem, head, len)?;
                 used_any = true;

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
@@ -197,6 +197,33 @@ pub struct ActiveQueues {
     pub acked_features: u64,
 }
 
+impl ActiveQueues {
+    /// Splits the activation into guest memory, the device's `N` queues and the interrupt.
+    ///
+    /// Fails with [`VirtioError::QueueCount`] unless the driver handed over exactly `N` queues;
+    /// turns EVENT_IDX on in every queue when [`features::RING_EVENT_IDX`] was negotiated. Read
+    /// `acked_features` first when the device keeps them.
+    pub fn into_queues<const N: usize>(
+        self,
+    ) -> Result<(GuestMemoryMmap, [Queue; N], VirtioInterrupt), VirtioError> {
+        let ActiveQueues {
+            mem,
+            queues,
+            interrupt,
+            acked_features,
+        } = self;
+        let got = queues.len();
+        let Ok(mut queues) = <[Queue; N]>::try_from(queues) else {
+            return Err(VirtioError::QueueCount { expected: N, got });
+        };
+        let event_idx = acked_features & features::RING_EVENT_IDX != 0;
+        for queue in &mut queues {
+            queue.set_event_idx(event_idx);
+        }
+        Ok((mem, queues, interrupt))
+    }
+}
+
 /// A host descriptor a device wants polled by the event loop, with a token the device chooses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendFd {
@@ -276,6 +303,19 @@ pub enum VirtioDeviceState {
     Balloon(balloon::BalloonState),
 }
 
+impl VirtioDeviceState {
+    /// The device type the state belongs to ("virtio-blk", ...), for mismatch errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VirtioDeviceState::Block(_) => "virtio-blk",
+            VirtioDeviceState::Net(_) => "virtio-net",
+            VirtioDeviceState::Vsock(_) => "virtio-vsock",
+            VirtioDeviceState::Rng(_) => "virtio-rng",
+            VirtioDeviceState::Balloon(_) => "virtio-balloon",
+        }
+    }
+}
+
 /// Serializable form of one queue's state (virtio-queue's `QueueState`, which has no serde).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueSnapshot {
@@ -331,6 +371,70 @@ impl QueueSnapshot {
         };
         Queue::try_from(state).map_err(VirtioError::Queue)
     }
+}
+
+/// The next chain the driver made available on `queue`, or `None` when it published no more.
+///
+/// The one guard every device uses against a hostile available index: `pop_descriptor_chain`
+/// hides an index more than a queue size ahead as "no chain" while `enable_notification` keeps
+/// seeing work, so a device's notification loop would spin forever. Here it is an error
+/// (`InvalidAvailRingIndex`), fatal for the device: the transport sets DEVICE_NEEDS_RESET.
+///
+/// The chain's head may be past the descriptor table; see [`pop_valid_chain`].
+pub fn pop_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, VirtioError> {
+    Ok(queue.iter(mem)?.next())
+}
+
+/// [`pop_chain`], dropping the entries whose head index is past the descriptor table: such a
+/// head names no descriptor and cannot be returned to the used ring (`add_used` refuses it).
+pub fn pop_valid_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, VirtioError> {
+    while let Some(chain) = pop_chain(queue, mem)? {
+        if chain.head_index() < queue.size() {
+            return Ok(Some(chain));
+        }
+    }
+    Ok(None)
+}
+
+/// Serves every chain available on `queue`: `handle` does the device's work on one chain and
+/// returns the used length (bytes written into it), the chain goes back to the used ring, and
+/// the queue is drained again whenever re-enabling notifications shows that the driver added
+/// more meanwhile (EVENT_IDX). Heads past the table are dropped ([`pop_valid_chain`]). At the
+/// end the interrupt is raised if anything was used and the driver wants it ([`notify_used`]).
+///
+/// An error from `handle` or from the rings ends the call at once, with no interrupt.
+pub fn drain_queue<F>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &VirtioInterrupt,
+    mut handle: F,
+) -> Result<(), VirtioError>
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Result<u32, VirtioError>,
+{
+    let mut used_any = false;
+    loop {
+        queue.disable_notification(mem)?;
+        while let Some(chain) = pop_valid_chain(queue, mem)? {
+            let head = chain.head_index();
+            let len = handle(chain)?;
+            queue.add_used(mem, head, len)?;
+            used_any = true;
+        }
+        if !queue.enable_notification(mem)? {
+            break;
+        }
+    }
+    if used_any {
+        notify_used(queue, mem, interrupt)?;
+    }
+    Ok(())
 }
 
 /// After a device used buffers of `queue`: raises the interrupt unless the driver suppressed it

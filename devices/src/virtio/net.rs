@@ -28,14 +28,14 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_net as vnet;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use super::tap::{offload, Tap, TapError};
 use super::{
-    device_type, features, notify_used, read_config_bytes, ActiveQueues, BackendFd, VirtioDevice,
-    VirtioDeviceState, VirtioError, VirtioInterrupt,
+    device_type, features, notify_used, pop_chain, read_config_bytes, ActiveQueues, BackendFd,
+    VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
 };
 
 /// Index of the receive queue.
@@ -351,15 +351,6 @@ impl Net {
     }
 }
 
-/// The next available chain. A ring whose available index ran more than a ring ahead is broken
-/// (an error, so the device asks for a reset), rather than a ring that looks empty forever.
-fn pop_chain<'a>(
-    queue: &mut Queue,
-    mem: &'a GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'a GuestMemoryMmap>>, VirtioError> {
-    Ok(queue.iter(mem)?.next())
-}
-
 /// Copies the device-readable buffers of `chain` into `buf`; `None` when they do not fit in it
 /// or one is outside guest memory. Device-writable buffers have no place in a transmit chain
 /// and are skipped.
@@ -641,20 +632,9 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
-        let ActiveQueues {
-            mem,
-            queues,
-            interrupt,
-            acked_features,
-        } = active;
-        let got = queues.len();
-        let [mut rx, mut tx]: [Queue; 2] = queues
-            .try_into()
-            .map_err(|_| VirtioError::QueueCount { expected: 2, got })?;
-        let acked_features = acked_features & AVAIL_FEATURES;
-        let event_idx = acked_features & features::RING_EVENT_IDX != 0;
-        rx.set_event_idx(event_idx);
-        tx.set_event_idx(event_idx);
+        // AVAIL_FEATURES has RING_EVENT_IDX: the queues see what the driver acked.
+        let acked_features = active.acked_features & AVAIL_FEATURES;
+        let (mem, [rx, tx], interrupt) = active.into_queues()?;
         self.backend
             .set_offload(backend_offloads(acked_features))
             .map_err(VirtioError::Backend)?;

@@ -13,11 +13,11 @@ use std::fmt;
 use std::io;
 
 use serde::{Deserialize, Serialize};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vmm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{
-    device_type, features, notify_used, ActiveQueues, VirtioDevice, VirtioDeviceState, VirtioError,
+    device_type, drain_queue, features, ActiveQueues, VirtioDevice, VirtioDeviceState, VirtioError,
     VirtioInterrupt,
 };
 
@@ -90,43 +90,14 @@ impl Rng {
             return Ok(());
         };
         let mem = &active.mem;
-        let queue = &mut active.queue;
-        let mut used_any = false;
-        loop {
-            queue.disable_notification(mem)?;
-            while let Some(chain) = next_chain(queue, mem)? {
-                let head = chain.head_index();
-                if head >= queue.size() {
-                    // A head index past the table names no descriptor and cannot be returned
-                    // to the used ring (add_used refuses it): drop the entry.
-                    continue;
-                }
-                let written = fill_chain(mem, chain, &mut self.scratch)?;
-                queue.add_used(mem, head, written)?;
-                self.bytes_served = self.bytes_served.saturating_add(u64::from(written));
-                used_any = true;
-            }
-            if !queue.enable_notification(mem)? {
-                break;
-            }
-        }
-        if used_any {
-            notify_used(queue, mem, &active.interrupt)?;
-        }
-        Ok(())
+        let scratch = &mut self.scratch;
+        let bytes_served = &mut self.bytes_served;
+        drain_queue(&mut active.queue, mem, &active.interrupt, |chain| {
+            let written = fill_chain(mem, chain, scratch)?;
+            *bytes_served = bytes_served.saturating_add(u64::from(written));
+            Ok(written)
+        })
     }
-}
-
-/// The next available chain, or `None` when the driver published nothing more.
-///
-/// `pop_descriptor_chain` hides a broken avail index (more entries than the queue holds) as
-/// "no chain" while `enable_notification` keeps seeing work, which would spin forever; going
-/// through `iter` surfaces it as an error instead.
-pub(crate) fn next_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, VirtioError> {
-    Ok(queue.iter(mem)?.next())
 }
 
 /// Fills the writable descriptors of `chain` with random bytes; returns how many were written.
@@ -214,17 +185,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
-        let ActiveQueues {
-            mem,
-            queues,
-            interrupt,
-            acked_features,
-        } = active;
-        let got = queues.len();
-        let Ok([mut queue]) = <[Queue; 1]>::try_from(queues) else {
-            return Err(VirtioError::QueueCount { expected: 1, got });
-        };
-        queue.set_event_idx(acked_features & features::RING_EVENT_IDX != 0);
+        let (mem, [queue], interrupt) = active.into_queues()?;
         self.active = Some(Active {
             mem,
             queue,
@@ -257,20 +218,9 @@ impl VirtioDevice for Rng {
             VirtioDeviceState::Rng(RngState {}) => Ok(()),
             other => Err(VirtioError::StateMismatch(format!(
                 "expected a virtio-rng state, got {}",
-                state_kind(other)
+                other.kind()
             ))),
         }
-    }
-}
-
-/// The device type a saved state belongs to, for mismatch errors.
-pub(crate) fn state_kind(state: &VirtioDeviceState) -> &'static str {
-    match state {
-        VirtioDeviceState::Block(_) => "virtio-blk",
-        VirtioDeviceState::Net(_) => "virtio-net",
-        VirtioDeviceState::Vsock(_) => "virtio-vsock",
-        VirtioDeviceState::Rng(_) => "virtio-rng",
-        VirtioDeviceState::Balloon(_) => "virtio-balloon",
     }
 }
 

@@ -5,6 +5,9 @@
 use virtio_queue::{Queue, QueueT};
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::{ActiveQueues, VirtioDevice, VirtioError, VirtioInterrupt};
+use crate::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+
 /// Descriptor flag: the chain continues at `next`.
 pub const DESC_F_NEXT: u16 = 1;
 /// Descriptor flag: the device writes this buffer.
@@ -15,6 +18,43 @@ pub const DESC_F_INDIRECT: u16 = 4;
 /// Guest memory of `bytes` bytes starting at guest address 0.
 pub fn test_memory(bytes: usize) -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes)]).expect("test guest memory")
+}
+
+/// A fresh interrupt line on a non-blocking EventFd, and a duplicate of that EventFd to read the
+/// interrupts the device raised.
+pub fn test_interrupt() -> (VirtioInterrupt, EventFd) {
+    let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let line = EventFdTrigger::new(irq.try_clone().expect("eventfd clone"));
+    (VirtioInterrupt::new(line), irq)
+}
+
+/// What the transport hands a device on DRIVER_OK: `mem`, a ready queue on each of `queues` (in
+/// that order), `interrupt` and `acked_features`.
+pub fn active_queues<'a>(
+    mem: &GuestMemoryMmap,
+    queues: impl IntoIterator<Item = &'a TestQueue>,
+    interrupt: VirtioInterrupt,
+    acked_features: u64,
+) -> ActiveQueues {
+    ActiveQueues {
+        mem: mem.clone(),
+        queues: queues.into_iter().map(TestQueue::queue).collect(),
+        interrupt,
+        acked_features,
+    }
+}
+
+/// Activates `device` on `queues` in `mem` with `acked_features`, on a fresh
+/// [`test_interrupt`]; returns that interrupt and its EventFd.
+pub fn activate<'a>(
+    device: &mut dyn VirtioDevice,
+    mem: &GuestMemoryMmap,
+    queues: impl IntoIterator<Item = &'a TestQueue>,
+    acked_features: u64,
+) -> Result<(VirtioInterrupt, EventFd), VirtioError> {
+    let (interrupt, irq) = test_interrupt();
+    device.activate(active_queues(mem, queues, interrupt.clone(), acked_features))?;
+    Ok((interrupt, irq))
 }
 
 /// One split virtqueue's rings at fixed addresses, and the driver-side bookkeeping to add chains.
@@ -44,6 +84,14 @@ impl TestQueue {
             next_desc: 0,
             avail_idx: 0,
         }
+    }
+
+    /// [`TestQueue::new`], with the `0x8000` bytes from `base` zeroed first, as a driver sets up
+    /// its rings after a reset (no stale index or entry survives).
+    pub fn zeroed(mem: &GuestMemoryMmap, base: u64, size: u16) -> Self {
+        mem.write_slice(&[0u8; 0x8000], GuestAddress(base))
+            .expect("rings in guest memory");
+        TestQueue::new(base, size)
     }
 
     /// A ready `Queue` pointing at these rings (what the transport hands a device).

@@ -36,13 +36,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Writer};
+use virtio_queue::{Queue, QueueT, Writer};
 use vmm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::virtio::{
-    device_type, features, notify_used, read_config_bytes, ActiveQueues, BackendFd, VirtioDevice,
-    VirtioDeviceState, VirtioError, VirtioInterrupt,
+    device_type, features, notify_used, pop_chain, read_config_bytes, ActiveQueues, BackendFd,
+    VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
 };
 use muxer::Muxer;
 use packet::EVENT_TRANSPORT_RESET;
@@ -181,17 +181,6 @@ impl std::fmt::Debug for Vsock {
             .field("muxer", &self.muxer)
             .finish_non_exhaustive()
     }
-}
-
-/// Pops the next available chain. Unlike `pop_descriptor_chain`, an available index more than
-/// a queue size ahead is an error rather than `None`, so the `enable_notification` loops
-/// cannot spin on it.
-pub(crate) fn pop_chain<'a>(
-    q: &mut Queue,
-    mem: &'a GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'a GuestMemoryMmap>>, VirtioError> {
-    let mut iter = q.iter(mem)?;
-    Ok(iter.next())
 }
 
 impl Vsock {
@@ -367,20 +356,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
-        let ActiveQueues {
-            mem,
-            queues,
-            interrupt,
-            acked_features,
-        } = active;
-        let got = queues.len();
-        let Ok([mut rx, mut tx, mut event]) = <[Queue; 3]>::try_from(queues) else {
-            return Err(VirtioError::QueueCount { expected: 3, got });
-        };
-        let event_idx = acked_features & features::RING_EVENT_IDX != 0;
-        for q in [&mut rx, &mut tx, &mut event] {
-            q.set_event_idx(event_idx);
-        }
+        let (mem, [rx, tx, event], interrupt) = active.into_queues()?;
         self.active = Some(Active {
             mem,
             rx,

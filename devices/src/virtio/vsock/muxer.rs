@@ -26,10 +26,10 @@ use super::connection::{
 use super::host::{connect_nonblocking, send_nosignal, Timer};
 use super::packet::{op, shutdown, PacketHeader, HEADER_LEN, TYPE_STREAM};
 use super::{
-    pop_chain, BUF_ALLOC, CREDIT_UPDATE_THRESHOLD, HOST_CID, MAX_CONNECTIONS, MAX_CONNECT_LINE,
+    BUF_ALLOC, CREDIT_UPDATE_THRESHOLD, HOST_CID, MAX_CONNECTIONS, MAX_CONNECT_LINE,
     MAX_CONTROL_PACKETS, MAX_PENDING_STREAMS, MAX_PKT_PAYLOAD,
 };
-use crate::virtio::VirtioError;
+use crate::virtio::{pop_chain, VirtioError};
 
 /// Epoll token of the listener.
 const TOKEN_LISTENER: u64 = 0;
