@@ -20,7 +20,7 @@ if [ -z "${TESTHOST:-}" ]; then
         [ "$prev" = --peers ] && peers=$a
         prev=$a
     done
-    case ",$peers," in *,vmm,*) [ -x target/release/vmm ] || cargo build --release -p vmm-cli ;; esac
+    case ",$peers," in *,vmm,*) cargo build --release -p vmm-cli ;; esac
     scripts/build-test-initramfs.sh >/dev/null
     if [ -e /sys/module/kvm_pvm ]; then
         exec "${TESTHOST_DIR:-$(cd .. && pwd)/shared/testhost}/run.sh" -m 3G -c 2 -t "${TESTHOST_TIMEOUT:-14400}" -- \

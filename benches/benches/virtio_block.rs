@@ -17,9 +17,9 @@ use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vmm_devices::virtio::block::{Block, BlockConfig, SECTOR_SIZE};
-use vmm_devices::virtio::test_utils::{test_memory, TestQueue};
-use vmm_devices::virtio::{features, ActiveQueues, VirtioDevice, VirtioInterrupt};
-use vmm_devices::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+use vmm_devices::virtio::test_utils::{activate, test_memory, TestQueue};
+use vmm_devices::virtio::{features, VirtioDevice};
+use vmm_devices::EventFd;
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const IMAGE_BYTES: usize = 64 << 20;
@@ -59,17 +59,7 @@ impl Rig {
         .expect("open image");
         let mem = test_memory(MEM_BYTES);
         let tq = TestQueue::new(0, 256);
-        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        let interrupt =
-            VirtioInterrupt::new(EventFdTrigger::new(irq.try_clone().expect("eventfd clone")));
-        block
-            .activate(ActiveQueues {
-                mem: mem.clone(),
-                queues: vec![tq.queue()],
-                interrupt,
-                acked_features: features::VERSION_1,
-            })
-            .expect("activate");
+        let (_, irq) = activate(&mut block, &mem, [&tq], features::VERSION_1).expect("activate");
         Rig {
             block,
             mem,

@@ -14,9 +14,9 @@ use vmm_devices::virtio::net::{
     Net, NetBackend, SocketPairBackend, AVAIL_FEATURES, BACKEND_TOKEN, MAX_BUFFER_LEN, NET_HDR_LEN,
     QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
 };
-use vmm_devices::virtio::test_utils::{test_memory, TestQueue};
-use vmm_devices::virtio::{ActiveQueues, VirtioDevice, VirtioInterrupt};
-use vmm_devices::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+use vmm_devices::virtio::test_utils::{activate, test_memory, TestQueue};
+use vmm_devices::virtio::VirtioDevice;
+use vmm_devices::EventFd;
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const RX_RING: u64 = 0;
@@ -45,15 +45,7 @@ fn setup() -> Setup {
     let mem = test_memory(MEM_SIZE);
     let rxq = TestQueue::new(RX_RING, QUEUE_SIZE);
     let txq = TestQueue::new(TX_RING, QUEUE_SIZE);
-    let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-    let interrupt = VirtioInterrupt::new(EventFdTrigger::new(irq.try_clone().expect("dup")));
-    net.activate(ActiveQueues {
-        mem: mem.clone(),
-        queues: vec![rxq.queue(), txq.queue()],
-        interrupt,
-        acked_features: AVAIL_FEATURES,
-    })
-    .expect("activate");
+    let (_, irq) = activate(&mut net, &mem, [&rxq, &txq], AVAIL_FEATURES).expect("activate");
     Setup {
         net,
         peer,

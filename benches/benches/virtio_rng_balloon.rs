@@ -15,10 +15,9 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use vmm_devices::virtio::balloon::{Balloon, BalloonConfig, INFLATE_QUEUE};
 use vmm_devices::virtio::rng::Rng;
-use vmm_devices::virtio::test_utils::{test_memory, TestQueue};
-use vmm_devices::virtio::{features, ActiveQueues, VirtioDevice, VirtioInterrupt};
-use vmm_devices::{EventFd, EventFdTrigger, EFD_NONBLOCK};
-use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_devices::virtio::test_utils::{activate, test_memory, TestQueue};
+use vmm_devices::virtio::{features, VirtioDevice};
+use vmm_memory::{Bytes, GuestAddress};
 
 const MIB: usize = 1 << 20;
 const QUEUE_A: u64 = 0x1_0000;
@@ -27,27 +26,13 @@ const PFN_ARRAY: u64 = 0x3_0000;
 const BUF: u64 = 0x4_0000;
 /// First PFN of the pages the balloon benches inflate (1 MiB).
 const FIRST_PFN: u32 = 0x100;
-
-fn interrupt() -> VirtioInterrupt {
-    VirtioInterrupt::new(EventFdTrigger::new(
-        EventFd::new(EFD_NONBLOCK).expect("eventfd"),
-    ))
-}
-
-fn active(mem: &GuestMemoryMmap, queues: &[&TestQueue]) -> ActiveQueues {
-    ActiveQueues {
-        mem: mem.clone(),
-        queues: queues.iter().map(|q| q.queue()).collect(),
-        interrupt: interrupt(),
-        acked_features: features::VERSION_1 | features::RING_EVENT_IDX,
-    }
-}
+const ACKED: u64 = features::VERSION_1 | features::RING_EVENT_IDX;
 
 fn rng(c: &mut Criterion) {
     let mem = test_memory(MIB);
     let mut tq = TestQueue::new(QUEUE_A, 256);
     let mut rng = Rng::new();
-    rng.activate(active(&mem, &[&tq])).expect("activate rng");
+    activate(&mut rng, &mem, [&tq], ACKED).expect("activate rng");
     c.bench_function("virtio_rng/request_4KiB", |b| {
         b.iter(|| {
             tq.add_chain(&mem, &[(BUF, 4096, true)]);
@@ -68,9 +53,7 @@ fn inflate(c: &mut Criterion, name: &str, pfns: &[u32]) {
         target_pages: 0,
         deflate_on_oom: false,
     });
-    balloon
-        .activate(active(&mem, &[&inflate_q, &deflate_q]))
-        .expect("activate balloon");
+    activate(&mut balloon, &mem, [&inflate_q, &deflate_q], ACKED).expect("activate balloon");
     let len = bytes.len() as u32;
     c.bench_function(name, |b| {
         b.iter_batched(

@@ -16,8 +16,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vmm_devices::virtio::vsock::packet::{op, HEADER_LEN};
-use vmm_devices::virtio::vsock::test_driver::{socket_dir, GuestDriver, SocketDir};
-use vmm_devices::virtio::vsock::{Vsock, VsockConfig, BUF_ALLOC};
+use vmm_devices::virtio::vsock::test_driver::{device_in_socket_dir, GuestDriver, SocketDir};
+use vmm_devices::virtio::vsock::{Vsock, BUF_ALLOC};
 
 const CID: u64 = 3;
 const GUEST_PORT: u32 = 1025;
@@ -35,13 +35,7 @@ struct Setup {
 
 /// A guest-initiated connection from `GUEST_PORT` to `HOST_PORT`, accepted by the host.
 fn connected() -> Setup {
-    let dir = socket_dir();
-    let uds = dir.path().join("v.sock");
-    let mut dev = Vsock::new(VsockConfig {
-        guest_cid: CID,
-        uds_path: uds.clone(),
-    })
-    .expect("vsock device");
+    let (dir, uds, mut dev) = device_in_socket_dir(CID);
     let listener =
         UnixListener::bind(format!("{}_{HOST_PORT}", uds.display())).expect("host listener");
     let mut drv = GuestDriver::new(CID);

@@ -14,58 +14,37 @@
 //! Input: a header `flags target(u32)`, then operations `op ...` (see `fuzz_target!` below).
 #![no_main]
 
-use std::cell::RefCell;
-
 use libfuzzer_sys::fuzz_target;
 
 mod common;
-use common::Cursor;
+use common::{
+    memory, snapshot, with_snapshots, Cursor, FAR_BASE, FAR_SIZE, MAIN_SIZE, PAGE, REGIONS,
+    SHORT_BASE, SHORT_SIZE,
+};
 use vmm_devices::virtio::balloon::{Balloon, BalloonConfig, BalloonStats, QUEUE_SIZE};
-use vmm_devices::virtio::test_utils::TestQueue;
-use vmm_devices::virtio::{features, ActiveQueues, VirtioDevice, VirtioInterrupt};
-use vmm_devices::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+use vmm_devices::virtio::test_utils::{activate, TestQueue};
+use vmm_devices::virtio::{features, VirtioDevice};
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const MAIN_SIZE: u64 = 0x2_0000;
-/// A region whose second 4 KiB page is only half there.
-const SHORT_BASE: u64 = 0x5_0000;
-const SHORT_SIZE: u64 = 0x1800;
-/// Above 2^44: a u32 PFN shifted by 12 never reaches it.
-const MARKER_BASE: u64 = 1 << 44;
-const MARKER_SIZE: u64 = 0x1000;
+/// The far region, above 2^44: a u32 PFN shifted by 12 never reaches it.
+const MARKER_BASE: u64 = FAR_BASE;
+const MARKER_SIZE: u64 = FAR_SIZE;
 const QUEUE_BASES: [u64; 2] = [0, 0x8000];
 /// Where chains' buffers and PFN arrays usually go.
 const DATA_BASE: u64 = 0x1_0000;
 const DATA_SIZE: u64 = 0x1_0000;
-const PAGE: u64 = 4096;
 
-fn memory() -> GuestMemoryMmap {
-    let mem = GuestMemoryMmap::from_ranges(&[
-        (GuestAddress(0), MAIN_SIZE as usize),
-        (GuestAddress(SHORT_BASE), SHORT_SIZE as usize),
-        (GuestAddress(MARKER_BASE), MARKER_SIZE as usize),
-    ])
-    .expect("guest memory");
+/// [`memory`] with the marker region filled.
+fn memory_with_marker() -> GuestMemoryMmap {
+    let mem = memory();
     mem.write_slice(&[0xa5; MARKER_SIZE as usize], GuestAddress(MARKER_BASE))
         .expect("marker");
     mem
 }
 
+/// The regions a PFN can name: the main and the short one.
+const PFN_REGIONS: &[(u64, u64)] = &[REGIONS[0], REGIONS[1]];
 const SNAPSHOT_SIZE: usize = (MAIN_SIZE + SHORT_SIZE) as usize;
-
-thread_local! {
-    /// Before / after copies of guest memory, kept across runs (fresh ones cost page faults).
-    static SNAPSHOTS: RefCell<(Vec<u8>, Vec<u8>)> =
-        RefCell::new((vec![0; SNAPSHOT_SIZE], vec![0; SNAPSHOT_SIZE]));
-}
-
-/// Copies the regions a PFN can name into `v`.
-fn snapshot(mem: &GuestMemoryMmap, v: &mut [u8]) {
-    let (main, short) = v.split_at_mut(MAIN_SIZE as usize);
-    mem.read_slice(main, GuestAddress(0)).expect("main");
-    mem.read_slice(short, GuestAddress(SHORT_BASE))
-        .expect("short");
-}
 
 fn used_ring_page(tqs: &[TestQueue; 2], guest_page: u64) -> bool {
     tqs.iter().any(|t| t.used / PAGE == guest_page)
@@ -87,40 +66,24 @@ struct Rig {
 
 impl Rig {
     fn activate(&mut self) {
-        // Fresh rings: zero them so no stale index survives a reset.
-        for base in QUEUE_BASES {
-            self.mem
-                .write_slice(&[0u8; 0x8000], GuestAddress(base))
-                .expect("clear rings");
-        }
-        self.tqs = QUEUE_BASES.map(|b| TestQueue::new(b, self.size));
+        // Fresh rings: zeroed so no stale index survives a reset.
+        self.tqs = QUEUE_BASES.map(|b| TestQueue::zeroed(&self.mem, b, self.size));
         self.used_seen = [0; 2];
-        let interrupt = VirtioInterrupt::new(EventFdTrigger::new(
-            EventFd::new(EFD_NONBLOCK).expect("eventfd"),
-        ));
-        self.balloon
-            .activate(ActiveQueues {
-                mem: self.mem.clone(),
-                queues: self.tqs.iter().map(TestQueue::queue).collect(),
-                interrupt,
-                acked_features: self.acked,
-            })
-            .expect("activate");
+        activate(&mut self.balloon, &self.mem, &self.tqs, self.acked).expect("activate");
     }
 
     fn process(&mut self, index: usize) {
-        SNAPSHOTS.with(|s| {
-            let (before, after) = &mut *s.borrow_mut();
-            self.process_and_check(index, before, after);
+        with_snapshots(SNAPSHOT_SIZE, |before, after| {
+            self.process_and_check(index, before, after)
         });
     }
 
     fn process_and_check(&mut self, index: usize, before: &mut [u8], after: &mut [u8]) {
-        snapshot(&self.mem, before);
+        snapshot(&self.mem, PFN_REGIONS, before);
         let stats_before = self.balloon.stats();
         // An Err (a broken avail index) is the device asking for a reset: allowed.
         let _ = self.balloon.process_queue(index);
-        snapshot(&self.mem, after);
+        snapshot(&self.mem, PFN_REGIONS, after);
         let stats = self.balloon.stats();
         check_stats(&stats_before, &stats);
 
@@ -183,24 +146,6 @@ fn check_stats(before: &BalloonStats, after: &BalloonStats) {
     );
 }
 
-/// A buffer address: mostly in the data area, sometimes anywhere.
-fn buffer_addr(input: &mut Cursor, kind: u8) -> u64 {
-    match kind % 4 {
-        0 => DATA_BASE + (u64::from(input.byte()) << 8 | u64::from(input.byte())) % DATA_SIZE,
-        1 => input.u64(),
-        2 => SHORT_BASE + u64::from(input.byte()) * 32,
-        _ => MARKER_BASE + u64::from(input.byte()) * 16,
-    }
-}
-
-fn u16_of(input: &mut Cursor) -> u16 {
-    u16::from_le_bytes([input.byte(), input.byte()])
-}
-
-fn u32_of(input: &mut Cursor) -> u32 {
-    u32::from_le_bytes([input.byte(), input.byte(), input.byte(), input.byte()])
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut input = Cursor(data);
     let flags = input.byte();
@@ -211,11 +156,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let size = 1u16 << ((flags >> 2) % 9);
     assert!(size <= QUEUE_SIZE);
-    let target = u32_of(&mut input);
+    let target = input.u32();
     let mut model = Model { target, actual: 0 };
 
     let mut rig = Rig {
-        mem: memory(),
+        mem: memory_with_marker(),
         balloon: Balloon::new(BalloonConfig {
             target_pages: target,
             deflate_on_oom,
@@ -237,9 +182,9 @@ fuzz_target!(|data: &[u8]| {
                 let mut bufs = Vec::with_capacity(n);
                 for _ in 0..n {
                     let kind = input.byte();
-                    let addr = buffer_addr(&mut input, kind);
+                    let addr = input.buffer_addr(kind, DATA_BASE, DATA_SIZE);
                     let len = if kind & 4 != 0 {
-                        u32_of(&mut input)
+                        input.u32()
                     } else {
                         u32::from(input.byte()) * 4 + u32::from(kind >> 6)
                     };
@@ -250,7 +195,7 @@ fuzz_target!(|data: &[u8]| {
             }
             // A PFN array in the data area: `at(u16) count (sel pfn..)*`.
             1 => {
-                let at = DATA_BASE + u64::from(u16_of(&mut input)) % DATA_SIZE;
+                let at = DATA_BASE + u64::from(input.u16()) % DATA_SIZE;
                 let count = usize::from(input.byte() % 64);
                 let mut bytes = Vec::with_capacity(count * 4);
                 for _ in 0..count {
@@ -268,7 +213,7 @@ fuzz_target!(|data: &[u8]| {
                         }
                         // The short region, whole page or straddling its end.
                         2 => (SHORT_BASE / PAGE) as u32 + u32::from(sel >> 7),
-                        _ => u32_of(&mut input),
+                        _ => input.u32(),
                     };
                     last_pfn = pfn;
                     bytes.extend_from_slice(&pfn.to_le_bytes());
@@ -279,17 +224,17 @@ fuzz_target!(|data: &[u8]| {
             // A raw descriptor: `q index addr len flags next`.
             2 => {
                 let q = usize::from(input.byte() & 1);
-                let index = u16_of(&mut input);
+                let index = input.u16();
                 let addr = input.u64();
-                let len = u32_of(&mut input);
-                let flags = u16_of(&mut input);
-                let next = u16_of(&mut input);
+                let len = input.u32();
+                let flags = input.u16();
+                let next = input.u16();
                 rig.tqs[q].write_desc(&rig.mem, index, addr, len, flags, next);
             }
             // Publish a raw head: `q head`.
             3 => {
                 let q = usize::from(input.byte() & 1);
-                let head = u16_of(&mut input);
+                let head = input.u16();
                 let mem = rig.mem.clone();
                 rig.tqs[q].push_avail(&mem, head);
             }
@@ -333,7 +278,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             7 => {
-                model.target = u32_of(&mut input);
+                model.target = input.u32();
                 rig.balloon
                     .set_target_pages(model.target)
                     .expect("set_target_pages");
@@ -341,7 +286,7 @@ fuzz_target!(|data: &[u8]| {
             }
             // Raw bytes anywhere in RAM except the used rings: `addr(u32) n bytes..`.
             8 => {
-                let addr = u64::from(u32_of(&mut input)) % MAIN_SIZE;
+                let addr = u64::from(input.u32()) % MAIN_SIZE;
                 let n = usize::from(input.byte() % 16);
                 let bytes = input.bytes(n);
                 let end = addr + bytes.len() as u64;

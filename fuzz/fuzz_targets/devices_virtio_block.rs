@@ -24,10 +24,9 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 use common::Cursor;
 use vmm_devices::virtio::block::{Block, BlockConfig};
-use vmm_devices::virtio::test_utils::{test_memory, TestQueue};
-use vmm_devices::virtio::{features, ActiveQueues, VirtioDevice, VirtioInterrupt};
-use vmm_devices::{EventFd, EventFdTrigger, EFD_NONBLOCK};
-use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_devices::virtio::test_utils::{activate, test_memory, TestQueue};
+use vmm_devices::virtio::{features, VirtioDevice};
+use vmm_memory::{Bytes, GuestAddress};
 
 const DISK_BYTES: usize = 1 << 20;
 const MEM_BYTES: u64 = 0x4_0000;
@@ -96,20 +95,6 @@ fn len(c: &mut Cursor) -> u32 {
     }
 }
 
-fn activate(block: &mut Block, mem: &GuestMemoryMmap, tq: &TestQueue, acked: u64) {
-    let interrupt = VirtioInterrupt::new(EventFdTrigger::new(
-        EventFd::new(EFD_NONBLOCK).expect("eventfd"),
-    ));
-    block
-        .activate(ActiveQueues {
-            mem: mem.clone(),
-            queues: vec![tq.queue()],
-            interrupt,
-            acked_features: acked,
-        })
-        .expect("activate with one queue");
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut c = Cursor(data);
     let setup = c.byte();
@@ -130,7 +115,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mem = test_memory(MEM_BYTES as usize);
     let mut tq = TestQueue::new(0, QUEUE_SIZES[usize::from(setup >> 2) % 4]);
-    activate(&mut block, &mem, &tq, acked);
+    activate(&mut block, &mem, [&tq], acked).expect("activate with one queue");
 
     let mut ops = 0;
     while !c.is_empty() && ops < 64 {
@@ -192,7 +177,7 @@ fuzz_target!(|data: &[u8]| {
                 block.reset();
                 assert!(!block.is_activated());
                 tq = TestQueue::new(0, tq.size);
-                activate(&mut block, &mem, &tq, acked);
+                activate(&mut block, &mem, [&tq], acked).expect("activate with one queue");
             }
             6 => {
                 let state = block.save_state();

@@ -23,9 +23,8 @@ use common::Cursor;
 use vmm_devices::virtio::net::{
     Net, NetBackend, SocketPairBackend, AVAIL_FEATURES, BACKEND_TOKEN, MAX_BUFFER_LEN, NET_HDR_LEN,
 };
-use vmm_devices::virtio::test_utils::{test_memory, TestQueue};
-use vmm_devices::virtio::{features, ActiveQueues, VirtioDevice, VirtioInterrupt};
-use vmm_devices::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+use vmm_devices::virtio::test_utils::{self, test_memory, TestQueue};
+use vmm_devices::virtio::{features, VirtioDevice};
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const MEM_SIZE: usize = 0x40000;
@@ -51,11 +50,9 @@ struct Rings {
 impl Rings {
     fn new(mem: &GuestMemoryMmap, size: u16) -> Self {
         // Fresh rings, as a driver sets them up after a reset.
-        mem.write_slice(&[0u8; 0x10000], GuestAddress(0))
-            .expect("clear rings");
         Rings {
-            rx: TestQueue::new(RX_RING, size),
-            tx: TestQueue::new(TX_RING, size),
+            rx: TestQueue::zeroed(mem, RX_RING, size),
+            tx: TestQueue::zeroed(mem, TX_RING, size),
             rx_seen: 0,
             tx_seen: 0,
             exposed: false,
@@ -86,14 +83,8 @@ impl Rings {
 }
 
 fn activate(net: &mut Net, mem: &GuestMemoryMmap, rings: &Rings, acked: u64) -> bool {
-    let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-    net.activate(ActiveQueues {
-        mem: mem.clone(),
-        queues: vec![rings.rx.queue(), rings.tx.queue()],
-        interrupt: VirtioInterrupt::new(EventFdTrigger::new(irq)),
-        acked_features: acked & AVAIL_FEATURES | features::VERSION_1,
-    })
-    .is_ok()
+    let acked = acked & AVAIL_FEATURES | features::VERSION_1;
+    test_utils::activate(net, mem, [&rings.rx, &rings.tx], acked).is_ok()
 }
 
 fn len_from(input: &mut Cursor, wide: bool) -> u32 {

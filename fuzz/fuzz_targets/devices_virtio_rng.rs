@@ -11,61 +11,24 @@
 //! Input: a header `flags`, then operations `op ...` (see `fuzz_target!` below).
 #![no_main]
 
-use std::cell::RefCell;
-
 use libfuzzer_sys::fuzz_target;
 
 mod common;
-use common::Cursor;
+use common::{
+    memory, snapshot, with_snapshots, Cursor, FAR_SIZE, MAIN_SIZE, PAGE, REGIONS, SHORT_SIZE,
+};
 use vmm_devices::virtio::rng::{Rng, MAX_BYTES_PER_CHAIN, QUEUE_SIZE};
-use vmm_devices::virtio::test_utils::TestQueue;
-use vmm_devices::virtio::{features, ActiveQueues, VirtioDevice, VirtioInterrupt};
-use vmm_devices::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+use vmm_devices::virtio::test_utils::{activate, TestQueue};
+use vmm_devices::virtio::{features, VirtioDevice};
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const MAIN_SIZE: u64 = 0x2_0000;
-/// A region that ends in the middle of a page, away from the main one.
-const SHORT_BASE: u64 = 0x5_0000;
-const SHORT_SIZE: u64 = 0x1800;
-/// A region far up, to be sure high addresses work.
-const HIGH_BASE: u64 = 1 << 44;
-const HIGH_SIZE: u64 = 0x1000;
 const QUEUE_BASE: u64 = 0;
 /// Where chains' buffers usually go.
 const DATA_BASE: u64 = 0x8000;
 const DATA_SIZE: u64 = 0x1_8000;
-const PAGE: u64 = 4096;
 
-const REGIONS: [(u64, u64); 3] = [
-    (0, MAIN_SIZE),
-    (SHORT_BASE, SHORT_SIZE),
-    (HIGH_BASE, HIGH_SIZE),
-];
-
-fn memory() -> GuestMemoryMmap {
-    let ranges: Vec<_> = REGIONS
-        .iter()
-        .map(|&(base, size)| (GuestAddress(base), size as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).expect("guest memory")
-}
-
-const SNAPSHOT_SIZE: usize = (MAIN_SIZE + SHORT_SIZE + HIGH_SIZE) as usize;
-
-thread_local! {
-    /// Before / after copies of guest memory, kept across runs (fresh ones cost page faults).
-    static SNAPSHOTS: RefCell<(Vec<u8>, Vec<u8>)> =
-        RefCell::new((vec![0; SNAPSHOT_SIZE], vec![0; SNAPSHOT_SIZE]));
-}
-
-/// Copies every region, in order, into `v`.
-fn snapshot(mem: &GuestMemoryMmap, mut v: &mut [u8]) {
-    for (base, size) in REGIONS {
-        let (r, rest) = v.split_at_mut(size as usize);
-        mem.read_slice(r, GuestAddress(base)).expect("region");
-        v = rest;
-    }
-}
+/// All of guest memory, the far region included (to be sure high addresses work).
+const SNAPSHOT_SIZE: usize = (MAIN_SIZE + SHORT_SIZE + FAR_SIZE) as usize;
 
 struct Rig {
     mem: GuestMemoryMmap,
@@ -78,37 +41,23 @@ struct Rig {
 
 impl Rig {
     fn activate(&mut self) {
-        self.mem
-            .write_slice(&[0u8; 0x8000], GuestAddress(QUEUE_BASE))
-            .expect("clear rings");
-        self.tq = TestQueue::new(QUEUE_BASE, self.size);
+        self.tq = TestQueue::zeroed(&self.mem, QUEUE_BASE, self.size);
         self.used_seen = 0;
-        let interrupt = VirtioInterrupt::new(EventFdTrigger::new(
-            EventFd::new(EFD_NONBLOCK).expect("eventfd"),
-        ));
-        self.rng
-            .activate(ActiveQueues {
-                mem: self.mem.clone(),
-                queues: vec![self.tq.queue()],
-                interrupt,
-                acked_features: self.acked,
-            })
-            .expect("activate");
+        activate(&mut self.rng, &self.mem, [&self.tq], self.acked).expect("activate");
     }
 
     fn process(&mut self, index: usize) {
-        SNAPSHOTS.with(|s| {
-            let (before, after) = &mut *s.borrow_mut();
-            self.process_and_check(index, before, after);
+        with_snapshots(SNAPSHOT_SIZE, |before, after| {
+            self.process_and_check(index, before, after)
         });
     }
 
     fn process_and_check(&mut self, index: usize, before: &mut [u8], after: &mut [u8]) {
-        snapshot(&self.mem, before);
+        snapshot(&self.mem, &REGIONS, before);
         let served_before = self.rng.bytes_served();
         // An Err (a broken avail index) is the device asking for a reset: allowed.
         let _ = self.rng.process_queue(index);
-        snapshot(&self.mem, after);
+        snapshot(&self.mem, &REGIONS, after);
         let served = self.rng.bytes_served() - served_before;
 
         // The used ring's page (index, entries, avail_event) is the device's to write.
@@ -141,23 +90,6 @@ impl Rig {
     }
 }
 
-fn buffer_addr(input: &mut Cursor, kind: u8) -> u64 {
-    match kind % 4 {
-        0 => DATA_BASE + (u64::from(input.byte()) << 8 | u64::from(input.byte())) % DATA_SIZE,
-        1 => input.u64(),
-        2 => SHORT_BASE + u64::from(input.byte()) * 32,
-        _ => HIGH_BASE + u64::from(input.byte()) * 16,
-    }
-}
-
-fn u16_of(input: &mut Cursor) -> u16 {
-    u16::from_le_bytes([input.byte(), input.byte()])
-}
-
-fn u32_of(input: &mut Cursor) -> u32 {
-    u32::from_le_bytes([input.byte(), input.byte(), input.byte(), input.byte()])
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut input = Cursor(data);
     let flags = input.byte();
@@ -186,12 +118,12 @@ fuzz_target!(|data: &[u8]| {
                 let mut bufs = Vec::with_capacity(n);
                 for _ in 0..n {
                     let kind = input.byte();
-                    let addr = buffer_addr(&mut input, kind);
+                    let addr = input.buffer_addr(kind, DATA_BASE, DATA_SIZE);
                     let len = match (kind >> 2) % 4 {
                         0 => u32::from(input.byte()),
-                        1 => u32::from(u16_of(&mut input)),
-                        2 => u32::from(u16_of(&mut input)) << 4,
-                        _ => u32_of(&mut input),
+                        1 => u32::from(input.u16()),
+                        2 => u32::from(input.u16()) << 4,
+                        _ => input.u32(),
                     };
                     bufs.push((addr, len, kind & 0x10 == 0));
                 }
@@ -200,16 +132,16 @@ fuzz_target!(|data: &[u8]| {
             }
             // A raw descriptor: `index addr len flags next`.
             1 => {
-                let index = u16_of(&mut input);
+                let index = input.u16();
                 let addr = input.u64();
-                let len = u32_of(&mut input);
-                let flags = u16_of(&mut input);
-                let next = u16_of(&mut input);
+                let len = input.u32();
+                let flags = input.u16();
+                let next = input.u16();
                 rig.tq.write_desc(&rig.mem, index, addr, len, flags, next);
             }
             // Publish a raw head.
             2 => {
-                let head = u16_of(&mut input);
+                let head = input.u16();
                 let mem = rig.mem.clone();
                 rig.tq.push_avail(&mem, head);
             }
@@ -218,7 +150,7 @@ fuzz_target!(|data: &[u8]| {
             // Raw bytes in RAM outside the used ring's page (indirect tables, ring fields):
             // `addr(u32) n bytes..`.
             4 => {
-                let addr = u64::from(u32_of(&mut input)) % MAIN_SIZE;
+                let addr = u64::from(input.u32()) % MAIN_SIZE;
                 let n = usize::from(input.byte() % 16);
                 let bytes = input.bytes(n);
                 let end = addr + bytes.len() as u64;

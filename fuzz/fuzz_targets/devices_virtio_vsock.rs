@@ -21,9 +21,9 @@ mod common;
 use common::Cursor;
 use vmm_devices::virtio::test_utils::{DESC_F_NEXT, DESC_F_WRITE};
 use vmm_devices::virtio::vsock::packet::op;
-use vmm_devices::virtio::vsock::test_driver::{socket_dir, GuestDriver};
+use vmm_devices::virtio::vsock::test_driver::{device_in_socket_dir, GuestDriver};
 use vmm_devices::virtio::vsock::{
-    Vsock, VsockConfig, MAX_CONNECTIONS, MAX_PENDING_STREAMS, MAX_PKT_PAYLOAD, RX_QUEUE, TX_QUEUE,
+    Vsock, MAX_CONNECTIONS, MAX_PENDING_STREAMS, MAX_PKT_PAYLOAD, RX_QUEUE, TX_QUEUE,
 };
 use vmm_devices::virtio::{features, VirtioDevice};
 use vmm_memory::{Bytes, GuestAddress};
@@ -71,13 +71,7 @@ fn activate(drv: &mut GuestDriver, dev: &mut Vsock, input: &mut Cursor) {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Cursor(data);
-    let dir = socket_dir();
-    let uds = dir.path().join("v.sock");
-    let mut dev = Vsock::new(VsockConfig {
-        guest_cid: CID,
-        uds_path: uds.clone(),
-    })
-    .expect("vsock device");
+    let (_dir, uds, mut dev) = device_in_socket_dir(CID);
     let servers: Vec<UnixListener> = HOST_PORTS[..2]
         .iter()
         .map(|p| {

@@ -496,8 +496,7 @@ impl VirtioDevice for Balloon {
 mod tests {
     use super::*;
     use crate::virtio::interrupt_bits;
-    use crate::virtio::test_utils::{test_memory, TestQueue};
-    use crate::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+    use crate::virtio::test_utils::{activate, test_memory, TestQueue};
 
     const MEM_SIZE: usize = 0x10_0000;
     const INFLATE_BASE: u64 = 0x1_0000;
@@ -515,23 +514,12 @@ mod tests {
         interrupt: VirtioInterrupt,
     }
 
-    fn interrupt() -> VirtioInterrupt {
-        VirtioInterrupt::new(EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()))
-    }
-
     fn harness_on(mem: GuestMemoryMmap, config: BalloonConfig) -> Harness {
         let inflate = TestQueue::new(INFLATE_BASE, QUEUE_SIZE);
         let deflate = TestQueue::new(DEFLATE_BASE, QUEUE_SIZE);
-        let interrupt = interrupt();
         let mut balloon = Balloon::new(config);
-        balloon
-            .activate(ActiveQueues {
-                mem: mem.clone(),
-                queues: vec![inflate.queue(), deflate.queue()],
-                interrupt: interrupt.clone(),
-                acked_features: features::VERSION_1 | features::RING_EVENT_IDX,
-            })
-            .unwrap();
+        let acked = features::VERSION_1 | features::RING_EVENT_IDX;
+        let (interrupt, _) = activate(&mut balloon, &mem, [&inflate, &deflate], acked).unwrap();
         Harness {
             mem,
             inflate,
@@ -835,14 +823,8 @@ mod tests {
             target_pages: 0,
             deflate_on_oom: false,
         });
-        let err = b
-            .activate(ActiveQueues {
-                mem,
-                queues: vec![TestQueue::new(INFLATE_BASE, QUEUE_SIZE).queue()],
-                interrupt: interrupt(),
-                acked_features: features::VERSION_1,
-            })
-            .unwrap_err();
+        let inflate = TestQueue::new(INFLATE_BASE, QUEUE_SIZE);
+        let err = activate(&mut b, &mem, [&inflate], features::VERSION_1).unwrap_err();
         assert!(matches!(
             err,
             VirtioError::QueueCount {

@@ -769,10 +769,10 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     use crate::virtio::test_utils::{
-        test_memory, TestQueue, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
+        activate, test_memory, TestQueue, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
     };
     use crate::virtio::{interrupt_bits, VirtioInterrupt};
-    use crate::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+    use crate::EventFd;
 
     const MEM_SIZE: usize = 0x10_0000;
     /// Request headers and status bytes: slot `n` has its header at `HDR + 0x100 * n` and its
@@ -842,16 +842,8 @@ mod tests {
         let mut block = Block::new(config(&image, read_only, id)).unwrap();
         let mem = test_memory(MEM_SIZE);
         let tq = TestQueue::new(0, QUEUE_SIZE);
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let interrupt = VirtioInterrupt::new(EventFdTrigger::new(irq.try_clone().unwrap()));
-        block
-            .activate(ActiveQueues {
-                mem: mem.clone(),
-                queues: vec![tq.queue()],
-                interrupt: interrupt.clone(),
-                acked_features: block.device_features() & acked,
-            })
-            .unwrap();
+        let acked = block.device_features() & acked;
+        let (interrupt, irq) = activate(&mut block, &mem, [&tq], acked).unwrap();
         Rig {
             block,
             mem,
@@ -1519,17 +1511,8 @@ mod tests {
         let mut block = Block::new(config(&image, false, None)).unwrap();
         let mem = test_memory(MEM_SIZE);
         let tq = TestQueue::new(0, QUEUE_SIZE);
-        let interrupt =
-            VirtioInterrupt::new(EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-        let active = |queues: Vec<Queue>| ActiveQueues {
-            mem: mem.clone(),
-            queues,
-            interrupt: interrupt.clone(),
-            acked_features: features::VERSION_1,
-        };
         for n in [0, 2] {
-            let queues = (0..n).map(|_| tq.queue()).collect();
-            let e = block.activate(active(queues)).unwrap_err();
+            let e = activate(&mut block, &mem, vec![&tq; n], features::VERSION_1).unwrap_err();
             assert!(matches!(e, VirtioError::QueueCount { expected: 1, got } if got == n));
             assert!(!block.is_activated());
         }
@@ -1537,7 +1520,7 @@ mod tests {
             block.process_queue(0).is_ok(),
             "a notify before activation is ignored"
         );
-        block.activate(active(vec![tq.queue()])).unwrap();
+        activate(&mut block, &mem, [&tq], features::VERSION_1).unwrap();
         assert!(block.is_activated());
         assert!(block.process_queue(7).is_ok());
         block.reset();

@@ -796,8 +796,8 @@ mod socketpair {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::test_utils::{test_memory, TestQueue, DESC_F_NEXT, DESC_F_WRITE};
-    use crate::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+    use crate::virtio::test_utils::{activate, test_memory, TestQueue, DESC_F_NEXT, DESC_F_WRITE};
+    use crate::EventFd;
 
     const RX_RING: u64 = 0;
     const TX_RING: u64 = 0x8000;
@@ -822,15 +822,7 @@ mod tests {
             let mem = test_memory(MEM_SIZE);
             let rxq = TestQueue::new(RX_RING, QUEUE_SIZE);
             let txq = TestQueue::new(TX_RING, QUEUE_SIZE);
-            let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-            let interrupt = VirtioInterrupt::new(EventFdTrigger::new(irq.try_clone().unwrap()));
-            net.activate(ActiveQueues {
-                mem: mem.clone(),
-                queues: vec![rxq.queue(), txq.queue()],
-                interrupt,
-                acked_features: acked,
-            })
-            .unwrap();
+            let (_, irq) = activate(&mut net, &mem, [&rxq, &txq], acked).unwrap();
             Harness {
                 net,
                 peer,
@@ -1318,16 +1310,7 @@ mod tests {
         h.net.process_queue(TX_QUEUE).unwrap();
         assert_eq!(h.net.stats(), NetStats::default());
         // Wrong queue count on activation.
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let e = h
-            .net
-            .activate(ActiveQueues {
-                mem: h.mem.clone(),
-                queues: vec![h.rxq.queue()],
-                interrupt: VirtioInterrupt::new(EventFdTrigger::new(irq)),
-                acked_features: ALL,
-            })
-            .unwrap_err();
+        let e = activate(&mut h.net, &h.mem, [&h.rxq], ALL).unwrap_err();
         assert!(matches!(
             e,
             VirtioError::QueueCount {
@@ -1346,14 +1329,7 @@ mod tests {
         let txq = TestQueue::new(TX_RING, QUEUE_SIZE);
         rxq.add_chain(&mem, &[(DATA, 2048, true)]);
         peer.write_frame(&frame(100, 1)).unwrap();
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        net.activate(ActiveQueues {
-            mem: mem.clone(),
-            queues: vec![rxq.queue(), txq.queue()],
-            interrupt: VirtioInterrupt::new(EventFdTrigger::new(irq.try_clone().unwrap())),
-            acked_features: ALL,
-        })
-        .unwrap();
+        let (_, irq) = activate(&mut net, &mem, [&rxq, &txq], ALL).unwrap();
         assert_eq!(rxq.used_idx(&mem), 1);
         assert_eq!(irq.read().unwrap(), 1);
     }

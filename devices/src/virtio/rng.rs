@@ -227,9 +227,8 @@ impl VirtioDevice for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::test_utils::{test_memory, TestQueue, DESC_F_NEXT, DESC_F_WRITE};
+    use crate::virtio::test_utils::{activate, test_memory, TestQueue, DESC_F_NEXT, DESC_F_WRITE};
     use crate::virtio::{interrupt_bits, VirtioDeviceState};
-    use crate::{EventFd, EventFdTrigger, EFD_NONBLOCK};
     use vmm_memory::GuestAddress;
 
     const MEM_SIZE: usize = 0x10_0000;
@@ -246,16 +245,8 @@ mod tests {
     fn harness(acked_features: u64) -> Harness {
         let mem = test_memory(MEM_SIZE);
         let tq = TestQueue::new(QUEUE_BASE, QUEUE_SIZE);
-        let interrupt =
-            VirtioInterrupt::new(EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()));
         let mut rng = Rng::new();
-        rng.activate(ActiveQueues {
-            mem: mem.clone(),
-            queues: vec![tq.queue()],
-            interrupt: interrupt.clone(),
-            acked_features,
-        })
-        .unwrap();
+        let (interrupt, _) = activate(&mut rng, &mem, [&tq], acked_features).unwrap();
         Harness {
             mem,
             tq,
@@ -440,17 +431,8 @@ mod tests {
     fn activation_needs_exactly_one_queue() {
         let mem = test_memory(MEM_SIZE);
         let tq = TestQueue::new(QUEUE_BASE, QUEUE_SIZE);
-        let interrupt =
-            VirtioInterrupt::new(EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()));
         let mut rng = Rng::new();
-        let err = rng
-            .activate(ActiveQueues {
-                mem,
-                queues: vec![tq.queue(), tq.queue()],
-                interrupt,
-                acked_features: features::VERSION_1,
-            })
-            .unwrap_err();
+        let err = activate(&mut rng, &mem, [&tq, &tq], features::VERSION_1).unwrap_err();
         assert!(matches!(
             err,
             VirtioError::QueueCount {

@@ -1,6 +1,6 @@
-//! Building split virtqueues by hand in a real `GuestMemoryMmap`, for tests, fuzz targets and
-//! benchmarks (feature `test-utils`). Rings can be filled with well-formed chains or with raw,
-//! hostile descriptors.
+//! Building split virtqueues by hand in a real `GuestMemoryMmap`, and activating devices on
+//! them, for tests, fuzz targets and benchmarks (feature `test-utils`). Rings can be filled with
+//! well-formed chains or with raw, hostile descriptors.
 
 use virtio_queue::{Queue, QueueT};
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -53,7 +53,12 @@ pub fn activate<'a>(
     acked_features: u64,
 ) -> Result<(VirtioInterrupt, EventFd), VirtioError> {
     let (interrupt, irq) = test_interrupt();
-    device.activate(active_queues(mem, queues, interrupt.clone(), acked_features))?;
+    device.activate(active_queues(
+        mem,
+        queues,
+        interrupt.clone(),
+        acked_features,
+    ))?;
     Ok((interrupt, irq))
 }
 

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -105,20 +105,28 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// Adds `fd` to `epoll`, reporting `events` with `token`.
+fn watch(epoll: &Epoll, fd: RawFd, events: EventSet, token: u64) -> io::Result<()> {
+    epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+}
+
+/// Changes what `epoll` reports for `fd` to `events`, with `token`.
+fn rewatch(epoll: &Epoll, fd: RawFd, events: EventSet, token: u64) -> io::Result<()> {
+    epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
+}
+
+/// Removes `fd` from `epoll`. Failure only means it was not registered; closing the
+/// descriptor removes it anyway.
+fn unwatch(epoll: &Epoll, fd: RawFd) {
+    let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+}
+
 impl Muxer {
     pub fn new(guest_cid: u64, uds_path: PathBuf, listener: UnixListener) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         let timer = Timer::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            listener.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
-        )?;
-        epoll.ctl(
-            ControlOperation::Add,
-            timer.raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_TIMER),
-        )?;
+        watch(&epoll, listener.as_raw_fd(), EventSet::IN, TOKEN_LISTENER)?;
+        watch(&epoll, timer.raw_fd(), EventSet::IN, TOKEN_TIMER)?;
         Ok(Muxer {
             guest_cid,
             uds_path,
@@ -166,12 +174,7 @@ impl Muxer {
     pub fn reset(&mut self) {
         self.drop_connections();
         for (_, p) in self.pending_streams.drain() {
-            // Failure only means the fd was not registered; closing it removes it anyway.
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                p.stream.as_raw_fd(),
-                EpollEvent::default(),
-            );
+            unwatch(&self.epoll, p.stream.as_raw_fd());
         }
         self.control.clear();
         self.tx_stalled = false;
@@ -187,11 +190,7 @@ impl Muxer {
     pub fn drop_connections(&mut self) {
         for (_, c) in self.conns.drain() {
             if c.registered {
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    c.stream.as_raw_fd(),
-                    EpollEvent::default(),
-                );
+                unwatch(&self.epoll, c.stream.as_raw_fd());
             }
         }
         self.conn_tokens.clear();
@@ -254,11 +253,7 @@ impl Muxer {
     fn kill(&mut self, key: ConnKey, rst: bool) {
         if let Some(c) = self.conns.remove(&key) {
             if c.registered {
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    c.stream.as_raw_fd(),
-                    EpollEvent::default(),
-                );
+                unwatch(&self.epoll, c.stream.as_raw_fd());
             }
             self.conn_tokens.remove(&c.token);
             if rst {
@@ -317,14 +312,7 @@ impl Muxer {
         if want == c.interest {
             return;
         }
-        let ok = self
-            .epoll
-            .ctl(
-                ControlOperation::Modify,
-                c.stream.as_raw_fd(),
-                EpollEvent::new(want, c.token),
-            )
-            .is_ok();
+        let ok = rewatch(&self.epoll, c.stream.as_raw_fd(), want, c.token).is_ok();
         if ok {
             c.interest = want;
         } else {
@@ -425,15 +413,7 @@ impl Muxer {
                 continue;
             }
             let token = self.new_token();
-            if self
-                .epoll
-                .ctl(
-                    ControlOperation::Add,
-                    stream.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .is_err()
-            {
+            if watch(&self.epoll, stream.as_raw_fd(), EventSet::IN, token).is_err() {
                 continue;
             }
             let deadline = Instant::now() + self.line_timeout;
@@ -450,14 +430,13 @@ impl Muxer {
     }
 
     pub(super) fn pause_listener(&mut self) {
-        let paused = self
-            .epoll
-            .ctl(
-                ControlOperation::Modify,
-                self.listener.as_raw_fd(),
-                EpollEvent::new(EventSet::empty(), TOKEN_LISTENER),
-            )
-            .is_ok();
+        let paused = rewatch(
+            &self.epoll,
+            self.listener.as_raw_fd(),
+            EventSet::empty(),
+            TOKEN_LISTENER,
+        )
+        .is_ok();
         if paused {
             let at = Instant::now() + LISTENER_RETRY;
             self.listener_retry_at = Some(at);
@@ -467,11 +446,7 @@ impl Muxer {
 
     fn drop_pending(&mut self, token: u64) -> Option<PendingStream> {
         let p = self.pending_streams.remove(&token)?;
-        let _ = self.epoll.ctl(
-            ControlOperation::Delete,
-            p.stream.as_raw_fd(),
-            EpollEvent::default(),
-        );
+        unwatch(&self.epoll, p.stream.as_raw_fd());
         Some(p)
     }
 
@@ -521,15 +496,7 @@ impl Muxer {
         };
         let token = self.new_token();
         // Until the guest answers, the stream is watched only for hang-ups.
-        if self
-            .epoll
-            .ctl(
-                ControlOperation::Add,
-                stream.as_raw_fd(),
-                EpollEvent::new(EventSet::empty(), token),
-            )
-            .is_err()
-        {
+        if watch(&self.epoll, stream.as_raw_fd(), EventSet::empty(), token).is_err() {
             return;
         }
         let mut c = Connection::new(
@@ -569,11 +536,7 @@ impl Muxer {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        let _ = self.epoll.ctl(
-            ControlOperation::Delete,
-            c.stream.as_raw_fd(),
-            EpollEvent::default(),
-        );
+        unwatch(&self.epoll, c.stream.as_raw_fd());
         c.registered = false;
         c.host_hup = true;
         // Nobody will read these any more.
@@ -700,14 +663,13 @@ impl Muxer {
             self.kill(key, told);
         }
         if self.listener_retry_at.is_some_and(|t| t <= now) {
-            let resumed = self
-                .epoll
-                .ctl(
-                    ControlOperation::Modify,
-                    self.listener.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
-                )
-                .is_ok();
+            let resumed = rewatch(
+                &self.epoll,
+                self.listener.as_raw_fd(),
+                EventSet::IN,
+                TOKEN_LISTENER,
+            )
+            .is_ok();
             self.listener_retry_at = (!resumed).then(|| now + LISTENER_RETRY);
         }
         let next = self
@@ -822,15 +784,7 @@ impl Muxer {
         let token = self.new_token();
         let mut c = Connection::new(stream, token, ConnState::Established, hdr);
         let interest = c.wanted_interest();
-        if self
-            .epoll
-            .ctl(
-                ControlOperation::Add,
-                c.stream.as_raw_fd(),
-                EpollEvent::new(interest, token),
-            )
-            .is_err()
-        {
+        if watch(&self.epoll, c.stream.as_raw_fd(), interest, token).is_err() {
             self.reply_rst(hdr);
             return;
         }

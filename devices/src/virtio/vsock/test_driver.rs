@@ -3,17 +3,18 @@
 //! reads back what the device used. For the device's tests, fuzz target and benchmarks.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::tempdir::TempDir;
 
 use super::packet::{op, PacketHeader, HEADER_LEN, TYPE_STREAM};
-use super::{Vsock, BACKEND_TOKEN, EVENT_QUEUE, HOST_CID, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
-use crate::virtio::test_utils::{test_memory, TestQueue};
-use crate::virtio::{features, ActiveQueues, VirtioDevice, VirtioError, VirtioInterrupt};
-use crate::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+use super::{
+    Vsock, VsockConfig, BACKEND_TOKEN, EVENT_QUEUE, HOST_CID, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+};
+use crate::virtio::test_utils::{active_queues, test_interrupt, test_memory, TestQueue};
+use crate::virtio::{features, VirtioDevice, VirtioError, VirtioInterrupt};
 
 const RX_RINGS: u64 = 0x0;
 const TX_RINGS: u64 = 0x1_0000;
@@ -62,14 +63,13 @@ pub struct GuestDriver {
 impl GuestDriver {
     /// A driver for a guest with CID `cid`, with empty queues.
     pub fn new(cid: u64) -> Self {
-        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
         GuestDriver {
             mem: test_memory(MEMORY_SIZE),
             rx: TestQueue::new(RX_RINGS, QUEUE_SIZE),
             tx: TestQueue::new(TX_RINGS, QUEUE_SIZE),
             event: TestQueue::new(EVENT_RINGS, QUEUE_SIZE),
             cid,
-            interrupt: VirtioInterrupt::new(EventFdTrigger::new(irq)),
+            interrupt: test_interrupt().0,
             rx_bufs: HashMap::new(),
             event_bufs: HashMap::new(),
             rx_posted: 0,
@@ -82,12 +82,12 @@ impl GuestDriver {
 
     /// Activates `dev` on these queues with `acked_features` (VERSION_1 is added).
     pub fn activate(&self, dev: &mut Vsock, acked_features: u64) -> Result<(), VirtioError> {
-        dev.activate(ActiveQueues {
-            mem: self.mem.clone(),
-            queues: vec![self.rx.queue(), self.tx.queue(), self.event.queue()],
-            interrupt: self.interrupt.clone(),
-            acked_features: acked_features | features::VERSION_1,
-        })
+        dev.activate(active_queues(
+            &self.mem,
+            [&self.rx, &self.tx, &self.event],
+            self.interrupt.clone(),
+            acked_features | features::VERSION_1,
+        ))
     }
 
     /// The interrupt the device raises.
@@ -272,4 +272,18 @@ impl SocketDir {
 /// A new [`SocketDir`].
 pub fn socket_dir() -> SocketDir {
     SocketDir(TempDir::new_with_prefix("/tmp/vsock-").expect("temporary directory"))
+}
+
+/// A device for the guest `cid`, listening on `v.sock` in a new [`SocketDir`]. Returns the
+/// directory, the socket's path and the device, in the order to bind them so that the device
+/// is dropped first.
+pub fn device_in_socket_dir(cid: u64) -> (SocketDir, PathBuf, Vsock) {
+    let dir = socket_dir();
+    let uds = dir.path().join("v.sock");
+    let dev = Vsock::new(VsockConfig {
+        guest_cid: cid,
+        uds_path: uds.clone(),
+    })
+    .expect("vsock device");
+    (dir, uds, dev)
 }

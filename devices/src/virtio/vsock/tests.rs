@@ -13,7 +13,7 @@ use vmm_sys_util::tempdir::TempDir;
 use super::packet::{op, shutdown, PacketHeader, HEADER_LEN, TYPE_SEQPACKET, TYPE_STREAM};
 use super::test_driver::{GuestDriver, RxPacket};
 use super::*;
-use crate::virtio::test_utils::DESC_F_NEXT;
+use crate::virtio::test_utils::{active_queues, DESC_F_NEXT};
 
 const CID: u64 = 3;
 
@@ -222,12 +222,12 @@ fn wrong_queue_count_is_refused() {
     let mut env = Env::inactive();
     let e = env
         .dev
-        .activate(ActiveQueues {
-            mem: env.drv.mem.clone(),
-            queues: vec![env.drv.rx.queue(), env.drv.tx.queue()],
-            interrupt: env.drv.interrupt().clone(),
-            acked_features: features::VERSION_1,
-        })
+        .activate(active_queues(
+            &env.drv.mem,
+            [&env.drv.rx, &env.drv.tx],
+            env.drv.interrupt().clone(),
+            features::VERSION_1,
+        ))
         .unwrap_err();
     assert!(matches!(
         e,
