@@ -14,6 +14,12 @@
  *       "VSOCK-SENT <bytes> <microseconds>" (connect done .. peer closed; if the peer does not
  *       close within the timeout: .. last byte written, with a warning on stderr)
  *
+ *   vsock-tool [-t SECONDS] tcp-send IPV4 PORT BYTES
+ *       the same over TCP (for the network benchmark: busybox nc moves 1 KiB per system call,
+ *       this moves 256 KiB), printing "TCP-SENT <bytes> <microseconds> <first reply line>"
+ *   vsock-tool [-t SECONDS] tcp-recv IPV4 PORT
+ *       connect over TCP, read until the peer closes, print "TCP-RECEIVED <bytes> <microseconds>"
+ *
  * -t: timeout for accept, connect, every read and every write (default 10 s). Errors go to
  * stderr as one "vsock-tool: ..." line; exit status 1 for errors, 2 for usage errors.
  */
@@ -30,6 +36,8 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <linux/vm_sockets.h>
 
 #define MAX_LINE 4096
@@ -44,7 +52,9 @@ static void usage(const char *why)
     fprintf(stderr,
             "usage: vsock-tool [-t SECONDS] listen PORT\n"
             "       vsock-tool [-t SECONDS] connect CID PORT MESSAGE\n"
-            "       vsock-tool [-t SECONDS] send CID PORT BYTES\n");
+            "       vsock-tool [-t SECONDS] send CID PORT BYTES\n"
+            "       vsock-tool [-t SECONDS] tcp-send IPV4 PORT BYTES\n"
+            "       vsock-tool [-t SECONDS] tcp-recv IPV4 PORT\n");
     exit(2);
 }
 
@@ -249,14 +259,15 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-static int cmd_send(unsigned int cid, unsigned int port, unsigned long long bytes)
+/* Sends `bytes` zero bytes on fd, closes the sending half, waits for the peer to close, and
+ * prints "<label> <bytes> <microseconds>[ <first reply line>]". */
+static int send_zeros(int fd, unsigned long long bytes, const char *what, const char *label)
 {
     static char zeros[SEND_CHUNK];
-    char what[64], sink[4096];
-    int fd = vsock_connect(cid, port);
+    char reply[64];
+    size_t reply_len = 0;
     unsigned long long left = bytes;
     uint64_t t0, t1;
-    snprintf(what, sizeof what, "cid %u port %u", cid, port);
     t0 = now_us();
     while (left > 0) {
         size_t n = left < sizeof zeros ? (size_t)left : sizeof zeros;
@@ -272,11 +283,16 @@ static int cmd_send(unsigned int cid, unsigned int port, unsigned long long byte
     if (shutdown(fd, SHUT_WR) < 0)
         die("%s: shutdown: %s", what, strerror(errno));
     t1 = now_us();
-    /* wait until the peer has everything and closes; whatever it sends is dropped */
+    /* wait until the peer has everything and closes; keep the start of what it sends */
     for (;;) {
-        ssize_t n = read(fd, sink, sizeof sink);
-        if (n > 0)
+        char buf[4096];
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n > 0) {
+            for (ssize_t i = 0; i < n && reply_len + 1 < sizeof reply; i++)
+                if (buf[i] != '\n' && buf[i] != '\r')
+                    reply[reply_len++] = buf[i];
             continue;
+        }
         if (n == 0) {
             t1 = now_us();
             break;
@@ -291,7 +307,68 @@ static int cmd_send(unsigned int cid, unsigned int port, unsigned long long byte
         break;
     }
     close(fd);
-    printf("VSOCK-SENT %llu %llu\n", bytes, (unsigned long long)(t1 - t0));
+    reply[reply_len] = '\0';
+    printf("%s %llu %llu%s%s\n", label, bytes, (unsigned long long)(t1 - t0),
+           reply_len ? " " : "", reply);
+    fflush(stdout);
+    return 0;
+}
+
+static int cmd_send(unsigned int cid, unsigned int port, unsigned long long bytes)
+{
+    char what[64];
+    int fd = vsock_connect(cid, port);
+    snprintf(what, sizeof what, "cid %u port %u", cid, port);
+    return send_zeros(fd, bytes, what, "VSOCK-SENT");
+}
+
+static int tcp_connect(const char *ip, unsigned int port, char *what, size_t what_len)
+{
+    struct sockaddr_in addr;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    snprintf(what, what_len, "%s port %u", ip, port);
+    if (fd < 0)
+        die("socket(AF_INET): %s", strerror(errno));
+    set_timeouts(fd);
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, ip, &addr.sin_addr) != 1)
+        usage("IPV4 must be a dotted IPv4 address");
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0)
+        die("connect to %s: %s", what, err_text(errno));
+    return fd;
+}
+
+static int cmd_tcp_send(const char *ip, unsigned int port, unsigned long long bytes)
+{
+    char what[64];
+    int fd = tcp_connect(ip, port, what, sizeof what);
+    return send_zeros(fd, bytes, what, "TCP-SENT");
+}
+
+static int cmd_tcp_recv(const char *ip, unsigned int port)
+{
+    static char buf[SEND_CHUNK];
+    char what[64];
+    int fd = tcp_connect(ip, port, what, sizeof what);
+    unsigned long long got = 0;
+    uint64_t t0 = now_us();
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n > 0) {
+            got += (unsigned long long)n;
+            continue;
+        }
+        if (n == 0)
+            break;
+        if (errno == EINTR)
+            continue;
+        die("%s: read after %llu bytes: %s", what, got, err_text(errno));
+    }
+    uint64_t t1 = now_us();
+    close(fd);
+    printf("TCP-RECEIVED %llu %llu\n", got, (unsigned long long)(t1 - t0));
     fflush(stdout);
     return 0;
 }
@@ -337,6 +414,17 @@ int main(int argc, char **argv)
         return cmd_send((unsigned int)parse_num(a[0], "CID", UINT_MAX - 1, 0),
                         (unsigned int)parse_num(a[1], "port", UINT_MAX - 1, 0),
                         parse_num(a[2], "byte count", 1ULL << 50, 1));
+    }
+    if (!strcmp(cmd, "tcp-send")) {
+        if (nargs != 3)
+            usage("tcp-send takes IPV4 PORT BYTES");
+        return cmd_tcp_send(a[0], (unsigned int)parse_num(a[1], "port", 65535, 0),
+                            parse_num(a[2], "byte count", 1ULL << 50, 1));
+    }
+    if (!strcmp(cmd, "tcp-recv")) {
+        if (nargs != 2)
+            usage("tcp-recv takes IPV4 PORT");
+        return cmd_tcp_recv(a[0], (unsigned int)parse_num(a[1], "port", 65535, 0));
     }
     {
         char msg[128];
