@@ -125,6 +125,14 @@ impl I8042Wrapper {
         self
     }
 
+    /// Presses and releases Ctrl+Alt+Del on the keyboard, as scan code set 1 bytes (what the
+    /// guest reads with translation on, the default), raising IRQ 1 when enabled. A Linux
+    /// guest with a keyboard handler (CONFIG_VT) reboots on it.
+    pub fn send_ctrl_alt_del(&mut self) {
+        // Ctrl, Alt, Del (extended) down, then up in reverse order.
+        self.reply(&[0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]);
+    }
+
     /// The reset trigger.
     pub fn reset_evt(&self) -> &EventFdTrigger {
         self.device.reset_evt()

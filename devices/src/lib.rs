@@ -47,7 +47,7 @@ pub mod virtio;
 
 pub use bus::{Bus, BusDevice};
 pub use i8042::{I8042Wrapper, I8042_PORT_BASE, I8042_PORT_LEN};
-pub use serial::{SerialDevice, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
+pub use serial::{SerialDevice, SerialDeviceState, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
 pub use trigger::{EventFd, EventFdTrigger, EFD_NONBLOCK};
 
 /// Errors of the device crate.
@@ -67,6 +67,9 @@ pub enum Error {
     /// `base + len` does not fit in 64 bits.
     #[error("bus range end overflows the 64-bit address space")]
     Overflow,
+    /// A saved serial state that does not fit the UART (receive FIFO too long).
+    #[error("saved serial state is invalid: its receive FIFO is longer than the UART's")]
+    SerialState,
     /// Raising a device's interrupt (writing its EventFd) failed.
     #[error("failed to raise the device interrupt: {0}")]
     Interrupt(#[source] std::io::Error),

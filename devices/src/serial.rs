@@ -41,7 +41,74 @@ impl fmt::Debug for SerialDevice {
     }
 }
 
+/// The UART's registers and receive FIFO, for snapshots (vm-superio's `SerialState` has no
+/// serde).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialDeviceState {
+    /// Divisor latch, low and high byte.
+    pub baud_divisor: [u8; 2],
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Received bytes the guest has not read.
+    pub in_buffer: Vec<u8>,
+}
+
 impl SerialDevice {
+    /// The registers and receive FIFO.
+    pub fn save_state(&self) -> SerialDeviceState {
+        let s = self.uart.state();
+        SerialDeviceState {
+            baud_divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A UART in a saved state (untrusted: a FIFO longer than the UART's is refused).
+    pub fn from_state(
+        state: &SerialDeviceState,
+        interrupt: EventFdTrigger,
+        out: Box<dyn Write + Send>,
+    ) -> Result<Self, Error> {
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor[0],
+            baud_divisor_high: state.baud_divisor[1],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&s, interrupt, vm_superio::serial::NoEvents, out)
+            .map_err(|_| Error::SerialState)?;
+        Ok(SerialDevice {
+            uart,
+            lost_output_bytes: 0,
+            interrupt_errors: 0,
+        })
+    }
+
     /// A UART that raises `interrupt` and writes the guest's output to `out`.
     pub fn new(interrupt: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
         SerialDevice {

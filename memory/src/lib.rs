@@ -1,9 +1,13 @@
 //! Guest RAM for a KVM VMM: the address layout ([`layout`]) and the allocation of guest memory
 //! on `vm-memory`, with transparent hugepages, KSM merging and prefaulting as options.
 //!
+//! [`snapshot`] saves guest memory into a (sparse) memory file or a diff file of dirty pages and
+//! restores it by mapping the file `MAP_PRIVATE`.
+//!
 //! This crate knows nothing of KVM: it can be used and tested on any Linux machine.
 
 pub mod layout;
+pub mod snapshot;
 
 use std::io;
 

@@ -102,6 +102,84 @@ pub enum Error {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// A vCPU ioctl failed.
+    #[error("vCPU {vcpu}: KVM {what} failed")]
+    VcpuIoctl {
+        /// vCPU index.
+        vcpu: u8,
+        /// Which ioctl.
+        what: &'static str,
+        /// The errno.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A saved vCPU state belongs to another vCPU.
+    #[error("vCPU {vcpu}: the saved state is for vCPU {state}")]
+    VcpuIndexMismatch {
+        /// The vCPU restored into.
+        vcpu: u8,
+        /// The index in the state.
+        state: u8,
+    },
+    /// A saved CPUID comes from a CPU of another vendor than this host's.
+    #[error("vCPU {vcpu}: the saved CPUID vendor is {state:?}, this host's is {host:?}")]
+    CpuidVendorMismatch {
+        /// The vCPU restored into.
+        vcpu: u8,
+        /// Vendor string of the saved CPUID leaf 0.
+        state: String,
+        /// Vendor string of the host's supported CPUID.
+        host: String,
+    },
+    /// A saved XSAVE area does not fit this host's KVM.
+    #[error("vCPU {vcpu}: the saved XSAVE area has {state_bytes} bytes; this host's KVM takes 4096 to {host_bytes}")]
+    XsaveSize {
+        /// The vCPU restored into.
+        vcpu: u8,
+        /// Size of the saved area.
+        state_bytes: usize,
+        /// KVM_CAP_XSAVE2's size here (0: no XSAVE at all).
+        host_bytes: usize,
+    },
+    /// A saved state has an in-kernel irqchip (PICs, IOAPIC, PIT, LAPIC) where the VM has none,
+    /// or the other way round.
+    #[error("the saved state {} an in-kernel irqchip but this VM {}", if *.state { "has" } else { "lacks" }, if *.vm { "has one" } else { "has none" })]
+    IrqchipMismatch {
+        /// Whether the state has one.
+        state: bool,
+        /// Whether the VM has one.
+        vm: bool,
+    },
+    /// A part of a saved state is malformed.
+    #[error("invalid saved state: {what}: {detail}")]
+    InvalidState {
+        /// Which part.
+        what: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// KVM refused to restore a saved MSR.
+    #[error("vCPU {vcpu}: KVM refused to restore MSR {index:#x} = {data:#x}")]
+    MsrRestoreRefused {
+        /// vCPU index.
+        vcpu: u8,
+        /// The MSR.
+        index: u32,
+        /// The saved value.
+        data: u64,
+    },
+    /// The dirty log was read before [`crate::Vm::enable_dirty_log`].
+    #[error("the dirty log of guest memory is not enabled (call Vm::enable_dirty_log first)")]
+    DirtyLogNotEnabled,
+    /// KVM_GET_DIRTY_LOG failed for a memory slot.
+    #[error("KVM_GET_DIRTY_LOG of memory slot {slot} failed")]
+    DirtyLog {
+        /// The slot.
+        slot: u32,
+        /// The errno.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
 }
 
 /// Result of this crate.

@@ -1,7 +1,8 @@
 //! KVM VM and vCPU setup for x86-64 guests on `kvm-ioctls`: opening /dev/kvm with clear errors,
 //! the in-kernel irqchip and PIT, memory slots, irqfd/ioeventfd, per-vCPU CPUID normalization,
 //! boot MSRs, long-mode and 32-bit (PVH) entry registers, FPU, LAPIC, and the run loop that
-//! hands port and MMIO exits to an [`ExitHandler`].
+//! hands port and MMIO exits to an [`ExitHandler`]; vCPU and VM state for snapshots ([`state`])
+//! and KVM's dirty log of guest memory.
 //!
 //! This crate knows KVM but no devices: `vmm-core` implements [`ExitHandler`] with its buses.
 
@@ -9,9 +10,11 @@ pub mod cpuid;
 mod error;
 pub mod regs;
 pub mod run;
+pub mod state;
 pub mod vm;
 
 pub use error::{Error, Result};
 pub use run::{ExitHandler, Vcpu, VcpuExitReason, VcpuKicker};
-pub use vm::{is_pvm_host, BootEntry, Vm, VmOptions, PVM_EXPLANATION};
+pub use state::{CpuidEntry, FpuState, IrqchipState, MsrEntry, VcpuState, VmState};
+pub use vm::{is_pvm_host, BootEntry, DirtyBitmap, Vm, VmOptions, PVM_EXPLANATION};
 pub use vmm_sys_util::eventfd::EventFd;

@@ -16,6 +16,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use crate::cpuid;
 use crate::error::{kvm_err, Error, Result};
 use crate::regs;
+use crate::state::StateCaps;
 use crate::vm::{is_pvm_host, BootEntry, Vm, PVM_EXPLANATION};
 
 /// Receives the exits that the VMM's devices must answer. `vmm-core` implements it with its
@@ -106,6 +107,12 @@ impl VcpuKicker {
         }
     }
 
+    /// Withdraws a stop, so that the next [`Vcpu::run`] runs the guest again (resume after a
+    /// pause: the vCPU thread calls it before re-entering `run`).
+    pub fn clear_stop(&self) {
+        self.stop.store(false, Ordering::SeqCst);
+    }
+
     /// Whether a stop was asked for.
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
@@ -117,15 +124,22 @@ pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
     kicker: VcpuKicker,
+    state_caps: Arc<StateCaps>,
 }
 
 impl Vcpu {
-    pub(crate) fn new(index: u8, fd: VcpuFd) -> Self {
+    pub(crate) fn new(index: u8, fd: VcpuFd, state_caps: Arc<StateCaps>) -> Self {
         Vcpu {
             index,
             fd,
             kicker: VcpuKicker::new(Arc::new(AtomicBool::new(false))),
+            state_caps,
         }
+    }
+
+    /// What the host's KVM offers for state save/restore.
+    pub(crate) fn state_caps(&self) -> &StateCaps {
+        &self.state_caps
     }
 
     /// This vCPU's index (and APIC id).
@@ -196,6 +210,11 @@ impl Vcpu {
 
     /// Runs the vCPU until the guest resets or shuts down, a fatal exit happens, or a
     /// [`VcpuKicker`] stops it. Port and MMIO exits go to `handler`.
+    ///
+    /// When a stop ends the loop right after a port or MMIO exit, the loop first re-enters
+    /// KVM_RUN with immediate_exit set: KVM finishes the access (an IN's data into RAX, RIP past
+    /// the instruction) without running the guest further, so the vCPU's state is complete for
+    /// [`Vcpu::save_state`] and a later run does not repeat the access.
     pub fn run(&mut self, handler: &dyn ExitHandler) -> Result<VcpuExitReason> {
         install_kick_handler()?;
         let page: *mut kvm_run = self.fd.get_kvm_run();
@@ -211,25 +230,35 @@ impl Vcpu {
 
     fn run_loop(&mut self, handler: &dyn ExitHandler) -> Result<VcpuExitReason> {
         let vcpu = self.index;
+        // Whether the last exit was an access that KVM completes on the next KVM_RUN.
+        let mut access_pending = false;
         loop {
             if self.kicker.stop_requested() {
+                if access_pending {
+                    self.complete_pending_access(handler)?;
+                }
                 return Ok(VcpuExitReason::Stopped);
             }
+            access_pending = false;
             let fatal = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     handler.pio_read(port, data);
+                    access_pending = true;
                     continue;
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
                     handler.pio_write(port, data);
+                    access_pending = true;
                     continue;
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     handler.mmio_read(addr, data);
+                    access_pending = true;
                     continue;
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
                     handler.mmio_write(addr, data);
+                    access_pending = true;
                     continue;
                 }
                 Ok(VcpuExit::Hlt) => return Ok(VcpuExitReason::Halted),
@@ -296,6 +325,34 @@ impl Vcpu {
 
     fn clear_immediate_exit(&mut self) {
         self.fd.set_kvm_immediate_exit(0);
+    }
+
+    /// Lets KVM finish the port or MMIO access of the last exit without running the guest:
+    /// KVM_RUN with immediate_exit set completes it, then returns EINTR (KVM API, "kvm_run":
+    /// userspace must re-enter before saving state). Finishing a string access (`rep outsb`)
+    /// can take more port or MMIO exits: they go to `handler` like any other.
+    fn complete_pending_access(&mut self, handler: &dyn ExitHandler) -> Result<()> {
+        self.fd.set_kvm_immediate_exit(1);
+        let result = loop {
+            match self.fd.run() {
+                Err(e) if e.errno() == libc::EINTR => break Ok(()),
+                Err(e) if e.errno() == libc::EAGAIN => continue,
+                Err(source) => {
+                    break Err(Error::Run {
+                        vcpu: self.index,
+                        source,
+                    })
+                }
+                Ok(VcpuExit::IoIn(port, data)) => handler.pio_read(port, data),
+                Ok(VcpuExit::IoOut(port, data)) => handler.pio_write(port, data),
+                Ok(VcpuExit::MmioRead(addr, data)) => handler.mmio_read(addr, data),
+                Ok(VcpuExit::MmioWrite(addr, data)) => handler.mmio_write(addr, data),
+                // Other exits leave no access half done.
+                Ok(_) => break Ok(()),
+            }
+        };
+        self.clear_immediate_exit();
+        result
     }
 }
 

@@ -1,9 +1,13 @@
 //! The KVM VM: /dev/kvm, the VM fd, irqchip, PIT, memory slots, irqfd and ioeventfd.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_LOG_DIRTY_PAGES,
+};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_memory::{layout, GuestMemoryMmap};
@@ -11,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{kvm_err, Error, Result};
 use crate::run::Vcpu;
+use crate::state::StateCaps;
 
 /// What a PVM host means for the guest, said once wherever it matters.
 pub const PVM_EXPLANATION: &str = "this host's /dev/kvm is PVM (kvm_pvm module, no VT-x/AMD-V): it runs guest \
@@ -62,6 +67,51 @@ pub struct Vm {
     supported_cpuid: CpuId,
     irqchip: bool,
     irqchip_created: Mutex<bool>,
+    state_caps: Arc<StateCaps>,
+    dirty_log: AtomicBool,
+}
+
+/// KVM's dirty log of one memory slot (one guest memory region): one bit per 4 KiB page that
+/// the guest wrote since the previous read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirtyBitmap {
+    /// The KVM memory slot: the region's position in the guest memory.
+    pub slot: u32,
+    /// Guest physical address of the slot's first byte.
+    pub guest_addr: u64,
+    /// The slot's size in bytes.
+    pub size: u64,
+    /// Bit `i % 64` of word `i / 64` is set when page `i` of the slot is dirty.
+    pub bits: Vec<u64>,
+}
+
+impl DirtyBitmap {
+    /// Bytes per bit.
+    pub const PAGE_SIZE: u64 = 4096;
+
+    /// Whether page `page` (counted from the slot's start) is dirty.
+    pub fn is_dirty(&self, page: u64) -> bool {
+        let Ok(word) = usize::try_from(page / 64) else {
+            return false;
+        };
+        self.bits
+            .get(word)
+            .is_some_and(|bits| bits & (1 << (page % 64)) != 0)
+    }
+
+    /// How many pages are dirty.
+    pub fn dirty_count(&self) -> u64 {
+        self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// Guest physical addresses of the dirty pages, in ascending order.
+    pub fn dirty_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bits.iter().enumerate().flat_map(move |(word, &bits)| {
+            (0..64u64)
+                .filter(move |bit| bits & (1 << bit) != 0)
+                .map(move |bit| self.guest_addr + (word as u64 * 64 + bit) * Self::PAGE_SIZE)
+        })
+    }
 }
 
 impl Vm {
@@ -97,12 +147,15 @@ impl Vm {
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        let state_caps = StateCaps::new(&kvm, &fd, &supported_cpuid, options.irqchip);
         Ok(Vm {
             kvm,
             fd: Arc::new(fd),
             supported_cpuid,
             irqchip: options.irqchip,
             irqchip_created: Mutex::new(false),
+            state_caps: Arc::new(state_caps),
+            dirty_log: AtomicBool::new(false),
         })
     }
 
@@ -168,8 +221,62 @@ impl Vm {
         self.irqchip
     }
 
-    /// Registers every guest memory region as a KVM memory slot.
+    /// Registers every guest memory region as a KVM memory slot (slot `i` for region `i`).
     pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<()> {
+        let flags = if self.dirty_log.load(Ordering::SeqCst) {
+            KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        };
+        self.set_memory_slots(mem, flags)
+    }
+
+    /// Starts KVM's dirty log on every slot of `mem` (the memory given to
+    /// [`Vm::register_memory`]): re-registers the slots with KVM_MEM_LOG_DIRTY_PAGES. From then
+    /// on KVM notes each 4 KiB page the guest writes (vCPU stores and in-kernel devices; not
+    /// writes by the VMM itself through its own mapping); [`Vm::dirty_pages`] reads the log.
+    pub fn enable_dirty_log(&self, mem: &GuestMemoryMmap) -> Result<()> {
+        self.set_memory_slots(mem, KVM_MEM_LOG_DIRTY_PAGES)?;
+        self.dirty_log.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Stops the dirty log: re-registers the slots of `mem` without KVM_MEM_LOG_DIRTY_PAGES.
+    pub fn disable_dirty_log(&self, mem: &GuestMemoryMmap) -> Result<()> {
+        self.set_memory_slots(mem, 0)?;
+        self.dirty_log.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Reads and clears KVM's dirty log (KVM_GET_DIRTY_LOG): one bitmap per slot of `mem`, in
+    /// slot order, with the pages the guest wrote since the previous call (or since
+    /// [`Vm::enable_dirty_log`]). Reading while vCPUs run is allowed; a page written during the
+    /// read shows up in this bitmap or the next one.
+    pub fn dirty_pages(&self, mem: &GuestMemoryMmap) -> Result<Vec<DirtyBitmap>> {
+        if !self.dirty_log.load(Ordering::SeqCst) {
+            return Err(Error::DirtyLogNotEnabled);
+        }
+        mem.iter()
+            .enumerate()
+            .map(|(slot, region)| {
+                let slot = slot as u32;
+                let size = region.len();
+                // x86-64: usize and the u64 region length have the same width.
+                let bits = self
+                    .fd
+                    .get_dirty_log(slot, size as usize)
+                    .map_err(|source| Error::DirtyLog { slot, source })?;
+                Ok(DirtyBitmap {
+                    slot,
+                    guest_addr: region.start_addr().0,
+                    size,
+                    bits,
+                })
+            })
+            .collect()
+    }
+
+    fn set_memory_slots(&self, mem: &GuestMemoryMmap, flags: u32) -> Result<()> {
         let slots = self.kvm.get_nr_memslots();
         if mem.num_regions() > slots {
             return Err(Error::TooManyMemorySlots(mem.num_regions()));
@@ -182,7 +289,7 @@ impl Vm {
                     })?;
             let entry = kvm_userspace_memory_region {
                 slot: slot as u32,
-                flags: 0,
+                flags,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -230,7 +337,7 @@ impl Vm {
             .fd
             .create_vcpu(u64::from(index))
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu::new(index, fd))
+        Ok(Vcpu::new(index, fd, self.state_caps.clone()))
     }
 }
 

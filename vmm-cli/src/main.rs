@@ -23,7 +23,82 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a VM and run it until the guest powers off or resets.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Restore a snapshot in this process and run it.
+    Restore(RestoreArgs),
+    /// Pause a running VM (vCPUs and device queues) through its API socket.
+    Pause(ClientArgs),
+    /// Resume a paused VM.
+    Resume(ClientArgs),
+    /// Print a VM's state (Running, Paused, Not started) as JSON.
+    Status(ClientArgs),
+    /// Stop a VM: ask the guest (Ctrl+Alt+Del), then SIGTERM after a timeout. Exits 0 when the
+    /// guest stopped itself, 4 when the stop had to be forced.
+    Stop(StopArgs),
+    /// Create or load snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Args, Debug)]
+struct ClientArgs {
+    /// The VM's control API socket (`vmm run --api-sock PATH`).
+    #[arg(long, value_name = "PATH")]
+    api_sock: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct StopArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Seconds to wait for the guest before forcing the stop.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    /// The snapshot's state file.
+    #[arg(long, value_name = "PATH")]
+    snapshot: PathBuf,
+    /// The snapshot's memory file (mapped privately, never written).
+    #[arg(long, value_name = "PATH")]
+    mem: PathBuf,
+    /// Serve the control API on this socket.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Stay paused after the restore (resume with `vmm resume`).
+    #[arg(long)]
+    paused: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCommand {
+    /// Snapshot a paused VM: its state file and its memory file.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Where the state file goes.
+        #[arg(long, value_name = "PATH")]
+        snapshot: PathBuf,
+        /// Where the memory file goes.
+        #[arg(long, value_name = "PATH")]
+        mem: PathBuf,
+    },
+    /// Load a snapshot into a VMM started with only `--api-sock`.
+    Load {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The state file.
+        #[arg(long, value_name = "PATH")]
+        snapshot: PathBuf,
+        /// The memory file.
+        #[arg(long, value_name = "PATH")]
+        mem: PathBuf,
+        /// Resume the VM once loaded.
+        #[arg(long)]
+        resume: bool,
+    },
 }
 
 /// Every flag overrides the same key of `--config`.
@@ -82,6 +157,10 @@ struct RunArgs {
     /// virtio-balloon device: [target=SIZE][,deflate_on_oom=on].
     #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
     balloon: Option<BalloonConfig>,
+    /// Serve the control API (Firecracker-compatible HTTP) on this Unix socket. Without
+    /// --kernel the VMM waits to be configured or to load a snapshot through it.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -136,6 +215,8 @@ impl RunArgs {
 }
 
 /// One line: the error and every cause, joined by ": ".
+mod client;
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut line = error.to_string();
     let mut source = error.source();
@@ -150,10 +231,36 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => args
-            .into_config()
-            .map_err(vmm_core::Error::from)
-            .and_then(|config| vmm_core::run_vm(&config)),
+        Command::Run(mut args) => {
+            let api_sock = args.api_sock.take();
+            args.into_config()
+                .map_err(vmm_core::Error::from)
+                .and_then(|config| match api_sock {
+                    Some(sock) => vmm_core::run_with_api(config, &sock),
+                    None => vmm_core::run_vm(&config),
+                })
+        }
+        Command::Restore(args) => vmm_core::restore_vm(
+            &args.snapshot,
+            &args.mem,
+            args.api_sock.as_deref(),
+            !args.paused,
+        ),
+        Command::Pause(args) => return client::patch_vm(&args.api_sock, "Paused"),
+        Command::Resume(args) => return client::patch_vm(&args.api_sock, "Resumed"),
+        Command::Status(args) => return client::status(&args.api_sock),
+        Command::Stop(args) => return client::stop(&args.client.api_sock, args.timeout),
+        Command::Snapshot(SnapshotCommand::Create {
+            client,
+            snapshot,
+            mem,
+        }) => return client::snapshot_create(&client.api_sock, &snapshot, &mem),
+        Command::Snapshot(SnapshotCommand::Load {
+            client,
+            snapshot,
+            mem,
+            resume,
+        }) => return client::snapshot_load(&client.api_sock, &snapshot, &mem, resume),
     };
     match result {
         Ok(reason) => {
@@ -197,7 +304,9 @@ mod tests {
             "y=2",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         let config = args.into_config().unwrap();
         assert_eq!(config.kernel, Some(PathBuf::from("/a")));
         assert_eq!(config.vcpus, 4);

@@ -76,9 +76,65 @@ pub enum Error {
     /// A thread could not be started.
     #[error("cannot start thread {0}")]
     Thread(&'static str, #[source] std::io::Error),
+    /// The control API socket.
+    #[error("cannot serve the control API on {path}")]
+    ApiSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Diff snapshots need tracking of the pages devices write, which is not there yet.
+    #[error("diff snapshots are not supported yet: take a Full snapshot")]
+    DiffSnapshotUnsupported,
+    /// Writing or mapping guest memory for a snapshot.
+    #[error("snapshot memory")]
+    MemorySnapshot(#[source] vmm_memory::snapshot::MemorySnapshotError),
+    /// The snapshot state file.
+    #[error("snapshot state")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// A snapshot that does not fit the VM rebuilt from its own configuration.
+    #[error("snapshot does not match its configuration: {0}")]
+    SnapshotMismatch(String),
+    /// Restoring a device.
+    #[error("cannot restore {name}")]
+    DeviceRestore {
+        /// The device.
+        name: String,
+        /// Why.
+        #[source]
+        source: vmm_devices::virtio::VirtioError,
+    },
+    /// A pause did not stop every vCPU in time.
+    #[error("vCPU {vcpu} did not stop within {waited:?}; the VM keeps running")]
+    PauseTimeout {
+        /// The first vCPU that did not stop.
+        vcpu: u8,
+        /// How long the pause waited.
+        waited: std::time::Duration,
+    },
+    /// An operation that needs a paused VM.
+    #[error("the VM is running: pause it first")]
+    NotPaused,
+    /// A vCPU thread ended while the VM was paused.
+    #[error("vCPU {0} thread is gone")]
+    VcpuGone(u8),
     /// A vCPU thread panicked (a bug; reported, not propagated).
     #[error("vCPU {0} thread panicked")]
     VcpuPanicked(u8),
+}
+
+/// `error` and all its causes on one line, joined by ": ".
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
 }
 
 /// Result of this crate.

@@ -3,16 +3,24 @@
 //!
 //! This is the only crate that knows all the others; `vmm-cli` is a thin layer over it.
 
+pub mod api;
+pub mod api_client;
+mod api_server;
 pub mod config;
+mod control;
 pub mod device_config;
 mod error;
 mod event_loop;
 mod exits;
+pub mod snapshot;
 mod terminal;
+mod vcpu_threads;
 mod virtio_devices;
 mod vm;
 
+pub use api_client::{ApiClient, ClientError, ClientResponse};
 pub use config::{ConfigError, ElfEntry, MemorySize, SerialMode, VmConfig};
+pub use control::{restore_vm, run_with_api, VmSnapshot};
 pub use device_config::{BalloonConfig, DeviceConfigError, DiskConfig, NetConfig, VsockConfig};
 pub use error::{Error, Result};
 pub use virtio_devices::AttachedDevice;

@@ -117,9 +117,19 @@ pub struct AttachedDevice {
     /// The transport (and device) shared by the bus and the event loop.
     pub transport: Arc<Mutex<MmioTransport>>,
     queue_events: Vec<EventFd>,
+    /// Wakes the device's subscriber after a resume, to re-poll parked backend fds.
+    wake: EventFd,
 }
 
 impl AttachedDevice {
+    /// Stops (or restarts) the device's queue and backend processing.
+    pub(crate) fn set_paused(&self, paused: bool) {
+        lock(&self.transport).set_paused(paused);
+        if !paused {
+            let _ = self.wake.write(1);
+        }
+    }
+
     /// The event-loop subscriber for this device's queues and backend.
     pub(crate) fn subscriber(&self) -> Result<VirtioSubscriber> {
         let queue_events = self
@@ -134,6 +144,7 @@ impl AttachedDevice {
             queue_events,
             backend,
             backend_parked: false,
+            wake: self.wake.try_clone().map_err(Error::EventFd)?,
         })
     }
 }
@@ -176,13 +187,15 @@ pub(crate) fn attach_devices(
             slot,
             transport,
             queue_events,
+            wake: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
         });
     }
     Ok(attached)
 }
 
-/// Event-loop tokens: queue `i` is `i`, backend token `t` is `BACKEND | t`.
+/// Event-loop tokens: queue `i` is `i`, backend token `t` is `BACKEND | t`, the wake fd `WAKE`.
 const BACKEND: u32 = 1 << 31;
+const WAKE: u32 = 1 << 30;
 
 /// Runs a device's queues when the guest notifies them (ioeventfd) and its backend when the
 /// host side is ready.
@@ -193,6 +206,7 @@ pub(crate) struct VirtioSubscriber {
     /// The backend fds are off epoll while the transport does not want their events (paused,
     /// or a device waiting for a reset): a level-triggered fd that stays ready would spin.
     backend_parked: bool,
+    wake: EventFd,
 }
 
 impl VirtioSubscriber {
@@ -226,12 +240,17 @@ impl MutEventSubscriber for VirtioSubscriber {
             }
         }
         self.add_backend(ops);
+        if let Err(e) = ops.add(Events::with_data(&self.wake, WAKE, EventSet::IN)) {
+            eprintln!("vmm: cannot poll a virtio wake event: {e:?}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let data = events.data();
         let mut transport = lock(&self.transport);
-        if data & BACKEND != 0 {
+        if data == WAKE {
+            let _ = self.wake.read();
+        } else if data & BACKEND != 0 {
             transport.process_backend(data & !BACKEND, events.event_set());
         } else if let Some(event) = self.queue_events.get(data as usize) {
             // Several notifies collapse into one pass over the queue.

@@ -4,22 +4,22 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use vmm_devices::{Bus, EventFdTrigger, I8042Wrapper, SerialDevice};
 use vmm_loader::{BootProtocol, LoadedKernel};
 use vmm_memory::{layout, GuestMemoryMmap, MemoryOptions};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_vcpu::{BootEntry, Vcpu, VcpuExitReason, VcpuKicker, Vm, VmOptions};
+use vmm_vcpu::{BootEntry, Vcpu, VcpuExitReason, Vm, VmOptions};
 
 use crate::config::{ElfEntry, SerialMode, VmConfig};
+use crate::control::{Session, StartMode, VmSnapshot};
 use crate::error::{Error, Result};
 use crate::event_loop::{stdin_fd, EventLoop, SerialInput};
 use crate::exits::BusExitHandler;
 use crate::terminal::RawTerminal;
+use crate::vcpu_threads::VcpuThreads;
 use crate::virtio_devices::{self, AttachedDevice};
 
 /// Kernels larger than this are ordinary kernels (not tiny test guests): on a PVM host they get
@@ -59,7 +59,7 @@ impl ShutdownReason {
         }
     }
 
-    fn from_vcpu(reason: VcpuExitReason) -> Option<ShutdownReason> {
+    pub(crate) fn from_vcpu(reason: VcpuExitReason) -> Option<ShutdownReason> {
         Some(match reason {
             VcpuExitReason::TripleFault => ShutdownReason::TripleFault,
             VcpuExitReason::SystemReset => ShutdownReason::GuestSystemReset,
@@ -91,6 +91,11 @@ pub(crate) enum VmEvent {
     VcpuPanicked(u8),
     GuestReset,
     EventLoopFailed(io::Error),
+    /// A control API request and where its answer goes.
+    Api(
+        Box<crate::api::ApiRequest>,
+        std::sync::mpsc::Sender<crate::api::ApiResponse>,
+    ),
 }
 
 /// A VM built and ready to run: memory, KVM VM, devices on their buses, kernel loaded, vCPUs
@@ -102,16 +107,18 @@ pub struct BuiltVm {
     pub vm: Vm,
     /// The vCPUs, boot vCPU first.
     pub vcpus: Vec<Vcpu>,
-    /// How the kernel was loaded.
-    pub kernel: LoadedKernel,
+    /// How the kernel was loaded (`None` for a VM restored from a snapshot).
+    pub kernel: Option<LoadedKernel>,
     /// The command line given to the kernel.
     pub cmdline: String,
     /// The virtio-mmio devices, in slot order.
     pub virtio: Vec<AttachedDevice>,
     serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042Wrapper>>,
     serial_mode: SerialMode,
     reset: EventFd,
     exits: Arc<BusExitHandler>,
+    config: VmConfig,
 }
 
 fn open(what: &'static str, path: &Path) -> Result<(File, u64)> {
@@ -228,7 +235,7 @@ impl BuiltVm {
             vmm_devices::SERIAL_PORT_LEN,
         )?;
         pio.insert(
-            i8042,
+            i8042.clone(),
             vmm_devices::I8042_PORT_BASE,
             vmm_devices::I8042_PORT_LEN,
         )?;
@@ -300,50 +307,192 @@ impl BuiltVm {
             memory,
             vm,
             vcpus,
-            kernel,
+            kernel: Some(kernel),
             cmdline,
             virtio,
             serial,
+            i8042,
             serial_mode: config.serial.clone(),
             reset,
             exits,
+            config: config.clone(),
+        })
+    }
+
+    /// Rebuilds a VM from a snapshot: guest memory mapped privately from `mem_path`, the KVM
+    /// VM, devices rebuilt from the saved configuration and put back in their saved state,
+    /// vCPUs in theirs. Nothing runs yet.
+    pub fn restore(snapshot: &VmSnapshot, mem_path: &Path) -> Result<BuiltVm> {
+        let config = &snapshot.config;
+        config.validate()?;
+        let opened = virtio_devices::open_devices(config)?;
+        if opened.len() != snapshot.devices.len() {
+            return Err(Error::SnapshotMismatch(format!(
+                "{} virtio devices configured, {} saved",
+                opened.len(),
+                snapshot.devices.len()
+            )));
+        }
+        let vcpu_count = u8::try_from(snapshot.vcpus.len())
+            .ok()
+            .filter(|&n| n > 0 && u64::from(n) == config.vcpus)
+            .ok_or_else(|| {
+                Error::SnapshotMismatch(format!(
+                    "{} vCPU states saved for {} vCPUs",
+                    snapshot.vcpus.len(),
+                    config.vcpus
+                ))
+            })?;
+        if snapshot.memory.ram_bytes() != config.memory.0 {
+            return Err(Error::SnapshotMismatch(format!(
+                "memory file layout holds {} bytes of RAM, the configuration {}",
+                snapshot.memory.ram_bytes(),
+                config.memory.0
+            )));
+        }
+        let options = vmm_memory::snapshot::RestoreOptions {
+            diffs: Vec::new(),
+            prefault: config.prefault,
+            ksm: config.ksm,
+        };
+        let memory = vmm_memory::snapshot::restore_memory(mem_path, &snapshot.memory, &options)
+            .map_err(Error::MemorySnapshot)?;
+
+        let vm = Vm::new(VmOptions::default())?;
+        vm.check_vcpu_count(config.vcpus)?;
+        vm.register_memory(&memory)?;
+        vm.create_irqchip()?;
+
+        let serial_irq = event_fd()?;
+        vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::from_state(
+            &snapshot.serial,
+            EventFdTrigger::new(serial_irq),
+            serial_output(&config.serial)?,
+        )?));
+        let reset = event_fd()?;
+        let reset_trigger = EventFdTrigger::new(reset.try_clone().map_err(Error::EventFd)?);
+        let keyboard_irq = event_fd()?;
+        vm.register_irqfd(&keyboard_irq, layout::KEYBOARD_IRQ)?;
+        let i8042 = Arc::new(Mutex::new(
+            I8042Wrapper::new(reset_trigger)
+                .with_keyboard_interrupt(EventFdTrigger::new(keyboard_irq)),
+        ));
+        let mut pio = Bus::new();
+        pio.insert(
+            serial.clone(),
+            vmm_devices::SERIAL_PORT_BASE,
+            vmm_devices::SERIAL_PORT_LEN,
+        )?;
+        pio.insert(
+            i8042.clone(),
+            vmm_devices::I8042_PORT_BASE,
+            vmm_devices::I8042_PORT_LEN,
+        )?;
+        let mut mmio = Bus::new();
+        let virtio = virtio_devices::attach_devices(opened, &vm, &memory, &mut mmio)?;
+        for (device, state) in virtio.iter().zip(&snapshot.devices) {
+            device
+                .transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore_state(state)
+                .map_err(|source| Error::DeviceRestore {
+                    name: device.name.clone(),
+                    source,
+                })?;
+        }
+        let exits = Arc::new(BusExitHandler { pio, mmio });
+
+        vm.restore_state(&snapshot.vm)?;
+        let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+        for state in &snapshot.vcpus {
+            let vcpu = vm.create_vcpu(state.index)?;
+            vcpu.restore_state(state)?;
+            vcpus.push(vcpu);
+        }
+        Ok(BuiltVm {
+            memory,
+            vm,
+            vcpus,
+            kernel: None,
+            cmdline: String::new(),
+            virtio,
+            serial,
+            i8042,
+            serial_mode: config.serial.clone(),
+            reset,
+            exits,
+            config: config.clone(),
         })
     }
 
     /// Runs the VM until the guest ends it, a vCPU fails, or the VMM gets SIGTERM/SIGINT/SIGHUP.
     pub fn run(self) -> Result<ShutdownReason> {
-        install_termination_handlers();
         let (events_tx, events_rx) = channel();
-        let interactive = self.serial_mode == SerialMode::Stdio;
-        let input = interactive.then(|| SerialInput::new(stdin_fd(), self.serial.clone()));
+        self.run_controlled(events_tx, events_rx, StartMode::Running)
+    }
+
+    /// [`BuiltVm::run`], answering control API requests that arrive on `events_rx` (the API
+    /// server holds a clone of `events_tx`); `start_paused` parks the vCPUs and devices before
+    /// the guest runs (a restored VM waiting for a resume).
+    pub(crate) fn run_controlled(
+        self,
+        events_tx: std::sync::mpsc::Sender<VmEvent>,
+        events_rx: Receiver<VmEvent>,
+        mode: StartMode,
+    ) -> Result<ShutdownReason> {
+        let start_paused = mode != StartMode::Running;
+        install_termination_handlers();
+        let BuiltVm {
+            memory,
+            vm,
+            vcpus,
+            virtio,
+            serial,
+            i8042,
+            serial_mode,
+            reset,
+            exits,
+            config,
+            ..
+        } = self;
+        let interactive = serial_mode == SerialMode::Stdio;
+        let input = interactive.then(|| SerialInput::new(stdin_fd(), serial.clone()));
         let _terminal = interactive.then(RawTerminal::enter);
-        let subscribers = self
-            .virtio
+        if start_paused {
+            for device in &virtio {
+                device.set_paused(true);
+            }
+        }
+        let subscribers = virtio
             .iter()
             .map(AttachedDevice::subscriber)
             .collect::<Result<Vec<_>>>()?;
-        let event_loop = EventLoop::start(input, self.reset, subscribers, events_tx.clone())
+        let event_loop = EventLoop::start(input, reset, subscribers, events_tx.clone())
             .map_err(Error::EventLoop)?;
 
-        let mut kickers = Vec::new();
-        let mut threads: Vec<JoinHandle<Vcpu>> = Vec::new();
-        let mut spawn_error = None;
-        for vcpu in self.vcpus {
-            kickers.push(vcpu.kicker());
-            match spawn_vcpu(vcpu, self.exits.clone(), events_tx.clone()) {
-                Ok(thread) => threads.push(thread),
-                Err(e) => {
-                    spawn_error = Some(e);
-                    break;
-                }
-            }
-        }
+        let threads = VcpuThreads::spawn(vcpus, exits, events_tx.clone(), start_paused);
         drop(events_tx);
-        let outcome = match spawn_error {
-            Some(e) => Err(e),
-            None => wait_for_end(&events_rx),
+        let (outcome, vcpus) = match threads {
+            Ok(threads) => {
+                let mut session = Session {
+                    threads,
+                    vm: &vm,
+                    memory: &memory,
+                    virtio: &virtio,
+                    serial: &serial,
+                    i8042: &i8042,
+                    config: crate::api::ApiConfig::new(config),
+                };
+                if mode == StartMode::PausedThenResumed {
+                    session.resume();
+                }
+                let outcome = session.wait_for_end(&events_rx);
+                (outcome, session.threads.stop())
+            }
+            Err(e) => (Err(e), Vec::new()),
         };
-        let vcpus = stop_vcpus(&kickers, threads);
         event_loop.stop();
         if let Ok(ShutdownReason::Signal(_)) = outcome {
             // Where each vCPU was tells whether a stuck guest was idle or spinning.
@@ -354,34 +503,15 @@ impl BuiltVm {
             }
         }
         drop(vcpus);
+        drop(virtio);
         // The memory outlives the vCPUs: KVM's slots point into it until the VM fd closes.
-        drop(self.vm);
-        drop(self.memory);
+        drop(vm);
+        drop(memory);
         outcome
     }
 }
 
-fn spawn_vcpu(
-    mut vcpu: Vcpu,
-    exits: Arc<BusExitHandler>,
-    events: Sender<VmEvent>,
-) -> Result<JoinHandle<Vcpu>> {
-    let index = vcpu.index();
-    std::thread::Builder::new()
-        .name(format!("vcpu{index}"))
-        .spawn(move || {
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vcpu.run(exits.as_ref())));
-            let _ = events.send(match result {
-                Ok(result) => VmEvent::Vcpu(result),
-                Err(_) => VmEvent::VcpuPanicked(index),
-            });
-            vcpu
-        })
-        .map_err(|e| Error::Thread("vcpu", e))
-}
-
-static TERMINATION_SIGNAL: AtomicI32 = AtomicI32::new(0);
+pub(crate) static TERMINATION_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_termination_signal(
     num: libc::c_int,
@@ -391,44 +521,11 @@ extern "C" fn on_termination_signal(
     TERMINATION_SIGNAL.store(num, Ordering::SeqCst);
 }
 
-fn install_termination_handlers() {
+pub(crate) fn install_termination_handlers() {
     for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // A failure leaves the default action (exit), which is still an exit.
         let _ = vmm_sys_util::signal::register_signal_handler(signal, on_termination_signal);
     }
-}
-
-fn wait_for_end(events: &Receiver<VmEvent>) -> Result<ShutdownReason> {
-    loop {
-        let signal = TERMINATION_SIGNAL.swap(0, Ordering::SeqCst);
-        if signal != 0 {
-            return Ok(ShutdownReason::Signal(signal));
-        }
-        match events.recv_timeout(Duration::from_millis(50)) {
-            Ok(VmEvent::GuestReset) => return Ok(ShutdownReason::GuestReset),
-            Ok(VmEvent::Vcpu(Ok(reason))) => {
-                if let Some(reason) = ShutdownReason::from_vcpu(reason) {
-                    return Ok(reason);
-                }
-            }
-            Ok(VmEvent::Vcpu(Err(e))) => return Err(e.into()),
-            Ok(VmEvent::VcpuPanicked(index)) => return Err(Error::VcpuPanicked(index)),
-            Ok(VmEvent::EventLoopFailed(e)) => return Err(Error::EventLoop(e)),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                // Every vCPU thread is gone without a reason: treat as a halt.
-                return Ok(ShutdownReason::Halted);
-            }
-        }
-    }
-}
-
-/// Stops every vCPU and hands them back (a vCPU whose thread panicked is lost).
-fn stop_vcpus(kickers: &[VcpuKicker], threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
-    for kicker in kickers {
-        kicker.stop();
-    }
-    threads.into_iter().filter_map(|t| t.join().ok()).collect()
 }
 
 /// Builds and runs the VM `config` describes, returning how it ended.
@@ -442,7 +539,7 @@ pub fn run_vm(config: &VmConfig) -> Result<ShutdownReason> {
 /// Raises the soft open-file limit to the hard one: a vsock device holds one host socket per
 /// connection (up to its cap of 1024) and the default soft limit is 1024 descriptors in all.
 /// Best effort: when it fails, the device refuses connections past the limit cleanly.
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -1,0 +1,113 @@
+//! The client subcommands (`vmm pause`, `resume`, `status`, `stop`, `snapshot`): one request
+//! each to a running VMM's control API socket.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use vmm_core::{ApiClient, ClientError};
+
+/// Most API calls answer at once; a snapshot of a large guest takes longer.
+const TIMEOUT: Duration = Duration::from_secs(300);
+/// Exit code of `vmm stop` when the guest did not stop by itself.
+const FORCED: u8 = 4;
+
+fn client(sock: &Path) -> ApiClient {
+    ApiClient::new(sock, TIMEOUT)
+}
+
+fn fail(error: &ClientError) -> ExitCode {
+    eprintln!("vmm: error: {}", super::error_chain(error));
+    ExitCode::from(1)
+}
+
+fn done(result: Result<vmm_core::ClientResponse, ClientError>) -> ExitCode {
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// `PATCH /vm` with `state`.
+pub fn patch_vm(sock: &Path, state: &str) -> ExitCode {
+    let body = format!(r#"{{"state": "{state}"}}"#);
+    done(client(sock).request("PATCH", "/vm", Some(&body)))
+}
+
+/// `GET /`, printed as it came.
+pub fn status(sock: &Path) -> ExitCode {
+    match client(sock).request("GET", "/", None) {
+        Ok(response) => {
+            println!("{}", response.body.trim());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `PUT /snapshot/create` (Full).
+pub fn snapshot_create(sock: &Path, snapshot: &Path, mem: &Path) -> ExitCode {
+    let body = serde_json::json!({
+        "snapshot_type": "Full",
+        "snapshot_path": snapshot,
+        "mem_file_path": mem,
+    })
+    .to_string();
+    done(client(sock).request("PUT", "/snapshot/create", Some(&body)))
+}
+
+/// `PUT /snapshot/load`.
+pub fn snapshot_load(sock: &Path, snapshot: &Path, mem: &Path, resume: bool) -> ExitCode {
+    let body = serde_json::json!({
+        "snapshot_path": snapshot,
+        "mem_backend": {"backend_type": "File", "backend_path": mem},
+        "resume_vm": resume,
+    })
+    .to_string();
+    done(client(sock).request("PUT", "/snapshot/load", Some(&body)))
+}
+
+/// Asks the guest to stop (Ctrl+Alt+Del), waits `timeout_s`, then sends SIGTERM to the VMM.
+/// The VMM is gone once its socket stops answering (it removes the socket on exit).
+pub fn stop(sock: &Path, timeout_s: u64) -> ExitCode {
+    let api = client(sock);
+    let pid = match api.server_pid() {
+        Ok(pid) => pid,
+        Err(e) => return fail(&e),
+    };
+    let asked = api.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+    );
+    if let Err(e) = &asked {
+        eprintln!(
+            "vmm: the guest could not be asked to stop: {}",
+            super::error_chain(e)
+        );
+    }
+    if asked.is_ok() && wait_gone(sock, Duration::from_secs(timeout_s)) {
+        eprintln!("vmm: the guest stopped");
+        return ExitCode::SUCCESS;
+    }
+    // SAFETY: kill has no memory effects; pid came from SO_PEERCRED of the VMM's socket.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    if wait_gone(sock, Duration::from_secs(10)) {
+        eprintln!("vmm: the guest did not stop within {timeout_s} s: stopped the VMM (SIGTERM)");
+        ExitCode::from(FORCED)
+    } else {
+        eprintln!("vmm: error: the VMM (pid {pid}) did not stop after SIGTERM");
+        ExitCode::from(1)
+    }
+}
+
+fn wait_gone(sock: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::os::unix::net::UnixStream::connect(sock).is_err() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}

@@ -1,0 +1,348 @@
+//! Controlling a running VM: the main thread's loop that waits for the VM's end and answers the
+//! control API (pause, resume, Ctrl+Alt+Del, instance info and config, snapshots), and snapshot
+//! creation itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vmm_devices::virtio::mmio::MmioTransportState;
+use vmm_devices::{I8042Wrapper, SerialDevice, SerialDeviceState};
+use vmm_memory::snapshot::MemoryFileLayout;
+use vmm_memory::GuestMemoryMmap;
+use vmm_vcpu::{VcpuState, Vm};
+
+use crate::api::{
+    ActionType, ApiConfig, ApiRequest, ApiResponse, InstanceInfo, InstanceState,
+    SnapshotCreateParams, SnapshotType, VersionInfo, VmState,
+};
+use crate::api_server::ApiServer;
+use crate::error::{Error, Result};
+use crate::snapshot::SnapshotFile;
+use crate::vcpu_threads::VcpuThreads;
+use crate::virtio_devices::AttachedDevice;
+use crate::vm::{BuiltVm, ShutdownReason, VmEvent, TERMINATION_SIGNAL};
+use crate::VmConfig;
+
+/// Everything a snapshot's state file holds; guest memory is in the memory file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmSnapshot {
+    /// The configuration the VM was built from (devices are rebuilt from it on restore).
+    pub config: VmConfig,
+    /// Every vCPU, in index order.
+    pub vcpus: Vec<VcpuState>,
+    /// Irqchip, PIT and clock.
+    pub vm: vmm_vcpu::VmState,
+    /// The virtio transports with their devices, in slot order.
+    pub devices: Vec<MmioTransportState>,
+    /// The serial console's UART.
+    pub serial: SerialDeviceState,
+    /// Where each RAM region is in the memory file.
+    pub memory: MemoryFileLayout,
+}
+
+/// The parts of a running VM that the control loop works on.
+pub(crate) struct Session<'a> {
+    pub threads: VcpuThreads,
+    pub vm: &'a Vm,
+    pub memory: &'a GuestMemoryMmap,
+    pub virtio: &'a [AttachedDevice],
+    pub serial: &'a Arc<Mutex<SerialDevice>>,
+    pub i8042: &'a Arc<Mutex<I8042Wrapper>>,
+    pub config: ApiConfig,
+}
+
+/// The instance id `GET /` reports.
+const INSTANCE_ID: &str = "vmm";
+
+impl Session<'_> {
+    /// Waits for the VM to end, answering API requests meanwhile.
+    pub(crate) fn wait_for_end(&mut self, events: &Receiver<VmEvent>) -> Result<ShutdownReason> {
+        loop {
+            let signal = TERMINATION_SIGNAL.swap(0, Ordering::SeqCst);
+            if signal != 0 {
+                return Ok(ShutdownReason::Signal(signal));
+            }
+            match events.recv_timeout(Duration::from_millis(50)) {
+                Ok(VmEvent::GuestReset) => return Ok(ShutdownReason::GuestReset),
+                Ok(VmEvent::Vcpu(Ok(reason))) => {
+                    if let Some(reason) = ShutdownReason::from_vcpu(reason) {
+                        return Ok(reason);
+                    }
+                }
+                Ok(VmEvent::Vcpu(Err(e))) => return Err(e.into()),
+                Ok(VmEvent::VcpuPanicked(index)) => return Err(Error::VcpuPanicked(index)),
+                Ok(VmEvent::EventLoopFailed(e)) => return Err(Error::EventLoop(e)),
+                Ok(VmEvent::Api(request, reply)) => {
+                    let _ = reply.send(self.handle(*request));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(ShutdownReason::Halted),
+            }
+        }
+    }
+
+    fn state(&self) -> InstanceState {
+        if self.threads.is_paused() {
+            InstanceState::Paused
+        } else {
+            InstanceState::Running
+        }
+    }
+
+    /// Answers one API request on the running VM.
+    pub(crate) fn handle(&mut self, request: ApiRequest) -> ApiResponse {
+        match request {
+            ApiRequest::GetInstanceInfo => {
+                ApiResponse::ok_json(&InstanceInfo::new(INSTANCE_ID, self.state()))
+            }
+            ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::default()),
+            ApiRequest::GetVmConfig => ApiResponse::ok_json(&self.config.to_firecracker()),
+            ApiRequest::GetMachineConfig => ApiResponse::ok_json(&self.config.machine_config()),
+            ApiRequest::GetBalloon => match self.config.balloon() {
+                Some(balloon) => ApiResponse::ok_json(&balloon),
+                None => ApiResponse::bad_request("no balloon device is configured"),
+            },
+            ApiRequest::PatchVm(update) => {
+                let result = match update {
+                    VmState::Paused => self.pause(),
+                    VmState::Resumed => {
+                        self.resume();
+                        Ok(())
+                    }
+                };
+                respond(result)
+            }
+            ApiRequest::Action(ActionType::SendCtrlAltDel) => {
+                self.i8042
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .send_ctrl_alt_del();
+                ApiResponse::no_content()
+            }
+            ApiRequest::Action(ActionType::FlushMetrics) => ApiResponse::no_content(),
+            ApiRequest::Action(ActionType::InstanceStart) => {
+                ApiResponse::bad_request("the VM is already running")
+            }
+            ApiRequest::CreateSnapshot(params) => respond(self.create_snapshot(&params)),
+            ApiRequest::PatchBalloon(_) => ApiResponse::bad_request(
+                "changing the balloon target of a running VM is not supported yet",
+            ),
+            other if other.pre_boot_only() => ApiResponse::bad_request(
+                "this request is only allowed before the VM starts (the VM is running)",
+            ),
+            _ => ApiResponse::bad_request("request not supported on a running VM"),
+        }
+    }
+
+    /// Stops every vCPU, then the device queues.
+    pub(crate) fn pause(&mut self) -> Result<()> {
+        self.threads.pause()?;
+        for device in self.virtio {
+            device.set_paused(true);
+        }
+        Ok(())
+    }
+
+    /// Restarts the device queues, then the vCPUs.
+    pub(crate) fn resume(&mut self) {
+        for device in self.virtio {
+            device.set_paused(false);
+        }
+        self.threads.resume();
+    }
+
+    fn create_snapshot(&mut self, params: &SnapshotCreateParams) -> Result<()> {
+        if params.snapshot_type == SnapshotType::Diff {
+            return Err(Error::DiffSnapshotUnsupported);
+        }
+        if !self.threads.is_paused() {
+            return Err(Error::NotPaused);
+        }
+        let vcpus = self
+            .threads
+            .with_each(|vcpu| vcpu.save_state())?
+            .into_iter()
+            .collect::<vmm_vcpu::Result<Vec<_>>>()?;
+        let vm = self.vm.save_state()?;
+        let devices = self
+            .virtio
+            .iter()
+            .map(|d| {
+                d.transport
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .save_state()
+            })
+            .collect();
+        let serial = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .save_state();
+        let mem_path = PathBuf::from(&params.mem_file_path);
+        let memory = vmm_memory::snapshot::save_memory(self.memory, &mem_path)
+            .map_err(Error::MemorySnapshot)?;
+        let snapshot = VmSnapshot {
+            config: self.config.vm.clone(),
+            vcpus,
+            vm,
+            devices,
+            serial,
+            memory,
+        };
+        SnapshotFile::write(Path::new(&params.snapshot_path), &snapshot)?;
+        Ok(())
+    }
+}
+
+fn respond(result: Result<()>) -> ApiResponse {
+    match result {
+        Ok(()) => ApiResponse::no_content(),
+        Err(e @ (Error::NotPaused | Error::DiffSnapshotUnsupported)) => {
+            ApiResponse::bad_request(&crate::error::chain(&e))
+        }
+        Err(e) => ApiResponse::internal_error(&crate::error::chain(&e)),
+    }
+}
+
+/// How a VM starts running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StartMode {
+    /// The guest runs at once.
+    Running,
+    /// vCPUs and devices parked until a resume.
+    Paused,
+    /// Parked, then resumed at once: a restored VM, whose device queues get one pass on resume.
+    PausedThenResumed,
+}
+
+/// What ended the wait for configuration.
+enum Start {
+    Boot(Box<BuiltVm>),
+    Restored(Box<BuiltVm>, bool),
+    Signal(i32),
+}
+
+/// Runs a VM with the control API on `api_sock`. With a kernel in `config` it boots at once;
+/// otherwise it waits for configuration requests and `InstanceStart`, or a `PUT
+/// /snapshot/load`.
+pub fn run_with_api(config: VmConfig, api_sock: &Path) -> Result<ShutdownReason> {
+    let (events_tx, events_rx) = channel();
+    let _server = ApiServer::start(api_sock, events_tx.clone())?;
+    let mut api = ApiConfig::new(config);
+    let (built, mode) = if api.vm.kernel.is_some() {
+        (BuiltVm::build(&api.vm)?, StartMode::Running)
+    } else {
+        crate::vm::install_termination_handlers();
+        match wait_for_configuration(&mut api, &events_rx) {
+            Start::Boot(built) => (*built, StartMode::Running),
+            Start::Restored(built, true) => (*built, StartMode::PausedThenResumed),
+            Start::Restored(built, false) => (*built, StartMode::Paused),
+            Start::Signal(signal) => return Ok(ShutdownReason::Signal(signal)),
+        }
+    };
+    built.run_controlled(events_tx, events_rx, mode)
+}
+
+/// Restores the snapshot in `state_path` + `mem_path` in this process and runs it (paused
+/// unless `resume`), with the control API on `api_sock` when given.
+pub fn restore_vm(
+    state_path: &Path,
+    mem_path: &Path,
+    api_sock: Option<&Path>,
+    resume: bool,
+) -> Result<ShutdownReason> {
+    let (events_tx, events_rx) = channel();
+    let _server = api_sock
+        .map(|path| ApiServer::start(path, events_tx.clone()))
+        .transpose()?;
+    let built = load_snapshot(state_path, mem_path)?;
+    let mode = if resume {
+        StartMode::PausedThenResumed
+    } else {
+        StartMode::Paused
+    };
+    built.run_controlled(events_tx, events_rx, mode)
+}
+
+fn load_snapshot(state_path: &Path, mem_path: &Path) -> Result<BuiltVm> {
+    let snapshot: VmSnapshot = SnapshotFile::read(state_path)?;
+    if snapshot.config.vsock.is_some() {
+        crate::vm::raise_fd_limit();
+    }
+    BuiltVm::restore(&snapshot, mem_path)
+}
+
+fn wait_for_configuration(api: &mut ApiConfig, events: &Receiver<VmEvent>) -> Start {
+    loop {
+        let signal = TERMINATION_SIGNAL.swap(0, Ordering::SeqCst);
+        if signal != 0 {
+            return Start::Signal(signal);
+        }
+        let (request, reply) = match events.recv_timeout(Duration::from_millis(50)) {
+            Ok(VmEvent::Api(request, reply)) => (*request, reply),
+            Ok(_) | Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Start::Signal(libc::SIGTERM),
+        };
+        let not_started = || ApiResponse::bad_request("the VM is not started yet");
+        let response = match request {
+            ApiRequest::GetInstanceInfo => {
+                ApiResponse::ok_json(&InstanceInfo::new(INSTANCE_ID, InstanceState::NotStarted))
+            }
+            ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::default()),
+            ApiRequest::GetVmConfig => ApiResponse::ok_json(&api.to_firecracker()),
+            ApiRequest::GetMachineConfig => ApiResponse::ok_json(&api.machine_config()),
+            ApiRequest::GetBalloon => match api.balloon() {
+                Some(balloon) => ApiResponse::ok_json(&balloon),
+                None => ApiResponse::bad_request("no balloon device is configured"),
+            },
+            ApiRequest::Action(ActionType::InstanceStart) => {
+                if api.vm.vsock.is_some() {
+                    crate::vm::raise_fd_limit();
+                }
+                match BuiltVm::build(&api.vm) {
+                    Ok(built) => {
+                        let _ = reply.send(ApiResponse::no_content());
+                        return Start::Boot(Box::new(built));
+                    }
+                    Err(e) => ApiResponse::bad_request(&crate::error::chain(&e)),
+                }
+            }
+            ApiRequest::LoadSnapshot(load) => {
+                if !load.network_overrides.is_empty() || load.vsock_override.is_some() {
+                    ApiResponse::bad_request(
+                        "network and vsock overrides on snapshot load are not supported yet",
+                    )
+                } else if load.track_dirty_pages {
+                    ApiResponse::bad_request(
+                        "dirty page tracking (diff snapshots) is not supported yet",
+                    )
+                } else {
+                    match load_snapshot(
+                        Path::new(&load.snapshot_path),
+                        Path::new(&load.mem_file_path),
+                    ) {
+                        Ok(built) => {
+                            let _ = reply.send(ApiResponse::no_content());
+                            return Start::Restored(Box::new(built), load.resume_vm);
+                        }
+                        Err(e) => ApiResponse::bad_request(&crate::error::chain(&e)),
+                    }
+                }
+            }
+            ApiRequest::Action(_) | ApiRequest::PatchVm(_) | ApiRequest::CreateSnapshot(_) => {
+                not_started()
+            }
+            other => match api.apply(&other) {
+                Ok(true) => ApiResponse::no_content(),
+                Ok(false) => not_started(),
+                Err(e) => ApiResponse::from(e),
+            },
+        };
+        let _ = reply.send(response);
+    }
+}
