@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+#[path = "e2e/lifecycle.rs"]
+mod lifecycle;
 #[path = "e2e/virtio.rs"]
 mod virtio;
 
@@ -54,8 +56,19 @@ impl Running {
         Running::start_in(&[], args)
     }
 
+    /// Starts `vmm ARGS` (a subcommand other than `run`).
+    fn start_raw(args: &[&str]) -> Running {
+        Running::spawn(&[], args)
+    }
+
     /// Starts `vmm run ARGS` through `prefix` (e.g. `ip netns exec NS`) when it is not empty.
     fn start_in(prefix: &[&str], args: &[&str]) -> Running {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        Running::spawn(prefix, &all)
+    }
+
+    fn spawn(prefix: &[&str], args: &[&str]) -> Running {
         require_real_kvm();
         let vmm = env!("CARGO_BIN_EXE_vmm");
         let mut command = match prefix.split_first() {
@@ -67,7 +80,6 @@ impl Running {
             None => Command::new(vmm),
         };
         let mut child = command
-            .arg("run")
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

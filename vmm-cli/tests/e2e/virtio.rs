@@ -16,7 +16,7 @@ use super::{boot_and_test, boot_and_test_in, guest, Running, BOOT_TIMEOUT};
 /// The first-MiB hash the shared `blk` test always prints.
 const BLK_PATTERN_SHA256: &str = "49c7e2034ab700004e03e6fec79c2a9241a44a6fa907e28d128395a2c3276fee";
 
-fn test_initramfs() -> String {
+pub(crate) fn test_initramfs() -> String {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-guest/initramfs.cpio.gz");
     assert!(
