@@ -11,12 +11,55 @@ pub mod snapshot;
 
 use std::io;
 
+pub use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 pub use vm_memory::{
-    Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion, GuestRegionMmap, GuestUsize, MmapRegion,
+    Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion,
+    GuestUsize,
 };
 
-use vm_memory::mmap::MmapRegionBuilder;
+use std::num::NonZeroUsize;
+
+/// Guest memory as every crate of the VMM uses it: `vm-memory`'s mmap backend with a dirty
+/// bitmap per region. Every write the VMM itself makes through `vm-memory` (device DMA into
+/// guest buffers, used rings, the loader) sets the bits of the pages it touches; KVM's dirty
+/// log covers the guest's own writes. Together they make diff snapshots.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+/// One region of [`GuestMemoryMmap`].
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<AtomicBitmap>;
+/// The mapping behind a [`GuestRegionMmap`].
+pub type MmapRegion = vm_memory::MmapRegion<AtomicBitmap>;
+/// The dirty bitmap of a slice of [`GuestMemoryMmap`] (the `B` of `virtio_queue`'s `Reader`
+/// and `Writer` over it).
+pub type GuestBitmapSlice<'a> = vm_memory::bitmap::BS<'a, AtomicBitmap>;
+/// Builds a [`MmapRegion`]; start with [`region_builder`] to get its bitmap.
+pub type MmapRegionBuilder = vm_memory::mmap::MmapRegionBuilder<AtomicBitmap>;
+
+/// Granularity of the dirty bitmaps: one bit per 4 KiB page, as KVM's dirty log.
+pub const DIRTY_PAGE_SIZE: usize = 4096;
+
+/// A [`MmapRegionBuilder`] for a region of `size` bytes with a dirty bitmap of one bit per
+/// [`DIRTY_PAGE_SIZE`] page.
+pub fn region_builder(size: usize) -> MmapRegionBuilder {
+    let page = NonZeroUsize::new(DIRTY_PAGE_SIZE).unwrap_or(NonZeroUsize::MIN);
+    MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::new(size, page))
+}
+
+/// Reads and clears the dirty bitmaps of `mem`'s regions (the pages the VMM wrote through
+/// `vm-memory` since the previous call or [`reset_dirty`]): one bitmap per region, in region
+/// order, bit `i % 64` of word `i / 64` for page `i` of the region, as KVM's dirty log.
+pub fn take_dirty(mem: &GuestMemoryMmap) -> Vec<Vec<u64>> {
+    // `**region` is the region's mapping, which holds the whole bitmap.
+    mem.iter()
+        .map(|region| (**region).bitmap().get_and_reset())
+        .collect()
+}
+
+/// Clears the dirty bitmaps of `mem`'s regions.
+pub fn reset_dirty(mem: &GuestMemoryMmap) {
+    for region in mem.iter() {
+        (**region).bitmap().reset();
+    }
+}
 
 /// Errors of guest memory creation.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +158,7 @@ pub fn create_guest_memory(ram_bytes: u64, options: MemoryOptions) -> Result<Gue
     }
     let mut regions = Vec::new();
     for (addr, size) in layout::ram_regions(ram_bytes) {
-        let mapping = MmapRegionBuilder::new(size as usize)
+        let mapping = region_builder(size as usize)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(flags)
             .build()
@@ -188,6 +231,34 @@ mod tests {
             0xdead_beef
         );
         assert!(mem.read_obj::<u8>(GuestAddress(64 << 20)).is_err());
+    }
+
+    #[test]
+    fn writes_through_vm_memory_mark_pages_dirty() {
+        let mem = create_guest_memory(5 << 30, MemoryOptions::default()).unwrap();
+        let dirty = take_dirty(&mem);
+        assert_eq!(dirty.len(), 2);
+        assert!(dirty.iter().flatten().all(|&w| w == 0));
+        // Two bytes either side of a page boundary in the low region; one page above 4 GiB.
+        mem.write_slice(&[1, 2, 3, 4], GuestAddress(0x5000 - 2))
+            .unwrap();
+        mem.write_obj(7u64, GuestAddress((4 << 30) + 3 * 4096 + 8))
+            .unwrap();
+        let region = mem.find_region(GuestAddress(0x4000)).unwrap();
+        assert!(region.bitmap().dirty_at(0x4000) && region.bitmap().dirty_at(0x5000));
+        assert!(!region.bitmap().dirty_at(0x6000));
+        let dirty = take_dirty(&mem);
+        assert_eq!(dirty[0][0], 0b11 << 4);
+        assert!(dirty[0][1..].iter().all(|&w| w == 0));
+        assert_eq!(dirty[1][0], 1 << 3);
+        // Reading resets; so does reset_dirty.
+        assert!(take_dirty(&mem).iter().flatten().all(|&w| w == 0));
+        mem.write_obj(1u8, GuestAddress(0)).unwrap();
+        reset_dirty(&mem);
+        assert!(take_dirty(&mem).iter().flatten().all(|&w| w == 0));
+        // Reads mark nothing.
+        let _: u64 = mem.read_obj(GuestAddress(0x9000)).unwrap();
+        assert!(take_dirty(&mem).iter().flatten().all(|&w| w == 0));
     }
 
     #[test]

@@ -37,13 +37,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
+use vm_memory::mmap::MmapRegionError;
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap,
-    GuestMemoryRegion, GuestRegionCollectionError, GuestRegionMmap,
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
+    GuestRegionCollectionError,
 };
 
-use crate::layout;
+use crate::{layout, GuestMemoryMmap, GuestRegionMmap};
 
 /// The page size of guest memory files and dirty bitmaps.
 pub const PAGE_SIZE: u64 = 4096;
@@ -361,6 +361,26 @@ impl MemoryFileLayout {
         MemoryFileLayout { regions }
     }
 
+    /// The layout [`Self::of`] gives for guest RAM of `ram_bytes` laid out by
+    /// [`layout::ram_regions`]: what every memory file of this VMM has, so a memory file's
+    /// length (its RAM size) tells its layout.
+    pub fn packed(ram_bytes: u64) -> Self {
+        let mut file_offset = 0;
+        let regions = layout::ram_regions(ram_bytes)
+            .into_iter()
+            .map(|(guest_addr, size)| {
+                let region = MemoryFileRegion {
+                    guest_addr,
+                    size,
+                    file_offset,
+                };
+                file_offset += size;
+                region
+            })
+            .collect();
+        MemoryFileLayout { regions }
+    }
+
     /// Total guest RAM of the layout in bytes (saturating: [`Self::validate`] rejects overflow).
     pub fn ram_bytes(&self) -> u64 {
         self.regions
@@ -468,18 +488,66 @@ pub fn save_memory(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryFileLayou
     let out = AtomicFile::create(path)?;
     out.set_len(layout.file_len())?;
     let mut buf = vec![0u8; CHUNK];
+    let mut pagemap = Pagemap::open();
     for r in &layout.regions {
         let mut done = 0u64;
         while done < r.size {
             let len = chunk_len(r.size - done);
-            let chunk = &mut buf[..len];
-            read_guest(mem, r.guest_addr + done, chunk)?;
-            write_nonzero_pages(&out, chunk, r.file_offset + done)?;
+            let addr = r.guest_addr + done;
+            // A chunk the guest never touched reads as zeros: skip it without faulting its
+            // pages in (scanning them costs a page fault each, ~0.3 s per untouched GiB).
+            let untouched = mem
+                .get_host_address(GuestAddress(addr))
+                .ok()
+                .and_then(|host| pagemap.as_mut()?.untouched(host as u64, len as u64))
+                .unwrap_or(false);
+            if !untouched {
+                let chunk = &mut buf[..len];
+                read_guest(mem, addr, chunk)?;
+                write_nonzero_pages(&out, chunk, r.file_offset + done)?;
+            }
             done += len as u64;
         }
     }
     out.commit()?;
     Ok(layout)
+}
+
+/// This process's `/proc/self/pagemap`: one 64-bit entry per virtual page, bit 63 "present in
+/// RAM", bit 62 "swapped out". A page with neither was never populated, so it reads as zeros.
+/// (Readable by the process itself; the PFN bits need privileges, these flags do not.)
+struct Pagemap {
+    file: File,
+    entries: Vec<u8>,
+}
+
+impl Pagemap {
+    fn open() -> Option<Pagemap> {
+        File::open("/proc/self/pagemap").ok().map(|file| Pagemap {
+            file,
+            entries: Vec::new(),
+        })
+    }
+
+    /// Whether no page of `[host_addr, host_addr + len)` is present or swapped; `None` when
+    /// the pagemap cannot tell (then the caller reads the memory).
+    fn untouched(&mut self, host_addr: u64, len: u64) -> Option<bool> {
+        use std::os::unix::fs::FileExt;
+        const PRESENT: u64 = 1 << 63;
+        const SWAPPED: u64 = 1 << 62;
+        let host_page = 4096u64;
+        if !host_addr.is_multiple_of(host_page) {
+            return None;
+        }
+        let pages = usize::try_from(len.div_ceil(host_page)).ok()?;
+        self.entries.resize(pages * 8, 0);
+        let offset = (host_addr / host_page).checked_mul(8)?;
+        self.file.read_exact_at(&mut self.entries, offset).ok()?;
+        Some(self.entries.chunks_exact(8).all(|e| {
+            let entry = u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8]));
+            entry & (PRESENT | SWAPPED) == 0
+        }))
+    }
 }
 
 /// Writes the pages marked dirty in `bitmaps` into a diff file at `path` and returns the layout
@@ -614,7 +682,7 @@ pub fn restore_memory(
             size: r.size,
         };
         let size = usize::try_from(r.size).map_err(|_| too_large())?;
-        let mapping = MmapRegionBuilder::new(size)
+        let mapping = crate::region_builder(size)
             .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(flags)
@@ -656,6 +724,8 @@ pub fn restore_memory(
             }
         }
     }
+    // Layering the diffs is not a change since the snapshot: the restored VM starts clean.
+    crate::reset_dirty(&mem);
     Ok(mem)
 }
 
@@ -974,7 +1044,35 @@ mod tests {
     use crate::{create_guest_memory, MemoryOptions};
     use std::os::unix::fs::MetadataExt;
 
+    #[test]
+    fn packed_layout_is_the_layout_of_guest_memory() {
+        for ram in [64u64 << 20, 5 << 30] {
+            let mem = create_guest_memory(ram, MemoryOptions::default()).unwrap();
+            let layout = MemoryFileLayout::packed(ram);
+            assert_eq!(layout, MemoryFileLayout::of(&mem));
+            assert_eq!(layout.file_len(), ram);
+            layout.validate().unwrap();
+        }
+    }
+
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn saving_does_not_fault_in_pages_the_guest_never_touched() {
+        let dir = TestDir::new("untouched");
+        let mem = guest(64 * MIB);
+        pattern(&mem, 3 * MIB, 4096, 7);
+        let host = |addr: u64| mem.get_host_address(GuestAddress(addr)).unwrap() as u64;
+        let mut pagemap = Pagemap::open().expect("/proc/self/pagemap");
+        assert_eq!(pagemap.untouched(host(40 * MIB), MIB), Some(true));
+        assert_eq!(pagemap.untouched(host(3 * MIB), MIB), Some(false));
+        let layout = save_memory(&mem, &dir.path("mem")).unwrap();
+        // Still never populated after the save, and the written page is in the file.
+        assert_eq!(pagemap.untouched(host(40 * MIB), MIB), Some(true));
+        let restored =
+            restore_memory(&dir.path("mem"), &layout, &RestoreOptions::default()).unwrap();
+        assert_eq!(contents(&restored), contents(&mem));
+    }
 
     /// A directory of its own under the system's temporary directory, removed on drop.
     struct TestDir(PathBuf);

@@ -45,10 +45,10 @@ pub fn status(sock: &Path) -> ExitCode {
     }
 }
 
-/// `PUT /snapshot/create` (Full).
-pub fn snapshot_create(sock: &Path, snapshot: &Path, mem: &Path) -> ExitCode {
+/// `PUT /snapshot/create`, Full or (`diff`) Diff.
+pub fn snapshot_create(sock: &Path, snapshot: &Path, mem: &Path, diff: bool) -> ExitCode {
     let body = serde_json::json!({
-        "snapshot_type": "Full",
+        "snapshot_type": if diff { "Diff" } else { "Full" },
         "snapshot_path": snapshot,
         "mem_file_path": mem,
     })

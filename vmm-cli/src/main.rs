@@ -64,6 +64,13 @@ struct RestoreArgs {
     /// The snapshot's memory file (mapped privately, never written).
     #[arg(long, value_name = "PATH")]
     mem: PathBuf,
+    /// A diff memory file (`vmm snapshot create --diff`) layered over --mem; repeatable,
+    /// oldest first. --snapshot is then the state file of the newest diff.
+    #[arg(long, value_name = "PATH")]
+    mem_diff: Vec<PathBuf>,
+    /// Track dirty pages in the restored VM, so that diff snapshots of it can be taken.
+    #[arg(long)]
+    track_dirty_pages: bool,
     /// Serve the control API on this socket.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -84,6 +91,10 @@ enum SnapshotCommand {
         /// Where the memory file goes.
         #[arg(long, value_name = "PATH")]
         mem: PathBuf,
+        /// A diff snapshot: the memory file gets only the pages written since the previous
+        /// snapshot (the VM must run with --track-dirty-pages).
+        #[arg(long)]
+        diff: bool,
     },
     /// Load a snapshot into a VMM started with only `--api-sock`.
     Load {
@@ -98,6 +109,23 @@ enum SnapshotCommand {
         /// Resume the VM once loaded.
         #[arg(long)]
         resume: bool,
+    },
+    /// Merge a diff memory file into its base, writing a new full memory file (offline; OUT
+    /// may be BASE itself).
+    Merge {
+        /// The state file of the snapshot (base or diff: both hold the memory layout); without
+        /// it the layout follows from the length of BASE.
+        #[arg(long, value_name = "PATH")]
+        snapshot: Option<PathBuf>,
+        /// The full memory file.
+        #[arg(long, value_name = "PATH")]
+        base: PathBuf,
+        /// The diff memory file to layer over it.
+        #[arg(long, value_name = "PATH")]
+        diff: PathBuf,
+        /// Where the merged memory file goes.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
     },
 }
 
@@ -137,6 +165,9 @@ struct RunArgs {
     /// Fault all guest RAM in before boot.
     #[arg(long)]
     prefault: bool,
+    /// Track the guest memory pages written since the last snapshot, for diff snapshots.
+    #[arg(long)]
+    track_dirty_pages: bool,
     /// ELF kernel entry: auto (PVH when the kernel has the note), linux64 or pvh.
     #[arg(long, value_name = "ENTRY")]
     elf_entry: Option<ElfEntry>,
@@ -193,6 +224,7 @@ impl RunArgs {
         config.hugepages |= self.hugepages;
         config.ksm |= self.ksm;
         config.prefault |= self.prefault;
+        config.track_dirty_pages |= self.track_dirty_pages;
         if let Some(entry) = self.elf_entry {
             config.elf_entry = entry;
         }
@@ -240,12 +272,15 @@ fn main() -> ExitCode {
                     None => vmm_core::run_vm(&config),
                 })
         }
-        Command::Restore(args) => vmm_core::restore_vm(
-            &args.snapshot,
-            &args.mem,
-            args.api_sock.as_deref(),
-            !args.paused,
-        ),
+        Command::Restore(args) => {
+            let source = vmm_core::RestoreSource {
+                state: args.snapshot,
+                mem: args.mem,
+                mem_diffs: args.mem_diff,
+                track_dirty_pages: args.track_dirty_pages,
+            };
+            vmm_core::restore_vm(&source, args.api_sock.as_deref(), !args.paused)
+        }
         Command::Pause(args) => return client::patch_vm(&args.api_sock, "Paused"),
         Command::Resume(args) => return client::patch_vm(&args.api_sock, "Resumed"),
         Command::Status(args) => return client::status(&args.api_sock),
@@ -254,7 +289,22 @@ fn main() -> ExitCode {
             client,
             snapshot,
             mem,
-        }) => return client::snapshot_create(&client.api_sock, &snapshot, &mem),
+            diff,
+        }) => return client::snapshot_create(&client.api_sock, &snapshot, &mem, diff),
+        Command::Snapshot(SnapshotCommand::Merge {
+            snapshot,
+            base,
+            diff,
+            out,
+        }) => {
+            return match vmm_core::merge_diff_snapshot(snapshot.as_deref(), &base, &diff, &out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("vmm: error: {}", error_chain(&error));
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Snapshot(SnapshotCommand::Load {
             client,
             snapshot,
@@ -325,6 +375,60 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn diff_snapshot_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "vmm",
+            "restore",
+            "--snapshot",
+            "/s",
+            "--mem",
+            "/m",
+            "--mem-diff",
+            "/d1",
+            "--mem-diff",
+            "/d2",
+            "--track-dirty-pages",
+        ])
+        .unwrap();
+        let Command::Restore(args) = cli.command else {
+            panic!("not restore")
+        };
+        assert_eq!(args.mem_diff, [PathBuf::from("/d1"), PathBuf::from("/d2")]);
+        assert!(args.track_dirty_pages);
+        let cli =
+            Cli::try_parse_from(["vmm", "run", "--kernel", "/k", "--track-dirty-pages"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(args.into_config().unwrap().track_dirty_pages);
+        let cli = Cli::try_parse_from([
+            "vmm",
+            "snapshot",
+            "create",
+            "--api-sock",
+            "/a",
+            "--snapshot",
+            "/s",
+            "--mem",
+            "/m",
+            "--diff",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Snapshot(SnapshotCommand::Create { diff: true, .. })
+        ));
+        let cli = Cli::try_parse_from([
+            "vmm", "snapshot", "merge", "--base", "/b", "--diff", "/d", "--out", "/o",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Snapshot(SnapshotCommand::Merge { snapshot: None, .. })
+        ));
     }
 
     #[test]

@@ -432,3 +432,31 @@ fn configure_through_the_api_then_start_and_load_snapshots() {
     assert!(body.contains("\"vcpu_count\":2"), "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn stop_asks_the_guest_then_forces_and_the_exit_codes_say_which() {
+    // The tiny guest has no keyboard handler: Ctrl+Alt+Del is ignored, so the stop is forced
+    // after the timeout: `vmm stop` exits 4 and the VMM 128 + SIGTERM.
+    let dir = scratch("stop");
+    let kernel = guest_file("tiny-pvh.elf");
+    let sock = dir.join("api.sock");
+    let mut vm = Vmm::run(&["--kernel", &kernel, "--memory", "64M"], &sock);
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(["stop", "--timeout", "1", "--api-sock"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SIGTERM"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let status = vm.child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 15));
+    assert!(!sock.exists(), "the VMM removes its API socket");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,6 +5,7 @@
 //! never reaches the VM.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -83,6 +84,18 @@ fn accept_loop(listener: UnixListener, events: Sender<VmEvent>, stop: Arc<Atomic
     while !stop.load(Ordering::SeqCst) {
         if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
             std::thread::sleep(POLL);
+            continue;
+        }
+        // Wait for a connection without sleeping past it (a restored VM's first client should
+        // not wait for a tick); the timeout only bounds how late the stop flag is seen.
+        let mut poll = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll reads and writes exactly the one valid pollfd passed with count 1.
+        let ready = unsafe { libc::poll(&mut poll, 1, POLL.as_millis() as libc::c_int) };
+        if ready <= 0 {
             continue;
         }
         match listener.accept() {

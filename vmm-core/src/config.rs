@@ -243,6 +243,9 @@ pub struct VmConfig {
     pub rng: bool,
     /// A virtio-balloon device.
     pub balloon: Option<BalloonConfig>,
+    /// Track the guest memory pages written since the last snapshot (KVM's dirty log and the
+    /// VMM's own writes), so that diff snapshots can be taken.
+    pub track_dirty_pages: bool,
 }
 
 impl Default for VmConfig {
@@ -266,6 +269,7 @@ impl Default for VmConfig {
             vsock: None,
             rng: false,
             balloon: None,
+            track_dirty_pages: false,
         }
     }
 }

@@ -53,6 +53,8 @@ pub(crate) struct Session<'a> {
     pub serial: &'a Arc<Mutex<SerialDevice>>,
     pub i8042: &'a Arc<Mutex<I8042Wrapper>>,
     pub config: ApiConfig,
+    /// Dirty pages read for a snapshot that failed, to be part of the next one.
+    pub unsaved_dirty: Option<Vec<Vec<u64>>>,
 }
 
 /// The instance id `GET /` reports.
@@ -128,14 +130,35 @@ impl Session<'_> {
                 ApiResponse::bad_request("the VM is already running")
             }
             ApiRequest::CreateSnapshot(params) => respond(self.create_snapshot(&params)),
-            ApiRequest::PatchBalloon(_) => ApiResponse::bad_request(
-                "changing the balloon target of a running VM is not supported yet",
-            ),
+            ApiRequest::PatchBalloon(update) => self.set_balloon(&update),
             other if other.pre_boot_only() => ApiResponse::bad_request(
                 "this request is only allowed before the VM starts (the VM is running)",
             ),
             _ => ApiResponse::bad_request("request not supported on a running VM"),
         }
+    }
+
+    /// `PATCH /balloon` on a running VM: a new target for the balloon device.
+    fn set_balloon(&mut self, update: &crate::api::BalloonUpdate) -> ApiResponse {
+        if let Err(e) = self.config.apply(&ApiRequest::PatchBalloon(update.clone())) {
+            return ApiResponse::from(e);
+        }
+        let pages = self
+            .config
+            .vm
+            .balloon
+            .as_ref()
+            .map_or(0, |b| u32::try_from(b.target.0 / 4096).unwrap_or(u32::MAX));
+        for device in self.virtio {
+            let mut transport = device.transport.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(balloon) = transport.device_mut().as_balloon() {
+                return match balloon.set_target_pages(pages) {
+                    Ok(()) => ApiResponse::no_content(),
+                    Err(e) => ApiResponse::internal_error(&crate::error::chain(&e)),
+                };
+            }
+        }
+        ApiResponse::bad_request("no balloon device is configured")
     }
 
     /// Stops every vCPU, then the device queues.
@@ -156,12 +179,9 @@ impl Session<'_> {
     }
 
     fn create_snapshot(&mut self, params: &SnapshotCreateParams) -> Result<()> {
-        if params.snapshot_type == SnapshotType::Diff {
-            return Err(Error::DiffSnapshotUnsupported);
-        }
-        if !self.threads.is_paused() {
-            return Err(Error::NotPaused);
-        }
+        let diff = params.snapshot_type == SnapshotType::Diff;
+        let tracking = self.config.vm.track_dirty_pages;
+        check_snapshot_request(params.snapshot_type, tracking, self.threads.is_paused())?;
         let vcpus = self
             .threads
             .with_each(|vcpu| vcpu.save_state())?
@@ -184,8 +204,27 @@ impl Session<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .save_state();
         let mem_path = PathBuf::from(&params.mem_file_path);
-        let memory = vmm_memory::snapshot::save_memory(self.memory, &mem_path)
-            .map_err(Error::MemorySnapshot)?;
+        // Every snapshot, full or diff, starts a new epoch of dirty tracking: reading KVM's log
+        // clears it, and the VMM's bitmaps are read and cleared with it. Pages of a snapshot
+        // that then fails are kept for the next one.
+        let dirty = if tracking {
+            Some(self.take_dirty()?)
+        } else {
+            None
+        };
+        let saved = match &dirty {
+            Some(bitmaps) if diff => {
+                vmm_memory::snapshot::save_dirty_pages(self.memory, bitmaps, &mem_path)
+            }
+            _ => vmm_memory::snapshot::save_memory(self.memory, &mem_path),
+        };
+        let memory = match saved {
+            Ok(layout) => layout,
+            Err(e) => {
+                self.unsaved_dirty = dirty;
+                return Err(Error::MemorySnapshot(e));
+            }
+        };
         let snapshot = VmSnapshot {
             config: self.config.vm.clone(),
             vcpus,
@@ -194,15 +233,53 @@ impl Session<'_> {
             serial,
             memory,
         };
-        SnapshotFile::write(Path::new(&params.snapshot_path), &snapshot)?;
+        if let Err(e) = SnapshotFile::write(Path::new(&params.snapshot_path), &snapshot) {
+            self.unsaved_dirty = dirty;
+            return Err(e.into());
+        }
         Ok(())
     }
+
+    /// The pages written since the previous snapshot, one KVM-style bitmap per guest memory
+    /// region in region order (the order of the memory file's layout): KVM's dirty log (the
+    /// guest's writes) ∪ the guest memory's own bitmaps (the VMM's writes) ∪ the pages of a
+    /// snapshot that failed. Clears all three.
+    fn take_dirty(&mut self) -> Result<Vec<Vec<u64>>> {
+        let kvm = self.vm.dirty_pages(self.memory)?;
+        let mut dirty = vmm_memory::take_dirty(self.memory);
+        let carried = self.unsaved_dirty.take().unwrap_or_default();
+        for (index, words) in dirty.iter_mut().enumerate() {
+            let others = kvm
+                .get(index)
+                .map(|k| k.bits.as_slice())
+                .into_iter()
+                .chain(carried.get(index).map(Vec::as_slice));
+            for other in others {
+                for (word, bits) in words.iter_mut().zip(other) {
+                    *word |= bits;
+                }
+            }
+        }
+        Ok(dirty)
+    }
+}
+
+/// Whether a snapshot of `kind` can be taken now: a diff needs dirty page tracking, and any
+/// snapshot a paused VM.
+fn check_snapshot_request(kind: SnapshotType, tracking: bool, paused: bool) -> Result<()> {
+    if kind == SnapshotType::Diff && !tracking {
+        return Err(Error::DirtyTrackingOff);
+    }
+    if !paused {
+        return Err(Error::NotPaused);
+    }
+    Ok(())
 }
 
 fn respond(result: Result<()>) -> ApiResponse {
     match result {
         Ok(()) => ApiResponse::no_content(),
-        Err(e @ (Error::NotPaused | Error::DiffSnapshotUnsupported)) => {
+        Err(e @ (Error::NotPaused | Error::DirtyTrackingOff)) => {
             ApiResponse::bad_request(&crate::error::chain(&e))
         }
         Err(e) => ApiResponse::internal_error(&crate::error::chain(&e)),
@@ -248,11 +325,23 @@ pub fn run_with_api(config: VmConfig, api_sock: &Path) -> Result<ShutdownReason>
     built.run_controlled(events_tx, events_rx, mode)
 }
 
-/// Restores the snapshot in `state_path` + `mem_path` in this process and runs it (paused
-/// unless `resume`), with the control API on `api_sock` when given.
+/// A snapshot to restore: its state file and memory files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreSource {
+    /// The state file.
+    pub state: PathBuf,
+    /// The full memory file.
+    pub mem: PathBuf,
+    /// Diff memory files layered over `mem`, oldest first.
+    pub mem_diffs: Vec<PathBuf>,
+    /// Track dirty pages in the restored VM (for diff snapshots of it).
+    pub track_dirty_pages: bool,
+}
+
+/// Restores the snapshot `source` in this process and runs it (paused unless `resume`), with
+/// the control API on `api_sock` when given.
 pub fn restore_vm(
-    state_path: &Path,
-    mem_path: &Path,
+    source: &RestoreSource,
     api_sock: Option<&Path>,
     resume: bool,
 ) -> Result<ShutdownReason> {
@@ -260,7 +349,7 @@ pub fn restore_vm(
     let _server = api_sock
         .map(|path| ApiServer::start(path, events_tx.clone()))
         .transpose()?;
-    let built = load_snapshot(state_path, mem_path)?;
+    let built = load_snapshot(source)?;
     let mode = if resume {
         StartMode::PausedThenResumed
     } else {
@@ -269,12 +358,43 @@ pub fn restore_vm(
     built.run_controlled(events_tx, events_rx, mode)
 }
 
-fn load_snapshot(state_path: &Path, mem_path: &Path) -> Result<BuiltVm> {
-    let snapshot: VmSnapshot = SnapshotFile::read(state_path)?;
+/// Merges the diff memory file `diff` into the full memory file `base`, writing a full memory
+/// file at `out` (which may be `base`). The memory layout comes from the state file `snapshot`
+/// when given, otherwise from the length of `base` (every memory file of this VMM packs the
+/// RAM regions of its size in guest address order).
+pub fn merge_diff_snapshot(
+    snapshot: Option<&Path>,
+    base: &Path,
+    diff: &Path,
+    out: &Path,
+) -> Result<()> {
+    let layout = match snapshot {
+        Some(path) => SnapshotFile::read::<VmSnapshot>(path)?.memory,
+        None => {
+            let len = std::fs::metadata(base)
+                .map_err(|source| Error::OpenFile {
+                    what: "memory file",
+                    path: base.to_path_buf(),
+                    source,
+                })?
+                .len();
+            MemoryFileLayout::packed(len)
+        }
+    };
+    vmm_memory::snapshot::merge_diff(base, diff, &layout, out).map_err(Error::MemorySnapshot)
+}
+
+fn load_snapshot(source: &RestoreSource) -> Result<BuiltVm> {
+    let snapshot: VmSnapshot = SnapshotFile::read(&source.state)?;
     if snapshot.config.vsock.is_some() {
         crate::vm::raise_fd_limit();
     }
-    BuiltVm::restore(&snapshot, mem_path)
+    BuiltVm::restore(
+        &snapshot,
+        &source.mem,
+        &source.mem_diffs,
+        source.track_dirty_pages,
+    )
 }
 
 fn wait_for_configuration(api: &mut ApiConfig, events: &Receiver<VmEvent>) -> Start {
@@ -317,15 +437,14 @@ fn wait_for_configuration(api: &mut ApiConfig, events: &Receiver<VmEvent>) -> St
                     ApiResponse::bad_request(
                         "network and vsock overrides on snapshot load are not supported yet",
                     )
-                } else if load.track_dirty_pages {
-                    ApiResponse::bad_request(
-                        "dirty page tracking (diff snapshots) is not supported yet",
-                    )
                 } else {
-                    match load_snapshot(
-                        Path::new(&load.snapshot_path),
-                        Path::new(&load.mem_file_path),
-                    ) {
+                    let source = RestoreSource {
+                        state: PathBuf::from(&load.snapshot_path),
+                        mem: PathBuf::from(&load.mem_file_path),
+                        mem_diffs: Vec::new(),
+                        track_dirty_pages: load.track_dirty_pages,
+                    };
+                    match load_snapshot(&source) {
                         Ok(built) => {
                             let _ = reply.send(ApiResponse::no_content());
                             return Start::Restored(Box::new(built), load.resume_vm);
@@ -344,5 +463,38 @@ fn wait_for_configuration(api: &mut ApiConfig, events: &Receiver<VmEvent>) -> St
             },
         };
         let _ = reply.send(response);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_snapshot_without_tracking_is_a_bad_request() {
+        let err = check_snapshot_request(SnapshotType::Diff, false, true).unwrap_err();
+        assert!(matches!(err, Error::DirtyTrackingOff));
+        assert!(err.to_string().contains("--track-dirty-pages"), "{err}");
+        let response = respond(Err(err));
+        assert_eq!(response.status, 400);
+        let body = response.body.unwrap_or_default();
+        assert!(body.contains("track_dirty_pages"), "{body}");
+        // Tracking off is said before "not paused".
+        assert!(matches!(
+            check_snapshot_request(SnapshotType::Diff, false, false),
+            Err(Error::DirtyTrackingOff)
+        ));
+    }
+
+    #[test]
+    fn snapshots_need_a_paused_vm() {
+        assert!(check_snapshot_request(SnapshotType::Full, false, true).is_ok());
+        assert!(check_snapshot_request(SnapshotType::Diff, true, true).is_ok());
+        for kind in [SnapshotType::Full, SnapshotType::Diff] {
+            assert!(matches!(
+                check_snapshot_request(kind, true, false),
+                Err(Error::NotPaused)
+            ));
+        }
     }
 }

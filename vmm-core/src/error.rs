@@ -85,9 +85,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Diff snapshots need tracking of the pages devices write, which is not there yet.
-    #[error("diff snapshots are not supported yet: take a Full snapshot")]
-    DiffSnapshotUnsupported,
+    /// A diff snapshot of a VM that does not track dirty pages.
+    #[error(
+        "a Diff snapshot needs dirty page tracking: start the VM with --track-dirty-pages \
+         (machine-config track_dirty_pages, or track_dirty_pages on snapshot load)"
+    )]
+    DirtyTrackingOff,
     /// Writing or mapping guest memory for a snapshot.
     #[error("snapshot memory")]
     MemorySnapshot(#[source] vmm_memory::snapshot::MemorySnapshotError),

@@ -20,7 +20,7 @@ mod vm;
 
 pub use api_client::{ApiClient, ClientError, ClientResponse};
 pub use config::{ConfigError, ElfEntry, MemorySize, SerialMode, VmConfig};
-pub use control::{restore_vm, run_with_api, VmSnapshot};
+pub use control::{merge_diff_snapshot, restore_vm, run_with_api, RestoreSource, VmSnapshot};
 pub use device_config::{BalloonConfig, DeviceConfigError, DiskConfig, NetConfig, VsockConfig};
 pub use error::{Error, Result};
 pub use virtio_devices::AttachedDevice;

@@ -159,6 +159,10 @@ impl VcpuThreads {
             return;
         }
         for handle in &self.handles {
+            // Cleared here, before the thread can run again, never by the thread itself: a
+            // pause that follows at once must not have its stop request wiped by a thread
+            // that only now takes this resume.
+            handle.kicker.clear_stop();
             let _ = handle.commands.send(VcpuCommand::Resume);
         }
         self.paused = false;
@@ -227,7 +231,6 @@ fn spawn_one(
                         if !park(&mut vcpu, &commands) {
                             break;
                         }
-                        vcpu.kicker().clear_stop();
                         // A final stop may have come while parked.
                         if exiting.load(Ordering::SeqCst) {
                             break;

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
@@ -210,6 +210,9 @@ impl BuiltVm {
         // check_vcpu_count caps the count at 254.
         let vcpu_count = config.vcpus as u8;
         vm.register_memory(&memory)?;
+        if config.track_dirty_pages {
+            vm.enable_dirty_log(&memory)?;
+        }
         // After the memory slots, which are much slower to add once an irqchip exists.
         vm.create_irqchip()?;
 
@@ -319,11 +322,21 @@ impl BuiltVm {
         })
     }
 
-    /// Rebuilds a VM from a snapshot: guest memory mapped privately from `mem_path`, the KVM
-    /// VM, devices rebuilt from the saved configuration and put back in their saved state,
-    /// vCPUs in theirs. Nothing runs yet.
-    pub fn restore(snapshot: &VmSnapshot, mem_path: &Path) -> Result<BuiltVm> {
-        let config = &snapshot.config;
+    /// Rebuilds a VM from a snapshot: guest memory mapped privately from `mem_path` with the
+    /// diff files `mem_diffs` (oldest first) layered over it, the KVM VM, devices rebuilt from
+    /// the saved configuration and put back in their saved state, vCPUs in theirs. The restored
+    /// VM tracks dirty pages (for diff snapshots of its own) when `track_dirty_pages` says so,
+    /// whatever the snapshotted VM did. Nothing runs yet.
+    pub fn restore(
+        snapshot: &VmSnapshot,
+        mem_path: &Path,
+        mem_diffs: &[PathBuf],
+        track_dirty_pages: bool,
+    ) -> Result<BuiltVm> {
+        let config = &VmConfig {
+            track_dirty_pages,
+            ..snapshot.config.clone()
+        };
         config.validate()?;
         let opened = virtio_devices::open_devices(config)?;
         if opened.len() != snapshot.devices.len() {
@@ -351,7 +364,7 @@ impl BuiltVm {
             )));
         }
         let options = vmm_memory::snapshot::RestoreOptions {
-            diffs: Vec::new(),
+            diffs: mem_diffs.to_vec(),
             prefault: config.prefault,
             ksm: config.ksm,
         };
@@ -361,6 +374,9 @@ impl BuiltVm {
         let vm = Vm::new(VmOptions::default())?;
         vm.check_vcpu_count(config.vcpus)?;
         vm.register_memory(&memory)?;
+        if config.track_dirty_pages {
+            vm.enable_dirty_log(&memory)?;
+        }
         vm.create_irqchip()?;
 
         let serial_irq = event_fd()?;
@@ -484,6 +500,7 @@ impl BuiltVm {
                     serial: &serial,
                     i8042: &i8042,
                     config: crate::api::ApiConfig::new(config),
+                    unsaved_dirty: None,
                 };
                 if mode == StartMode::PausedThenResumed {
                     session.resume();

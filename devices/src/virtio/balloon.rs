@@ -24,7 +24,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue};
 use vmm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    Address, Bitmap, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 
 use super::{
@@ -331,6 +331,12 @@ impl PageReleaser<'_> {
             self.refuse(1);
             return;
         };
+        // MADV_DONTNEED changes the page's contents (to zeros, or back to a snapshot's file)
+        // behind vm-memory's back: mark it for the next diff snapshot.
+        let gpa = GuestAddress(u64::from(pfn) << PFN_SHIFT);
+        if let Ok(slice) = self.mem.get_slice(gpa, PAGE_BYTES) {
+            slice.bitmap().mark_dirty(0, slice.len());
+        }
         let Some(page_end) = page.checked_add(PAGE_BYTES) else {
             self.refuse(1);
             return;
@@ -400,6 +406,10 @@ impl PageReleaser<'_> {
 }
 
 impl VirtioDevice for Balloon {
+    fn as_balloon(&mut self) -> Option<&mut Balloon> {
+        Some(self)
+    }
+
     fn device_type(&self) -> u32 {
         device_type::BALLOON
     }

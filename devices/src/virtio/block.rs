@@ -27,7 +27,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vmm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_memory::{Bitmap, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{
     device_type, features, notify_used, pop_valid_chain, read_config_bytes, ActiveQueues,
@@ -525,10 +525,13 @@ fn transfer(
                 continue;
             }
             // For the mmap backend the guard is the plain host address of the mapping, valid as
-            // long as `mem` is borrowed. GuestMemoryMmap here has no dirty bitmap, so writes
-            // through it need no accounting.
+            // long as `mem` is borrowed. The kernel's writes through it bypass vm-memory, so a
+            // read marks its pages in the dirty bitmap (for diff snapshots) itself.
             let ptr = match direction {
-                Direction::Read => slice.ptr_guard_mut().as_ptr(),
+                Direction::Read => {
+                    slice.bitmap().mark_dirty(0, slice.len());
+                    slice.ptr_guard_mut().as_ptr()
+                }
                 Direction::Write => slice.ptr_guard().as_ptr().cast_mut(),
             };
             if used == IOV_BATCH {

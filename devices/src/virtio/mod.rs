@@ -280,6 +280,11 @@ pub trait VirtioDevice: Send {
         Ok(())
     }
 
+    /// This device as a balloon, for the host to change its target; `None` for other types.
+    fn as_balloon(&mut self) -> Option<&mut balloon::Balloon> {
+        None
+    }
+
     /// The device-specific part of a snapshot.
     fn save_state(&self) -> VirtioDeviceState;
 

@@ -196,3 +196,110 @@ fn snapshot_mid_write_restores_a_consistent_file_system() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn diff_snapshot_over_a_full_one_restores_mid_write() {
+    use std::os::unix::fs::MetadataExt;
+
+    let dir = std::env::temp_dir().join(format!("vmm-e2e-diff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| -> String { dir.join(name).to_string_lossy().into_owned() };
+    let (sock, sock2) = (path("api.sock"), path("api2.sock"));
+    let (base_state, base_mem) = (path("base.state"), path("base.mem"));
+    let (diff_state, diff_mem) = (path("diff.state"), path("diff.mem"));
+    let image = path("disk.ext4");
+    std::fs::copy(guest("rootfs.ext4"), &image).unwrap();
+    let disk = format!("path={image}");
+    let kernel = guest("vmlinux");
+    let initrd = super::virtio::test_initramfs();
+    let append = format!("{QUIET} guest.test=diskwrite guest.files=30");
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let mut vm = Running::start(&[
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--memory",
+        "128M",
+        "--disk",
+        &disk,
+        "--api-sock",
+        &sock,
+        "--append",
+        &append,
+        "--track-dirty-pages",
+    ]);
+    vm.expect("DISKWRITE 5", deadline);
+    ok(&["pause", "--api-sock", &sock]);
+    ok(&[
+        "snapshot",
+        "create",
+        "--api-sock",
+        &sock,
+        "--snapshot",
+        &base_state,
+        "--mem",
+        &base_mem,
+    ]);
+    ok(&["resume", "--api-sock", &sock]);
+    vm.expect("DISKWRITE 12", deadline);
+    ok(&["pause", "--api-sock", &sock]);
+    ok(&[
+        "snapshot",
+        "create",
+        "--api-sock",
+        &sock,
+        "--snapshot",
+        &diff_state,
+        "--mem",
+        &diff_mem,
+        "--diff",
+    ]);
+    vm.child.kill().unwrap();
+    let _ = vm.child.wait();
+
+    let blocks = |p: &str| std::fs::metadata(p).unwrap().blocks();
+    let (base_blocks, diff_blocks) = (blocks(&base_mem), blocks(&diff_mem));
+    eprintln!("base memory file: {base_blocks} blocks, diff: {diff_blocks} blocks");
+    assert!(
+        diff_blocks * 4 < base_blocks,
+        "the diff ({diff_blocks} blocks) is not much smaller than the base ({base_blocks})"
+    );
+
+    let mut restored = Running::start_raw(&[
+        "restore",
+        "--snapshot",
+        &diff_state,
+        "--mem",
+        &base_mem,
+        "--mem-diff",
+        &diff_mem,
+        "--api-sock",
+        &sock2,
+    ]);
+    restored.expect("DISKWRITE-OK 30", deadline);
+    restored.expect("GUEST-TEST-DONE", deadline);
+    let numbers: Vec<u32> = restored
+        .seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("DISKWRITE "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    assert!(
+        numbers.first().is_some_and(|&n| n > 12),
+        "the restored guest did not continue after DISKWRITE 12: {numbers:?}"
+    );
+    let (code, output) = restored.finish(deadline);
+    assert_eq!(code, 0, "{output}");
+    let fsck = Command::new("e2fsck")
+        .args(["-fn", &image])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck after diff snapshot + restore mid-write:\n{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

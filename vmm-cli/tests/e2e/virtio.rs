@@ -372,3 +372,40 @@ fn virtio_devices_from_the_command_line_with_acpi_off() {
         "{output}"
     );
 }
+
+#[test]
+fn virtio_balloon_inflates_then_deflates_on_patch_balloon() {
+    // Inflate to 128 MiB at boot (MemTotal falls below ~150 MB), then PATCH /balloon to 0 over
+    // the control API: the guest deflates and MemTotal comes back above 220 MB.
+    let scratch = Scratch::new("balloon");
+    let sock = scratch.path("api.sock");
+    let (kernel, initrd) = (guest("vmlinux"), test_initramfs());
+    let append = format!(
+        "{} guest.test=balloon guest.balloon_max_kb=150000 guest.balloon_min_kb=220000",
+        super::QUIET
+    );
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let sock_arg = sock.to_string_lossy().into_owned();
+    let mut vm = Running::start(&[
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--memory",
+        "256M",
+        "--balloon",
+        "target=128M",
+        "--api-sock",
+        &sock_arg,
+        "--append",
+        &append,
+    ]);
+    vm.expect("BALLOON-OK", deadline);
+    let api = vmm_core::ApiClient::new(&sock, Duration::from_secs(30));
+    api.request("PATCH", "/balloon", Some(r#"{"amount_mib": 0}"#))
+        .expect("PATCH /balloon");
+    vm.expect("BALLOON-DEFLATE-OK", deadline);
+    vm.expect("GUEST-TEST-DONE", deadline);
+    let (code, output) = vm.finish(deadline);
+    assert_eq!(code, 0, "{output}");
+}

@@ -8,8 +8,7 @@
 //!   absent: the default). `append` is left alone.
 //! - `PUT /machine-config`: `vcpus` = `vcpu_count`, `memory` = `mem_size_mib` MiB,
 //!   `hugepages` = (`huge_pages` == `Transparent`); absent optional fields reset to defaults.
-//!   `PATCH` changes only what it names. `track_dirty_pages` has no `VmConfig` field: it is
-//!   kept by [`ApiConfig`].
+//!   `track_dirty_pages` = `track_dirty_pages`. `PATCH` changes only what it names.
 //! - `PUT /drives/{id}`: a [`DiskConfig`] with `path` = `path_on_host`, `read_only` =
 //!   `is_read_only`, `id` = `drive_id` (also the virtio-blk serial the guest reads, so at most
 //!   [`MAX_DRIVE_ID_BYTES`]). A drive whose id exists is replaced in place; a new one is added
@@ -59,7 +58,7 @@ pub fn apply_boot_source(config: &mut VmConfig, boot: &BootSource) -> Result<(),
     Ok(())
 }
 
-/// Applies `PUT /machine-config` (all but `track_dirty_pages`, which `VmConfig` lacks).
+/// Applies `PUT /machine-config`.
 pub fn apply_machine_config(
     config: &mut VmConfig,
     machine: &MachineConfig,
@@ -69,10 +68,11 @@ pub fn apply_machine_config(
     config.vcpus = machine.vcpu_count;
     config.memory = memory;
     config.hugepages = machine.huge_pages == HugePages::Transparent;
+    config.track_dirty_pages = machine.track_dirty_pages;
     Ok(())
 }
 
-/// Applies `PATCH /machine-config` (all but `track_dirty_pages`).
+/// Applies `PATCH /machine-config`.
 pub fn apply_machine_config_update(
     config: &mut VmConfig,
     update: &MachineConfigUpdate,
@@ -90,6 +90,9 @@ pub fn apply_machine_config_update(
     }
     if let Some(huge_pages) = update.huge_pages {
         config.hugepages = huge_pages == HugePages::Transparent;
+    }
+    if let Some(track) = update.track_dirty_pages {
+        config.track_dirty_pages = track;
     }
     Ok(())
 }
@@ -235,7 +238,7 @@ pub fn apply_balloon_update(config: &mut VmConfig, update: &BalloonUpdate) -> Re
 }
 
 /// A [`VmConfig`] with what the API configures that `VmConfig` has no field for: network
-/// interface ids and dirty-page tracking. The VM side keeps one of these before boot.
+/// interface ids. The VM side keeps one of these before boot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApiConfig {
     /// The VM's configuration.
@@ -243,8 +246,6 @@ pub struct ApiConfig {
     /// The `iface_id` of each entry of `vm.net`, in the same order. Entries that are missing
     /// (a `vm.net` longer than this list) are known by their tap name.
     pub iface_ids: Vec<String>,
-    /// `track_dirty_pages` of `/machine-config`.
-    pub track_dirty_pages: bool,
 }
 
 impl ApiConfig {
@@ -252,11 +253,7 @@ impl ApiConfig {
     /// their tap names as ids.
     pub fn new(vm: VmConfig) -> ApiConfig {
         let iface_ids = vm.net.iter().map(|n| n.tap.clone()).collect();
-        ApiConfig {
-            vm,
-            iface_ids,
-            track_dirty_pages: false,
-        }
+        ApiConfig { vm, iface_ids }
     }
 
     /// The id of `vm.net[index]`.
@@ -274,23 +271,17 @@ impl ApiConfig {
         self.iface_ids = ids;
     }
 
-    /// Applies `PUT /machine-config`, `track_dirty_pages` included.
+    /// Applies `PUT /machine-config`.
     pub fn apply_machine_config(&mut self, machine: &MachineConfig) -> Result<(), ApiError> {
-        apply_machine_config(&mut self.vm, machine)?;
-        self.track_dirty_pages = machine.track_dirty_pages;
-        Ok(())
+        apply_machine_config(&mut self.vm, machine)
     }
 
-    /// Applies `PATCH /machine-config`, `track_dirty_pages` included.
+    /// Applies `PATCH /machine-config`.
     pub fn apply_machine_config_update(
         &mut self,
         update: &MachineConfigUpdate,
     ) -> Result<(), ApiError> {
-        apply_machine_config_update(&mut self.vm, update)?;
-        if let Some(track) = update.track_dirty_pages {
-            self.track_dirty_pages = track;
-        }
-        Ok(())
+        apply_machine_config_update(&mut self.vm, update)
     }
 
     /// Applies `PUT /network-interfaces/{iface_id}`.
@@ -363,14 +354,12 @@ impl ApiConfig {
         Ok(true)
     }
 
-    /// The configuration in `GET /vm/config`'s shape, interface ids and dirty-page tracking
-    /// included.
+    /// The configuration in `GET /vm/config`'s shape, interface ids included.
     pub fn to_firecracker(&self) -> FullVmConfig {
         let mut full = vm_config_to_firecracker(&self.vm);
         for (i, iface) in full.network_interfaces.iter_mut().enumerate() {
             iface.iface_id = self.iface_id(i);
         }
-        full.machine_config.track_dirty_pages = self.track_dirty_pages;
         full
     }
 
@@ -391,8 +380,7 @@ impl ApiConfig {
 ///   `cmdline` (or, when only `append` is set, the default command line) followed by
 ///   `append` less the `root=` tokens that the root drive stands for; absent when neither is
 ///   set (the VMM's default command line).
-/// - `machine-config`: `mem_size_mib` rounded down to whole MiB; `track_dirty_pages` false
-///   (see [`ApiConfig::to_firecracker`]).
+/// - `machine-config`: `mem_size_mib` rounded down to whole MiB.
 /// - `drives`: in order; a disk without an id is `disk<N>`; the first is the root device
 ///   when `append` holds a `root=` token (with `partuuid` when it is `root=PARTUUID=...`).
 /// - `network-interfaces`: ids are the tap names (see [`ApiConfig::to_firecracker`]).
@@ -479,7 +467,7 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
             vcpu_count: config.vcpus,
             mem_size_mib: config.memory.0 / MIB,
             smt: false,
-            track_dirty_pages: false,
+            track_dirty_pages: config.track_dirty_pages,
             huge_pages: if config.hugepages {
                 HugePages::Transparent
             } else {

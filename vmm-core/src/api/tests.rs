@@ -903,7 +903,7 @@ fn apply_boot_and_machine() {
         .unwrap();
     assert_eq!(c.vm.vcpus, 4);
     assert_eq!(c.vm.memory, MemorySize(512 << 20));
-    assert!(c.vm.hugepages && c.track_dirty_pages);
+    assert!(c.vm.hugepages && c.vm.track_dirty_pages);
     assert_eq!(c.machine_config(), machine);
     let update = MachineConfigUpdate {
         vcpu_count: Some(2),
@@ -912,7 +912,7 @@ fn apply_boot_and_machine() {
     };
     c.apply(&ApiRequest::PatchMachineConfig(update)).unwrap();
     assert_eq!((c.vm.vcpus, c.vm.memory), (2, MemorySize(512 << 20)));
-    assert!(c.vm.hugepages && !c.track_dirty_pages);
+    assert!(c.vm.hugepages && !c.vm.track_dirty_pages);
     let bad = MachineConfig {
         vcpu_count: 0,
         ..machine
@@ -1067,7 +1067,7 @@ fn vm_config_in_firecracker_shape() {
     .unwrap();
     let mut api = ApiConfig::new(vm.clone());
     api.iface_ids = vec!["eth0".into()];
-    api.track_dirty_pages = true;
+    api.vm.track_dirty_pages = true;
     let full = api.to_firecracker();
     let v = serde_json::to_value(&full).unwrap();
     assert_eq!(

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use vmm_memory::GuestBitmapSlice;
 use vmm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -726,7 +727,7 @@ impl Muxer {
         Ok(used)
     }
 
-    fn guest_packet(&mut self, reader: &mut Reader<'_>) {
+    fn guest_packet(&mut self, reader: &mut Reader<'_, GuestBitmapSlice<'_>>) {
         let mut raw = [0u8; HEADER_LEN];
         if reader.read_exact(&mut raw).is_err() {
             return; // too short to be a packet: nobody to answer
@@ -841,7 +842,12 @@ impl Muxer {
         self.after_forward(key);
     }
 
-    fn guest_data(&mut self, key: ConnKey, hdr: &PacketHeader, reader: &mut Reader<'_>) {
+    fn guest_data(
+        &mut self,
+        key: ConnKey,
+        hdr: &PacketHeader,
+        reader: &mut Reader<'_, GuestBitmapSlice<'_>>,
+    ) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
@@ -932,7 +938,7 @@ impl Muxer {
         Ok(used)
     }
 
-    fn next_packet(&mut self, writer: &mut Writer<'_>) -> Option<u32> {
+    fn next_packet(&mut self, writer: &mut Writer<'_, GuestBitmapSlice<'_>>) -> Option<u32> {
         if let Some(hdr) = self.control.pop_front() {
             return Some(write_header(writer, &hdr));
         }
@@ -957,7 +963,7 @@ impl Muxer {
     }
 
     /// One packet from connection `key` into `writer`: control first, then host data.
-    fn conn_packet(&mut self, key: ConnKey, writer: &mut Writer<'_>) -> Fill {
+    fn conn_packet(&mut self, key: ConnKey, writer: &mut Writer<'_, GuestBitmapSlice<'_>>) -> Fill {
         let guest_cid = self.guest_cid;
         let Some(c) = self.conns.get_mut(&key) else {
             return Fill::Nothing;
@@ -1024,7 +1030,7 @@ impl Muxer {
     }
 
     /// The host stream reached EOF: SHUTDOWN to the guest, written into `writer` now.
-    fn host_eof(&mut self, key: ConnKey, writer: &mut Writer<'_>) -> Fill {
+    fn host_eof(&mut self, key: ConnKey, writer: &mut Writer<'_, GuestBitmapSlice<'_>>) -> Fill {
         let guest_cid = self.guest_cid;
         let Some(c) = self.conns.get_mut(&key) else {
             return Fill::Nothing;
@@ -1048,7 +1054,7 @@ impl Muxer {
 }
 
 /// Writes a header-only packet; returns its length (0 if the buffer refused it).
-fn write_header(writer: &mut Writer<'_>, hdr: &PacketHeader) -> u32 {
+fn write_header(writer: &mut Writer<'_, GuestBitmapSlice<'_>>, hdr: &PacketHeader) -> u32 {
     if writer.write_all(&hdr.to_bytes()).is_ok() {
         HEADER_LEN as u32
     } else {

@@ -1,0 +1,460 @@
+#!/usr/bin/env python3
+"""Lifecycle costs of this VMM against QEMU microvm: pause, resume, snapshot, restore.
+
+Runs ../shared/guest/tiny-pvh.elf (prints GUEST-INIT-OK and halts; the VM keeps running) under
+both VMMs alternately, N runs each for every guest size (128 MiB and 1 GiB by default), on this
+machine's /dev/kvm (PVM included), and measures per run:
+
+  pause / resume   one round trip of PATCH /vm {"state":"Paused"|"Resumed"} (vmm, over the
+                   API's Unix socket, one keep-alive connection) vs QMP `stop` / `cont` (QEMU);
+                   median of 20 of each per run.
+  snapshot create  after a pause, PUT /snapshot/create (vmm: state file + memory file) vs QMP
+                   `migrate` to "exec:cat > FILE" polled with `query-migrate` until completed
+                   (QEMU, after `stop`); plus the snapshot's size on disk (st_blocks * 512).
+  restore          wall time from starting `vmm restore --snapshot P --mem M --api-sock S` to
+                   GET / answering Running (vmm) vs from starting `qemu-system-x86_64 ...
+                   -incoming "exec:cat FILE"` to `cont` answered and `query-status` running.
+
+The guest touches almost no memory, so snapshot and restore figures are those of a mostly-empty
+guest: our memory file skips zero pages (they stay holes in a sparse file) and QEMU's migration
+stream compresses zero pages too. They measure the VMMs' fixed costs, not copying RAM.
+
+    benches/lifecycle.py [-n 10] [--sizes 128,1024] [--vmm target/release/vmm]
+                         [--qemu qemu-system-x86_64] [--no-qemu]
+
+Prints one table (medians over the runs; the ratio is vmm/QEMU). Everything it starts and
+writes lives in a temporary directory under /tmp and is removed at the end. A failed run prints
+why (with the tail of the failing process's output) and the script exits non-zero.
+"""
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PAUSE_RESUME_ROUNDS = 20
+TIMEOUT = 60.0
+
+
+class BenchError(Exception):
+    pass
+
+
+def guest_dir():
+    return os.environ.get("VMM_GUEST_DIR", os.path.join(ROOT, "..", "shared", "guest"))
+
+
+def now():
+    return time.perf_counter()
+
+
+def disk_bytes(*paths):
+    return sum(os.stat(p).st_blocks * 512 for p in paths)
+
+
+class Procs:
+    """Every process this script starts, each in its own session; all killed on cleanup."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.live = []
+        self.count = 0
+
+    def start(self, name, cmd):
+        self.count += 1
+        log_path = os.path.join(self.tmp, f"{self.count:04d}-{name}.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True)
+        proc.log_path = log_path
+        proc.cmd = cmd
+        self.live.append(proc)
+        return proc
+
+    def kill(self, proc):
+        """SIGKILLs the process and its whole process group, then reaps it."""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        wait_group_gone(proc.pid, 10.0, kill=True)
+        if proc in self.live:
+            self.live.remove(proc)
+
+    def kill_all(self):
+        for proc in list(self.live):
+            self.kill(proc)
+
+
+def wait_group_gone(pgid, timeout, kill=False):
+    """Waits until no process is left in the process group (e.g. QEMU's `cat` children)."""
+    deadline = now() + timeout
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL if kill else 0)
+        except ProcessLookupError:
+            return
+        if now() > deadline:
+            raise BenchError(f"process group {pgid} still alive after {timeout:.0f} s")
+        time.sleep(0.002)
+
+
+def log_tail(proc, lines=15):
+    try:
+        with open(proc.log_path, "rb") as f:
+            text = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    tail = "\n".join("    " + l for l in text[-lines:])
+    return f"\n  command: {' '.join(proc.cmd)}\n  exit: {proc.poll()}\n  output:\n{tail or '    (none)'}"
+
+
+def connect_unix(path, proc, timeout=TIMEOUT):
+    """Connects to a Unix socket the process is about to create."""
+    deadline = now() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            sock.settimeout(timeout)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+        if proc.poll() is not None:
+            raise BenchError(f"process ended before its socket {path} appeared" + log_tail(proc))
+        if now() > deadline:
+            raise BenchError(f"socket {path} never appeared" + log_tail(proc))
+        time.sleep(0.0002)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, proc):
+        super().__init__("localhost", timeout=TIMEOUT)
+        self.unix_path = path
+        self.proc = proc
+
+    def connect(self):
+        self.sock = connect_unix(self.unix_path, self.proc)
+
+
+class VmmApi:
+    def __init__(self, path, proc):
+        self.proc = proc
+        self.conn = UnixHTTPConnection(path, proc)
+
+    def call(self, method, path, body=None):
+        headers = {}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            self.conn.request(method, path, body=data, headers=headers)
+            resp = self.conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace")
+        except (OSError, http.client.HTTPException) as e:
+            raise BenchError(f"{method} {path}: {e!r}" + log_tail(self.proc))
+
+    def expect(self, method, path, body, status):
+        got, text = self.call(method, path, body)
+        if got != status:
+            raise BenchError(f"{method} {path} {body}: HTTP {got} {text}" + log_tail(self.proc))
+        return text
+
+    def state(self):
+        text = self.expect("GET", "/", None, 200)
+        return json.loads(text).get("state")
+
+    def close(self):
+        self.conn.close()
+
+
+class Qmp:
+    def __init__(self, path, proc):
+        self.proc = proc
+        self.sock = connect_unix(path, proc)
+        self.reader = self.sock.makefile("rb")
+        greeting = self._read()
+        if "QMP" not in greeting:
+            raise BenchError(f"no QMP greeting: {greeting}" + log_tail(proc))
+        self.execute("qmp_capabilities")
+
+    def _read(self):
+        try:
+            line = self.reader.readline()
+        except OSError as e:
+            raise BenchError(f"QMP read: {e!r}" + log_tail(self.proc))
+        if not line:
+            raise BenchError("QMP connection closed" + log_tail(self.proc))
+        return json.loads(line)
+
+    def execute(self, command, arguments=None):
+        msg = {"execute": command}
+        if arguments is not None:
+            msg["arguments"] = arguments
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self._read()
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                raise BenchError(f"QMP {command}: {reply['error']}" + log_tail(self.proc))
+            # anything else is an asynchronous event: skip it
+
+    def status(self):
+        return self.execute("query-status")["status"]
+
+    def close(self):
+        for f in (self.reader, self.sock):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+def time_call(fn):
+    start = now()
+    fn()
+    return (now() - start) * 1000
+
+
+def ms_median(samples):
+    return statistics.median(samples)
+
+
+def pause_resume(pause, resume):
+    pauses, resumes = [], []
+    for _ in range(PAUSE_RESUME_ROUNDS):
+        pauses.append(time_call(pause))
+        resumes.append(time_call(resume))
+    return ms_median(pauses), ms_median(resumes)
+
+
+def run_vmm(args, procs, tmp, kernel, mib, tag):
+    """One vmm run: returns {metric: value}."""
+    sock = os.path.join(tmp, f"{tag}.sock")
+    state_file = os.path.join(tmp, f"{tag}.state")
+    mem_file = os.path.join(tmp, f"{tag}.mem")
+    out = {}
+    proc = procs.start("vmm-run", [args.vmm, "run", "--kernel", kernel, "--memory", f"{mib}M",
+                                   "--vcpus", "1", "--serial", "none", "--api-sock", sock])
+    api = VmmApi(sock, proc)
+    try:
+        wait_until(lambda: api.state() == "Running", "vmm run: Running", proc)
+        time.sleep(0.02)  # let the guest reach its halt
+        paused = {"state": "Paused"}
+        resumed = {"state": "Resumed"}
+        out["pause"], out["resume"] = pause_resume(
+            lambda: api.expect("PATCH", "/vm", paused, 204),
+            lambda: api.expect("PATCH", "/vm", resumed, 204))
+        api.expect("PATCH", "/vm", paused, 204)
+        create = {"snapshot_type": "Full", "snapshot_path": state_file, "mem_file_path": mem_file}
+        out["snapshot"] = time_call(lambda: api.expect("PUT", "/snapshot/create", create, 204))
+        out["size"] = disk_bytes(state_file, mem_file)
+    finally:
+        api.close()
+        procs.kill(proc)
+
+    sock2 = os.path.join(tmp, f"{tag}-restored.sock")
+    start = now()
+    proc = procs.start("vmm-restore", [args.vmm, "restore", "--snapshot", state_file,
+                                       "--mem", mem_file, "--api-sock", sock2])
+    api = VmmApi(sock2, proc)
+    try:
+        wait_until(lambda: api.state() == "Running", "vmm restore: Running", proc, fast=True)
+        out["restore"] = (now() - start) * 1000
+    finally:
+        api.close()
+        procs.kill(proc)
+    for path in (state_file, mem_file, sock, sock2):
+        remove(path)
+    return out
+
+
+def qemu_command(args, kernel, mib, qmp_sock, incoming=None):
+    # PVM rejects the IA32_ARCH_CAPABILITIES value QEMU sets for -cpu host (see startup.py).
+    cmd = [args.qemu, "-M", "microvm,x-option-roms=off,isa-serial=off,rtc=off",
+           "-accel", "kvm", "-cpu", "host,arch-capabilities=off", "-m", str(mib), "-smp", "1",
+           "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+           "-kernel", kernel, "-qmp", f"unix:{qmp_sock},server=on,wait=off"]
+    if incoming:
+        cmd += ["-incoming", incoming]
+    return cmd
+
+
+def run_qemu(args, procs, tmp, kernel, mib, tag):
+    sock = os.path.join(tmp, f"{tag}.qmp")
+    image = os.path.join(tmp, f"{tag}.migration")
+    out = {}
+    proc = procs.start("qemu-run", qemu_command(args, kernel, mib, sock))
+    qmp = Qmp(sock, proc)
+    try:
+        wait_until(lambda: qmp.status() == "running", "qemu: running", proc)
+        time.sleep(0.02)
+        out["pause"], out["resume"] = pause_resume(lambda: qmp.execute("stop"),
+                                                   lambda: qmp.execute("cont"))
+        qmp.execute("stop")
+        start = now()
+        qmp.execute("migrate", {"uri": f"exec:cat > {image}"})
+        while True:
+            info = qmp.execute("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled"):
+                raise BenchError(f"QEMU migration {status}: {info}" + log_tail(proc))
+            if now() - start > TIMEOUT:
+                raise BenchError(f"QEMU migration not done after {TIMEOUT:.0f} s: {info}")
+            time.sleep(0.0002)
+        out["snapshot"] = (now() - start) * 1000
+        # Quit cleanly and let the `cat` child finish writing the file before measuring it.
+        qmp.execute("quit")
+        proc.wait(timeout=TIMEOUT)
+        wait_group_gone(proc.pid, TIMEOUT)
+        procs.live.remove(proc)
+        out["size"] = disk_bytes(image)
+        if out["size"] == 0:
+            raise BenchError(f"QEMU migration wrote an empty {image}" + log_tail(proc))
+    finally:
+        qmp.close()
+        if proc in procs.live:
+            procs.kill(proc)
+
+    sock2 = os.path.join(tmp, f"{tag}-restored.qmp")
+    start = now()
+    proc = procs.start("qemu-restore",
+                       qemu_command(args, kernel, mib, sock2, incoming=f"exec:cat {image}"))
+    qmp = None
+    try:
+        qmp = Qmp(sock2, proc)
+        cont_sent = False
+        while True:
+            status = qmp.status()
+            if status == "running":
+                break
+            if status in ("inmigrate", "prelaunch"):
+                pass  # still loading the stream
+            elif status in ("paused", "postmigrate") and not cont_sent:
+                qmp.execute("cont")
+                cont_sent = True
+            elif status not in ("paused", "postmigrate"):
+                raise BenchError(f"QEMU restore ended in state {status}" + log_tail(proc))
+            if now() - start > TIMEOUT:
+                raise BenchError(f"QEMU restore: not running after {TIMEOUT:.0f} s ({status})")
+            time.sleep(0.0002)
+        out["restore"] = (now() - start) * 1000
+    finally:
+        if qmp:
+            qmp.close()
+        procs.kill(proc)
+    for path in (image, sock, sock2):
+        remove(path)
+    return out
+
+
+def wait_until(check, what, proc, fast=False):
+    deadline = now() + TIMEOUT
+    while not check():
+        if proc.poll() is not None:
+            raise BenchError(f"{what}: process ended" + log_tail(proc))
+        if now() > deadline:
+            raise BenchError(f"{what}: timed out" + log_tail(proc))
+        time.sleep(0.0002 if fast else 0.005)
+
+
+def remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def fmt_size(b):
+    return f"{b / 1024:.0f} KiB" if b < (10 << 20) else f"{b / (1 << 20):.1f} MiB"
+
+
+def on_term(signum, frame):
+    raise SystemExit(f"lifecycle.py: killed by signal {signum}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=10, help="runs per VMM and size")
+    parser.add_argument("--sizes", default="128,1024", help="guest sizes in MiB, comma-separated")
+    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "release", "vmm"))
+    parser.add_argument("--qemu", default="qemu-system-x86_64")
+    parser.add_argument("--no-qemu", action="store_true", help="measure this VMM only")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    kernel = os.path.join(guest_dir(), "tiny-pvh.elf")
+    if not os.path.exists(kernel):
+        sys.exit(f"lifecycle.py: {kernel} not found (set VMM_GUEST_DIR)")
+    if not os.path.exists(args.vmm):
+        sys.exit(f"lifecycle.py: {args.vmm} not found (cargo build --release -p vmm-cli)")
+    if not args.no_qemu and not shutil.which(args.qemu):
+        sys.exit(f"lifecycle.py: {args.qemu} not found (or pass --no-qemu)")
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    peers = [("vmm", run_vmm)]
+    if not args.no_qemu:
+        peers.append(("qemu", run_qemu))
+    metrics = ["pause", "resume", "snapshot", "size", "restore"]
+    results = {(name, mib): {m: [] for m in metrics} for name, _ in peers for mib in sizes}
+
+    tmp = tempfile.mkdtemp(prefix="vmm-lifecycle-", dir="/tmp")
+    procs = Procs(tmp)
+    try:
+        for name, run in peers:  # warm the page cache and both binaries; not counted
+            run(args, procs, tmp, kernel, sizes[0], f"warm-{name}")
+        for i in range(args.n):
+            for mib in sizes:
+                for name, run in peers:
+                    got = run(args, procs, tmp, kernel, mib, f"{name}-{mib}-{i}")
+                    for m in metrics:
+                        results[(name, mib)][m].append(got[m])
+    except BenchError as e:
+        print(f"lifecycle.py: run failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lifecycle.py: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        procs.kill_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    host = "PVM /dev/kvm" if os.path.exists("/sys/module/kvm_pvm") else "/dev/kvm"
+    print(f"tiny-pvh.elf, 1 vCPU, {args.n} runs per VMM and size, alternating, {host}, "
+          f"{os.cpu_count()} CPUs; medians over runs (pause/resume: median of "
+          f"{PAUSE_RESUME_ROUNDS} per run)")
+    print("NOTE: snapshot and restore figures are for a mostly-empty guest: vmm's memory file "
+          "skips zero pages (sparse holes), QEMU's migration compresses zero pages.")
+    labels = {"pause": "pause ms", "resume": "resume ms", "snapshot": "snapshot create ms",
+              "size": "snapshot on disk", "restore": "restore to running ms"}
+    qemu_name = "qemu" if not args.no_qemu else None
+    print(f"{'metric':22} {'size':>8} {'vmm':>12} {'qemu':>12} {'vmm/qemu':>9}")
+    for m in metrics:
+        for mib in sizes:
+            ours = ms_median(results[("vmm", mib)][m])
+            peer = ms_median(results[(qemu_name, mib)][m]) if qemu_name else None
+            if m == "size":
+                a, b = fmt_size(ours), fmt_size(peer) if peer is not None else "-"
+            else:
+                a, b = f"{ours:.3f}", f"{peer:.3f}" if peer is not None else "-"
+            ratio = f"{ours / peer:.3f}" if peer else "-"
+            print(f"{labels[m]:22} {str(mib) + ' MiB':>8} {a:>12} {b:>12} {ratio:>9}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
