@@ -38,6 +38,9 @@ enum Command {
     /// Create or load snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Schedule many VM jobs on one host (FCFS, SJF, SRTF, round robin).
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 #[derive(Args, Debug)]
@@ -248,6 +251,7 @@ impl RunArgs {
 
 /// One line: the error and every cause, joined by ": ".
 mod client;
+mod fleet;
 
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut line = error.to_string();
@@ -311,6 +315,7 @@ fn main() -> ExitCode {
             mem,
             resume,
         }) => return client::snapshot_load(&client.api_sock, &snapshot, &mem, resume),
+        Command::Fleet(command) => return fleet::main(command),
     };
     match result {
         Ok(reason) => {

@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+#[path = "e2e/fleet.rs"]
+mod fleet;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/virtio.rs"]

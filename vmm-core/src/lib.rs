@@ -12,6 +12,7 @@ pub mod device_config;
 mod error;
 mod event_loop;
 mod exits;
+pub mod fleet;
 pub mod snapshot;
 mod terminal;
 mod vcpu_threads;

@@ -1,0 +1,259 @@
+//! `vmm fleet ...`: schedule many VM jobs on one host. `simulate` runs a policy on a
+//! discrete-event clock without VMs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use vmm_core::fleet::{self, Capacity, FleetError, JobsFile};
+use vmm_core::MemorySize;
+
+/// The fleet subcommands.
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// Simulate a jobs file under a policy, without VMs (each job runs its burst_ms).
+    Simulate(SimulateArgs),
+    /// Run a jobs file as real VMs, one `vmm` process per job, under a policy. Prints one line
+    /// per event, then the per-job table. Exit code 0 when every job's guest powered off, 2
+    /// when some job failed (the others still ran).
+    Run(RunArgs),
+}
+
+/// `vmm fleet run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The jobs file: {"jobs": [{"name", "arrival_ms", "estimate_ms", "vm": {VmConfig}}]}.
+    #[arg(value_name = "JOBS.json")]
+    pub jobs: PathBuf,
+    /// The policy: fcfs, sjf, srtf or rr.
+    #[arg(long, value_name = "NAME")]
+    pub policy: String,
+    /// The round-robin time slice: 500ms, 2s, or plain milliseconds.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub quantum: Option<u64>,
+    /// Host CPUs the jobs' vCPUs share.
+    #[arg(long, value_name = "N")]
+    pub host_cpus: u64,
+    /// Host memory for guests (e.g. 2G); paused jobs are hibernated to disk when the jobs
+    /// to run need it. Unlimited when absent.
+    #[arg(long, value_name = "SIZE")]
+    pub host_memory: Option<MemorySize>,
+    /// Switch the host's KSM on for the run (restored after), mark guest memory mergeable,
+    /// and report the memory KSM saved.
+    #[arg(long)]
+    pub ksm: bool,
+    /// Where configs, serial logs (ID-NAME.log), API sockets and snapshots go; kept after
+    /// the run. Default: a new directory under the system's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Kill and fail a job that has run longer than this (600s, 2.5s or milliseconds); no
+    /// limit when absent.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_run: Option<u64>,
+    /// Print the schedule as JSON instead of a table (the event log then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Draw the schedule as an SVG Gantt chart into this file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub gantt: Option<PathBuf>,
+}
+
+/// `vmm fleet simulate`.
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// The jobs file: {"jobs": [{"name", "arrival_ms", "estimate_ms", "burst_ms", "vm"}]}.
+    #[arg(value_name = "JOBS.json")]
+    pub jobs: PathBuf,
+    /// The policy: fcfs, sjf, srtf or rr.
+    #[arg(long, value_name = "NAME")]
+    pub policy: String,
+    /// The round-robin time slice: 500ms, 2s, or plain milliseconds.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub quantum: Option<u64>,
+    /// Host CPUs the jobs' vCPUs share.
+    #[arg(long, value_name = "N")]
+    pub host_cpus: u64,
+    /// Host memory for guests (e.g. 2G); unlimited when absent.
+    #[arg(long, value_name = "SIZE")]
+    pub host_memory: Option<MemorySize>,
+    /// Print the schedule as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw the schedule as an SVG Gantt chart into this file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub gantt: Option<PathBuf>,
+}
+
+fn parse_duration(text: &str) -> Result<u64, String> {
+    fleet::parse_duration_ms(text).map_err(|e| e.to_string())
+}
+
+/// Runs a fleet subcommand.
+pub fn main(command: FleetCommand) -> ExitCode {
+    let result = match command {
+        FleetCommand::Simulate(args) => simulate(&args).map(|()| ExitCode::SUCCESS),
+        FleetCommand::Run(args) => run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("vmm: error: {}", super::error_chain(error.as_ref()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn simulate(args: &SimulateArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let capacity = Capacity {
+        cpus: args.host_cpus,
+        memory_bytes: args.host_memory.map_or(u64::MAX, |m| m.0),
+    };
+    let mut policy = fleet::policy_by_name(&args.policy, args.quantum)?;
+    let started = Instant::now();
+    let jobs = JobsFile::from_file(&args.jobs)?
+        .validate(capacity, false)
+        .map_err(|e| FleetError::InFile {
+            path: args.jobs.clone(),
+            source: Box::new(e),
+        })?;
+    let loaded = started.elapsed();
+    let started = Instant::now();
+    let schedule = fleet::simulate(&jobs, policy.as_mut(), capacity);
+    let simulated = started.elapsed();
+    eprintln!(
+        "vmm: simulated {} jobs under {}: {} decisions in {:.1} ms ({:.1} ms to load the file)",
+        jobs.len(),
+        schedule.policy,
+        schedule.decisions,
+        simulated.as_secs_f64() * 1e3,
+        loaded.as_secs_f64() * 1e3
+    );
+    if let Some(path) = &args.gantt {
+        std::fs::write(path, fleet::gantt_svg(&schedule))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let text = if args.json {
+        schedule.to_json() + "\n"
+    } else {
+        schedule.table()
+    };
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth a message.
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use std::io::Write as _;
+    use vmm_core::fleet::runner::{run_fleet, Outcome, RunOptions};
+
+    let capacity = Capacity {
+        cpus: args.host_cpus,
+        memory_bytes: args.host_memory.map_or(u64::MAX, |m| m.0),
+    };
+    let mut policy = fleet::policy_by_name(&args.policy, args.quantum)?;
+    let jobs = JobsFile::from_file(&args.jobs)?
+        .validate(capacity, true)
+        .map_err(|e| FleetError::InFile {
+            path: args.jobs.clone(),
+            source: Box::new(e),
+        })?;
+    let vmm_binary =
+        std::env::current_exe().map_err(|e| format!("cannot find the vmm binary: {e}"))?;
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("vmm-fleet-{}", std::process::id())));
+    let json = args.json;
+    let log: Box<dyn FnMut(&str) + Send> = Box::new(move |line: &str| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        }
+    });
+    let report = run_fleet(
+        jobs,
+        policy.as_mut(),
+        capacity,
+        RunOptions {
+            vmm_binary,
+            work_dir: work_dir.clone(),
+            ksm: args.ksm,
+            max_run_ms: args.max_run,
+            log,
+        },
+    )?;
+    let schedule = report.to_schedule();
+    if let Some(path) = &args.gantt {
+        std::fs::write(path, fleet::gantt_svg(&schedule))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let kinds = ["start", "pause", "resume", "hibernate", "restore"];
+    let text = if json {
+        let mut value = serde_json::to_value(&schedule)?;
+        if let Some(object) = value.as_object_mut() {
+            let latency: serde_json::Map<String, serde_json::Value> = kinds
+                .iter()
+                .filter_map(|k| Some((k.to_string(), report.mean_latency_us(k)?.into())))
+                .collect();
+            object.insert("mean_latency_us".into(), latency.into());
+            object.insert(
+                "transitions".into(),
+                serde_json::to_value(&report.transitions)?,
+            );
+            object.insert(
+                "ksm_pages_sharing_max".into(),
+                serde_json::to_value(report.ksm_pages_sharing_max)?,
+            );
+            object.insert(
+                "ksm_saved_bytes".into(),
+                serde_json::to_value(report.ksm_saved_bytes)?,
+            );
+            object.insert("work_dir".into(), serde_json::to_value(&work_dir)?);
+        }
+        serde_json::to_string_pretty(&value)? + "\n"
+    } else {
+        let mut text = schedule.table();
+        for kind in kinds {
+            if let Some(us) = report.mean_latency_us(kind) {
+                let count = report.transitions.iter().filter(|t| t.kind == kind).count();
+                text.push_str(&format!(
+                    "{kind}: {count} x, mean {:.1} ms from decision to done\n",
+                    us as f64 / 1e3
+                ));
+            }
+        }
+        if let Some(bytes) = report.ksm_saved_bytes {
+            text.push_str(&format!(
+                "ksm: up to {} pages shared ({:.1} MiB saved) while guests ran together\n",
+                report.ksm_pages_sharing_max.unwrap_or(0),
+                bytes as f64 / f64::from(1u32 << 20)
+            ));
+        }
+        for job in &report.jobs {
+            if let Outcome::Failed(why) = &job.outcome {
+                text.push_str(&format!("FAILED {}: {why}\n", job.name));
+            }
+        }
+        text.push_str(&format!(
+            "serial logs and snapshots in {}\n",
+            work_dir.display()
+        ));
+        text
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    let failed = report
+        .jobs
+        .iter()
+        .any(|j| matches!(j.outcome, Outcome::Failed(_)));
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,1059 @@
+//! The real fleet runner: one `vmm` process per job, driven through its control API socket.
+//!
+//! A loop with a clock from the start of the run calls the policy at each decision point (a
+//! job's arrival, a VM's exit, a quantum's expiry) and carries out what it decided: start a
+//! job (`vmm run --config FILE --api-sock SOCK`), pause a running one (`PATCH /vm Paused`),
+//! resume a paused one, and, when memory is short for the jobs selected to run, hibernate
+//! paused ones: `PUT /snapshot/create` (Full) into the work directory, SIGTERM, and later
+//! `vmm restore --snapshot S --mem M --api-sock SOCK2`. A job ends when its VMM process exits:
+//! exit code 0 (the guest powered off) is Done, anything else Failed; the others go on.
+
+use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::report::{Interval, JobOutcome, Schedule};
+use super::{Capacity, FleetError, Job, JobState, JobView, Policy};
+
+/// Errors that stop a real run as a whole (a single job's failure does not: it is reported as
+/// that job's [`Outcome::Failed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A jobs-file, policy or option error.
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    /// The work directory cannot be created.
+    #[error("cannot create the work directory {path}")]
+    WorkDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host's KSM cannot be switched on.
+    #[error("cannot switch KSM on through {KSM_RUN} (needs root and a kernel with CONFIG_KSM)")]
+    Ksm(#[source] std::io::Error),
+    /// Jobs whose ids are not their indices (validate the jobs file first).
+    #[error("job {name:?} has id {id} at index {index}: ids must be the jobs' indices")]
+    JobIds {
+        /// The job.
+        name: String,
+        /// Its id.
+        id: usize,
+        /// Its index.
+        index: usize,
+    },
+}
+use crate::{ApiClient, SerialMode};
+
+/// How often the loop looks at its VMs when nothing else happens.
+const POLL: Duration = Duration::from_millis(50);
+/// How long a new or restored VMM may take to answer on its API socket.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Each API request's limit.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a VMM has to exit after SIGTERM before it gets SIGKILL.
+const TERM_TIMEOUT: Duration = Duration::from_secs(10);
+/// The host's KSM switch and its counter of guest pages mapped to a shared page.
+const KSM_RUN: &str = "/sys/kernel/mm/ksm/run";
+const KSM_PAGES_SHARING: &str = "/sys/kernel/mm/ksm/pages_sharing";
+
+/// What [`run_fleet`] needs besides the jobs and the policy.
+pub struct RunOptions {
+    /// The `vmm` binary to start per job (the CLI passes its own executable).
+    pub vmm_binary: PathBuf,
+    /// Where config files, serial logs, VMM stderr, API sockets and snapshots go (created).
+    pub work_dir: PathBuf,
+    /// Turn the host's KSM on for the run (restored after) and mark guest memory mergeable.
+    pub ksm: bool,
+    /// A job that has run (wall time, excluding pauses and hibernation) longer than this is
+    /// killed and reported Failed; `None`: no limit.
+    pub max_run_ms: Option<u64>,
+    /// Receives one line per event (start, pause, resume, hibernate, restore, exit).
+    pub log: Box<dyn FnMut(&str) + Send>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("vmm_binary", &self.vmm_binary)
+            .field("work_dir", &self.work_dir)
+            .field("ksm", &self.ksm)
+            .field("max_run_ms", &self.max_run_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Its guest powered off (VMM exit code 0).
+    Done,
+    /// Its VMM failed, or it could not be started, paused, snapshotted or restored.
+    Failed(String),
+}
+
+/// One job's record in a real run. Times are milliseconds from the start of the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobRecord {
+    /// The job's id (its index in the jobs file).
+    pub id: usize,
+    /// Its name.
+    pub name: String,
+    /// When it arrived.
+    pub arrival_ms: u64,
+    /// When its VMM was first started.
+    pub start_ms: Option<u64>,
+    /// When its VMM exited for good.
+    pub finish_ms: Option<u64>,
+    /// Time between arrival and finish not spent running.
+    pub waiting_ms: u64,
+    /// Finish minus arrival.
+    pub turnaround_ms: u64,
+    /// Time spent running.
+    pub run_ms: u64,
+    /// How many times it was stopped before it ended (paused; a paused job later hibernated
+    /// counts once).
+    pub preemptions: u64,
+    /// How many of those stops were later saved to disk to free memory (snapshot, process
+    /// ended, restored later).
+    pub hibernations: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The intervals (start, end) it ran, in order.
+    pub intervals: Vec<(u64, u64)>,
+    /// Its serial console log.
+    pub serial_log: PathBuf,
+}
+
+/// A decision carried out: which job, what, and how long from the decision to the effect.
+#[derive(Clone, Debug, Serialize)]
+pub struct Transition {
+    /// When the policy decided (ms from the start).
+    pub decided_ms: u64,
+    /// The job.
+    pub job: usize,
+    /// `start`, `pause`, `resume`, `hibernate` or `restore`.
+    pub kind: &'static str,
+    /// Microseconds from the decision to the VM actually started, paused, resumed, saved
+    /// (process ended) or restored (answering on its socket).
+    pub latency_us: u64,
+}
+
+/// What a real run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct FleetReport {
+    /// The policy's name.
+    pub policy: String,
+    /// Its quantum, if any.
+    pub quantum_ms: Option<u64>,
+    /// The host.
+    pub capacity: Capacity,
+    /// Policy decisions made.
+    pub decisions: u64,
+    /// One record per job, in id order.
+    pub jobs: Vec<JobRecord>,
+    /// Every transition in order, with its decision-to-effect latency.
+    pub transitions: Vec<Transition>,
+    /// When the last job ended (ms from the start).
+    pub makespan_ms: u64,
+    /// With `--ksm`: the most pages KSM shared while two or more guests ran.
+    pub ksm_pages_sharing_max: Option<u64>,
+    /// The same in bytes (pages times the host page size).
+    pub ksm_saved_bytes: Option<u64>,
+}
+
+impl FleetReport {
+    /// The same run as a [`Schedule`], for the table, JSON and Gantt chart the simulator uses.
+    /// Each interval gets the first chart lane free at its start.
+    pub fn to_schedule(&self) -> Schedule {
+        let jobs = self
+            .jobs
+            .iter()
+            .map(|j| {
+                let mut outcome = JobOutcome {
+                    id: j.id,
+                    name: j.name.clone(),
+                    arrival_ms: j.arrival_ms,
+                    burst_ms: j.run_ms,
+                    start_ms: j.start_ms,
+                    finish_ms: match j.outcome {
+                        Outcome::Done => j.finish_ms,
+                        Outcome::Failed(_) => None,
+                    },
+                    waiting_ms: None,
+                    turnaround_ms: None,
+                    response_ms: None,
+                    preemptions: j.preemptions,
+                    hibernations: j.hibernations,
+                    failed: matches!(j.outcome, Outcome::Failed(_)),
+                };
+                outcome.derive_times();
+                outcome
+            })
+            .collect();
+        let mut all: Vec<(u64, u64, usize)> = self
+            .jobs
+            .iter()
+            .flat_map(|j| j.intervals.iter().map(move |&(s, e)| (s, e, j.id)))
+            .collect();
+        all.sort_unstable();
+        let mut lanes_free_at: Vec<u64> = Vec::new();
+        let mut intervals = Vec::with_capacity(all.len());
+        for (start_ms, end_ms, job) in all {
+            let slot = match lanes_free_at.iter().position(|&free| free <= start_ms) {
+                Some(slot) => slot,
+                None => {
+                    lanes_free_at.push(0);
+                    lanes_free_at.len() - 1
+                }
+            };
+            lanes_free_at[slot] = end_ms;
+            intervals.push(Interval {
+                job,
+                start_ms,
+                end_ms,
+                slot,
+            });
+        }
+        Schedule::new(
+            &self.policy,
+            self.quantum_ms,
+            self.capacity,
+            jobs,
+            intervals,
+            self.decisions,
+        )
+    }
+
+    /// The mean decision-to-effect latency of transitions of `kind`, in microseconds.
+    pub fn mean_latency_us(&self, kind: &str) -> Option<u64> {
+        let all: Vec<u64> = self
+            .transitions
+            .iter()
+            .filter(|t| t.kind == kind)
+            .map(|t| t.latency_us)
+            .collect();
+        (!all.is_empty()).then(|| all.iter().sum::<u64>() / all.len() as u64)
+    }
+}
+
+/// A running `vmm` process of a job.
+struct Proc {
+    child: Child,
+    api: ApiClient,
+}
+
+/// Everything the loop knows about one job.
+struct Slot {
+    job: Job,
+    state: JobState,
+    arrived: bool,
+    proc: Option<Proc>,
+    generation: u32,
+    running_since: Option<u64>,
+    slice_start: Option<u64>,
+    run_ms: u64,
+    last_run_ms: Option<u64>,
+    start_ms: Option<u64>,
+    finish_ms: Option<u64>,
+    preemptions: u64,
+    hibernations: u64,
+    snapshot: Option<(PathBuf, PathBuf)>,
+    intervals: Vec<(u64, u64)>,
+    failure: Option<String>,
+    serial_log: PathBuf,
+}
+
+impl Slot {
+    fn active(&self) -> bool {
+        self.arrived && !matches!(self.state, JobState::Done | JobState::Failed)
+    }
+
+    fn run_time(&self, now: u64) -> u64 {
+        self.run_ms
+            + self
+                .running_since
+                .map_or(0, |since| now.saturating_sub(since))
+    }
+
+    /// The job starts (or resumes) running at `now`.
+    fn start_running(&mut self, now: u64) {
+        self.state = JobState::Running;
+        self.running_since = Some(now);
+        self.slice_start = Some(now);
+        self.last_run_ms = Some(now);
+    }
+
+    fn view(&self, now: u64) -> JobView {
+        JobView {
+            id: self.job.id,
+            arrival_ms: self.job.arrival_ms,
+            estimate_ms: self.job.estimate_ms,
+            remaining_estimate_ms: self.job.estimate_ms.saturating_sub(self.run_time(now)),
+            priority: self.job.priority,
+            vcpus: self.job.vcpus,
+            memory_bytes: self.job.memory_bytes,
+            state: self.state,
+            last_run_ms: self.last_run_ms,
+        }
+    }
+
+    /// The job stops running at `now` (paused, exited).
+    fn stop_running(&mut self, now: u64) {
+        if let Some(since) = self.running_since.take() {
+            self.run_ms += now.saturating_sub(since);
+            self.intervals.push((since, now));
+        }
+        self.slice_start = None;
+    }
+
+    /// Holds host memory: a VMM process exists.
+    fn resident(&self) -> bool {
+        self.proc.is_some()
+    }
+}
+
+/// Restores the host's KSM switch when dropped.
+struct KsmGuard {
+    previous: Option<String>,
+}
+
+impl KsmGuard {
+    fn enable() -> Result<KsmGuard, RunError> {
+        let previous = std::fs::read_to_string(KSM_RUN).map_err(RunError::Ksm)?;
+        std::fs::write(KSM_RUN, "1").map_err(RunError::Ksm)?;
+        Ok(KsmGuard {
+            previous: Some(previous.trim().to_string()),
+        })
+    }
+}
+
+impl Drop for KsmGuard {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            let _ = std::fs::write(KSM_RUN, previous);
+        }
+    }
+}
+
+fn ksm_pages_sharing() -> Option<u64> {
+    std::fs::read_to_string(KSM_PAGES_SHARING)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Sends `signal` to the process `pid`.
+fn signal(pid: u32, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; `pid` is a child we
+    // spawned and have not reaped yet, so the pid cannot have been reused.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// Ends a child: SIGTERM, then SIGKILL after `TERM_TIMEOUT`; returns its exit status.
+fn terminate(child: &mut Child) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    signal(child.id(), libc::SIGTERM);
+    let deadline = Instant::now() + TERM_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// A file name made of the job's name (letters, digits, `-`, `_`, `.` kept).
+fn file_stem(job: &Job) -> String {
+    let clean: String = job
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{}-{clean}", job.id)
+}
+
+fn describe_exit(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown exit".to_string(),
+    }
+}
+
+/// The last non-empty line of a VMM's stderr file, to say why it failed.
+fn last_error_line(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+}
+
+struct Runner<'a> {
+    slots: Vec<Slot>,
+    policy: &'a mut dyn Policy,
+    capacity: Capacity,
+    options: RunOptions,
+    start: Instant,
+    transitions: Vec<Transition>,
+    ksm_max: Option<u64>,
+    decisions: u64,
+    /// Set when a job ends or fails.
+    ended: bool,
+}
+
+impl Runner<'_> {
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn log(&mut self, message: &str) {
+        let now = self.start.elapsed();
+        let line = format!(
+            "[{:>4}.{:03}s] {message}",
+            now.as_secs(),
+            now.subsec_millis()
+        );
+        (self.options.log)(&line);
+    }
+
+    fn path(&self, slot: usize, suffix: &str) -> PathBuf {
+        let stem = file_stem(&self.slots[slot].job);
+        self.options.work_dir.join(format!("{stem}{suffix}"))
+    }
+
+    /// The stderr file of the job's current VMM process.
+    fn stderr_path(&self, slot: usize) -> PathBuf {
+        let generation = self.slots[slot].generation;
+        self.path(slot, &format!("-{generation}.stderr"))
+    }
+
+    fn record(&mut self, decided: Instant, decided_ms: u64, job: usize, kind: &'static str) {
+        let latency_us = u64::try_from(decided.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.transitions.push(Transition {
+            decided_ms,
+            job,
+            kind,
+            latency_us,
+        });
+    }
+
+    /// Marks the job failed, ending its process if it has one.
+    fn fail(&mut self, slot: usize, why: String) {
+        let now = self.now();
+        let s = &mut self.slots[slot];
+        if let Some(mut proc) = s.proc.take() {
+            terminate(&mut proc.child);
+        }
+        s.stop_running(now);
+        s.state = JobState::Failed;
+        s.finish_ms = Some(now);
+        s.failure = Some(why.clone());
+        self.ended = true;
+        let name = s.job.name.clone();
+        self.log(&format!("FAILED {name}: {why}"));
+    }
+
+    /// Spawns a `vmm` with `args` and waits until it answers on `sock`. Errors say why the
+    /// job cannot go on (the process is gone then).
+    fn spawn_vmm(
+        &mut self,
+        slot: usize,
+        args: &[&std::ffi::OsStr],
+        sock: &Path,
+    ) -> Result<Proc, String> {
+        let stderr_path = self.path(slot, ".stderr");
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .map_err(|e| format!("cannot open {}: {e}", stderr_path.display()))?;
+        let _ = std::fs::remove_file(sock);
+        let mut child = Command::new(&self.options.vmm_binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.options.vmm_binary.display()))?;
+        let api = ApiClient::new(sock, REQUEST_TIMEOUT);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                if status.success() {
+                    // A guest that powered off before the socket was polled: the loop
+                    // reaps it as done.
+                    return Ok(Proc { child, api });
+                }
+                let why = last_error_line(&stderr_path).unwrap_or_default();
+                return Err(format!(
+                    "the VMM ended at start ({}): {why}",
+                    describe_exit(&status)
+                ));
+            }
+            if sock.exists() && api.request("GET", "/", None).is_ok() {
+                return Ok(Proc { child, api });
+            }
+            if Instant::now() > deadline {
+                terminate(&mut child);
+                return Err(format!(
+                    "the VMM did not answer on {} within {} s",
+                    sock.display(),
+                    STARTUP_TIMEOUT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn start_job(&mut self, slot: usize, decided: Instant, decided_ms: u64) {
+        let config_path = self.path(slot, ".json");
+        let serial_log = self.slots[slot].serial_log.clone();
+        let mut config = self.slots[slot].job.vm.clone();
+        config.serial = SerialMode::File(serial_log);
+        config.ksm |= self.options.ksm;
+        let written = serde_json::to_string_pretty(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|text| std::fs::write(&config_path, text).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            return self.fail(slot, format!("cannot write {}: {e}", config_path.display()));
+        }
+        let generation = self.slots[slot].generation;
+        let sock = self.path(slot, &format!("-{generation}.sock"));
+        let args = [
+            "run".as_ref(),
+            "--config".as_ref(),
+            config_path.as_os_str(),
+            "--api-sock".as_ref(),
+            sock.as_os_str(),
+        ];
+        match self.spawn_vmm(slot, &args, &sock) {
+            Ok(proc) => {
+                let now = self.now();
+                let pid = proc.child.id();
+                let s = &mut self.slots[slot];
+                s.proc = Some(proc);
+                s.start_running(now);
+                s.start_ms.get_or_insert(now);
+                let name = s.job.name.clone();
+                self.record(decided, decided_ms, slot, "start");
+                self.log(&format!("start {name} (pid {pid})"));
+            }
+            Err(why) => self.fail(slot, why),
+        }
+    }
+
+    fn patch_state(&mut self, slot: usize, state: &str) -> Result<(), String> {
+        let body = format!("{{\"state\": \"{state}\"}}");
+        let Some(proc) = self.slots[slot].proc.as_ref() else {
+            return Err("no VMM process".to_string());
+        };
+        proc.api
+            .request("PATCH", "/vm", Some(&body))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// After a failed request: if the VMM exited meanwhile, handle its exit; else fail the job.
+    fn request_failed(&mut self, slot: usize, what: &str, why: String) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            let exited = self.slots[slot]
+                .proc
+                .as_mut()
+                .and_then(|p| p.child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return self.exited(slot, status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.fail(slot, format!("cannot {what}: {why}"));
+    }
+
+    fn pause_job(&mut self, slot: usize, decided: Instant, decided_ms: u64) {
+        match self.patch_state(slot, "Paused") {
+            Ok(()) => {
+                let now = self.now();
+                let s = &mut self.slots[slot];
+                s.stop_running(now);
+                s.state = JobState::Paused;
+                s.preemptions += 1;
+                let name = s.job.name.clone();
+                self.record(decided, decided_ms, slot, "pause");
+                self.log(&format!("pause {name}"));
+            }
+            Err(why) => self.request_failed(slot, "pause", why),
+        }
+    }
+
+    fn resume_job(&mut self, slot: usize, decided: Instant, decided_ms: u64) {
+        match self.patch_state(slot, "Resumed") {
+            Ok(()) => {
+                let now = self.now();
+                let s = &mut self.slots[slot];
+                s.start_running(now);
+                let name = s.job.name.clone();
+                self.record(decided, decided_ms, slot, "resume");
+                self.log(&format!("resume {name}"));
+            }
+            Err(why) => self.request_failed(slot, "resume", why),
+        }
+    }
+
+    /// Snapshots a paused job to the work directory and ends its process.
+    fn hibernate_job(&mut self, slot: usize, decided: Instant, decided_ms: u64) {
+        let generation = self.slots[slot].generation;
+        let state_path = self.path(slot, &format!("-{generation}.state"));
+        let mem_path = self.path(slot, &format!("-{generation}.mem"));
+        let body = serde_json::json!({
+            "snapshot_type": "Full",
+            "snapshot_path": state_path,
+            "mem_file_path": mem_path,
+        })
+        .to_string();
+        let result = match self.slots[slot].proc.as_ref() {
+            Some(proc) => proc
+                .api
+                .request("PUT", "/snapshot/create", Some(&body))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => Err("no VMM process".to_string()),
+        };
+        if let Err(why) = result {
+            return self.request_failed(slot, "snapshot", why);
+        }
+        if let Some(mut proc) = self.slots[slot].proc.take() {
+            terminate(&mut proc.child);
+        }
+        let s = &mut self.slots[slot];
+        // The previous snapshot (if any) is no longer needed: the new one replaces it.
+        if let Some((old_state, old_mem)) = s.snapshot.replace((state_path, mem_path)) {
+            let _ = std::fs::remove_file(old_state);
+            let _ = std::fs::remove_file(old_mem);
+        }
+        s.state = JobState::Hibernated;
+        // The job was already counted preempted when it was paused.
+        s.hibernations += 1;
+        s.generation += 1;
+        let name = s.job.name.clone();
+        self.record(decided, decided_ms, slot, "hibernate");
+        self.log(&format!("hibernate {name} (snapshot saved, VMM ended)"));
+    }
+
+    fn restore_job(&mut self, slot: usize, decided: Instant, decided_ms: u64) {
+        let Some((state_path, mem_path)) = self.slots[slot].snapshot.clone() else {
+            return self.fail(slot, "hibernated without a snapshot".to_string());
+        };
+        let generation = self.slots[slot].generation;
+        let sock = self.path(slot, &format!("-{generation}.sock"));
+        let args = [
+            "restore".as_ref(),
+            "--snapshot".as_ref(),
+            state_path.as_os_str(),
+            "--mem".as_ref(),
+            mem_path.as_os_str(),
+            "--api-sock".as_ref(),
+            sock.as_os_str(),
+        ];
+        match self.spawn_vmm(slot, &args, &sock) {
+            Ok(proc) => {
+                let now = self.now();
+                let pid = proc.child.id();
+                let s = &mut self.slots[slot];
+                s.proc = Some(proc);
+                s.start_running(now);
+                let name = s.job.name.clone();
+                self.record(decided, decided_ms, slot, "restore");
+                self.log(&format!("restore {name} (pid {pid})"));
+            }
+            Err(why) => self.fail(slot, format!("restore failed: {why}")),
+        }
+    }
+
+    /// The job's VMM exited on its own.
+    fn exited(&mut self, slot: usize, status: ExitStatus) {
+        let now = self.now();
+        let stderr_path = self.stderr_path(slot);
+        // Exit code 0 is also how a guest that triple-faulted ends (a dying kernel resets);
+        // the VMM says so on stderr, and that is no completed job.
+        let last_line = last_error_line(&stderr_path);
+        let triple_fault = last_line
+            .as_deref()
+            .is_some_and(|l| l.contains("triple fault"));
+        self.ended = true;
+        let s = &mut self.slots[slot];
+        s.proc = None;
+        s.stop_running(now);
+        if status.success() && !triple_fault {
+            s.state = JobState::Done;
+            s.finish_ms = Some(now);
+            let name = s.job.name.clone();
+            self.log(&format!("done {name}"));
+        } else {
+            let why = match last_line {
+                Some(line) => format!("the VMM ended with {}: {line}", describe_exit(&status)),
+                None => format!("the VMM ended with {}", describe_exit(&status)),
+            };
+            self.fail(slot, why);
+        }
+    }
+
+    /// Reaps exited VMMs; true when any did.
+    fn reap(&mut self) -> bool {
+        let mut any = false;
+        for slot in 0..self.slots.len() {
+            let exited = self.slots[slot]
+                .proc
+                .as_mut()
+                .and_then(|p| p.child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.exited(slot, status);
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Marks newly arrived jobs; true when any arrived.
+    fn arrivals(&mut self, now: u64) -> bool {
+        let mut any = false;
+        let mut names = Vec::new();
+        for s in self.slots.iter_mut() {
+            if !s.arrived && s.job.arrival_ms <= now {
+                s.arrived = true;
+                any = true;
+                names.push(s.job.name.clone());
+            }
+        }
+        for name in names {
+            self.log(&format!("arrive {name}"));
+        }
+        any
+    }
+
+    /// A running job has used up its quantum since it was last (re)started.
+    fn quantum_expired(&self, now: u64) -> bool {
+        let Some(quantum) = self.policy.quantum_ms() else {
+            return false;
+        };
+        self.slots.iter().any(|s| {
+            s.state == JobState::Running
+                && s.slice_start
+                    .is_some_and(|since| now.saturating_sub(since) >= quantum)
+        })
+    }
+
+    /// Asks the policy and carries out its decision.
+    fn decide(&mut self) {
+        let decided = Instant::now();
+        let now = self.now();
+        let views: Vec<JobView> = self
+            .slots
+            .iter()
+            .filter(|s| s.active())
+            .map(|s| s.view(now))
+            .collect();
+        let selected = self.policy.select(now, &views, self.capacity);
+        self.decisions += 1;
+        let want: BTreeSet<usize> = selected
+            .iter()
+            .copied()
+            .filter(|&id| self.slots.get(id).is_some_and(|s| s.active()))
+            .collect();
+        // A job kept running past its quantum starts a new one (as round robin does when
+        // nobody waits).
+        let quantum = self.policy.quantum_ms();
+        for s in self.slots.iter_mut() {
+            if s.state == JobState::Running && want.contains(&s.job.id) {
+                if let (Some(q), Some(since)) = (quantum, s.slice_start) {
+                    if now.saturating_sub(since) >= q {
+                        s.slice_start = Some(now);
+                    }
+                }
+            }
+        }
+        // 1. Pause what should not run.
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].state == JobState::Running && !want.contains(&slot) {
+                self.pause_job(slot, decided, now);
+            }
+        }
+        // 2. Hibernate paused jobs while the jobs to run do not fit in memory.
+        loop {
+            let needed: u64 = self
+                .slots
+                .iter()
+                .filter(|s| {
+                    want.contains(&s.job.id) && s.active()
+                        || (s.resident() && !want.contains(&s.job.id))
+                })
+                .map(|s| s.job.memory_bytes)
+                .sum();
+            if needed <= self.capacity.memory_bytes {
+                break;
+            }
+            // The biggest paused job not wanted goes first.
+            let victim = self
+                .slots
+                .iter()
+                .filter(|s| {
+                    s.state == JobState::Paused && s.resident() && !want.contains(&s.job.id)
+                })
+                .max_by_key(|s| (s.job.memory_bytes, s.job.id))
+                .map(|s| s.job.id);
+            match victim {
+                Some(slot) => self.hibernate_job(slot, decided, now),
+                None => break,
+            }
+        }
+        // 3. Start, resume or restore what should run, in the policy's order.
+        for id in selected {
+            if !want.contains(&id) {
+                continue;
+            }
+            match self.slots[id].state {
+                JobState::Waiting => self.start_job(id, decided, now),
+                JobState::Paused => self.resume_job(id, decided, now),
+                JobState::Hibernated => self.restore_job(id, decided, now),
+                JobState::Running | JobState::Done | JobState::Failed => {}
+            }
+        }
+    }
+
+    /// Fails the jobs that ran longer than `max_run_ms`.
+    fn enforce_run_limit(&mut self) {
+        let Some(limit) = self.options.max_run_ms else {
+            return;
+        };
+        let now = self.now();
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            if s.state == JobState::Running && s.run_time(now) > limit {
+                self.fail(slot, format!("ran longer than the limit of {limit} ms"));
+            }
+        }
+    }
+
+    fn sample_ksm(&mut self) {
+        if !self.options.ksm {
+            return;
+        }
+        let live = self.slots.iter().filter(|s| s.resident()).count();
+        if live >= 2 {
+            if let Some(pages) = ksm_pages_sharing() {
+                self.ksm_max = Some(self.ksm_max.map_or(pages, |m| m.max(pages)));
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        let mut stalled_since: Option<Instant> = None;
+        loop {
+            let now = self.now();
+            let mut event = self.arrivals(now);
+            event |= self.reap();
+            event |= self.quantum_expired(now);
+            if event {
+                // A job that ends or fails while a decision is carried out frees its room:
+                // that is a decision point too.
+                for _ in 0..=self.slots.len() {
+                    self.ended = false;
+                    self.decide();
+                    let reaped = self.reap();
+                    if !self.ended && !reaped {
+                        break;
+                    }
+                }
+            }
+            self.sample_ksm();
+            self.enforce_run_limit();
+            let pending = self.slots.iter().any(|s| !s.arrived);
+            let active = self.slots.iter().any(|s| s.active());
+            if !pending && !active {
+                return;
+            }
+            let live = self
+                .slots
+                .iter()
+                .any(|s| s.resident() && s.state == JobState::Running);
+            if !live && !pending && active {
+                // Nothing runs and nothing will arrive: the policy must pick something now.
+                let first = *stalled_since.get_or_insert_with(Instant::now);
+                if first.elapsed() > Duration::from_secs(1) {
+                    let stuck: Vec<usize> = (0..self.slots.len())
+                        .filter(|&i| self.slots[i].active())
+                        .collect();
+                    for slot in stuck {
+                        self.fail(slot, "the policy never selected it".to_string());
+                    }
+                    continue;
+                }
+                self.decide();
+            } else {
+                stalled_since = None;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn report(&self) -> FleetReport {
+        let jobs = self
+            .slots
+            .iter()
+            .map(|s| {
+                let finish = s.finish_ms.unwrap_or(0);
+                let turnaround = finish.saturating_sub(s.job.arrival_ms);
+                JobRecord {
+                    id: s.job.id,
+                    name: s.job.name.clone(),
+                    arrival_ms: s.job.arrival_ms,
+                    start_ms: s.start_ms,
+                    finish_ms: s.finish_ms,
+                    waiting_ms: turnaround.saturating_sub(s.run_ms),
+                    turnaround_ms: turnaround,
+                    run_ms: s.run_ms,
+                    preemptions: s.preemptions,
+                    hibernations: s.hibernations,
+                    outcome: match &s.failure {
+                        Some(why) => Outcome::Failed(why.clone()),
+                        None => Outcome::Done,
+                    },
+                    intervals: s.intervals.clone(),
+                    serial_log: s.serial_log.clone(),
+                }
+            })
+            .collect();
+        // SAFETY: sysconf reads a system constant and touches no memory of ours.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = u64::try_from(page).unwrap_or(4096);
+        FleetReport {
+            policy: self.policy.name().to_string(),
+            quantum_ms: self.policy.quantum_ms(),
+            capacity: self.capacity,
+            decisions: self.decisions,
+            jobs,
+            transitions: self.transitions.clone(),
+            makespan_ms: self
+                .slots
+                .iter()
+                .filter_map(|s| s.finish_ms)
+                .max()
+                .unwrap_or(0),
+            ksm_pages_sharing_max: self.ksm_max,
+            ksm_saved_bytes: self.ksm_max.map(|p| p.saturating_mul(page)),
+        }
+    }
+}
+
+impl Drop for Runner<'_> {
+    fn drop(&mut self) {
+        // Never leave VMMs behind, whatever ended the run.
+        for s in self.slots.iter_mut() {
+            if let Some(mut proc) = s.proc.take() {
+                let _ = proc.child.kill();
+                let _ = proc.child.wait();
+            }
+        }
+    }
+}
+
+/// Runs `jobs` (validated, ids equal to their index) as real VMs under `policy` on a host of
+/// `capacity`, and reports what happened. A job whose VMM fails is reported Failed; the
+/// others go on. Errors: the work directory cannot be made, or KSM cannot be switched on.
+pub fn run_fleet(
+    jobs: Vec<Job>,
+    policy: &mut dyn Policy,
+    capacity: Capacity,
+    options: RunOptions,
+) -> Result<FleetReport, RunError> {
+    std::fs::create_dir_all(&options.work_dir).map_err(|source| RunError::WorkDir {
+        path: options.work_dir.clone(),
+        source,
+    })?;
+    for (index, job) in jobs.iter().enumerate() {
+        if job.id != index {
+            return Err(RunError::JobIds {
+                name: job.name.clone(),
+                id: job.id,
+                index,
+            });
+        }
+    }
+    let _ksm = if options.ksm {
+        Some(KsmGuard::enable()?)
+    } else {
+        None
+    };
+    let slots = jobs
+        .into_iter()
+        .map(|job| {
+            let serial_log = options.work_dir.join(format!("{}.log", file_stem(&job)));
+            let _ = std::fs::remove_file(&serial_log);
+            Slot {
+                job,
+                state: JobState::Waiting,
+                arrived: false,
+                proc: None,
+                generation: 0,
+                running_since: None,
+                slice_start: None,
+                run_ms: 0,
+                last_run_ms: None,
+                start_ms: None,
+                finish_ms: None,
+                preemptions: 0,
+                hibernations: 0,
+                snapshot: None,
+                intervals: Vec::new(),
+                failure: None,
+                serial_log,
+            }
+        })
+        .collect();
+    let mut runner = Runner {
+        slots,
+        policy,
+        capacity,
+        options,
+        start: Instant::now(),
+        transitions: Vec::new(),
+        ksm_max: None,
+        decisions: 0,
+        ended: false,
+    };
+    let name = runner.policy.name();
+    runner.log(&format!(
+        "fleet: {} jobs, policy {name}, host {} CPUs, {} MiB",
+        runner.slots.len(),
+        runner.capacity.cpus,
+        runner.capacity.memory_bytes >> 20
+    ));
+    runner.run();
+    Ok(runner.report())
+}
