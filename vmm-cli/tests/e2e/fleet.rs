@@ -13,6 +13,7 @@ use vmm_core::fleet::{policy_by_name, Capacity, JobsFile};
 use super::{guest, require_real_kvm, QUIET};
 
 /// One job of the workload: name, arrival, estimate, units of work.
+#[derive(Clone)]
 struct Spec {
     name: &'static str,
     arrival_ms: u64,
@@ -59,6 +60,19 @@ fn run(
     memory: u64,
     on_line: Box<dyn FnMut(&str) + Send>,
 ) -> FleetReport {
+    run_on(dir, specs, policy, quantum_ms, (1, memory), false, on_line)
+}
+
+/// [`run`] on a host of `cpus` and `memory` bytes, with KSM when `ksm`.
+fn run_on(
+    dir: &Path,
+    specs: &[Spec],
+    policy: &str,
+    quantum_ms: Option<u64>,
+    (cpus, memory): (u64, u64),
+    ksm: bool,
+    on_line: Box<dyn FnMut(&str) + Send>,
+) -> FleetReport {
     require_real_kvm();
     let (kernel, initrd) = (guest("vmlinux"), guest("initramfs.cpio.gz"));
     let jobs: Vec<serde_json::Value> = specs
@@ -81,7 +95,7 @@ fn run(
     let path = dir.join("jobs.json");
     std::fs::write(&path, serde_json::json!({ "jobs": jobs }).to_string()).unwrap();
     let capacity = Capacity {
-        cpus: 1,
+        cpus,
         memory_bytes: memory,
     };
     let jobs = JobsFile::from_file(&path)
@@ -97,7 +111,7 @@ fn run(
         RunOptions {
             vmm_binary: PathBuf::from(env!("CARGO_BIN_EXE_vmm")),
             work_dir: dir.join("work"),
-            ksm: false,
+            ksm,
             max_run_ms: Some(180_000),
             log: Box::new(move |line| {
                 eprintln!("fleet: {line}");
@@ -133,6 +147,38 @@ fn completion_order(report: &FleetReport) -> Vec<String> {
     let mut done: Vec<&JobRecord> = report.jobs.iter().collect();
     done.sort_by_key(|j| j.finish_ms);
     done.iter().map(|j| j.name.clone()).collect()
+}
+
+/// The simulator, given the same jobs (estimates as run times) and policy on the same host,
+/// finishes them in the same order with the same preemptions per job as the real run.
+fn assert_matches_simulation(report: &FleetReport, specs: &[Spec], policy: &str, cpus: u64) {
+    let jobs: Vec<serde_json::Value> = specs
+        .iter()
+        .map(|s| serde_json::json!({"name": s.name, "arrival_ms": s.arrival_ms, "estimate_ms": s.estimate_ms}))
+        .collect();
+    let file: JobsFile = serde_json::json!({ "jobs": jobs })
+        .to_string()
+        .parse()
+        .unwrap();
+    let capacity = Capacity {
+        cpus,
+        memory_bytes: 1 << 30,
+    };
+    let jobs = file.validate(capacity, false).unwrap();
+    let mut policy = policy_by_name(policy, None).unwrap();
+    let schedule = vmm_core::fleet::simulate(&jobs, policy.as_mut(), capacity);
+    let mut simulated: Vec<_> = schedule.jobs.iter().collect();
+    simulated.sort_by_key(|j| j.finish_ms);
+    let order: Vec<String> = simulated.iter().map(|j| j.name.clone()).collect();
+    assert_eq!(order, completion_order(report), "simulated vs real order");
+    for j in &schedule.jobs {
+        assert_eq!(
+            j.preemptions,
+            job(report, &j.name).preemptions,
+            "preemptions of {} (simulated vs real)",
+            j.name
+        );
+    }
 }
 
 /// Every job Done, and its serial log counts BUSY 1/N .. N/N once each, then BUSY-DONE N.
@@ -180,6 +226,83 @@ fn fleet_fcfs_runs_in_arrival_order_without_preemption() {
             report.jobs.iter().all(|j| j.preemptions == 0),
             "{report:#?}"
         );
+        assert_matches_simulation(&report, &WORKLOAD, "fcfs", 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[test]
+fn fleet_sjf_runs_the_shortest_waiting_job_next_without_preemption() {
+    with_retry(|| {
+        let dir = scratch("sjf");
+        // medium arrives before short: FCFS would run it first, SJF picks short.
+        let specs = [
+            WORKLOAD[0].clone(),
+            Spec {
+                arrival_ms: 1_000,
+                ..WORKLOAD[2].clone()
+            },
+            Spec {
+                arrival_ms: 2_000,
+                ..WORKLOAD[1].clone()
+            },
+        ];
+        let report = run(&dir, &specs, "sjf", None, 1 << 30, Box::new(|_| {}));
+        assert_all_completed(&report, &specs);
+        // long runs first (alone at t=0) and is not preempted; when it ends, medium and short
+        // both wait and the shorter estimate goes first.
+        assert_eq!(
+            completion_order(&report),
+            names(&["long", "short", "medium"])
+        );
+        assert!(
+            report.jobs.iter().all(|j| j.preemptions == 0),
+            "{report:#?}"
+        );
+        assert_matches_simulation(&report, &specs, "sjf", 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[test]
+fn fleet_ksm_merges_identical_guests_and_reports_it() {
+    with_retry(|| {
+        let dir = scratch("ksm");
+        let specs = [
+            Spec {
+                name: "a",
+                arrival_ms: 0,
+                estimate_ms: 20_000,
+                work: 40,
+            },
+            Spec {
+                name: "b",
+                arrival_ms: 0,
+                estimate_ms: 20_000,
+                work: 40,
+            },
+        ];
+        let before = std::fs::read_to_string("/sys/kernel/mm/ksm/run").unwrap_or_default();
+        let report = run_on(
+            &dir,
+            &specs,
+            "fcfs",
+            None,
+            (2, 1 << 30),
+            true,
+            Box::new(|_| {}),
+        );
+        assert_all_completed(&report, &specs);
+        let shared = report.ksm_pages_sharing_max.unwrap_or(0);
+        assert!(
+            shared > 0,
+            "KSM shared no pages between two identical guests: {report:#?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string("/sys/kernel/mm/ksm/run").unwrap_or_default(),
+            before,
+            "the KSM switch is restored"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
@@ -202,6 +325,7 @@ fn fleet_srtf_preempts_the_long_job_for_shorter_ones() {
         assert_eq!(job(&report, "medium").preemptions, 0, "{report:#?}");
         assert!(report.mean_latency_us("pause").is_some());
         assert!(report.mean_latency_us("resume").is_some());
+        assert_matches_simulation(&report, &WORKLOAD, "srtf", 1);
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
