@@ -254,14 +254,7 @@ mod client;
 mod fleet;
 
 fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
+    vmm_core::error_chain(error)
 }
 
 fn main() -> ExitCode {

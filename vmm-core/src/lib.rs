@@ -23,7 +23,7 @@ pub use api_client::{ApiClient, ClientError, ClientResponse};
 pub use config::{ConfigError, ElfEntry, MemorySize, SerialMode, VmConfig};
 pub use control::{merge_diff_snapshot, restore_vm, run_with_api, RestoreSource, VmSnapshot};
 pub use device_config::{BalloonConfig, DeviceConfigError, DiskConfig, NetConfig, VsockConfig};
-pub use error::{Error, Result};
+pub use error::{chain as error_chain, Error, Result};
 pub use virtio_devices::AttachedDevice;
 pub use vm::{run_vm, BuiltVm, ShutdownReason};
 pub use vmm_vcpu::{is_pvm_host, PVM_EXPLANATION};

@@ -160,6 +160,57 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>> {
     })
 }
 
+/// COM1 (IRQ 4) and the i8042 (IRQ 1, its reset line ending the VM) on a new port bus.
+struct LegacyDevices {
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042Wrapper>>,
+    reset: EventFd,
+    pio: Bus,
+}
+
+impl LegacyDevices {
+    /// Creates them for `vm`, the UART in `serial_state` when restoring a snapshot.
+    fn attach(
+        vm: &Vm,
+        config: &VmConfig,
+        serial_state: Option<&vmm_devices::SerialDeviceState>,
+    ) -> Result<LegacyDevices> {
+        let serial_irq = event_fd()?;
+        vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
+        let trigger = EventFdTrigger::new(serial_irq);
+        let output = serial_output(&config.serial)?;
+        let serial = Arc::new(Mutex::new(match serial_state {
+            Some(state) => SerialDevice::from_state(state, trigger, output)?,
+            None => SerialDevice::new(trigger, output),
+        }));
+        let reset = event_fd()?;
+        let reset_trigger = EventFdTrigger::new(reset.try_clone().map_err(Error::EventFd)?);
+        let keyboard_irq = event_fd()?;
+        vm.register_irqfd(&keyboard_irq, layout::KEYBOARD_IRQ)?;
+        let i8042 = Arc::new(Mutex::new(
+            I8042Wrapper::new(reset_trigger)
+                .with_keyboard_interrupt(EventFdTrigger::new(keyboard_irq)),
+        ));
+        let mut pio = Bus::new();
+        pio.insert(
+            serial.clone(),
+            vmm_devices::SERIAL_PORT_BASE,
+            vmm_devices::SERIAL_PORT_LEN,
+        )?;
+        pio.insert(
+            i8042.clone(),
+            vmm_devices::I8042_PORT_BASE,
+            vmm_devices::I8042_PORT_LEN,
+        )?;
+        Ok(LegacyDevices {
+            serial,
+            i8042,
+            reset,
+            pio,
+        })
+    }
+}
+
 fn event_fd() -> Result<EventFd> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)
 }
@@ -217,31 +268,13 @@ impl BuiltVm {
         vm.create_irqchip()?;
 
         // Devices: COM1 with its IRQ through an irqfd, the i8042 (IRQ 1) whose reset ends the VM.
-        let serial_irq = event_fd()?;
-        vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            EventFdTrigger::new(serial_irq),
-            serial_output(&config.serial)?,
-        )));
-        let reset = event_fd()?;
-        let reset_trigger = EventFdTrigger::new(reset.try_clone().map_err(Error::EventFd)?);
-        let keyboard_irq = event_fd()?;
-        vm.register_irqfd(&keyboard_irq, layout::KEYBOARD_IRQ)?;
-        let i8042 = Arc::new(Mutex::new(
-            I8042Wrapper::new(reset_trigger)
-                .with_keyboard_interrupt(EventFdTrigger::new(keyboard_irq)),
-        ));
-        let mut pio = Bus::new();
-        pio.insert(
-            serial.clone(),
-            vmm_devices::SERIAL_PORT_BASE,
-            vmm_devices::SERIAL_PORT_LEN,
-        )?;
-        pio.insert(
-            i8042.clone(),
-            vmm_devices::I8042_PORT_BASE,
-            vmm_devices::I8042_PORT_LEN,
-        )?;
+        let legacy = LegacyDevices::attach(&vm, config, None)?;
+        let LegacyDevices {
+            serial,
+            i8042,
+            reset,
+            pio,
+        } = legacy;
         let mut mmio = Bus::new();
         let virtio = virtio_devices::attach_devices(opened, &vm, &memory, &mut mmio)?;
         let virtio_slots: Vec<_> = virtio.iter().map(|d| d.slot).collect();
@@ -379,32 +412,12 @@ impl BuiltVm {
         }
         vm.create_irqchip()?;
 
-        let serial_irq = event_fd()?;
-        vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
-        let serial = Arc::new(Mutex::new(SerialDevice::from_state(
-            &snapshot.serial,
-            EventFdTrigger::new(serial_irq),
-            serial_output(&config.serial)?,
-        )?));
-        let reset = event_fd()?;
-        let reset_trigger = EventFdTrigger::new(reset.try_clone().map_err(Error::EventFd)?);
-        let keyboard_irq = event_fd()?;
-        vm.register_irqfd(&keyboard_irq, layout::KEYBOARD_IRQ)?;
-        let i8042 = Arc::new(Mutex::new(
-            I8042Wrapper::new(reset_trigger)
-                .with_keyboard_interrupt(EventFdTrigger::new(keyboard_irq)),
-        ));
-        let mut pio = Bus::new();
-        pio.insert(
-            serial.clone(),
-            vmm_devices::SERIAL_PORT_BASE,
-            vmm_devices::SERIAL_PORT_LEN,
-        )?;
-        pio.insert(
-            i8042.clone(),
-            vmm_devices::I8042_PORT_BASE,
-            vmm_devices::I8042_PORT_LEN,
-        )?;
+        let LegacyDevices {
+            serial,
+            i8042,
+            reset,
+            pio,
+        } = LegacyDevices::attach(&vm, config, Some(&snapshot.serial))?;
         let mut mmio = Bus::new();
         let virtio = virtio_devices::attach_devices(opened, &vm, &memory, &mut mmio)?;
         for (device, state) in virtio.iter().zip(&snapshot.devices) {
