@@ -560,29 +560,39 @@ impl Runner<'_> {
         if let Err(e) = written {
             return self.fail(slot, format!("cannot write {}: {e}", config_path.display()));
         }
+        let args = ["run".as_ref(), "--config".as_ref(), config_path.as_os_str()];
+        if let Err(why) = self.launch(slot, &args, "start", decided, decided_ms) {
+            self.fail(slot, why);
+        }
+    }
+
+    /// Spawns `vmm ARGS --api-sock SOCK` (a socket of the slot's current generation), waits for
+    /// it to answer, and records the job as running; `kind` ("start", "restore") names the
+    /// transition in the report and the log.
+    fn launch(
+        &mut self,
+        slot: usize,
+        args: &[&std::ffi::OsStr],
+        kind: &'static str,
+        decided: Instant,
+        decided_ms: u64,
+    ) -> Result<(), String> {
         let generation = self.slots[slot].generation;
         let sock = self.path(slot, &format!("-{generation}.sock"));
-        let args = [
-            "run".as_ref(),
-            "--config".as_ref(),
-            config_path.as_os_str(),
-            "--api-sock".as_ref(),
-            sock.as_os_str(),
-        ];
-        match self.spawn_vmm(slot, &args, &sock) {
-            Ok(proc) => {
-                let now = self.now();
-                let pid = proc.child.id();
-                let s = &mut self.slots[slot];
-                s.proc = Some(proc);
-                s.start_running(now);
-                s.start_ms.get_or_insert(now);
-                let name = s.job.name.clone();
-                self.record(decided, decided_ms, slot, "start");
-                self.log(&format!("start {name} (pid {pid})"));
-            }
-            Err(why) => self.fail(slot, why),
-        }
+        let mut all = args.to_vec();
+        all.extend(["--api-sock".as_ref(), sock.as_os_str()]);
+        let proc = self.spawn_vmm(slot, &all, &sock)?;
+        let now = self.now();
+        let pid = proc.child.id();
+        let s = &mut self.slots[slot];
+        s.proc = Some(proc);
+        s.start_running(now);
+        // The first start only: a restored job keeps the time it first ran.
+        s.start_ms.get_or_insert(now);
+        let name = s.job.name.clone();
+        self.record(decided, decided_ms, slot, kind);
+        self.log(&format!("{kind} {name} (pid {pid})"));
+        Ok(())
     }
 
     fn patch_state(&mut self, slot: usize, state: &str) -> Result<(), String> {
@@ -686,29 +696,15 @@ impl Runner<'_> {
         let Some((state_path, mem_path)) = self.slots[slot].snapshot.clone() else {
             return self.fail(slot, "hibernated without a snapshot".to_string());
         };
-        let generation = self.slots[slot].generation;
-        let sock = self.path(slot, &format!("-{generation}.sock"));
         let args = [
             "restore".as_ref(),
             "--snapshot".as_ref(),
             state_path.as_os_str(),
             "--mem".as_ref(),
             mem_path.as_os_str(),
-            "--api-sock".as_ref(),
-            sock.as_os_str(),
         ];
-        match self.spawn_vmm(slot, &args, &sock) {
-            Ok(proc) => {
-                let now = self.now();
-                let pid = proc.child.id();
-                let s = &mut self.slots[slot];
-                s.proc = Some(proc);
-                s.start_running(now);
-                let name = s.job.name.clone();
-                self.record(decided, decided_ms, slot, "restore");
-                self.log(&format!("restore {name} (pid {pid})"));
-            }
-            Err(why) => self.fail(slot, format!("restore failed: {why}")),
+        if let Err(why) = self.launch(slot, &args, "restore", decided, decided_ms) {
+            self.fail(slot, format!("restore failed: {why}"));
         }
     }
 
