@@ -119,10 +119,7 @@ impl Session<'_> {
                 respond(result)
             }
             ApiRequest::Action(ActionType::SendCtrlAltDel) => {
-                self.i8042
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .send_ctrl_alt_del();
+                crate::lock(self.i8042).send_ctrl_alt_del();
                 ApiResponse::no_content()
             }
             ApiRequest::Action(ActionType::FlushMetrics) => ApiResponse::no_content(),
@@ -148,9 +145,9 @@ impl Session<'_> {
             .vm
             .balloon
             .as_ref()
-            .map_or(0, |b| u32::try_from(b.target.0 / 4096).unwrap_or(u32::MAX));
+            .map_or(0, |b| crate::virtio_devices::balloon_pages(b.target));
         for device in self.virtio {
-            let mut transport = device.transport.lock().unwrap_or_else(|e| e.into_inner());
+            let mut transport = crate::lock(&device.transport);
             if let Some(balloon) = transport.device_mut().as_balloon() {
                 return match balloon.set_target_pages(pages) {
                     Ok(()) => ApiResponse::no_content(),
@@ -191,18 +188,9 @@ impl Session<'_> {
         let devices = self
             .virtio
             .iter()
-            .map(|d| {
-                d.transport
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .save_state()
-            })
+            .map(|d| crate::lock(&d.transport).save_state())
             .collect();
-        let serial = self
-            .serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .save_state();
+        let serial = crate::lock(self.serial).save_state();
         let mem_path = PathBuf::from(&params.mem_file_path);
         // Every snapshot, full or diff, starts a new epoch of dirty tracking: reading KVM's log
         // clears it, and the VMM's bitmaps are read and cleared with it. Pages of a snapshot
@@ -386,9 +374,6 @@ pub fn merge_diff_snapshot(
 
 fn load_snapshot(source: &RestoreSource) -> Result<BuiltVm> {
     let snapshot: VmSnapshot = SnapshotFile::read(&source.state)?;
-    if snapshot.config.vsock.is_some() {
-        crate::vm::raise_fd_limit();
-    }
     BuiltVm::restore(
         &snapshot,
         &source.mem,
@@ -420,18 +405,13 @@ fn wait_for_configuration(api: &mut ApiConfig, events: &Receiver<VmEvent>) -> St
                 Some(balloon) => ApiResponse::ok_json(&balloon),
                 None => ApiResponse::bad_request("no balloon device is configured"),
             },
-            ApiRequest::Action(ActionType::InstanceStart) => {
-                if api.vm.vsock.is_some() {
-                    crate::vm::raise_fd_limit();
+            ApiRequest::Action(ActionType::InstanceStart) => match BuiltVm::build(&api.vm) {
+                Ok(built) => {
+                    let _ = reply.send(ApiResponse::no_content());
+                    return Start::Boot(Box::new(built));
                 }
-                match BuiltVm::build(&api.vm) {
-                    Ok(built) => {
-                        let _ = reply.send(ApiResponse::no_content());
-                        return Start::Boot(Box::new(built));
-                    }
-                    Err(e) => ApiResponse::bad_request(&crate::error::chain(&e)),
-                }
-            }
+                Err(e) => ApiResponse::bad_request(&crate::error::chain(&e)),
+            },
             ApiRequest::LoadSnapshot(load) => {
                 if !load.network_overrides.is_empty() || load.vsock_override.is_some() {
                     ApiResponse::bad_request(

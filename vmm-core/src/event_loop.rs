@@ -51,7 +51,7 @@ impl SerialInput {
         if self.pending.is_empty() {
             return true;
         }
-        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        let mut serial = crate::lock(&self.serial);
         let accepted = serial.enqueue_input(&self.pending).unwrap_or(0);
         self.pending.drain(..accepted);
         self.pending.is_empty()
@@ -217,7 +217,7 @@ fn event_loop(
     while !stop.load(Ordering::SeqCst) {
         manager.run_with_timeout(TICK_MS).map_err(to_io)?;
         if let (Some(input), Some(id)) = (&input, input_id) {
-            let mut input = input.lock().unwrap_or_else(|e| e.into_inner());
+            let mut input = crate::lock(input);
             if input.paused && !input.closed && input.flush_pending() {
                 input.paused = false;
                 let fd = input.fd;

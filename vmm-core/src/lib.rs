@@ -19,6 +19,12 @@ mod vcpu_threads;
 mod virtio_devices;
 mod vm;
 
+/// Locks `mutex`, also after a thread panicked while holding it: that is a bug, but the device
+/// state behind it is still usable for shutting the VM down.
+pub(crate) fn lock<T: ?Sized>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub use api_client::{ApiClient, ClientError, ClientResponse};
 pub use config::{ConfigError, ElfEntry, MemorySize, SerialMode, VmConfig};
 pub use control::{merge_diff_snapshot, restore_vm, run_with_api, RestoreSource, VmSnapshot};

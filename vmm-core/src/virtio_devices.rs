@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_vcpu::Vm;
 
 use crate::error::{Error, Result};
+use crate::lock;
 use crate::VmConfig;
 
 /// Virtio-mmio slots: one per IRQ line from `VIRTIO_IRQ_FIRST` to `IRQ_LAST`.
@@ -27,6 +28,11 @@ pub(crate) const VIRTIO_SLOTS: usize = (layout::IRQ_LAST - layout::VIRTIO_IRQ_FI
 
 /// Balloon pages are 4 KiB whatever the host page size.
 const BALLOON_PAGE: u64 = 4096;
+
+/// A balloon target in the device's 4 KiB pages (saturating).
+pub(crate) fn balloon_pages(target: crate::MemorySize) -> u32 {
+    u32::try_from(target.0 / BALLOON_PAGE).unwrap_or(u32::MAX)
+}
 
 /// Where slot `index` sits and which IRQ it raises.
 pub(crate) fn slot(index: usize) -> Option<VirtioMmioDevice> {
@@ -49,6 +55,9 @@ pub(crate) struct OpenedDevice {
 
 /// Opens every device the config names, in slot order: disks, nets, vsock, rng, balloon.
 pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
+    if config.vsock.is_some() {
+        raise_fd_limit();
+    }
     let mut devices = Vec::with_capacity(config.virtio_device_count());
     for disk in &config.disk {
         let block = Block::new(BlockConfig {
@@ -96,7 +105,7 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         });
     }
     if let Some(balloon) = &config.balloon {
-        let target_pages = u32::try_from(balloon.target.0 / BALLOON_PAGE).unwrap_or(u32::MAX);
+        let target_pages = balloon_pages(balloon.target);
         devices.push(OpenedDevice {
             name: "virtio-balloon".into(),
             device: Box::new(Balloon::new(BalloonDeviceConfig {
@@ -147,11 +156,6 @@ impl AttachedDevice {
             wake: self.wake.try_clone().map_err(Error::EventFd)?,
         })
     }
-}
-
-fn lock(transport: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
-    // A panic while holding the lock is a bug; the device state is still usable for shutdown.
-    transport.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Attaches opened devices to `vm`: slot `i` gets MMIO range `slot(i)`, its IRQ through an
@@ -262,5 +266,25 @@ impl MutEventSubscriber for VirtioSubscriber {
         let wanted = transport.backend_events_wanted();
         drop(transport);
         self.sync_backend(wanted, ops);
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: a vsock device holds one host socket per
+/// connection (up to its cap of 1024) and the default soft limit is 1024 descriptors in all.
+/// Best effort: when it fails, the device refuses connections past the limit cleanly.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the valid, exclusively borrowed struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct; raising the soft limit up to the hard one
+        // needs no privilege and affects only this process.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
     }
 }

@@ -421,10 +421,7 @@ impl BuiltVm {
         let mut mmio = Bus::new();
         let virtio = virtio_devices::attach_devices(opened, &vm, &memory, &mut mmio)?;
         for (device, state) in virtio.iter().zip(&snapshot.devices) {
-            device
-                .transport
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            crate::lock(&device.transport)
                 .restore_state(state)
                 .map_err(|source| Error::DeviceRestore {
                     name: device.name.clone(),
@@ -560,28 +557,5 @@ pub(crate) fn install_termination_handlers() {
 
 /// Builds and runs the VM `config` describes, returning how it ended.
 pub fn run_vm(config: &VmConfig) -> Result<ShutdownReason> {
-    if config.vsock.is_some() {
-        raise_fd_limit();
-    }
     BuiltVm::build(config)?.run()
-}
-
-/// Raises the soft open-file limit to the hard one: a vsock device holds one host socket per
-/// connection (up to its cap of 1024) and the default soft limit is 1024 descriptors in all.
-/// Best effort: when it fails, the device refuses connections past the limit cleanly.
-pub(crate) fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the valid, exclusively borrowed struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: setrlimit only reads the struct; raising the soft limit up to the hard one
-        // needs no privilege and affects only this process.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-    }
 }
