@@ -20,10 +20,12 @@ pub enum FleetCommand {
     Run(RunArgs),
 }
 
-/// `vmm fleet run`.
+/// What both `vmm fleet run` and `vmm fleet simulate` take: the jobs, the policy, the host,
+/// and how to print the schedule.
 #[derive(Args, Debug)]
-pub struct RunArgs {
-    /// The jobs file: {"jobs": [{"name", "arrival_ms", "estimate_ms", "vm": {VmConfig}}]}.
+pub struct ScheduleArgs {
+    /// The jobs file: {"jobs": [{"name", "arrival_ms", "estimate_ms", "burst_ms", "vm": {VmConfig}}]}
+    /// (`burst_ms` is for the simulator; `vm` is needed to run real VMs).
     #[arg(value_name = "JOBS.json")]
     pub jobs: PathBuf,
     /// The policy: fcfs, sjf, srtf or rr.
@@ -35,10 +37,57 @@ pub struct RunArgs {
     /// Host CPUs the jobs' vCPUs share.
     #[arg(long, value_name = "N")]
     pub host_cpus: u64,
-    /// Host memory for guests (e.g. 2G); paused jobs are hibernated to disk when the jobs
-    /// to run need it. Unlimited when absent.
+    /// Host memory for guests (e.g. 2G); unlimited when absent. Paused jobs are hibernated to
+    /// disk when the jobs to run need it.
     #[arg(long, value_name = "SIZE")]
     pub host_memory: Option<MemorySize>,
+    /// Print the schedule as JSON instead of a table (`fleet run`'s event log then goes to
+    /// stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Draw the schedule as an SVG Gantt chart into this file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub gantt: Option<PathBuf>,
+}
+
+/// A policy ready to run and the validated jobs.
+type PolicyAndJobs = (Box<dyn fleet::Policy>, Vec<fleet::Job>);
+
+impl ScheduleArgs {
+    fn capacity(&self) -> Capacity {
+        Capacity {
+            cpus: self.host_cpus,
+            memory_bytes: self.host_memory.map_or(u64::MAX, |m| m.0),
+        }
+    }
+
+    /// The policy and the validated jobs (`needs_vm`: every job must name a VM).
+    fn load(&self, needs_vm: bool) -> Result<PolicyAndJobs, Box<dyn std::error::Error>> {
+        let policy = fleet::policy_by_name(&self.policy, self.quantum)?;
+        let jobs = JobsFile::from_file(&self.jobs)?
+            .validate(self.capacity(), needs_vm)
+            .map_err(|e| FleetError::InFile {
+                path: self.jobs.clone(),
+                source: Box::new(e),
+            })?;
+        Ok((policy, jobs))
+    }
+
+    /// Writes the Gantt chart when asked.
+    fn write_gantt(&self, schedule: &fleet::Schedule) -> Result<(), Box<dyn std::error::Error>> {
+        if let Some(path) = &self.gantt {
+            std::fs::write(path, fleet::gantt_svg(schedule))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// `vmm fleet run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
     /// Switch the host's KSM on for the run (restored after), mark guest memory mergeable,
     /// and report the memory KSM saved.
     #[arg(long)]
@@ -51,38 +100,13 @@ pub struct RunArgs {
     /// limit when absent.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_run: Option<u64>,
-    /// Print the schedule as JSON instead of a table (the event log then goes to stderr).
-    #[arg(long)]
-    pub json: bool,
-    /// Draw the schedule as an SVG Gantt chart into this file.
-    #[arg(long, value_name = "FILE.svg")]
-    pub gantt: Option<PathBuf>,
 }
 
 /// `vmm fleet simulate`.
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
-    /// The jobs file: {"jobs": [{"name", "arrival_ms", "estimate_ms", "burst_ms", "vm"}]}.
-    #[arg(value_name = "JOBS.json")]
-    pub jobs: PathBuf,
-    /// The policy: fcfs, sjf, srtf or rr.
-    #[arg(long, value_name = "NAME")]
-    pub policy: String,
-    /// The round-robin time slice: 500ms, 2s, or plain milliseconds.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub quantum: Option<u64>,
-    /// Host CPUs the jobs' vCPUs share.
-    #[arg(long, value_name = "N")]
-    pub host_cpus: u64,
-    /// Host memory for guests (e.g. 2G); unlimited when absent.
-    #[arg(long, value_name = "SIZE")]
-    pub host_memory: Option<MemorySize>,
-    /// Print the schedule as JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Draw the schedule as an SVG Gantt chart into this file.
-    #[arg(long, value_name = "FILE.svg")]
-    pub gantt: Option<PathBuf>,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
 }
 
 fn parse_duration(text: &str) -> Result<u64, String> {
@@ -105,18 +129,10 @@ pub fn main(command: FleetCommand) -> ExitCode {
 }
 
 fn simulate(args: &SimulateArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let capacity = Capacity {
-        cpus: args.host_cpus,
-        memory_bytes: args.host_memory.map_or(u64::MAX, |m| m.0),
-    };
-    let mut policy = fleet::policy_by_name(&args.policy, args.quantum)?;
+    let args = &args.schedule;
+    let capacity = args.capacity();
     let started = Instant::now();
-    let jobs = JobsFile::from_file(&args.jobs)?
-        .validate(capacity, false)
-        .map_err(|e| FleetError::InFile {
-            path: args.jobs.clone(),
-            source: Box::new(e),
-        })?;
+    let (mut policy, jobs) = args.load(false)?;
     let loaded = started.elapsed();
     let started = Instant::now();
     let schedule = fleet::simulate(&jobs, policy.as_mut(), capacity);
@@ -129,10 +145,7 @@ fn simulate(args: &SimulateArgs) -> Result<(), Box<dyn std::error::Error>> {
         simulated.as_secs_f64() * 1e3,
         loaded.as_secs_f64() * 1e3
     );
-    if let Some(path) = &args.gantt {
-        std::fs::write(path, fleet::gantt_svg(&schedule))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
+    args.write_gantt(&schedule)?;
     let text = if args.json {
         schedule.to_json() + "\n"
     } else {
@@ -149,24 +162,15 @@ fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     use std::io::Write as _;
     use vmm_core::fleet::runner::{run_fleet, Outcome, RunOptions};
 
-    let capacity = Capacity {
-        cpus: args.host_cpus,
-        memory_bytes: args.host_memory.map_or(u64::MAX, |m| m.0),
-    };
-    let mut policy = fleet::policy_by_name(&args.policy, args.quantum)?;
-    let jobs = JobsFile::from_file(&args.jobs)?
-        .validate(capacity, true)
-        .map_err(|e| FleetError::InFile {
-            path: args.jobs.clone(),
-            source: Box::new(e),
-        })?;
+    let capacity = args.schedule.capacity();
+    let (mut policy, jobs) = args.schedule.load(true)?;
     let vmm_binary =
         std::env::current_exe().map_err(|e| format!("cannot find the vmm binary: {e}"))?;
     let work_dir = args
         .work_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("vmm-fleet-{}", std::process::id())));
-    let json = args.json;
+    let json = args.schedule.json;
     let log: Box<dyn FnMut(&str) + Send> = Box::new(move |line: &str| {
         if json {
             eprintln!("{line}");
@@ -188,10 +192,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
     )?;
     let schedule = report.to_schedule();
-    if let Some(path) = &args.gantt {
-        std::fs::write(path, fleet::gantt_svg(&schedule))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
+    args.schedule.write_gantt(&schedule)?;
     let kinds = ["start", "pause", "resume", "hibernate", "restore"];
     let text = if json {
         let mut value = serde_json::to_value(&schedule)?;
