@@ -60,14 +60,12 @@ fn assert_clean_error(output: &Output, needle: &str) {
 /// Reads the VMM's output until the guest's GUEST-INIT-OK line.
 fn wait_for_marker(output: &mut impl BufRead) {
     let mut line = String::new();
-    let start = Instant::now();
     while !line.contains("GUEST-INIT-OK") {
         line.clear();
         assert!(
             output.read_line(&mut line).unwrap() > 0,
             "vmm closed its output before the marker"
         );
-        assert!(start.elapsed() < Duration::from_secs(30));
     }
 }
 
@@ -386,12 +384,14 @@ fn pvm_host_explains_why_linux_cannot_boot() {
         first.starts_with("vmm: warning: ") && first.contains("PVM"),
         "{first}"
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // The emulator reaches the failing instruction in ~15 s here and the VM ends by itself;
+    // the deadline is an upper bound only, for a VMM that would hang instead.
+    let deadline = Instant::now() + Duration::from_secs(600);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "vmm still running after 120 s");
+        assert!(Instant::now() < deadline, "vmm still running after 600 s");
         std::thread::sleep(Duration::from_millis(200));
     };
     let mut rest = String::new();

@@ -6,10 +6,10 @@
 //! directly they refuse to start there, loudly. `cargo test` leaves this target out (it is
 //! `test = false`); `scripts/e2e.sh` or `cargo test --test e2e` runs it.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "e2e/fleet.rs"]
@@ -20,7 +20,8 @@ mod lifecycle;
 mod virtio;
 
 /// Per-boot limit: nested boots in the test host take seconds; the Debian kernel a minute.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// An upper bound only: every test waits for the guest's lines, never for a duration.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Quiet guests: serial output is the slowest part of a nested boot. `noxsave` avoids a
 /// spurious XSAVE warning in the nested test host (see ../shared/testhost/README.md).
 const QUIET: &str = "quiet noxsave";
@@ -47,10 +48,134 @@ fn require_real_kvm() {
     );
 }
 
+/// How fast the gated guest tests work, for checking that no test depends on it:
+/// `E2E_GUEST_SCALE` (default 1) multiplies the size of a `busy-gated` unit and the interval of
+/// `count-gated` and `diskwrite` (0.1: ten times faster; 5: five times slower).
+fn guest_scale() -> f64 {
+    std::env::var("E2E_GUEST_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .unwrap_or(1.0)
+}
+
+/// `base` scaled by [`guest_scale`], at least 1.
+fn scaled(base: u64) -> u64 {
+    ((base as f64 * guest_scale()).round() as u64).max(1)
+}
+
+/// A gate for the test initramfs's gated guest tests (scripts/guest/tests/gate.sh): a small
+/// read-only disk whose first sector the test writes to tell the guest to go on, to stop at a
+/// given item, or that it may finish. This lets a test act on the guest's progress instead of
+/// guessing how long its work takes.
+struct Gate {
+    path: PathBuf,
+}
+
+impl Gate {
+    /// A new gate that runs (the guest goes on and does not finish).
+    fn new(dir: &Path, name: &str) -> Gate {
+        let gate = Gate {
+            path: dir.join(name),
+        };
+        std::fs::write(&gate.path, vec![0u8; 4096]).unwrap();
+        gate
+    }
+
+    /// The `--disk` argument that attaches it.
+    fn disk(&self) -> String {
+        format!("path={},read_only=on", self.path.display())
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn set(&self, word: &str) {
+        use std::os::unix::fs::FileExt;
+        let mut sector = vec![0u8; 512];
+        sector[..word.len()].copy_from_slice(word.as_bytes());
+        sector[word.len()] = b'\n';
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .unwrap();
+        file.write_all_at(&sector, 0).unwrap();
+        file.sync_all().unwrap();
+    }
+
+    /// The guest may finish once it has done its minimum.
+    fn open(&self) {
+        self.set("open");
+    }
+
+    /// The guest may finish once it has done its minimum and item `last`.
+    fn open_at(&self, last: usize) {
+        self.set(&format!("open {last}"));
+    }
+
+    /// The guest may start items up to `last`, then waits.
+    fn allow_up_to(&self, last: u32) {
+        self.set(&last.to_string());
+    }
+}
+
+/// One of a child's output pipes, read without blocking: poll(2) says when bytes are there.
+struct OutputPipe {
+    fd: std::os::fd::RawFd,
+    reader: Box<dyn Read + Send>,
+    partial: Vec<u8>,
+    closed: bool,
+}
+
+impl OutputPipe {
+    fn new<T: Read + AsRawFd + Send + 'static>(pipe: T) -> OutputPipe {
+        let fd = pipe.as_raw_fd();
+        // SAFETY: fcntl on a pipe fd that `pipe` owns and keeps open as long as this struct.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            assert!(flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0);
+        }
+        OutputPipe {
+            fd,
+            reader: Box::new(pipe),
+            partial: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Reads everything the pipe holds now; complete lines go to `lines`.
+    fn read_available(&mut self, lines: &mut Vec<String>) {
+        let mut chunk = [0u8; 8192];
+        while !self.closed {
+            match self.reader.read(&mut chunk) {
+                Ok(0) => self.closed = true,
+                Ok(n) => self.partial.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("reading the vmm's output: {e}"),
+            }
+        }
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line);
+            lines.push(text.trim_end_matches(['\n', '\r']).to_string());
+        }
+        if self.closed && !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            lines.push(String::from_utf8_lossy(&rest).trim_end().to_string());
+        }
+    }
+}
+
+/// A running `vmm` with its stdout and stderr read line by line (both into one list).
 struct Running {
     child: Child,
-    lines: Receiver<String>,
+    pipes: Vec<OutputPipe>,
+    /// Every line so far, in the order read.
     seen: Vec<String>,
+    /// How many of `seen` [`Running::next_line`] has handed out.
+    handed: usize,
 }
 
 impl Running {
@@ -88,23 +213,64 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start vmm");
-        let (tx, lines) = channel();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        for stream in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let stdout: ChildStdout = child.stdout.take().unwrap();
+        let stderr: ChildStderr = child.stderr.take().unwrap();
         Running {
             child,
-            lines,
+            pipes: vec![OutputPipe::new(stdout), OutputPipe::new(stderr)],
             seen: Vec::new(),
+            handed: 0,
+        }
+    }
+
+    /// Collects every complete line the vmm has written so far. Once the VMM has answered a
+    /// pause, everything its guest printed before is in the pipes: this reads all of it.
+    fn collect_output(&mut self) {
+        for pipe in &mut self.pipes {
+            pipe.read_available(&mut self.seen);
+        }
+    }
+
+    /// Waits until the vmm writes more (or closes its output), at most until `deadline`.
+    /// Returns false at the deadline.
+    fn wait_for_output(&mut self, deadline: Instant) -> bool {
+        let mut fds: Vec<libc::pollfd> = self
+            .pipes
+            .iter()
+            .filter(|p| !p.closed)
+            .map(|p| libc::pollfd {
+                fd: p.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        if fds.is_empty() {
+            return Instant::now() < deadline;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid array of fds.len() pollfd structs for the whole call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        n != 0 || Instant::now() < deadline
+    }
+
+    /// The next line not yet handed out, waiting for it until `deadline`.
+    fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        loop {
+            if let Some(line) = self.seen.get(self.handed) {
+                self.handed += 1;
+                return Some(line.clone());
+            }
+            self.collect_output();
+            if self.handed < self.seen.len() {
+                continue;
+            }
+            if self.pipes.iter().all(|p| p.closed) || !self.wait_for_output(deadline) {
+                return None;
+            }
         }
     }
 
@@ -114,17 +280,23 @@ impl Running {
             if let Some(line) = self.seen.iter().find(|l| l.starts_with(marker)) {
                 return line.clone();
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => {
-                    let _ = self.child.kill();
-                    let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
-                    panic!(
-                        "no line starting with {marker:?} (vmm {status}); output so far:\n{}",
-                        self.seen.join("\n")
-                    );
-                }
+            self.collect_output();
+            if self.seen.iter().any(|l| l.starts_with(marker)) {
+                continue;
+            }
+            let ended = self.pipes.iter().all(|p| p.closed);
+            if ended || !self.wait_for_output(deadline) {
+                let _ = self.child.kill();
+                let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                panic!(
+                    "no line starting with {marker:?} (vmm {status}{}); output so far:\n{}",
+                    if ended {
+                        ", output closed"
+                    } else {
+                        ", timed out"
+                    },
+                    self.seen.join("\n")
+                );
             }
         }
     }
@@ -138,22 +310,16 @@ impl Running {
     /// Waits for the process to end and returns its exit code and all output.
     fn finish(mut self, deadline: Instant) -> (i32, String) {
         drop(self.child.stdin.take());
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Collect whatever output is still in flight.
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(line);
-                }
-                return (status.code().unwrap_or(-1), self.seen.join("\n"));
-            }
-            if Instant::now() > deadline {
+        // The output closes when the vmm (and anything it started) has exited.
+        while !self.pipes.iter().all(|p| p.closed) {
+            self.collect_output();
+            if !self.pipes.iter().all(|p| p.closed) && !self.wait_for_output(deadline) {
                 let _ = self.child.kill();
                 panic!("vmm did not exit; output:\n{}", self.seen.join("\n"));
             }
-            while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
-                self.seen.push(line);
-            }
         }
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), self.seen.join("\n"))
     }
 }
 
@@ -309,22 +475,17 @@ fn interactive_shell_then_reboot_exits_zero() {
     ]);
     vm.expect("GUEST-INIT-OK", deadline);
     vm.expect("guest: leaving the shell", deadline);
-    // The shell may still be starting: repeat the command until its answer appears.
+    // The shell may still be starting: repeat the command until its answer appears (each try
+    // waits up to 10 s for it; all of them together are bounded by the boot deadline).
     let mut answered = false;
-    for _ in 0..10 {
+    while !answered && Instant::now() < deadline {
         vm.send("echo SHELL-$((6*7))\n");
-        let wait_until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < wait_until {
-            if let Ok(line) = vm.lines.recv_timeout(Duration::from_millis(200)) {
-                answered |= line.contains("SHELL-42");
-                vm.seen.push(line);
-            }
-            if answered {
+        let try_until = (Instant::now() + Duration::from_secs(10)).min(deadline);
+        while let Some(line) = vm.next_line(try_until) {
+            if line.contains("SHELL-42") {
+                answered = true;
                 break;
             }
-        }
-        if answered {
-            break;
         }
     }
     assert!(

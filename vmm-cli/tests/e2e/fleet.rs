@@ -1,47 +1,71 @@
-//! Tier 3 for the fleet manager: three real guests (`guest.test=busy guest.work=N`: N units of
-//! CPU work, `BUSY k/N` after each, then power-off) on a host of one CPU, through FCFS, SRTF
-//! and RR, checking the completion order, the preemptions and that every job completed; then
-//! SRTF on a host whose memory holds one guest only, so that the preempted job is hibernated
-//! (snapshot, process ended, restored later) and must go on with its work, not start over.
+//! Tier 3 for the fleet manager: three real guests (`guest.test=busy-gated guest.work=N`: at
+//! least N units of CPU work, `BUSY k/N` after each, then power-off) on a host of one CPU,
+//! through FCFS, SJF, SRTF and RR, checking the completion order, the preemptions and that every
+//! job completed; then SRTF on a host whose memory holds one guest only, so that the preempted
+//! job is hibernated (snapshot, process ended, restored later) and must go on with its work,
+//! not start over; and two identical guests sharing pages under KSM.
+//!
+//! Arrivals are on the runner's clock, and a guest's work takes as long as the machine makes
+//! it. So that no outcome depends on that, a job whose work must outlast an event is gated
+//! (scripts/guest/tests/gate.sh): it keeps working until the test sees that event in the
+//! runner's log and opens its gate.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use vmm_core::fleet::runner::{run_fleet, FleetReport, JobRecord, Outcome, RunOptions};
 use vmm_core::fleet::{policy_by_name, Capacity, JobsFile};
 
-use super::{guest, require_real_kvm, QUIET};
+use super::{guest, require_real_kvm, scaled, Gate, QUIET};
 
-/// One job of the workload: name, arrival, estimate, units of work.
+/// One job of the workload: name, arrival, estimate, units of work, and the runner's event
+/// (a log line ending with it) that lets it finish: until then it keeps working. `None`: it
+/// ends after its units.
 #[derive(Clone)]
 struct Spec {
     name: &'static str,
     arrival_ms: u64,
     estimate_ms: u64,
     work: u32,
+    until: Option<&'static str>,
 }
 
-/// A long job first, then a short and a medium one.
+/// A long job first, then a short and a medium one. None is gated: each test says which.
 const WORKLOAD: [Spec; 3] = [
     Spec {
         name: "long",
         arrival_ms: 0,
         estimate_ms: 20_000,
-        work: 12,
+        work: 2,
+        until: None,
     },
     Spec {
         name: "short",
         arrival_ms: 1_000,
         estimate_ms: 6_000,
-        work: 3,
+        work: 2,
+        until: None,
     },
     Spec {
         name: "medium",
         arrival_ms: 2_000,
         estimate_ms: 8_000,
-        work: 6,
+        work: 2,
+        until: None,
     },
 ];
+
+/// `specs` with the jobs named in `gated` kept working until `event`.
+fn gated(specs: &[Spec], gated: &[&str], event: &'static str) -> Vec<Spec> {
+    specs
+        .iter()
+        .map(|s| Spec {
+            until: gated.contains(&s.name).then_some(event).or(s.until),
+            ..s.clone()
+        })
+        .collect()
+}
 
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vmm-e2e-fleet-{test}-{}", std::process::id()));
@@ -50,20 +74,30 @@ fn scratch(test: &str) -> PathBuf {
     dir
 }
 
+/// What a test does when the runner logs a line: it gets the line and the jobs' gates.
+type OnLine = Box<dyn FnMut(&str, &HashMap<&'static str, Gate>) + Send>;
+
 /// Writes the jobs file for `specs` and runs it under `policy` on one CPU and `memory`.
-/// `on_line` sees every event line as it is logged.
 fn run(
     dir: &Path,
     specs: &[Spec],
     policy: &str,
     quantum_ms: Option<u64>,
     memory: u64,
-    on_line: Box<dyn FnMut(&str) + Send>,
 ) -> FleetReport {
-    run_on(dir, specs, policy, quantum_ms, (1, memory), false, on_line)
+    run_on(
+        dir,
+        specs,
+        policy,
+        quantum_ms,
+        (1, memory),
+        false,
+        Box::new(|_, _| {}),
+    )
 }
 
-/// [`run`] on a host of `cpus` and `memory` bytes, with KSM when `ksm`.
+/// [`run`] on a host of `cpus` and `memory` bytes, with KSM when `ksm`. Each gated job's gate
+/// opens when the runner logs its event; `on_line` sees every line after that.
 fn run_on(
     dir: &Path,
     specs: &[Spec],
@@ -71,13 +105,26 @@ fn run_on(
     quantum_ms: Option<u64>,
     (cpus, memory): (u64, u64),
     ksm: bool,
-    on_line: Box<dyn FnMut(&str) + Send>,
+    mut on_line: OnLine,
 ) -> FleetReport {
     require_real_kvm();
-    let (kernel, initrd) = (guest("vmlinux"), guest("initramfs.cpio.gz"));
+    let (kernel, initrd) = (guest("vmlinux"), super::virtio::test_initramfs());
+    let mut gates: HashMap<&'static str, Gate> = HashMap::new();
     let jobs: Vec<serde_json::Value> = specs
         .iter()
         .map(|s| {
+            let mut append = format!(
+                "{QUIET} guest.test=busy-gated guest.work={} guest.unit={}",
+                s.work,
+                scaled(2000)
+            );
+            let mut disks = Vec::new();
+            if s.until.is_some() {
+                let gate = Gate::new(dir, &format!("{}.gate", s.name));
+                disks.push(serde_json::json!({"path": gate.path(), "read_only": true}));
+                append.push_str(" guest.gate=/dev/vda");
+                gates.insert(s.name, gate);
+            }
             serde_json::json!({
                 "name": s.name,
                 "arrival_ms": s.arrival_ms,
@@ -87,7 +134,8 @@ fn run_on(
                     "initrd": initrd,
                     "memory": "64M",
                     "vcpus": 1,
-                    "append": format!("{QUIET} guest.test=busy guest.work={}", s.work),
+                    "append": append,
+                    "disk": disks,
                 },
             })
         })
@@ -103,7 +151,10 @@ fn run_on(
         .validate(capacity, true)
         .unwrap();
     let mut policy = policy_by_name(policy, quantum_ms).unwrap();
-    let mut on_line = on_line;
+    let events: Vec<(&'static str, &'static str)> = specs
+        .iter()
+        .filter_map(|s| Some((s.name, s.until?)))
+        .collect();
     run_fleet(
         jobs,
         policy.as_mut(),
@@ -112,10 +163,17 @@ fn run_on(
             vmm_binary: PathBuf::from(env!("CARGO_BIN_EXE_vmm")),
             work_dir: dir.join("work"),
             ksm,
-            max_run_ms: Some(180_000),
+            // An upper bound only: every job ends once the events it waits for have happened.
+            max_run_ms: Some(600_000),
             log: Box::new(move |line| {
                 eprintln!("fleet: {line}");
-                on_line(line);
+                for (name, event) in &events {
+                    if line.ends_with(event) {
+                        eprintln!("fleet test: {event}: opening the gate of {name}");
+                        gates[name].open();
+                    }
+                }
+                on_line(line, &gates);
             }),
         },
     )
@@ -181,18 +239,33 @@ fn assert_matches_simulation(report: &FleetReport, specs: &[Spec], policy: &str,
     }
 }
 
-/// Every job Done, and its serial log counts BUSY 1/N .. N/N once each, then BUSY-DONE N.
+/// Every job Done, and its serial log counts BUSY 1/N .. K/N once each (K >= N units, more
+/// for a gated job), then BUSY-DONE K; and its guest booted once (a restore goes on, it does
+/// not boot again).
 fn assert_all_completed(report: &FleetReport, specs: &[Spec]) {
     for spec in specs {
         let record = job(report, spec.name);
         assert_eq!(record.outcome, Outcome::Done, "{}: {report:#?}", spec.name);
         let numbers = busy_numbers(&record.serial_log);
-        let expected: Vec<u32> = (1..=spec.work).collect();
+        let done = numbers.len() as u32;
+        assert!(
+            done >= spec.work,
+            "{}: {done} units of {}",
+            spec.name,
+            spec.work
+        );
+        let expected: Vec<u32> = (1..=done).collect();
         assert_eq!(numbers, expected, "{}: BUSY lines", spec.name);
         let log = std::fs::read_to_string(&record.serial_log).unwrap();
         assert!(
-            log.contains(&format!("BUSY-DONE {}", spec.work)),
+            log.lines().any(|l| l.trim() == format!("BUSY-DONE {done}")),
             "{}: {log}",
+            spec.name
+        );
+        assert_eq!(
+            log.matches("GUEST-INIT-OK").count(),
+            1,
+            "{}: one boot expected: {log}",
             spec.name
         );
     }
@@ -216,8 +289,10 @@ fn names(list: &[&str]) -> Vec<String> {
 fn fleet_fcfs_runs_in_arrival_order_without_preemption() {
     with_retry(|| {
         let dir = scratch("fcfs");
-        let report = run(&dir, &WORKLOAD, "fcfs", None, 1 << 30, Box::new(|_| {}));
-        assert_all_completed(&report, &WORKLOAD);
+        // long works until all have arrived, so short and medium wait for it.
+        let specs = gated(&WORKLOAD, &["long"], "arrive medium");
+        let report = run(&dir, &specs, "fcfs", None, 1 << 30);
+        assert_all_completed(&report, &specs);
         assert_eq!(
             completion_order(&report),
             names(&["long", "short", "medium"])
@@ -226,7 +301,7 @@ fn fleet_fcfs_runs_in_arrival_order_without_preemption() {
             report.jobs.iter().all(|j| j.preemptions == 0),
             "{report:#?}"
         );
-        assert_matches_simulation(&report, &WORKLOAD, "fcfs", 1);
+        assert_matches_simulation(&report, &specs, "fcfs", 1);
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
@@ -247,7 +322,9 @@ fn fleet_sjf_runs_the_shortest_waiting_job_next_without_preemption() {
                 ..WORKLOAD[1].clone()
             },
         ];
-        let report = run(&dir, &specs, "sjf", None, 1 << 30, Box::new(|_| {}));
+        // long works until both others wait.
+        let specs = gated(&specs, &["long"], "arrive short");
+        let report = run(&dir, &specs, "sjf", None, 1 << 30);
         assert_all_completed(&report, &specs);
         // long runs first (alone at t=0) and is not preempted; when it ends, medium and short
         // both wait and the shorter estimate goes first.
@@ -268,20 +345,15 @@ fn fleet_sjf_runs_the_shortest_waiting_job_next_without_preemption() {
 fn fleet_ksm_merges_identical_guests_and_reports_it() {
     with_retry(|| {
         let dir = scratch("ksm");
-        let specs = [
-            Spec {
-                name: "a",
-                arrival_ms: 0,
-                estimate_ms: 20_000,
-                work: 40,
-            },
-            Spec {
-                name: "b",
-                arrival_ms: 0,
-                estimate_ms: 20_000,
-                work: 40,
-            },
-        ];
+        // Both work until the runner has seen KSM share pages between them.
+        let twin = |name| Spec {
+            name,
+            arrival_ms: 0,
+            estimate_ms: 20_000,
+            work: 2,
+            until: Some("pages shared"),
+        };
+        let specs = [twin("a"), twin("b")];
         let before = std::fs::read_to_string("/sys/kernel/mm/ksm/run").unwrap_or_default();
         let report = run_on(
             &dir,
@@ -290,7 +362,7 @@ fn fleet_ksm_merges_identical_guests_and_reports_it() {
             None,
             (2, 1 << 30),
             true,
-            Box::new(|_| {}),
+            Box::new(|_, _| {}),
         );
         assert_all_completed(&report, &specs);
         let shared = report.ksm_pages_sharing_max.unwrap_or(0);
@@ -311,8 +383,11 @@ fn fleet_ksm_merges_identical_guests_and_reports_it() {
 fn fleet_srtf_preempts_the_long_job_for_shorter_ones() {
     with_retry(|| {
         let dir = scratch("srtf");
-        let report = run(&dir, &WORKLOAD, "srtf", None, 1 << 30, Box::new(|_| {}));
-        assert_all_completed(&report, &WORKLOAD);
+        // long works until it has been preempted, short until medium has arrived.
+        let specs = gated(&WORKLOAD, &["long"], "pause long");
+        let specs = gated(&specs, &["short"], "arrive medium");
+        let report = run(&dir, &specs, "srtf", None, 1 << 30);
+        assert_all_completed(&report, &specs);
         // short arrives while long runs (shorter: long is paused); medium arrives while short
         // runs (longer: no preemption); then medium (shorter remaining estimate), then long.
         assert_eq!(
@@ -325,7 +400,7 @@ fn fleet_srtf_preempts_the_long_job_for_shorter_ones() {
         assert_eq!(job(&report, "medium").preemptions, 0, "{report:#?}");
         assert!(report.mean_latency_us("pause").is_some());
         assert!(report.mean_latency_us("resume").is_some());
-        assert_matches_simulation(&report, &WORKLOAD, "srtf", 1);
+        assert_matches_simulation(&report, &specs, "srtf", 1);
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
@@ -334,17 +409,11 @@ fn fleet_srtf_preempts_the_long_job_for_shorter_ones() {
 fn fleet_rr_takes_turns() {
     with_retry(|| {
         let dir = scratch("rr");
-        let report = run(
-            &dir,
-            &WORKLOAD,
-            "rr",
-            Some(2_000),
-            1 << 30,
-            Box::new(|_| {}),
-        );
-        assert_all_completed(&report, &WORKLOAD);
-        // With a 2 s quantum and boots of several seconds every job is preempted at least once
-        // while others wait; the shortest job finishes first.
+        // long and medium work until short is done: long is running when its first 2 s
+        // quantum ends with short waiting, and short cannot lose the race to finish first.
+        let specs = gated(&WORKLOAD, &["long", "medium"], "done short");
+        let report = run(&dir, &specs, "rr", Some(2_000), 1 << 30);
+        assert_all_completed(&report, &specs);
         assert!(job(&report, "long").preemptions >= 1, "{report:#?}");
         assert_eq!(completion_order(&report)[0], "short", "{report:#?}");
         let _ = std::fs::remove_dir_all(&dir);
@@ -360,26 +429,33 @@ fn fleet_hibernated_job_resumes_its_work() {
                 name: "long",
                 arrival_ms: 0,
                 estimate_ms: 60_000,
-                work: 150,
+                work: 1,
+                // Opened below, when it is hibernated.
+                until: Some("(never logged)"),
             },
             Spec {
                 name: "short",
                 arrival_ms: 12_000,
                 estimate_ms: 3_000,
-                work: 3,
+                work: 2,
+                until: None,
             },
         ];
-        // The long job's BUSY count when it was hibernated, read from its serial log then.
+        // The long job's BUSY count when it was hibernated, read from its serial log then (its
+        // VMM has ended, so the log is complete). Its gate then asks for two more units: the
+        // restored guest must go on from there, not from 1.
         let at_hibernation = Arc::new(Mutex::new(Vec::<usize>::new()));
         let seen = at_hibernation.clone();
         let long_log = dir.join("work").join("0-long.log");
-        let on_line = Box::new(move |line: &str| {
+        let on_line: OnLine = Box::new(move |line, gates| {
             if line.contains("hibernate long") {
-                seen.lock().unwrap().push(busy_numbers(&long_log).len());
+                let units = busy_numbers(&long_log).len();
+                seen.lock().unwrap().push(units);
+                gates["long"].open_at(units + 2);
             }
         });
         // Room for one 64 MiB guest only: the paused long job must leave memory to the short one.
-        let report = run(&dir, &specs, "srtf", None, 100 << 20, on_line);
+        let report = run_on(&dir, &specs, "srtf", None, (1, 100 << 20), false, on_line);
         assert_all_completed(&report, &specs);
         assert_eq!(completion_order(&report), names(&["short", "long"]));
         let long = job(&report, "long");
@@ -390,13 +466,18 @@ fn fleet_hibernated_job_resumes_its_work() {
         );
         let counts = at_hibernation.lock().unwrap().clone();
         assert_eq!(counts.len(), 1, "one hibernation seen: {counts:?}");
+        let done = busy_numbers(&long.serial_log).len();
         assert!(
-            counts[0] >= 1 && counts[0] < 150,
-            "the long job should have done some but not all of its work when hibernated: {} units",
+            done >= counts[0] + 2,
+            "hibernated after {} units, done after {done}",
             counts[0]
         );
-        // assert_all_completed checked BUSY 1..150 once each: after the restore it went on from
-        // counts[0] + 1, not from 1.
+        eprintln!(
+            "fleet test: long hibernated after {} units, ended after {done}",
+            counts[0]
+        );
+        // assert_all_completed checked BUSY 1..done once each and one boot: after the restore
+        // the guest went on from counts[0] + 1, not from 1.
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -1,13 +1,17 @@
-//! Tier 3 for the control API: a real guest counting on its console (`guest.test=count`) is
-//! paused (its COUNT lines stop), resumed (they go on with no gap and no restart), paused again
-//! and snapshotted, its VMM is killed, and a new VMM process restores the snapshot: the count
-//! continues where it stopped, to COUNT-DONE and exit code 0.
+//! Tier 3 for the control API: a real guest counting on its console (`guest.test=count-gated`)
+//! is paused (its COUNT lines stop), resumed (they go on with no gap and no restart), paused
+//! again and snapshotted, its VMM is killed, and a new VMM process restores the snapshot: the
+//! count continues where it stopped, to COUNT-DONE and exit code 0. Snapshots of a guest busy
+//! writing its file system (full, then a diff over it) restore to a consistent file system.
+//!
+//! The guests' tests are gated (scripts/guest/tests/gate.sh): they cannot end before the test
+//! opens their gate, so no step here depends on how fast the guest or the test host runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{guest, Running, BOOT_TIMEOUT, QUIET};
+use super::{guest, scaled, Gate, Running, BOOT_TIMEOUT, QUIET};
 
 fn vmm(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_vmm"))
@@ -26,41 +30,90 @@ fn ok(args: &[&str]) {
     );
 }
 
-/// The numbers of the COUNT lines seen so far.
-fn counts(vm: &Running) -> Vec<u32> {
+/// A scratch directory for one test, removed when it passes.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-e2e-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn path_in(dir: &Path, name: &str) -> String {
+    dir.join(name).to_string_lossy().into_owned()
+}
+
+/// The numbers of the `PREFIX<n>` lines seen so far.
+fn numbered(vm: &Running, prefix: &str) -> Vec<u32> {
     vm.seen
         .iter()
-        .filter_map(|l| l.strip_prefix("COUNT "))
+        .filter_map(|l| l.strip_prefix(prefix))
         .filter_map(|n| n.trim().parse().ok())
         .collect()
 }
 
-/// Reads output for `how_long`.
-fn drain(vm: &mut Running, how_long: Duration) {
-    let until = Instant::now() + how_long;
-    while Instant::now() < until {
-        if let Ok(line) = vm.lines.recv_timeout(Duration::from_millis(50)) {
-            vm.seen.push(line);
-        }
-    }
+/// The numbers of the COUNT lines seen so far.
+fn counts(vm: &Running) -> Vec<u32> {
+    numbered(vm, "COUNT ")
 }
 
 fn assert_consecutive(numbers: &[u32], from: u32, what: &str) {
     for (i, n) in numbers.iter().enumerate() {
-        assert_eq!(*n, from + i as u32, "{what}: COUNT lines {numbers:?}");
+        assert_eq!(*n, from + i as u32, "{what}: lines {numbers:?}");
     }
+}
+
+/// Pauses the VMM at `sock` and collects everything its guest printed before the pause.
+fn pause(vm: &mut Running, sock: &str) {
+    ok(&["pause", "--api-sock", sock]);
+    vm.collect_output();
+}
+
+fn snapshot(sock: &str, state: &str, mem: &str, diff: bool) {
+    let mut args = vec![
+        "snapshot",
+        "create",
+        "--api-sock",
+        sock,
+        "--snapshot",
+        state,
+        "--mem",
+        mem,
+    ];
+    if diff {
+        args.push("--diff");
+    }
+    ok(&args);
+}
+
+fn kill(mut vm: Running) {
+    vm.child.kill().unwrap();
+    let _ = vm.child.wait();
+}
+
+fn e2fsck_clean(image: &str, what: &str) {
+    let fsck = Command::new("e2fsck")
+        .args(["-fn", image])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck after {what}:\n{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 }
 
 #[test]
 fn pause_resume_snapshot_kill_restore_continues_the_count() {
-    let dir = std::env::temp_dir().join(format!("vmm-e2e-lifecycle-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = |name: &str| -> String { dir.join(name).to_string_lossy().into_owned() };
-    let (sock, sock2) = (path("api.sock"), path("api2.sock"));
-    let (state, mem) = (path("snap.state"), path("snap.mem"));
-    let (kernel, initrd) = (guest("vmlinux"), guest("initramfs.cpio.gz"));
-    let append = format!("{QUIET} guest.test=count guest.count=30 guest.interval_ms=200");
+    let dir = scratch("lifecycle");
+    let (sock, sock2) = (path_in(&dir, "api.sock"), path_in(&dir, "api2.sock"));
+    let (state, mem) = (path_in(&dir, "snap.state"), path_in(&dir, "snap.mem"));
+    let gate = Gate::new(&dir, "gate.img");
+    let (kernel, initrd) = (guest("vmlinux"), super::virtio::test_initramfs());
+    // The count goes on until the gate opens, whatever the machine's speed.
+    let append = format!(
+        "{QUIET} guest.test=count-gated guest.count=1 guest.interval_ms={} guest.gate=/dev/vda",
+        scaled(200)
+    );
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let mut vm = Running::start(&[
         "--kernel",
@@ -69,6 +122,8 @@ fn pause_resume_snapshot_kill_restore_continues_the_count() {
         &initrd,
         "--memory",
         "128M",
+        "--disk",
+        &gate.disk(),
         "--api-sock",
         &sock,
         "--append",
@@ -76,13 +131,14 @@ fn pause_resume_snapshot_kill_restore_continues_the_count() {
     ]);
     vm.expect("COUNT 3", deadline);
 
-    // Pause: the count stops.
-    ok(&["pause", "--api-sock", &sock]);
+    // Pause: the count stops. Everything printed before the pause is collected at once; a
+    // guest that still ran would print a line every interval.
+    pause(&mut vm, &sock);
     let status = vmm(&["status", "--api-sock", &sock]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("\"Paused\""));
-    drain(&mut vm, Duration::from_millis(300)); // a line already on its way may still arrive
     let at_pause = counts(&vm).len();
-    drain(&mut vm, Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(10 * scaled(200)));
+    vm.collect_output();
     assert_eq!(counts(&vm).len(), at_pause, "COUNT lines while paused");
 
     // Resume: it goes on from the next number.
@@ -91,25 +147,15 @@ fn pause_resume_snapshot_kill_restore_continues_the_count() {
     vm.expect(&next, deadline);
 
     // Pause, snapshot, kill the VMM.
-    ok(&["pause", "--api-sock", &sock]);
-    drain(&mut vm, Duration::from_millis(300));
-    ok(&[
-        "snapshot",
-        "create",
-        "--api-sock",
-        &sock,
-        "--snapshot",
-        &state,
-        "--mem",
-        &mem,
-    ]);
+    pause(&mut vm, &sock);
+    snapshot(&sock, &state, &mem, false);
     let before = counts(&vm);
     assert_consecutive(&before, 1, "first VMM");
     let last = *before.last().unwrap();
-    vm.child.kill().unwrap();
-    let _ = vm.child.wait();
+    kill(vm);
 
-    // Restore in a new process: the count continues after `last`.
+    // Restore in a new process: the count continues after `last`; once it has gone on for two
+    // lines, the gate lets it end.
     let mut restored = Running::start_raw(&[
         "restore",
         "--snapshot",
@@ -119,29 +165,46 @@ fn pause_resume_snapshot_kill_restore_continues_the_count() {
         "--api-sock",
         &sock2,
     ]);
-    restored.expect("COUNT-DONE 30", deadline);
+    restored.expect(&format!("COUNT {}", last + 2), deadline);
+    gate.open();
+    let done = restored.expect("COUNT-DONE", deadline);
     let after = counts(&restored);
-    assert!(!after.is_empty(), "no COUNT after restore");
     assert_consecutive(&after, last + 1, "restored VMM");
+    assert_eq!(
+        done,
+        format!("COUNT-DONE {}", after.last().unwrap()),
+        "{after:?}"
+    );
     restored.expect("GUEST-TEST-DONE", deadline);
     let (code, output) = restored.finish(deadline);
     assert_eq!(code, 0, "{output}");
-    let _ = std::fs::remove_dir_all(PathBuf::from(&dir));
+    assert!(
+        !output.contains("GUEST-INIT-OK"),
+        "the restored guest booted again:\n{output}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn snapshot_mid_write_restores_a_consistent_file_system() {
-    let dir = std::env::temp_dir().join(format!("vmm-e2e-diskwrite-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = |name: &str| -> String { dir.join(name).to_string_lossy().into_owned() };
-    let (sock, sock2) = (path("api.sock"), path("api2.sock"));
-    let (state, mem, image) = (path("snap.state"), path("snap.mem"), path("disk.ext4"));
+    let dir = scratch("diskwrite");
+    let (sock, sock2) = (path_in(&dir, "api.sock"), path_in(&dir, "api2.sock"));
+    let (state, mem, image) = (
+        path_in(&dir, "snap.state"),
+        path_in(&dir, "snap.mem"),
+        path_in(&dir, "disk.ext4"),
+    );
     std::fs::copy(guest("rootfs.ext4"), &image).unwrap();
     let disk = format!("path={image}");
+    // The gate runs: the guest keeps writing (cycling over 10 files) until the test opens it,
+    // so the snapshot is taken while it writes, however fast it writes.
+    let gate = Gate::new(&dir, "gate.img");
     let kernel = guest("vmlinux");
     let initrd = super::virtio::test_initramfs();
-    let append = format!("{QUIET} guest.test=diskwrite guest.files=30");
+    let append = format!(
+        "{QUIET} guest.test=diskwrite guest.files=10 guest.interval_ms={} guest.gate=/dev/vdb",
+        scaled(100)
+    );
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let mut vm = Running::start(&[
         "--kernel",
@@ -152,25 +215,18 @@ fn snapshot_mid_write_restores_a_consistent_file_system() {
         "128M",
         "--disk",
         &disk,
+        "--disk",
+        &gate.disk(),
         "--api-sock",
         &sock,
         "--append",
         &append,
     ]);
     vm.expect("DISKWRITE 5", deadline);
-    ok(&["pause", "--api-sock", &sock]);
-    ok(&[
-        "snapshot",
-        "create",
-        "--api-sock",
-        &sock,
-        "--snapshot",
-        &state,
-        "--mem",
-        &mem,
-    ]);
-    vm.child.kill().unwrap();
-    let _ = vm.child.wait();
+    pause(&mut vm, &sock);
+    snapshot(&sock, &state, &mem, false);
+    let last = *numbered(&vm, "DISKWRITE ").last().unwrap();
+    kill(vm);
 
     let mut restored = Running::start_raw(&[
         "restore",
@@ -181,19 +237,14 @@ fn snapshot_mid_write_restores_a_consistent_file_system() {
         "--api-sock",
         &sock2,
     ]);
-    restored.expect("DISKWRITE-OK 30", deadline);
+    // The restored guest goes on writing (a write after the snapshot), then may finish.
+    restored.expect(&format!("DISKWRITE {}", last + 1), deadline);
+    gate.open();
+    restored.expect("DISKWRITE-OK 10", deadline);
     restored.expect("GUEST-TEST-DONE", deadline);
     let (code, output) = restored.finish(deadline);
     assert_eq!(code, 0, "{output}");
-    let fsck = Command::new("e2fsck")
-        .args(["-fn", &image])
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck after snapshot + restore mid-write:\n{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    e2fsck_clean(&image, "snapshot + restore mid-write");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -201,19 +252,23 @@ fn snapshot_mid_write_restores_a_consistent_file_system() {
 fn diff_snapshot_over_a_full_one_restores_mid_write() {
     use std::os::unix::fs::MetadataExt;
 
-    let dir = std::env::temp_dir().join(format!("vmm-e2e-diff-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = |name: &str| -> String { dir.join(name).to_string_lossy().into_owned() };
-    let (sock, sock2) = (path("api.sock"), path("api2.sock"));
-    let (base_state, base_mem) = (path("base.state"), path("base.mem"));
-    let (diff_state, diff_mem) = (path("diff.state"), path("diff.mem"));
-    let image = path("disk.ext4");
+    let dir = scratch("diff");
+    let (sock, sock2) = (path_in(&dir, "api.sock"), path_in(&dir, "api2.sock"));
+    let (base_state, base_mem) = (path_in(&dir, "base.state"), path_in(&dir, "base.mem"));
+    let (diff_state, diff_mem) = (path_in(&dir, "diff.state"), path_in(&dir, "diff.mem"));
+    let image = path_in(&dir, "disk.ext4");
     std::fs::copy(guest("rootfs.ext4"), &image).unwrap();
     let disk = format!("path={image}");
+    // The gate paces the guest: it writes files 1..5, then waits until the test allows more,
+    // so what it dirties between the two snapshots is 7 files however fast it runs.
+    let gate = Gate::new(&dir, "gate.img");
+    gate.allow_up_to(5);
     let kernel = guest("vmlinux");
     let initrd = super::virtio::test_initramfs();
-    let append = format!("{QUIET} guest.test=diskwrite guest.files=30");
+    let append = format!(
+        "{QUIET} guest.test=diskwrite guest.files=30 guest.interval_ms={} guest.gate=/dev/vdb",
+        scaled(100)
+    );
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let mut vm = Running::start(&[
         "--kernel",
@@ -224,6 +279,8 @@ fn diff_snapshot_over_a_full_one_restores_mid_write() {
         "128M",
         "--disk",
         &disk,
+        "--disk",
+        &gate.disk(),
         "--api-sock",
         &sock,
         "--append",
@@ -231,33 +288,14 @@ fn diff_snapshot_over_a_full_one_restores_mid_write() {
         "--track-dirty-pages",
     ]);
     vm.expect("DISKWRITE 5", deadline);
-    ok(&["pause", "--api-sock", &sock]);
-    ok(&[
-        "snapshot",
-        "create",
-        "--api-sock",
-        &sock,
-        "--snapshot",
-        &base_state,
-        "--mem",
-        &base_mem,
-    ]);
+    pause(&mut vm, &sock);
+    snapshot(&sock, &base_state, &base_mem, false);
+    gate.allow_up_to(12);
     ok(&["resume", "--api-sock", &sock]);
     vm.expect("DISKWRITE 12", deadline);
-    ok(&["pause", "--api-sock", &sock]);
-    ok(&[
-        "snapshot",
-        "create",
-        "--api-sock",
-        &sock,
-        "--snapshot",
-        &diff_state,
-        "--mem",
-        &diff_mem,
-        "--diff",
-    ]);
-    vm.child.kill().unwrap();
-    let _ = vm.child.wait();
+    pause(&mut vm, &sock);
+    snapshot(&sock, &diff_state, &diff_mem, true);
+    kill(vm);
 
     let blocks = |p: &str| std::fs::metadata(p).unwrap().blocks();
     let (base_blocks, diff_blocks) = (blocks(&base_mem), blocks(&diff_mem));
@@ -267,6 +305,8 @@ fn diff_snapshot_over_a_full_one_restores_mid_write() {
         "the diff ({diff_blocks} blocks) is not much smaller than the base ({base_blocks})"
     );
 
+    // The restored guest writes files 13..30, reads all 30 back and stops.
+    gate.open();
     let mut restored = Running::start_raw(&[
         "restore",
         "--snapshot",
@@ -280,26 +320,14 @@ fn diff_snapshot_over_a_full_one_restores_mid_write() {
     ]);
     restored.expect("DISKWRITE-OK 30", deadline);
     restored.expect("GUEST-TEST-DONE", deadline);
-    let numbers: Vec<u32> = restored
-        .seen
-        .iter()
-        .filter_map(|l| l.strip_prefix("DISKWRITE "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
-    assert!(
-        numbers.first().is_some_and(|&n| n > 12),
-        "the restored guest did not continue after DISKWRITE 12: {numbers:?}"
+    let numbers = numbered(&restored, "DISKWRITE ");
+    assert_eq!(
+        numbers,
+        (13..=30).collect::<Vec<u32>>(),
+        "the restored guest did not continue after DISKWRITE 12"
     );
     let (code, output) = restored.finish(deadline);
     assert_eq!(code, 0, "{output}");
-    let fsck = Command::new("e2fsck")
-        .args(["-fn", &image])
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck after diff snapshot + restore mid-write:\n{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    e2fsck_clean(&image, "diff snapshot + restore mid-write");
     let _ = std::fs::remove_dir_all(&dir);
 }

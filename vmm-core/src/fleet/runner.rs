@@ -879,7 +879,12 @@ impl Runner<'_> {
         let live = self.slots.iter().filter(|s| s.resident()).count();
         if live >= 2 {
             if let Some(pages) = ksm_pages_sharing() {
-                self.ksm_max = Some(self.ksm_max.map_or(pages, |m| m.max(pages)));
+                let before = self.ksm_max.unwrap_or(0);
+                self.ksm_max = Some(before.max(pages));
+                // Logged when sharing starts and each time it doubles: a few lines per run.
+                if pages > 0 && pages >= before.saturating_mul(2).max(1) {
+                    self.log(&format!("ksm: {pages} pages shared"));
+                }
             }
         }
     }
