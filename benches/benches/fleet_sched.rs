@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use vmm_core::fleet::{policy_by_name, sim::synthetic_jobs, simulate, Capacity, JobState, JobView};
+use vmm_fleet::{policy_by_name, sim::synthetic_jobs, simulate, Capacity, JobState, JobView};
 
 const POLICIES: [(&str, Option<u64>); 4] = [
     ("fcfs", None),

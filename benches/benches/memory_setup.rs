@@ -51,7 +51,8 @@ fn boot_path(c: &mut Criterion) {
             let mem = vmm_memory::create_guest_memory(ram, Default::default()).expect("memory");
             let mut image = File::open(&kernel_path).expect("tiny-pvh.elf");
             let kernel = load_kernel(&mem, &mut image, ElfEntry::Auto).expect("load kernel");
-            let cmdline = build_cmdline(None, &["quiet"]).expect("command line");
+            let cmdline =
+                build_cmdline(vmm_api::DEFAULT_CMDLINE, &["quiet"]).expect("command line");
             configure_boot(&mem, &kernel, &cmdline, None, ram).expect("boot structures");
             setup_mptable(&mem, 2).expect("MP table");
             black_box(mem)

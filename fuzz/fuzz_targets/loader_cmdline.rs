@@ -1,8 +1,9 @@
 //! Arbitrary command line pieces: `build_cmdline` must return an error or a command line that
 //! fits the guest's area and holds only printable ASCII, never panic.
 //!
-//! Input format: the first byte's low bit says whether a replacement command line is given;
-//! the rest, split at 0xff bytes, is the replacement (if any) and then the append pieces.
+//! Input format: the first byte's low bit says whether a base command line is given (else a
+//! typical one is used); the rest, split at 0xff bytes, is the base (if any) and then the append
+//! pieces.
 
 #![no_main]
 
@@ -19,12 +20,12 @@ fuzz_target!(|data: &[u8]| {
         .split(|&b| b == 0xff)
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .collect();
-    let (replace, append) = match (flags & 1 == 1, pieces.split_first()) {
-        (true, Some((first, others))) => (Some(first.as_str()), others),
-        _ => (None, pieces.as_slice()),
+    let (base, append) = match (flags & 1 == 1, pieces.split_first()) {
+        (true, Some((first, others))) => (first.as_str(), others),
+        _ => (vmm_api::DEFAULT_CMDLINE, pieces.as_slice()),
     };
     let append: Vec<&str> = append.iter().map(String::as_str).collect();
-    let Ok(mut cmdline) = build_cmdline(replace, &append) else {
+    let Ok(mut cmdline) = build_cmdline(base, &append) else {
         return;
     };
     let text = cmdline

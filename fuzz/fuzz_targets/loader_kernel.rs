@@ -28,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(kernel.kernel_end <= RAM, "{kernel:?}");
         assert!(kernel.entry < kernel.kernel_end, "{kernel:?}");
         let initrd = load_initrd(mem, &mut Cursor::new([0x1f_u8; 64]), 64, &kernel).ok();
-        let cmdline = build_cmdline(None, &["quiet"]).expect("default command line");
+        let cmdline =
+            build_cmdline(vmm_api::DEFAULT_CMDLINE, &["quiet"]).expect("default command line");
         // May refuse (e.g. a bzImage header with a tiny cmdline_size), must not panic.
         let _ = configure_boot(mem, &kernel, &cmdline, initrd, RAM);
     }

@@ -227,7 +227,7 @@ mod tests {
 
     fn setup(protocol: BootProtocol, initrd: Option<InitrdRegion>) -> GuestMemoryMmap {
         let mem = vmm_memory::create_guest_memory(64 * MIB, Default::default()).unwrap();
-        let cmdline = crate::build_cmdline(None, &["quiet"]).unwrap();
+        let cmdline = crate::build_cmdline(crate::tests_cmdline(), &["quiet"]).unwrap();
         configure_boot(&mem, &kernel(protocol, None), &cmdline, initrd, 64 * MIB).unwrap();
         mem
     }
@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(p.hdr.type_of_loader, 0xff);
         assert_eq!({ p.hdr.kernel_alignment }, 0x100_0000);
         assert_eq!({ p.hdr.cmd_line_ptr }, layout::CMDLINE_START as u32);
-        let expected_cmdline = format!("{} quiet", crate::DEFAULT_CMDLINE);
+        let expected_cmdline = format!("{} quiet", crate::tests_cmdline());
         assert_eq!({ p.hdr.cmdline_size } as usize, expected_cmdline.len() + 1);
         assert_eq!({ p.hdr.ramdisk_image }, 0x300_0000);
         assert_eq!({ p.hdr.ramdisk_size }, 12345);
@@ -275,7 +275,7 @@ mod tests {
             cmdline_size: 2047,
             ..Default::default()
         };
-        let cmdline = crate::build_cmdline(Some("console=ttyS0"), &[]).unwrap();
+        let cmdline = crate::build_cmdline("console=ttyS0", &[]).unwrap();
         let k = kernel(BootProtocol::BzImage, Some(hdr));
         configure_boot(&mem, &k, &cmdline, None, 64 * MIB).unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn ram_size_must_match() {
         let mem = vmm_memory::create_guest_memory(64 * MIB, Default::default()).unwrap();
-        let cmdline = crate::build_cmdline(None, &[]).unwrap();
+        let cmdline = crate::build_cmdline(crate::tests_cmdline(), &[]).unwrap();
         let k = kernel(BootProtocol::Linux64, None);
         assert!(matches!(
             configure_boot(&mem, &k, &cmdline, None, 128 * MIB),

@@ -1,26 +1,21 @@
-//! The kernel command line: the default (or the user's replacement) plus appended pieces.
+//! The kernel command line: a base text (the VMM's default or the user's) plus appended pieces.
 
 use linux_loader::cmdline::{Cmdline, Error as CmdlineError};
 use vmm_memory::layout;
 
 use crate::error::{Error, Result};
 
-/// The command line used when the user gives none: serial console, reboot through the i8042,
-/// reboot on panic, no PCI probing, one UART, an i8042 without aux port or mux.
-pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off nomodule 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd";
-
 /// Longest command line without its NUL.
 const MAX_LEN: usize = layout::CMDLINE_MAX_SIZE - 1;
 
-/// Builds the command line from `replace` (or [`DEFAULT_CMDLINE`]) followed by every `append`
+/// Builds the command line from `base` (the VMM's default or the user's) followed by every `append`
 /// piece, space separated, with capacity [`layout::CMDLINE_MAX_SIZE`] (NUL included).
 ///
 /// Arguments after a ` -- ` (outside double quotes) go to init; they are kept apart in the
 /// [`Cmdline`] so that what the VMM adds later (`virtio_mmio.device=...`) still lands before the
 /// `--`, where the kernel reads it.
-pub fn build_cmdline(replace: Option<&str>, append: &[&str]) -> Result<Cmdline> {
-    let mut text = String::from(replace.unwrap_or(DEFAULT_CMDLINE));
+pub fn build_cmdline(base: &str, append: &[&str]) -> Result<Cmdline> {
+    let mut text = String::from(base);
     for piece in append.iter().filter(|p| !p.is_empty()) {
         if !text.is_empty() {
             text.push(' ');
@@ -94,32 +89,38 @@ fn split_init_args(text: &str) -> (&str, &str) {
 mod tests {
     use super::*;
 
+    /// A typical microVM command line.
+    const TEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off 8250.nr_uarts=1";
+
     fn text(c: &Cmdline) -> String {
         c.as_cstring().unwrap().into_string().unwrap()
     }
 
     #[test]
     fn default_replace_and_append() {
-        assert_eq!(text(&build_cmdline(None, &[]).unwrap()), DEFAULT_CMDLINE);
         assert_eq!(
-            text(&build_cmdline(Some("console=hvc0"), &[]).unwrap()),
+            text(&build_cmdline(TEST_CMDLINE, &[]).unwrap()),
+            TEST_CMDLINE
+        );
+        assert_eq!(
+            text(&build_cmdline("console=hvc0", &[]).unwrap()),
             "console=hvc0"
         );
         assert_eq!(
-            text(&build_cmdline(None, &["quiet", "guest.test=smp,blk"]).unwrap()),
-            format!("{DEFAULT_CMDLINE} quiet guest.test=smp,blk")
+            text(&build_cmdline(TEST_CMDLINE, &["quiet", "guest.test=smp,blk"]).unwrap()),
+            format!("{TEST_CMDLINE} quiet guest.test=smp,blk")
         );
         assert_eq!(
-            text(&build_cmdline(Some("a"), &["b=\"x y\"", "c"]).unwrap()),
+            text(&build_cmdline("a", &["b=\"x y\"", "c"]).unwrap()),
             "a b=\"x y\" c"
         );
-        assert_eq!(text(&build_cmdline(Some(""), &[]).unwrap()), "");
-        assert_eq!(text(&build_cmdline(Some(""), &["", "x"]).unwrap()), "x");
+        assert_eq!(text(&build_cmdline("", &[]).unwrap()), "");
+        assert_eq!(text(&build_cmdline("", &["", "x"]).unwrap()), "x");
     }
 
     #[test]
     fn init_args_stay_after_later_additions() {
-        let mut c = build_cmdline(Some("root=/dev/vda -- single"), &["quiet"]).unwrap();
+        let mut c = build_cmdline("root=/dev/vda -- single", &["quiet"]).unwrap();
         assert_eq!(text(&c), "root=/dev/vda -- single quiet");
         c.insert_str("virtio_mmio.device=4K@0xd0000000:5").unwrap();
         assert_eq!(
@@ -136,8 +137,8 @@ mod tests {
     #[test]
     fn too_long_names_length_and_limit() {
         let long = "x".repeat(MAX_LEN);
-        assert!(build_cmdline(Some(&long), &[]).is_ok());
-        let err = build_cmdline(Some(&long), &["y"]).unwrap_err();
+        assert!(build_cmdline(&long, &[]).is_ok());
+        let err = build_cmdline(&long, &["y"]).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -151,15 +152,15 @@ mod tests {
         assert!(err.to_string().contains("2049") && err.to_string().contains("2047"));
         let long = "x".repeat(MAX_LEN + 1);
         assert!(matches!(
-            build_cmdline(Some(&long), &[]),
+            build_cmdline(&long, &[]),
             Err(Error::CmdlineTooLong { .. })
         ));
     }
 
     #[test]
     fn invalid_characters_are_rejected() {
-        let err = build_cmdline(None, &["a\0b"]).unwrap_err();
-        let offset = DEFAULT_CMDLINE.len() + 2;
+        let err = build_cmdline(TEST_CMDLINE, &["a\0b"]).unwrap_err();
+        let offset = TEST_CMDLINE.len() + 2;
         assert!(
             matches!(err, Error::CmdlineInvalidChar { ch: '\0', offset: o } if o == offset),
             "{err}"
@@ -167,7 +168,7 @@ mod tests {
         for bad in ["tab\there", "nl\n", "caf\u{e9}", "\x7f"] {
             assert!(
                 matches!(
-                    build_cmdline(Some(bad), &[]),
+                    build_cmdline(bad, &[]),
                     Err(Error::CmdlineInvalidChar { .. })
                 ),
                 "{bad:?}"

@@ -4,7 +4,7 @@
 //!   linux-loader, with the checks linux-loader leaves out (ELF class and machine, truncation,
 //!   whether the kernel and its bss or decompression buffer fit in guest RAM).
 //! - [`load_initrd`]: the initrd, page-aligned at the top of usable low RAM.
-//! - [`build_cmdline`]: the kernel command line from the default or the user's, plus additions.
+//! - [`build_cmdline`]: the kernel command line from a base text plus additions.
 //! - [`configure_boot`]: the command line and the zero page with its e820 map (Linux boot
 //!   protocol) or `hvm_start_info` with its memory map and module list (PVH).
 //! - [`setup_mptable`]: an Intel MultiProcessor Specification table listing the vCPUs.
@@ -29,7 +29,7 @@ mod test_elf;
 
 pub use acpi::setup_acpi;
 pub use boot_params::configure_boot;
-pub use cmdline::{build_cmdline, DEFAULT_CMDLINE};
+pub use cmdline::build_cmdline;
 pub use error::{Error, Result};
 pub use initrd::{load_initrd, InitrdRegion};
 pub use kernel::{load_kernel, BootProtocol, ElfEntry, LoadedKernel};
@@ -68,6 +68,12 @@ pub fn virtio_mmio_cmdline(devices: &[VirtioMmioDevice]) -> Vec<String> {
 /// Whether `cmdline` turns ACPI off (`acpi=off`), so devices must be announced on it instead.
 pub fn cmdline_disables_acpi(cmdline: &str) -> bool {
     cmdline.split_ascii_whitespace().any(|w| w == "acpi=off")
+}
+
+/// A typical microVM command line for the unit tests.
+#[cfg(test)]
+pub(crate) fn tests_cmdline() -> &'static str {
+    "console=ttyS0 reboot=k panic=1 pci=off 8250.nr_uarts=1"
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ use vmm_loader::{
 };
 use vmm_memory::layout;
 
+/// The guest command line of these tests (a VMM passes its own default or the user's).
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off 8250.nr_uarts=1";
+
 fn initrd_size() -> u64 {
     std::fs::metadata(guest_file("initramfs.cpio.gz"))
         .unwrap()
@@ -50,7 +53,7 @@ fn vmlinux_pvh_with_initrd() {
     let magic: [u8; 2] = mem.read_obj(GuestAddress(initrd.addr)).unwrap();
     assert_eq!(magic, [0x1f, 0x8b]);
 
-    let cmdline = build_cmdline(None, &["quiet", "guest.test=smp"]).unwrap();
+    let cmdline = build_cmdline(CMDLINE, &["quiet", "guest.test=smp"]).unwrap();
     configure_boot(&mem, &kernel, &cmdline, Some(initrd), ram).unwrap();
     setup_mptable(&mem, 2).unwrap();
 
@@ -59,7 +62,7 @@ fn vmlinux_pvh_with_initrd() {
     assert_eq!(info.version, 1);
     assert_eq!(
         read_cmdline(&mem, info.cmdline_paddr),
-        format!("{} quiet guest.test=smp", vmm_loader::DEFAULT_CMDLINE)
+        format!("{} quiet guest.test=smp", CMDLINE)
     );
     assert_eq!(info.nr_modules, 1);
     let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
@@ -92,7 +95,7 @@ fn bzimage_zero_page_with_initrd() {
         &kernel,
     )
     .unwrap();
-    let cmdline = build_cmdline(Some("console=ttyS0 panic=1"), &["root=/dev/vda"]).unwrap();
+    let cmdline = build_cmdline("console=ttyS0 panic=1", &["root=/dev/vda"]).unwrap();
     configure_boot(&mem, &kernel, &cmdline, Some(initrd), ram).unwrap();
 
     let p: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
@@ -123,7 +126,7 @@ fn linux64_e820_above_4g() {
     let ram = 5 << 30;
     let mem = memory(ram);
     let kernel = load_kernel(&mem, &mut open_guest_file("vmlinux"), ElfEntry::Linux64).unwrap();
-    let cmdline = build_cmdline(None, &[]).unwrap();
+    let cmdline = build_cmdline(CMDLINE, &[]).unwrap();
     configure_boot(&mem, &kernel, &cmdline, None, ram).unwrap();
     let p: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
     let map = layout::memory_map(ram);

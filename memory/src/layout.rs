@@ -85,6 +85,8 @@ pub const SERIAL_IRQ: u32 = 4;
 pub const VIRTIO_IRQ_FIRST: u32 = 5;
 /// Last IOAPIC pin (the in-kernel IOAPIC has 24).
 pub const IRQ_LAST: u32 = 23;
+/// How many virtio-mmio devices fit: one IOAPIC pin each.
+pub const VIRTIO_MMIO_SLOTS: usize = (IRQ_LAST - VIRTIO_IRQ_FIRST + 1) as usize;
 
 /// Smallest guest RAM we accept: the boot structures plus the first MiB of high RAM.
 pub const MIN_RAM_BYTES: u64 = 2 << 20;

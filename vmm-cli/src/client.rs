@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use vmm_core::{ApiClient, ClientError};
+use vmm_api::{ApiClient, ClientError};
 
 /// Most API calls answer at once; a snapshot of a large guest takes longer.
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -21,7 +21,7 @@ fn fail(error: &ClientError) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn done(result: Result<vmm_core::ClientResponse, ClientError>) -> ExitCode {
+fn done(result: Result<vmm_api::ClientResponse, ClientError>) -> ExitCode {
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => fail(&e),

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
-use vmm_core::fleet::{self, Capacity, FleetError, JobsFile};
-use vmm_core::MemorySize;
+use vmm_api::MemorySize;
+use vmm_fleet::{self as fleet, Capacity, FleetError, JobsFile};
 
 /// The fleet subcommands.
 #[derive(Subcommand, Debug)]
@@ -160,7 +160,7 @@ fn simulate(args: &SimulateArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     use std::io::Write as _;
-    use vmm_core::fleet::runner::{run_fleet, Outcome, RunOptions};
+    use vmm_fleet::runner::{run_fleet, Outcome, RunOptions};
 
     let capacity = args.schedule.capacity();
     let (mut policy, jobs) = args.schedule.load(true)?;

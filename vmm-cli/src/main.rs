@@ -1,11 +1,12 @@
-//! `vmm`: the command line over vmm-core. It parses flags (or a JSON config file), runs the VM,
+//! `vmm`: the command line over vmm-core (one VM), vmm-api (its configuration and API client)
+//! and vmm-fleet (many VMs). It parses flags (or a JSON config file), runs the VM,
 //! prints any error as one line with its cause chain, and exits with the VM's exit code.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use vmm_core::{
+use vmm_api::{
     BalloonConfig, DiskConfig, ElfEntry, MemorySize, NetConfig, SerialMode, VmConfig, VsockConfig,
 };
 
@@ -198,7 +199,7 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    fn into_config(self) -> Result<VmConfig, vmm_core::ConfigError> {
+    fn into_config(self) -> Result<VmConfig, vmm_api::ConfigError> {
         let mut config = match &self.config {
             Some(path) => VmConfig::from_file(path)?,
             None => VmConfig::default(),

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use vmm_core::fleet::runner::{run_fleet, Outcome, RunOptions};
-use vmm_core::fleet::{policy_by_name, Capacity, JobsFile};
+use vmm_fleet::runner::{run_fleet, Outcome, RunOptions};
+use vmm_fleet::{policy_by_name, Capacity, JobsFile};
 
 fn guest_file(name: &str) -> PathBuf {
     let dir = std::env::var_os("VMM_GUEST_DIR")

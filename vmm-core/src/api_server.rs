@@ -1,5 +1,5 @@
 //! The control API's socket: a Unix stream listener on its own thread, one thread per
-//! connection (at most [`MAX_CONNECTIONS`]). Requests are parsed by [`crate::api`] and handed
+//! connection (at most [`MAX_CONNECTIONS`]). Requests are parsed by [`vmm_api`] and handed
 //! to the main thread, which owns the VM, as [`VmEvent::Api`]; the answer comes back on a
 //! channel. A slow, silent, malformed or oversized client costs its own thread a timeout and
 //! never reaches the VM.
@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::api::{ApiRequest, ApiResponse, RequestReader, CONTINUE_RESPONSE};
 use crate::error::{Error, Result};
 use crate::vm::VmEvent;
+use vmm_api::{ApiRequest, ApiResponse, RequestReader, CONTINUE_RESPONSE};
 
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 16;

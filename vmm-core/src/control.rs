@@ -15,17 +15,17 @@ use vmm_memory::snapshot::MemoryFileLayout;
 use vmm_memory::GuestMemoryMmap;
 use vmm_vcpu::{VcpuState, Vm};
 
-use crate::api::{
-    ActionType, ApiConfig, ApiRequest, ApiResponse, InstanceInfo, InstanceState,
-    SnapshotCreateParams, SnapshotType, VersionInfo, VmState,
-};
 use crate::api_server::ApiServer;
 use crate::error::{Error, Result};
 use crate::snapshot::SnapshotFile;
 use crate::vcpu_threads::VcpuThreads;
 use crate::virtio_devices::AttachedDevice;
 use crate::vm::{BuiltVm, ShutdownReason, VmEvent, TERMINATION_SIGNAL};
-use crate::VmConfig;
+use vmm_api::VmConfig;
+use vmm_api::{
+    ActionType, ApiConfig, ApiRequest, ApiResponse, InstanceInfo, InstanceState,
+    SnapshotCreateParams, SnapshotType, VersionInfo, VmState,
+};
 
 /// Everything a snapshot's state file holds; guest memory is in the memory file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -136,7 +136,7 @@ impl Session<'_> {
     }
 
     /// `PATCH /balloon` on a running VM: a new target for the balloon device.
-    fn set_balloon(&mut self, update: &crate::api::BalloonUpdate) -> ApiResponse {
+    fn set_balloon(&mut self, update: &vmm_api::BalloonUpdate) -> ApiResponse {
         if let Err(e) = self.config.apply(&ApiRequest::PatchBalloon(update.clone())) {
             return ApiResponse::from(e);
         }

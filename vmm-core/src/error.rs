@@ -5,7 +5,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// Bad configuration.
     #[error("invalid configuration")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] vmm_api::ConfigError),
     /// A file named by the configuration cannot be opened.
     #[error("cannot open {what} {path}")]
     OpenFile {

@@ -1,18 +1,14 @@
 //! The VMM core: turns a [`VmConfig`] into a running VM (memory, KVM VM, devices, kernel, vCPUs)
 //! and runs it to its end, with one thread per vCPU and one event-loop thread on event-manager.
 //!
-//! This is the only crate that knows all the others; `vmm-cli` is a thin layer over it.
+//! The configuration it takes ([`vmm_api::VmConfig`]) and the control API's requests come from
+//! `vmm-api`; `vmm-cli` composes the two with `vmm-fleet`.
 
-pub mod api;
-pub mod api_client;
 mod api_server;
-pub mod config;
 mod control;
-pub mod device_config;
 mod error;
 mod event_loop;
 mod exits;
-pub mod fleet;
 pub mod snapshot;
 mod terminal;
 mod vcpu_threads;
@@ -25,10 +21,7 @@ pub(crate) fn lock<T: ?Sized>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGu
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub use api_client::{ApiClient, ClientError, ClientResponse};
-pub use config::{ConfigError, ElfEntry, MemorySize, SerialMode, VmConfig};
 pub use control::{merge_diff_snapshot, restore_vm, run_with_api, RestoreSource, VmSnapshot};
-pub use device_config::{BalloonConfig, DeviceConfigError, DiskConfig, NetConfig, VsockConfig};
 pub use error::{chain as error_chain, Error, Result};
 pub use virtio_devices::AttachedDevice;
 pub use vm::{run_vm, BuiltVm, ShutdownReason};

@@ -21,16 +21,16 @@ use vmm_vcpu::Vm;
 
 use crate::error::{Error, Result};
 use crate::lock;
-use crate::VmConfig;
+use vmm_api::VmConfig;
 
 /// Virtio-mmio slots: one per IRQ line from `VIRTIO_IRQ_FIRST` to `IRQ_LAST`.
-pub(crate) const VIRTIO_SLOTS: usize = (layout::IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
+pub(crate) const VIRTIO_SLOTS: usize = layout::VIRTIO_MMIO_SLOTS;
 
 /// Balloon pages are 4 KiB whatever the host page size.
 const BALLOON_PAGE: u64 = 4096;
 
 /// A balloon target in the device's 4 KiB pages (saturating).
-pub(crate) fn balloon_pages(target: crate::MemorySize) -> u32 {
+pub(crate) fn balloon_pages(target: vmm_api::MemorySize) -> u32 {
     u32::try_from(target.0 / BALLOON_PAGE).unwrap_or(u32::MAX)
 }
 
@@ -169,7 +169,7 @@ pub(crate) fn attach_devices(
     let mut attached = Vec::with_capacity(opened.len());
     for (index, OpenedDevice { name, device }) in opened.into_iter().enumerate() {
         let slot = slot(index)
-            .ok_or(crate::DeviceConfigError::TooManyDevices {
+            .ok_or(vmm_api::DeviceConfigError::TooManyDevices {
                 count: index + 1,
                 max: VIRTIO_SLOTS,
             })

@@ -13,7 +13,6 @@ use vmm_memory::{layout, GuestMemoryMmap, MemoryOptions};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_vcpu::{BootEntry, Vcpu, VcpuExitReason, Vm, VmOptions};
 
-use crate::config::{ElfEntry, SerialMode, VmConfig};
 use crate::control::{Session, StartMode, VmSnapshot};
 use crate::error::{Error, Result};
 use crate::event_loop::{stdin_fd, EventLoop, SerialInput};
@@ -21,6 +20,7 @@ use crate::exits::BusExitHandler;
 use crate::terminal::RawTerminal;
 use crate::vcpu_threads::VcpuThreads;
 use crate::virtio_devices::{self, AttachedDevice};
+use vmm_api::{ElfEntry, SerialMode, VmConfig};
 
 /// Kernels larger than this are ordinary kernels (not tiny test guests): on a PVM host they get
 /// a warning before they fail.
@@ -93,8 +93,8 @@ pub(crate) enum VmEvent {
     EventLoopFailed(io::Error),
     /// A control API request and where its answer goes.
     Api(
-        Box<crate::api::ApiRequest>,
-        std::sync::mpsc::Sender<crate::api::ApiResponse>,
+        Box<vmm_api::ApiRequest>,
+        std::sync::mpsc::Sender<vmm_api::ApiResponse>,
     ),
 }
 
@@ -222,7 +222,7 @@ impl BuiltVm {
         let kernel_path = config
             .kernel
             .as_deref()
-            .ok_or(crate::ConfigError::NoKernel)?;
+            .ok_or(vmm_api::ConfigError::NoKernel)?;
         // Files first: a typo should not wait for KVM or memory.
         let (mut kernel_file, kernel_size) = open("kernel", kernel_path)?;
         let initrd = match &config.initrd {
@@ -232,10 +232,13 @@ impl BuiltVm {
         // Virtio backends too (disk images, taps, the vsock socket).
         let opened = virtio_devices::open_devices(config)?;
         let cmdline = {
+            let base = config
+                .cmdline
+                .as_deref()
+                .unwrap_or(vmm_api::DEFAULT_CMDLINE);
             let mut append: Vec<String> = config.append.iter().cloned().collect();
             let pieces: Vec<&str> = append.iter().map(String::as_str).collect();
-            let text = vmm_loader::build_cmdline(config.cmdline.as_deref(), &pieces)
-                .map_err(Error::Boot)?;
+            let text = vmm_loader::build_cmdline(base, &pieces).map_err(Error::Boot)?;
             let text = text
                 .as_cstring()
                 .map_err(|e| Error::Boot(vmm_loader::Error::Cmdline(e)))?;
@@ -245,7 +248,7 @@ impl BuiltVm {
                 append.extend(vmm_loader::virtio_mmio_cmdline(&slots));
             }
             let pieces: Vec<&str> = append.iter().map(String::as_str).collect();
-            vmm_loader::build_cmdline(config.cmdline.as_deref(), &pieces).map_err(Error::Boot)?
+            vmm_loader::build_cmdline(base, &pieces).map_err(Error::Boot)?
         };
         // Guest RAM before KVM: its size is checked (once) here, and an unreserved mapping
         // costs microseconds even when KVM then refuses.
@@ -509,7 +512,7 @@ impl BuiltVm {
                     virtio: &virtio,
                     serial: &serial,
                     i8042: &i8042,
-                    config: crate::api::ApiConfig::new(config),
+                    config: vmm_api::ApiConfig::new(config),
                     unsaved_dirty: None,
                 };
                 if mode == StartMode::PausedThenResumed {

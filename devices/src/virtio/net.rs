@@ -161,24 +161,6 @@ impl fmt::Debug for Net {
     }
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff` (hex, any case). Multicast (and broadcast) addresses and the
-/// all-zero address are rejected: they cannot name one card.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 || !part.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    if parts.next().is_some() || !is_unicast(&mac) {
-        return None;
-    }
-    Some(mac)
-}
-
 fn is_unicast(mac: &[u8; 6]) -> bool {
     mac[0] & 1 == 0 && *mac != [0; 6]
 }
@@ -1242,38 +1224,6 @@ mod tests {
             assert_eq!(mac[0] & 0b11, 0b10, "{mac:?}");
         }
         assert_eq!(derived_mac("tap0"), derived_mac("tap0"));
-    }
-
-    #[test]
-    fn parse_mac_accepts_unicast_only() {
-        assert_eq!(
-            parse_mac("aa:BB:cc:0d:0e:0f"),
-            Some([0xaa, 0xbb, 0xcc, 0x0d, 0x0e, 0x0f])
-        );
-        assert_eq!(
-            parse_mac("52:54:00:12:34:56"),
-            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
-        );
-        assert_eq!(
-            parse_mac("02:Ab:cD:eF:00:01"),
-            Some([2, 0xab, 0xcd, 0xef, 0, 1])
-        );
-        for bad in [
-            "",
-            "01:00:5e:00:00:01",
-            "ff:ff:ff:ff:ff:ff",
-            "00:00:00:00:00:00",
-            "52:54:00:12:34",
-            "52:54:00:12:34:56:78",
-            "52:54:00:12:34:5",
-            "52:54:00:12:34:567",
-            "52-54-00-12-34-56",
-            "52:54:00:12:34:+5",
-            "52:54:00:12:34:5g",
-            " 52:54:00:12:34:56",
-        ] {
-            assert_eq!(parse_mac(bad), None, "{bad:?}");
-        }
     }
 
     #[test]

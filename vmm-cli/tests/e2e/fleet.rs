@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use vmm_core::fleet::runner::{run_fleet, FleetReport, JobRecord, Outcome, RunOptions};
-use vmm_core::fleet::{policy_by_name, Capacity, JobsFile};
+use vmm_fleet::runner::{run_fleet, FleetReport, JobRecord, Outcome, RunOptions};
+use vmm_fleet::{policy_by_name, Capacity, JobsFile};
 
 use super::{guest, require_real_kvm, scaled, Gate, QUIET};
 
@@ -224,7 +224,7 @@ fn assert_matches_simulation(report: &FleetReport, specs: &[Spec], policy: &str,
     };
     let jobs = file.validate(capacity, false).unwrap();
     let mut policy = policy_by_name(policy, None).unwrap();
-    let schedule = vmm_core::fleet::simulate(&jobs, policy.as_mut(), capacity);
+    let schedule = vmm_fleet::simulate(&jobs, policy.as_mut(), capacity);
     let mut simulated: Vec<_> = schedule.jobs.iter().collect();
     simulated.sort_by_key(|j| j.finish_ms);
     let order: Vec<String> = simulated.iter().map(|j| j.name.clone()).collect();

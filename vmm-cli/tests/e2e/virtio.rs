@@ -401,7 +401,7 @@ fn virtio_balloon_inflates_then_deflates_on_patch_balloon() {
         &append,
     ]);
     vm.expect("BALLOON-OK", deadline);
-    let api = vmm_core::ApiClient::new(&sock, Duration::from_secs(30));
+    let api = vmm_api::ApiClient::new(&sock, Duration::from_secs(30));
     api.request("PATCH", "/balloon", Some(r#"{"amount_mib": 0}"#))
         .expect("PATCH /balloon");
     vm.expect("BALLOON-DEFLATE-OK", deadline);

@@ -203,7 +203,7 @@ impl NetworkInterface {
         validate_id("iface_id", &self.iface_id)?;
         validate_tap_name("host_dev_name", &self.host_dev_name)?;
         if let Some(mac) = &self.guest_mac {
-            if vmm_devices::virtio::net::parse_mac(mac).is_none() {
+            if crate::parse_mac(mac).is_none() {
                 return Err(invalid(
                     "guest_mac",
                     format!("{mac:?} is not a unicast MAC like 02:00:00:00:00:01"),

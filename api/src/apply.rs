@@ -29,10 +29,10 @@
 
 use std::path::PathBuf;
 
-use super::types::*;
-use super::ApiError;
-use crate::config::{MemorySize, VmConfig};
-use crate::device_config::{BalloonConfig, DiskConfig, NetConfig, VsockConfig};
+use crate::device_config::{parse_mac, BalloonConfig, DiskConfig, NetConfig, VsockConfig};
+use crate::types::*;
+use crate::vm_config::{MemorySize, VmConfig, DEFAULT_CMDLINE};
+use crate::ApiError;
 
 /// Longest `drive_id` that can be applied: it becomes the virtio-blk serial (GET_ID), which
 /// holds 20 bytes.
@@ -289,10 +289,7 @@ impl ApiConfig {
         iface.validate()?;
         self.sync_ids();
         let existing = self.iface_ids.iter().position(|id| *id == iface.iface_id);
-        let new_mac = iface
-            .guest_mac
-            .as_deref()
-            .and_then(vmm_devices::virtio::net::parse_mac);
+        let new_mac = iface.guest_mac.as_deref().and_then(parse_mac);
         for (i, net) in self.vm.net.iter().enumerate() {
             if Some(i) == existing {
                 continue;
@@ -401,7 +398,7 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
     let boot_args = match (&config.cmdline, extra_append) {
         (Some(cmdline), None) => Some(cmdline.clone()),
         (cmdline, Some(extra)) => {
-            let base = cmdline.as_deref().unwrap_or(vmm_loader::DEFAULT_CMDLINE);
+            let base = cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
             Some(if base.is_empty() {
                 extra
             } else {

@@ -110,9 +110,9 @@ pub enum FleetError {
         /// The job.
         job: String,
         /// Its memory.
-        memory: crate::MemorySize,
+        memory: vmm_api::MemorySize,
         /// The host's memory.
-        host_memory: crate::MemorySize,
+        host_memory: vmm_api::MemorySize,
     },
     /// A job's VM config is not runnable.
     #[error("job {job}: invalid VM config")]
@@ -121,7 +121,7 @@ pub enum FleetError {
         job: String,
         /// Why.
         #[source]
-        source: crate::ConfigError,
+        source: vmm_api::ConfigError,
     },
     /// A policy name that is not known.
     #[error("unknown policy {0:?}: use fcfs, sjf, srtf or rr")]

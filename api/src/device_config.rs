@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::MemorySize;
+use crate::vm_config::MemorySize;
 
 /// Errors in a device setting.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,24 @@ fn missing(flag: &'static str, text: &str, key: &str) -> DeviceConfigError {
     }
 }
 
+/// Parses `aa:bb:cc:dd:ee:ff` (hex, any case). Multicast (and broadcast) addresses and the
+/// all-zero address are rejected: they cannot name one card.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    if parts.next().is_some() || mac[0] & 1 == 1 || mac == [0; 6] {
+        return None;
+    }
+    Some(mac)
+}
+
 /// `--disk path=FILE[,read_only=on][,id=NAME]`: a virtio-blk device on a raw image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,14 +220,12 @@ impl FromStr for NetConfig {
 impl NetConfig {
     /// The MAC, parsed; `None` when not given.
     pub fn mac_bytes(&self) -> Option<[u8; 6]> {
-        self.mac
-            .as_deref()
-            .and_then(vmm_devices::virtio::net::parse_mac)
+        self.mac.as_deref().and_then(parse_mac)
     }
 
     fn check(&self, text: &str) -> Result<(), DeviceConfigError> {
         if let Some(mac) = &self.mac {
-            if vmm_devices::virtio::net::parse_mac(mac).is_none() {
+            if parse_mac(mac).is_none() {
                 return Err(DeviceConfigError::Syntax {
                     flag: "--net",
                     text: text.to_string(),
@@ -368,7 +384,7 @@ pub(crate) fn validate_devices(config: &crate::VmConfig) -> Result<(), DeviceCon
         }
     }
     let count = config.virtio_device_count();
-    let max = crate::virtio_devices::VIRTIO_SLOTS;
+    let max = vmm_memory::layout::VIRTIO_MMIO_SLOTS;
     if count > max {
         return Err(DeviceConfigError::TooManyDevices { count, max });
     }
@@ -386,6 +402,38 @@ pub(crate) fn validate_devices(config: &crate::VmConfig) -> Result<(), DeviceCon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_mac_accepts_unicast_only() {
+        assert_eq!(
+            parse_mac("aa:BB:cc:0d:0e:0f"),
+            Some([0xaa, 0xbb, 0xcc, 0x0d, 0x0e, 0x0f])
+        );
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56"),
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        );
+        assert_eq!(
+            parse_mac("02:Ab:cD:eF:00:01"),
+            Some([2, 0xab, 0xcd, 0xef, 0, 1])
+        );
+        for bad in [
+            "",
+            "01:00:5e:00:00:01",
+            "ff:ff:ff:ff:ff:ff",
+            "00:00:00:00:00:00",
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "52:54:00:12:34:5",
+            "52:54:00:12:34:567",
+            "52-54-00-12-34-56",
+            "52:54:00:12:34:+5",
+            "52:54:00:12:34:5g",
+            " 52:54:00:12:34:56",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn disk_flags() {

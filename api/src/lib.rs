@@ -1,8 +1,12 @@
-//! The control API's request and response layer: HTTP/1.1 with JSON bodies on a Unix socket,
-//! following Firecracker's public API for the operations both VMMs share, so that the tools
-//! written for Firecracker (curl scripts, its SDKs) work against this VMM.
+//! What crosses the boundary of a `vmm` process: the VM's configuration ([`VmConfig`] and its
+//! device settings, the same struct for command-line flags, JSON config files and the control
+//! API), the Firecracker-style control API's request and response types with their HTTP/1.1
+//! parsing, and a client for that API on a Unix socket ([`ApiClient`]).
 //!
-//! This module only turns bytes into typed requests and responses into bytes; it owns no
+//! Nothing here knows KVM: a program that only drives `vmm` processes (the fleet manager,
+//! an orchestrator, a test) depends on this crate alone.
+//!
+//! The request layer only turns bytes into typed requests and responses into bytes; it owns no
 //! socket and performs no VM action. A server:
 //!
 //! 1. keeps one [`RequestReader`] per connection and [`RequestReader::push`]es every chunk it
@@ -10,27 +14,45 @@
 //!    [`ApiResponse`]; after either it drains pipelined requests with `push(&[])` until
 //!    `Ok(None)` before it reads again;
 //! 2. acts on the request: configuration requests go through [`ApiConfig::apply`] (or the
-//!    `apply_*` functions on a [`VmConfig`](crate::VmConfig)), the others (actions, pause and
+//!    `apply_*` functions on a [`VmConfig`]), the others (actions, pause and
 //!    resume, snapshots, instance info) are the VM side's;
 //! 3. writes [`ApiResponse::to_http`] and closes the connection when
 //!    [`RequestReader::should_close`] says so.
 //!
 //! Limits: a request head (request line and headers) of at most [`MAX_HEAD_BYTES`], a body of
 //! at most [`MAX_BODY_BYTES`], framed by `Content-Length` only (chunked bodies are refused).
-//! Nothing in this module panics on any input.
+//! Nothing in this crate panics on any input.
+//!
+//! ```
+//! use vmm_api::{ApiRequest, RequestReader};
+//!
+//! let mut reader = RequestReader::new();
+//! let raw = b"PATCH /vm HTTP/1.1\r\nContent-Length: 19\r\n\r\n{\"state\": \"Paused\"}";
+//! match reader.push(raw) {
+//!     Ok(Some(ApiRequest::PatchVm(update))) => println!("pause or resume: {update:?}"),
+//!     other => panic!("{other:?}"),
+//! }
+//! ```
 
-mod config;
+mod apply;
+pub mod client;
+pub mod device_config;
 mod http;
 mod parse;
 mod types;
+pub mod vm_config;
 
 #[cfg(test)]
 mod tests;
 
-pub use config::{
+pub use apply::{
     apply_balloon, apply_balloon_update, apply_boot_source, apply_drive, apply_entropy,
     apply_machine_config, apply_machine_config_update, apply_vsock, vm_config_to_firecracker,
     ApiConfig, MAX_DRIVE_ID_BYTES,
+};
+pub use client::{ApiClient, ClientError, ClientResponse};
+pub use device_config::{
+    parse_mac, BalloonConfig, DeviceConfigError, DiskConfig, NetConfig, VsockConfig,
 };
 pub use http::{ApiResponse, RequestReader, CONTINUE_RESPONSE, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 pub use parse::{validate_id, MAX_ID_BYTES};
@@ -41,6 +63,7 @@ pub use types::{
     NetworkOverride, SnapshotCreateParams, SnapshotLoad, SnapshotLoadParams, SnapshotType,
     VersionInfo, VmState, VmStateUpdate, Vsock, VsockOverride,
 };
+pub use vm_config::{ConfigError, ElfEntry, MemorySize, SerialMode, VmConfig, DEFAULT_CMDLINE};
 
 /// Why a request was refused. Every variant is a client error: [`ApiError::status`] is a 4xx
 /// code, and the `Display` text becomes the response's `fault_message`.

@@ -173,7 +173,7 @@ impl Schedule {
         let memory = if self.capacity.memory_bytes == u64::MAX {
             "unlimited memory".to_string()
         } else {
-            format!("{} memory", crate::MemorySize(self.capacity.memory_bytes))
+            format!("{} memory", vmm_api::MemorySize(self.capacity.memory_bytes))
         };
         format!(
             "policy {}{quantum}, host {} CPU(s), {memory}",

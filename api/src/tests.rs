@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::config::{MemorySize, VmConfig};
+use crate::vm_config::{MemorySize, VmConfig};
 
 /// A request with a `Content-Length` body.
 fn http(method: &str, path: &str, body: &str) -> Vec<u8> {
@@ -1073,7 +1073,7 @@ fn vm_config_in_firecracker_shape() {
     assert_eq!(
         v["boot-source"],
         serde_json::json!({"kernel_image_path": "/k", "initrd_path": "/i",
-            "boot_args": format!("{} quiet", vmm_loader::DEFAULT_CMDLINE)})
+            "boot_args": format!("{} quiet", crate::DEFAULT_CMDLINE)})
     );
     assert_eq!(
         v["machine-config"],
@@ -1127,12 +1127,14 @@ fn vm_config_in_firecracker_shape() {
         assert!(replay.apply(request).unwrap(), "{request:?}");
     }
     assert_eq!(replay.to_firecracker(), full);
+    // The command line the VMM builds: the base text, then every appended piece.
     let effective = |c: &VmConfig| {
-        let append: Vec<&str> = c.append.iter().map(String::as_str).collect();
-        vmm_loader::build_cmdline(c.cmdline.as_deref(), &append)
-            .unwrap()
-            .as_cstring()
-            .unwrap()
+        let base = c.cmdline.as_deref().unwrap_or(crate::DEFAULT_CMDLINE);
+        std::iter::once(base)
+            .chain(c.append.iter().map(String::as_str))
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     assert_eq!(effective(&replay.vm), effective(&vm));
     assert_eq!(replay.vm.disk[1].id.as_deref(), Some("disk1"));

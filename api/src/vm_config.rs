@@ -9,6 +9,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::device_config::{BalloonConfig, DeviceConfigError, DiskConfig, NetConfig, VsockConfig};
 
+/// The kernel command line used when the configuration gives none: serial console, reboot
+/// through the i8042, reboot on panic, no PCI probing, one UART, an i8042 without aux port or
+/// mux.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off nomodule 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd";
+
 /// Default guest RAM.
 pub const DEFAULT_MEMORY: &str = "256M";
 

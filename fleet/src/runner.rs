@@ -49,7 +49,7 @@ pub enum RunError {
         index: usize,
     },
 }
-use crate::{ApiClient, SerialMode};
+use vmm_api::{ApiClient, SerialMode};
 
 /// How often the loop looks at its VMs when nothing else happens.
 const POLL: Duration = Duration::from_millis(50);

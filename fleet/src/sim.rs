@@ -334,7 +334,7 @@ pub fn synthetic_jobs(count: usize, seed: u64, mean_gap_ms: u64, mean_burst_ms: 
                 priority: 0,
                 vcpus: 1,
                 memory_bytes: 256 << 20,
-                vm: crate::VmConfig::default(),
+                vm: vmm_api::VmConfig::default(),
             }
         })
         .collect()
@@ -360,7 +360,7 @@ mod tests {
                 priority: 0,
                 vcpus: 1,
                 memory_bytes: 1 << 20,
-                vm: crate::VmConfig::default(),
+                vm: vmm_api::VmConfig::default(),
             })
             .collect()
     }

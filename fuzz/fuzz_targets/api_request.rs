@@ -10,9 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmm_core::api::{
-    ApiConfig, ApiRequest, ApiResponse, RequestReader, MAX_BODY_BYTES, MAX_HEAD_BYTES,
-};
+use vmm_api::{ApiConfig, ApiRequest, ApiResponse, RequestReader, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 
 /// What one push (or drain) gave.
 #[derive(Debug, PartialEq)]

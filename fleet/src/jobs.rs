@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::FleetError;
-use crate::{MemorySize, VmConfig};
+use vmm_api::{MemorySize, VmConfig};
 
 /// One job as written in a jobs file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
