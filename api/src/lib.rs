@@ -63,7 +63,10 @@ pub use types::{
     NetworkOverride, SnapshotCreateParams, SnapshotLoad, SnapshotLoadParams, SnapshotType,
     VersionInfo, VmState, VmStateUpdate, Vsock, VsockOverride,
 };
-pub use vm_config::{ConfigError, ElfEntry, MemorySize, SerialMode, VmConfig, DEFAULT_CMDLINE};
+pub use vm_config::{
+    ConfigError, ElfEntry, MemorySize, SerialMode, VmConfig, DEFAULT_CMDLINE, DEFAULT_INSTANCE_ID,
+    MAX_INSTANCE_ID_BYTES,
+};
 
 /// Why a request was refused. Every variant is a client error: [`ApiError::status`] is a 4xx
 /// code, and the `Display` text becomes the response's `fault_message`.

@@ -48,6 +48,11 @@ pub enum ConfigError {
     /// A virtio device setting.
     #[error(transparent)]
     Devices(#[from] DeviceConfigError),
+    /// An instance id outside Firecracker's rule.
+    #[error(
+        "invalid instance id {0:?}: use 1 to {MAX_INSTANCE_ID_BYTES} ASCII letters, digits and '-'"
+    )]
+    InstanceId(String),
     /// The config file is not a valid config.
     #[error("invalid config file {path}")]
     ParseFile {
@@ -213,10 +218,17 @@ macro_rules! serde_via_str {
 }
 serde_via_str!(SerialMode, ElfEntry);
 
+/// The instance id `GET /` reports when the configuration names none (Firecracker's default).
+pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
+/// Longest instance id (Firecracker's limit).
+pub const MAX_INSTANCE_ID_BYTES: usize = 64;
+
 /// A whole VM. JSON keys are the CLI's long flag names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct VmConfig {
+    /// The instance id `GET /` reports (default [`DEFAULT_INSTANCE_ID`]).
+    pub id: Option<String>,
     /// Kernel image: ELF vmlinux or bzImage.
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk.
@@ -257,6 +269,7 @@ pub struct VmConfig {
 impl Default for VmConfig {
     fn default() -> Self {
         VmConfig {
+            id: None,
             kernel: None,
             initrd: None,
             cmdline: None,
@@ -302,8 +315,26 @@ impl VmConfig {
         if self.vcpus == 0 {
             return Err(ConfigError::Vcpus(0));
         }
+        self.check_instance_id()?;
         crate::device_config::validate_devices(self)?;
         Ok(())
+    }
+
+    /// Checks the configured instance id against Firecracker's rule (1 to
+    /// [`MAX_INSTANCE_ID_BYTES`] ASCII letters, digits and `-`).
+    pub fn check_instance_id(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.id {
+            let valid = |c: char| c.is_ascii_alphanumeric() || c == '-';
+            if id.is_empty() || id.len() > MAX_INSTANCE_ID_BYTES || !id.chars().all(valid) {
+                return Err(ConfigError::InstanceId(id.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The instance id: the configured one or [`DEFAULT_INSTANCE_ID`].
+    pub fn instance_id(&self) -> &str {
+        self.id.as_deref().unwrap_or(DEFAULT_INSTANCE_ID)
     }
 
     /// How many virtio-mmio devices this VM has.
@@ -319,6 +350,33 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_ids_follow_firecrackers_rule() {
+        let with = |id: &str| VmConfig {
+            id: Some(id.to_string()),
+            ..VmConfig::default()
+        };
+        assert_eq!(VmConfig::default().instance_id(), DEFAULT_INSTANCE_ID);
+        assert_eq!(with("vm-7").instance_id(), "vm-7");
+        for good in ["a", "vm-7", "ABC-123", &"x".repeat(MAX_INSTANCE_ID_BYTES)] {
+            assert!(with(good).check_instance_id().is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "vm_7",
+            "vm 7",
+            "vm/7",
+            "é",
+            &"x".repeat(MAX_INSTANCE_ID_BYTES + 1),
+        ] {
+            let err = with(bad).check_instance_id().unwrap_err();
+            assert!(matches!(err, ConfigError::InstanceId(_)), "{bad:?}");
+            assert!(err.to_string().contains("invalid instance id"), "{err}");
+        }
+        let json: VmConfig = serde_json::from_str(r#"{"id": "from-file"}"#).unwrap();
+        assert_eq!(json.instance_id(), "from-file");
+    }
 
     #[test]
     fn memory_sizes() {

@@ -136,6 +136,10 @@ enum SnapshotCommand {
 /// Every flag overrides the same key of `--config`.
 #[derive(Args, Debug, Default)]
 struct RunArgs {
+    /// Instance id reported by the API's `GET /` (1 to 64 letters, digits and '-')
+    /// [default: anonymous-instance].
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
     /// JSON config file; its keys are these flags' long names (e.g. {"kernel": "...", "vcpus": 2}).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -204,6 +208,9 @@ impl RunArgs {
             Some(path) => VmConfig::from_file(path)?,
             None => VmConfig::default(),
         };
+        if let Some(id) = self.id {
+            config.id = Some(id);
+        }
         if let Some(kernel) = self.kernel {
             config.kernel = Some(kernel);
         }
@@ -246,6 +253,8 @@ impl RunArgs {
         if let Some(balloon) = self.balloon {
             config.balloon = Some(balloon);
         }
+        // Checked now: with --api-sock and no kernel, the rest is only checked at boot.
+        config.check_instance_id()?;
         Ok(config)
     }
 }

@@ -151,10 +151,13 @@ fn running_vm_endpoints_pause_resume_and_snapshots() {
     let dir = scratch("running");
     let kernel = guest_file("tiny-pvh.elf");
     let vm = Vmm::run(
-        &["--kernel", &kernel, "--memory", "64M"],
+        &["--kernel", &kernel, "--memory", "64M", "--id", "tiny-1"],
         &dir.join("api.sock"),
     );
     assert_eq!(vm.state(), "Running");
+    let (_, body) = vm.call("GET", "/", None);
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["id"], "tiny-1", "{body}");
     let (status, body) = vm.call("GET", "/version", None);
     assert_eq!(status, 200, "{body}");
     let (status, body) = vm.call("GET", "/vm/config", None);
@@ -212,7 +215,8 @@ fn running_vm_endpoints_pause_resume_and_snapshots() {
             Some(r#"{"action_type": "FlushMetrics"}"#)
         )
         .0,
-        204
+        400,
+        "no metrics system yet: refused, not a silent 204"
     );
     assert_eq!(
         vm.call(
@@ -271,6 +275,9 @@ fn bad_requests_get_4xx_and_the_vmm_keeps_serving() {
         &["--kernel", &kernel, "--memory", "64M"],
         &dir.join("api.sock"),
     );
+    let (_, body) = vm.call("GET", "/", None);
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["id"], "anonymous-instance", "{body}");
     for (method, path, body, want) in [
         ("GET", "/nowhere", None, 400),
         ("DELETE", "/vm", None, 405),

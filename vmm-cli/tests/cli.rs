@@ -191,6 +191,23 @@ fn no_kernel_at_all() {
 }
 
 #[test]
+fn bad_instance_ids() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let k = kernel.to_str().unwrap();
+    for id in ["", "has space", "under_score", &"x".repeat(65)] {
+        assert_clean_error(
+            &vmm(&["run", "--kernel", k, "--id", id]),
+            "invalid instance id",
+        );
+        // Also when the VM waits for its configuration over the API.
+        assert_clean_error(
+            &vmm(&["run", "--api-sock", "/nonexistent/dir/api.sock", "--id", id]),
+            "invalid instance id",
+        );
+    }
+}
+
+#[test]
 fn kernel_that_is_a_directory() {
     assert_clean_error(&vmm(&["run", "--kernel", "/tmp"]), "is a directory");
 }

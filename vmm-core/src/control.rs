@@ -57,9 +57,6 @@ pub(crate) struct Session<'a> {
     pub unsaved_dirty: Option<Vec<Vec<u64>>>,
 }
 
-/// The instance id `GET /` reports.
-const INSTANCE_ID: &str = "vmm";
-
 impl Session<'_> {
     /// Waits for the VM to end, answering API requests meanwhile.
     pub(crate) fn wait_for_end(&mut self, events: &Receiver<VmEvent>) -> Result<ShutdownReason> {
@@ -82,7 +79,7 @@ impl Session<'_> {
                     let _ = reply.send(self.handle(*request));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(ShutdownReason::Halted),
+                Err(RecvTimeoutError::Disconnected) => return Err(Error::EventChannelLost),
             }
         }
     }
@@ -98,9 +95,10 @@ impl Session<'_> {
     /// Answers one API request on the running VM.
     pub(crate) fn handle(&mut self, request: ApiRequest) -> ApiResponse {
         match request {
-            ApiRequest::GetInstanceInfo => {
-                ApiResponse::ok_json(&InstanceInfo::new(INSTANCE_ID, self.state()))
-            }
+            ApiRequest::GetInstanceInfo => ApiResponse::ok_json(&InstanceInfo::new(
+                self.config.vm.instance_id(),
+                self.state(),
+            )),
             ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::default()),
             ApiRequest::GetVmConfig => ApiResponse::ok_json(&self.config.to_firecracker()),
             ApiRequest::GetMachineConfig => ApiResponse::ok_json(&self.config.machine_config()),
@@ -122,7 +120,7 @@ impl Session<'_> {
                 crate::lock(self.i8042).send_ctrl_alt_del();
                 ApiResponse::no_content()
             }
-            ApiRequest::Action(ActionType::FlushMetrics) => ApiResponse::no_content(),
+            ApiRequest::Action(ActionType::FlushMetrics) => metrics_not_configured(),
             ApiRequest::Action(ActionType::InstanceStart) => {
                 ApiResponse::bad_request("the VM is already running")
             }
@@ -290,6 +288,8 @@ enum Start {
     Boot(Box<BuiltVm>),
     Restored(Box<BuiltVm>, bool),
     Signal(i32),
+    /// The event channel closed (see [`Error::EventChannelLost`]).
+    ChannelLost,
 }
 
 /// Runs a VM with the control API on `api_sock`. With a kernel in `config` it boots at once;
@@ -308,6 +308,7 @@ pub fn run_with_api(config: VmConfig, api_sock: &Path) -> Result<ShutdownReason>
             Start::Restored(built, true) => (*built, StartMode::PausedThenResumed),
             Start::Restored(built, false) => (*built, StartMode::Paused),
             Start::Signal(signal) => return Ok(ShutdownReason::Signal(signal)),
+            Start::ChannelLost => return Err(Error::EventChannelLost),
         }
     };
     built.run_controlled(events_tx, events_rx, mode)
@@ -391,13 +392,14 @@ fn wait_for_configuration(api: &mut ApiConfig, events: &Receiver<VmEvent>) -> St
         let (request, reply) = match events.recv_timeout(Duration::from_millis(50)) {
             Ok(VmEvent::Api(request, reply)) => (*request, reply),
             Ok(_) | Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return Start::Signal(libc::SIGTERM),
+            Err(RecvTimeoutError::Disconnected) => return Start::ChannelLost,
         };
         let not_started = || ApiResponse::bad_request("the VM is not started yet");
         let response = match request {
-            ApiRequest::GetInstanceInfo => {
-                ApiResponse::ok_json(&InstanceInfo::new(INSTANCE_ID, InstanceState::NotStarted))
-            }
+            ApiRequest::GetInstanceInfo => ApiResponse::ok_json(&InstanceInfo::new(
+                api.vm.instance_id(),
+                InstanceState::NotStarted,
+            )),
             ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::default()),
             ApiRequest::GetVmConfig => ApiResponse::ok_json(&api.to_firecracker()),
             ApiRequest::GetMachineConfig => ApiResponse::ok_json(&api.machine_config()),
@@ -477,4 +479,12 @@ mod tests {
             ));
         }
     }
+}
+
+/// `FlushMetrics` is refused until this VMM has a metrics system: answering 204 while writing
+/// nothing would tell a client that its metrics were flushed.
+fn metrics_not_configured() -> ApiResponse {
+    ApiResponse::bad_request(
+        "FlushMetrics: no metrics are configured (this VMM has no metrics file yet)",
+    )
 }

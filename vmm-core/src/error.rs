@@ -76,6 +76,10 @@ pub enum Error {
     /// A thread could not be started.
     #[error("cannot start thread {0}")]
     Thread(&'static str, #[source] std::io::Error),
+    /// Every sender of the VM's event channel is gone: the threads that report the VM's end
+    /// (vCPUs, event loop, API server) all ended without a word. A bug, never a guest's doing.
+    #[error("the VM's event channel closed without an exit reason")]
+    EventChannelLost,
     /// The control API socket.
     #[error("cannot serve the control API on {path}")]
     ApiSocket {
