@@ -448,6 +448,14 @@ fn wait_for_configuration(api: &mut ApiConfig, events: &Receiver<VmEvent>) -> St
     }
 }
 
+/// `FlushMetrics` is refused until this VMM has a metrics system: answering 204 while writing
+/// nothing would tell a client that its metrics were flushed.
+fn metrics_not_configured() -> ApiResponse {
+    ApiResponse::bad_request(
+        "FlushMetrics: no metrics are configured (this VMM has no metrics file yet)",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,12 +487,4 @@ mod tests {
             ));
         }
     }
-}
-
-/// `FlushMetrics` is refused until this VMM has a metrics system: answering 204 while writing
-/// nothing would tell a client that its metrics were flushed.
-fn metrics_not_configured() -> ApiResponse {
-    ApiResponse::bad_request(
-        "FlushMetrics: no metrics are configured (this VMM has no metrics file yet)",
-    )
 }
