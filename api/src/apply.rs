@@ -229,6 +229,15 @@ pub fn apply_balloon(config: &mut VmConfig, balloon: &Balloon) -> Result<(), Api
 pub fn apply_balloon_update(config: &mut VmConfig, update: &BalloonUpdate) -> Result<(), ApiError> {
     update.validate()?;
     let target = mib_to_size("amount_mib", update.amount_mib)?;
+    if target.0 > config.memory.0 {
+        return Err(ApiError::InvalidValue {
+            field: "amount_mib",
+            why: format!(
+                "a balloon of {target} is larger than the VM's {} of memory",
+                config.memory
+            ),
+        });
+    }
     let balloon = config
         .balloon
         .as_mut()

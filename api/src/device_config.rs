@@ -1,4 +1,4 @@
-//! Virtio device settings in a [`crate::VmConfig`]: `--disk`, `--net`, `--vsock`, `--balloon`.
+//! Virtio device settings of a VM: `--disk`, `--net`, `--vsock`, `--balloon`.
 //!
 //! On the command line each is a `key=value[,key=value...]` list; in a JSON config file the same
 //! keys form an object (`{"path": "disk.img", "read_only": true}`).
@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vm_config::MemorySize;
+use crate::memory_size::{MemorySize, MemorySizeError};
 
 /// Errors in a device setting.
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +223,7 @@ impl NetConfig {
         self.mac.as_deref().and_then(parse_mac)
     }
 
-    fn check(&self, text: &str) -> Result<(), DeviceConfigError> {
+    pub(crate) fn check(&self, text: &str) -> Result<(), DeviceConfigError> {
         if let Some(mac) = &self.mac {
             if parse_mac(mac).is_none() {
                 return Err(DeviceConfigError::Syntax {
@@ -326,13 +326,14 @@ impl FromStr for BalloonConfig {
         for (key, value) in key_values(FLAG, text, &["target", "deflate_on_oom"])? {
             match key {
                 "target" => {
-                    balloon.target = value.parse().map_err(|e: crate::ConfigError| {
-                        DeviceConfigError::Syntax {
-                            flag: FLAG,
-                            text: text.to_string(),
-                            why: e.to_string(),
-                        }
-                    })?
+                    balloon.target =
+                        value
+                            .parse()
+                            .map_err(|e: MemorySizeError| DeviceConfigError::Syntax {
+                                flag: FLAG,
+                                text: text.to_string(),
+                                why: e.to_string(),
+                            })?
                 }
                 _ => balloon.deflate_on_oom = on_off(FLAG, text, key, value)?,
             }
@@ -349,54 +350,6 @@ impl fmt::Display for BalloonConfig {
         }
         Ok(())
     }
-}
-
-/// Checks the device list as a whole: unique disk ids, paths, taps and MACs, and room for all.
-pub(crate) fn validate_devices(config: &crate::VmConfig) -> Result<(), DeviceConfigError> {
-    let mut ids = HashSet::new();
-    let mut paths = HashSet::new();
-    for disk in &config.disk {
-        if let Some(id) = &disk.id {
-            if !ids.insert(id.as_str()) {
-                return Err(DeviceConfigError::DuplicateDiskId(id.clone()));
-            }
-        }
-        // Canonical paths catch the same file under two names; a missing file is reported
-        // when it is opened.
-        let key = std::fs::canonicalize(&disk.path).unwrap_or_else(|_| disk.path.clone());
-        if !paths.insert(key) {
-            return Err(DeviceConfigError::DuplicateDiskPath(disk.path.clone()));
-        }
-    }
-    let mut taps = HashSet::new();
-    let mut macs = HashSet::new();
-    for net in &config.net {
-        net.check(&net.to_string())?;
-        if !taps.insert(net.tap.as_str()) {
-            return Err(DeviceConfigError::DuplicateTap(net.tap.clone()));
-        }
-        if let Some(mac) = net.mac_bytes() {
-            if !macs.insert(mac) {
-                return Err(DeviceConfigError::DuplicateMac(
-                    net.mac.clone().unwrap_or_default(),
-                ));
-            }
-        }
-    }
-    let count = config.virtio_device_count();
-    let max = vmm_memory::layout::VIRTIO_MMIO_SLOTS;
-    if count > max {
-        return Err(DeviceConfigError::TooManyDevices { count, max });
-    }
-    if let Some(balloon) = &config.balloon {
-        if balloon.target.0 > config.memory.0 {
-            return Err(DeviceConfigError::BalloonTooLarge {
-                target: balloon.target,
-                memory: config.memory,
-            });
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -478,67 +431,5 @@ mod tests {
             BalloonConfig::default()
         );
         assert!("target=lots".parse::<BalloonConfig>().is_err());
-    }
-
-    #[test]
-    fn device_list_is_checked_as_a_whole() {
-        let base = crate::VmConfig {
-            kernel: Some("/k".into()),
-            ..Default::default()
-        };
-        let mut c = base.clone();
-        c.disk = vec![
-            "path=/a,id=x".parse().unwrap(),
-            "path=/b,id=x".parse().unwrap(),
-        ];
-        assert!(matches!(
-            validate_devices(&c),
-            Err(DeviceConfigError::DuplicateDiskId(_))
-        ));
-        c.disk = vec!["path=/a".parse().unwrap(), "path=/a".parse().unwrap()];
-        assert!(matches!(
-            validate_devices(&c),
-            Err(DeviceConfigError::DuplicateDiskPath(_))
-        ));
-        let mut c = base.clone();
-        c.net = vec!["tap=t0".parse().unwrap(), "tap=t0".parse().unwrap()];
-        assert!(matches!(
-            validate_devices(&c),
-            Err(DeviceConfigError::DuplicateTap(_))
-        ));
-        let mut c = base.clone();
-        c.disk = (0..30)
-            .map(|i| format!("path=/d{i}").parse().unwrap())
-            .collect();
-        assert!(matches!(
-            validate_devices(&c),
-            Err(DeviceConfigError::TooManyDevices { count: 30, .. })
-        ));
-        let mut c = base;
-        c.balloon = Some("target=1G".parse().unwrap());
-        assert!(matches!(
-            validate_devices(&c),
-            Err(DeviceConfigError::BalloonTooLarge { .. })
-        ));
-    }
-
-    #[test]
-    fn json_objects_use_the_flag_keys() {
-        let c: crate::VmConfig = serde_json::from_str(
-            r#"{"kernel": "/k", "disk": [{"path": "/a", "read_only": true}],
-                "net": [{"tap": "t0"}], "vsock": {"cid": 3, "socket": "/v"}, "rng": true,
-                "balloon": {"target": "16M"}}"#,
-        )
-        .unwrap();
-        assert!(c.disk[0].read_only);
-        assert_eq!(c.net[0].tap, "t0");
-        assert_eq!(c.vsock.as_ref().unwrap().cid, 3);
-        assert!(c.rng);
-        assert_eq!(c.balloon.as_ref().unwrap().target, MemorySize(16 << 20));
-        assert_eq!(c.virtio_device_count(), 5);
-        assert!(
-            serde_json::from_str::<crate::VmConfig>(r#"{"disk": [{"path": "/a", "ro": 1}]}"#)
-                .is_err()
-        );
     }
 }

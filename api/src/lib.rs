@@ -38,6 +38,7 @@ mod apply;
 pub mod client;
 pub mod device_config;
 mod http;
+mod memory_size;
 mod parse;
 mod types;
 pub mod vm_config;
@@ -64,8 +65,8 @@ pub use types::{
     VersionInfo, VmState, VmStateUpdate, Vsock, VsockOverride,
 };
 pub use vm_config::{
-    ConfigError, ElfEntry, MemorySize, SerialMode, VmConfig, DEFAULT_CMDLINE, DEFAULT_INSTANCE_ID,
-    MAX_INSTANCE_ID_BYTES,
+    ConfigError, ElfEntry, MemorySize, MemorySizeError, SerialMode, VmConfig, DEFAULT_CMDLINE,
+    DEFAULT_INSTANCE_ID, MAX_INSTANCE_ID_BYTES,
 };
 
 /// Why a request was refused. Every variant is a client error: [`ApiError::status`] is a 4xx

@@ -1,6 +1,7 @@
 //! `VmConfig`: what a VM is made of. The CLI fills it from flags or a JSON file, the control API
 //! and job files embed it; it is validated once, here, with errors a person can act on.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -8,6 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::device_config::{BalloonConfig, DeviceConfigError, DiskConfig, NetConfig, VsockConfig};
+pub use crate::memory_size::{MemorySize, MemorySizeError};
 
 /// The kernel command line used when the configuration gives none: serial console, reboot
 /// through the i8042, reboot on panic, no PCI probing, one UART, an i8042 without aux port or
@@ -25,8 +27,8 @@ pub enum ConfigError {
     #[error("no kernel given (--kernel PATH or \"kernel\" in the config file)")]
     NoKernel,
     /// A memory size that does not parse.
-    #[error("invalid memory size {0:?}: use a number with an optional K, M, G or T suffix (MiB when none), e.g. 256M or 5G")]
-    MemorySize(String),
+    #[error(transparent)]
+    MemorySize(#[from] MemorySizeError),
     /// vCPUs out of range before asking KVM.
     #[error("invalid vCPU count {0}: at least 1 vCPU is needed")]
     Vcpus(u64),
@@ -62,72 +64,6 @@ pub enum ConfigError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-/// A size in bytes written as "256M", "5G", "1024K", "2T" or a plain number of MiB.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemorySize(pub u64);
-
-impl FromStr for MemorySize {
-    type Err = ConfigError;
-
-    fn from_str(text: &str) -> Result<Self, ConfigError> {
-        let err = || ConfigError::MemorySize(text.to_string());
-        let trimmed = text.trim();
-        let upper = trimmed.to_ascii_uppercase();
-        let upper = upper
-            .strip_suffix("IB")
-            .or_else(|| upper.strip_suffix('B'))
-            .unwrap_or(&upper);
-        let (digits, shift) = match upper.char_indices().last() {
-            Some((i, 'K')) => (&upper[..i], 10),
-            Some((i, 'M')) => (&upper[..i], 20),
-            Some((i, 'G')) => (&upper[..i], 30),
-            Some((i, 'T')) => (&upper[..i], 40),
-            _ => (upper, 20),
-        };
-        let number: u64 = digits.trim().parse().map_err(|_| err())?;
-        number
-            .checked_mul(1u64 << shift)
-            .map(MemorySize)
-            .ok_or_else(err)
-    }
-}
-
-impl fmt::Display for MemorySize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = self.0;
-        for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-            if bytes != 0 && bytes.is_multiple_of(1 << shift) {
-                return write!(f, "{}{suffix}", bytes >> shift);
-            }
-        }
-        write!(f, "{}K", bytes as f64 / 1024.0)
-    }
-}
-
-impl Serialize for MemorySize {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for MemorySize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Mib(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Mib(mib) => mib
-                .checked_mul(1 << 20)
-                .map(MemorySize)
-                .ok_or_else(|| serde::de::Error::custom(format!("memory of {mib} MiB overflows"))),
-            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
-        }
-    }
 }
 
 /// Where the guest's serial console goes.
@@ -316,7 +252,7 @@ impl VmConfig {
             return Err(ConfigError::Vcpus(0));
         }
         self.check_instance_id()?;
-        crate::device_config::validate_devices(self)?;
+        validate_devices(self)?;
         Ok(())
     }
 
@@ -345,6 +281,54 @@ impl VmConfig {
             + usize::from(self.rng)
             + usize::from(self.balloon.is_some())
     }
+}
+
+/// Checks the device list as a whole: unique disk ids, paths, taps and MACs, and room for all.
+fn validate_devices(config: &VmConfig) -> Result<(), DeviceConfigError> {
+    let mut ids = HashSet::new();
+    let mut paths = HashSet::new();
+    for disk in &config.disk {
+        if let Some(id) = &disk.id {
+            if !ids.insert(id.as_str()) {
+                return Err(DeviceConfigError::DuplicateDiskId(id.clone()));
+            }
+        }
+        // Canonical paths catch the same file under two names; a missing file is reported
+        // when it is opened.
+        let key = std::fs::canonicalize(&disk.path).unwrap_or_else(|_| disk.path.clone());
+        if !paths.insert(key) {
+            return Err(DeviceConfigError::DuplicateDiskPath(disk.path.clone()));
+        }
+    }
+    let mut taps = HashSet::new();
+    let mut macs = HashSet::new();
+    for net in &config.net {
+        net.check(&net.to_string())?;
+        if !taps.insert(net.tap.as_str()) {
+            return Err(DeviceConfigError::DuplicateTap(net.tap.clone()));
+        }
+        if let Some(mac) = net.mac_bytes() {
+            if !macs.insert(mac) {
+                return Err(DeviceConfigError::DuplicateMac(
+                    net.mac.clone().unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    let count = config.virtio_device_count();
+    let max = vmm_memory::layout::VIRTIO_MMIO_SLOTS;
+    if count > max {
+        return Err(DeviceConfigError::TooManyDevices { count, max });
+    }
+    if let Some(balloon) = &config.balloon {
+        if balloon.target.0 > config.memory.0 {
+            return Err(DeviceConfigError::BalloonTooLarge {
+                target: balloon.target,
+                memory: config.memory,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -451,5 +435,66 @@ mod tests {
         );
         assert!("file:".parse::<SerialMode>().is_err());
         assert!("pty".parse::<SerialMode>().is_err());
+    }
+
+    #[test]
+    fn device_list_is_checked_as_a_whole() {
+        let base = VmConfig {
+            kernel: Some("/k".into()),
+            ..Default::default()
+        };
+        let mut c = base.clone();
+        c.disk = vec![
+            "path=/a,id=x".parse().unwrap(),
+            "path=/b,id=x".parse().unwrap(),
+        ];
+        assert!(matches!(
+            validate_devices(&c),
+            Err(DeviceConfigError::DuplicateDiskId(_))
+        ));
+        c.disk = vec!["path=/a".parse().unwrap(), "path=/a".parse().unwrap()];
+        assert!(matches!(
+            validate_devices(&c),
+            Err(DeviceConfigError::DuplicateDiskPath(_))
+        ));
+        let mut c = base.clone();
+        c.net = vec!["tap=t0".parse().unwrap(), "tap=t0".parse().unwrap()];
+        assert!(matches!(
+            validate_devices(&c),
+            Err(DeviceConfigError::DuplicateTap(_))
+        ));
+        let mut c = base.clone();
+        c.disk = (0..30)
+            .map(|i| format!("path=/d{i}").parse().unwrap())
+            .collect();
+        assert!(matches!(
+            validate_devices(&c),
+            Err(DeviceConfigError::TooManyDevices { count: 30, .. })
+        ));
+        let mut c = base;
+        c.balloon = Some("target=1G".parse().unwrap());
+        assert!(matches!(
+            validate_devices(&c),
+            Err(DeviceConfigError::BalloonTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn json_objects_use_the_flag_keys() {
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel": "/k", "disk": [{"path": "/a", "read_only": true}],
+                "net": [{"tap": "t0"}], "vsock": {"cid": 3, "socket": "/v"}, "rng": true,
+                "balloon": {"target": "16M"}}"#,
+        )
+        .unwrap();
+        assert!(c.disk[0].read_only);
+        assert_eq!(c.net[0].tap, "t0");
+        assert_eq!(c.vsock.as_ref().unwrap().cid, 3);
+        assert!(c.rng);
+        assert_eq!(c.balloon.as_ref().unwrap().target, MemorySize(16 << 20));
+        assert_eq!(c.virtio_device_count(), 5);
+        assert!(
+            serde_json::from_str::<VmConfig>(r#"{"disk": [{"path": "/a", "ro": 1}]}"#).is_err()
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::vm::VmEvent;
+use crate::events::VmEvent;
 use vmm_api::{ApiRequest, ApiResponse, RequestReader, CONTINUE_RESPONSE};
 
 /// Connections served at once; more wait in the listen backlog.

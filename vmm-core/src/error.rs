@@ -130,6 +130,15 @@ pub enum Error {
     /// A vCPU thread panicked (a bug; reported, not propagated).
     #[error("vCPU {0} thread panicked")]
     VcpuPanicked(u8),
+    /// A balloon operation on a VM without a balloon device.
+    #[error("no balloon device is configured")]
+    NoBalloon,
+    /// Telling the balloon device its new target.
+    #[error("balloon device")]
+    Balloon(#[source] vmm_devices::virtio::VirtioError),
+    /// A request whose settings the configuration refuses (e.g. a balloon larger than RAM).
+    #[error(transparent)]
+    Request(vmm_api::ApiError),
 }
 
 /// `error` and all its causes on one line, joined by ": ".

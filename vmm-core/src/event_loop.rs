@@ -14,8 +14,8 @@ use vmm_devices::SerialDevice;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::events::VmEvent;
 use crate::virtio_devices::VirtioSubscriber;
-use crate::vm::VmEvent;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 

@@ -1,19 +1,29 @@
-//! The VMM core: turns a [`VmConfig`] into a running VM (memory, KVM VM, devices, kernel, vCPUs)
-//! and runs it to its end, with one thread per vCPU and one event-loop thread on event-manager.
+//! The VMM core: turns a [`vmm_api::VmConfig`] into a running VM (memory, KVM VM, devices,
+//! kernel, vCPUs) and runs it to its end, with one thread per vCPU and one event-loop thread on
+//! event-manager.
+//!
+//! [`BuiltVm::build`] (or [`BuiltVm::restore`] from a snapshot) builds it; [`Vmm::start`] runs
+//! it and gives typed operations ([`Vmm::pause`], [`Vmm::resume`], [`Vmm::snapshot`],
+//! [`Vmm::set_balloon_target`], [`Vmm::state`], [`Vmm::shutdown`]); the control API maps its
+//! requests onto them in one place (`dispatch.rs`).
 //!
 //! The configuration it takes ([`vmm_api::VmConfig`]) and the control API's requests come from
 //! `vmm-api`; `vmm-cli` composes the two with `vmm-fleet`.
 
 mod api_server;
+mod builder;
 mod control;
+mod dispatch;
 mod error;
 mod event_loop;
+mod events;
 mod exits;
+mod persist;
 pub mod snapshot;
 mod terminal;
 mod vcpu_threads;
 mod virtio_devices;
-mod vm;
+mod vmm;
 
 /// Locks `mutex`, also after a thread panicked while holding it: that is a bug, but the device
 /// state behind it is still usable for shutting the VM down.
@@ -21,8 +31,11 @@ pub(crate) fn lock<T: ?Sized>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGu
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub use control::{merge_diff_snapshot, restore_vm, run_with_api, RestoreSource, VmSnapshot};
+pub use builder::BuiltVm;
+pub use control::{restore_vm, run_vm, run_with_api};
 pub use error::{chain as error_chain, Error, Result};
+pub use events::ShutdownReason;
+pub use persist::{merge_diff_snapshot, RestoreSource, VmSnapshot};
 pub use virtio_devices::AttachedDevice;
-pub use vm::{run_vm, BuiltVm, ShutdownReason};
+pub use vmm::{StartMode, Vmm};
 pub use vmm_vcpu::{is_pvm_host, PVM_EXPLANATION};

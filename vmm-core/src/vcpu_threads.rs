@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use vmm_vcpu::{Vcpu, VcpuExitReason, VcpuKicker};
 
 use crate::error::{Error, Result};
+use crate::events::VmEvent;
 use crate::exits::BusExitHandler;
-use crate::vm::VmEvent;
 
 /// What a parked vCPU thread can be asked to do.
 pub(crate) enum VcpuCommand {

@@ -48,6 +48,8 @@ pub(crate) fn slot(index: usize) -> Option<VirtioMmioDevice> {
 
 /// A device opened from the config, not yet attached to a VM.
 pub(crate) struct OpenedDevice {
+    /// Its id in snapshots (see [`AttachedDevice::id`]).
+    pub id: String,
     /// "virtio-blk /path", for messages.
     pub name: String,
     pub device: Box<dyn VirtioDevice>,
@@ -59,7 +61,7 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         raise_fd_limit();
     }
     let mut devices = Vec::with_capacity(config.virtio_device_count());
-    for disk in &config.disk {
+    for (index, disk) in config.disk.iter().enumerate() {
         let block = Block::new(BlockConfig {
             path: disk.path.clone(),
             read_only: disk.read_only,
@@ -70,16 +72,18 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
             source,
         })?;
         devices.push(OpenedDevice {
+            id: format!("blk{index}"),
             name: format!("virtio-blk {}", disk.path.display()),
             device: Box::new(block),
         });
     }
-    for net in &config.net {
+    for (index, net) in config.net.iter().enumerate() {
         let device = Net::with_tap(&net.tap, net.mac_bytes()).map_err(|source| Error::Net {
             tap: net.tap.clone(),
             source,
         })?;
         devices.push(OpenedDevice {
+            id: format!("net{index}"),
             name: format!("virtio-net {}", net.tap),
             device: Box::new(device),
         });
@@ -94,12 +98,14 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
             source,
         })?;
         devices.push(OpenedDevice {
+            id: "vsock".into(),
             name: format!("virtio-vsock {}", vsock.socket.display()),
             device: Box::new(device),
         });
     }
     if config.rng {
         devices.push(OpenedDevice {
+            id: "rng".into(),
             name: "virtio-rng".into(),
             device: Box::new(Rng::new()),
         });
@@ -107,6 +113,7 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
     if let Some(balloon) = &config.balloon {
         let target_pages = balloon_pages(balloon.target);
         devices.push(OpenedDevice {
+            id: "balloon".into(),
             name: "virtio-balloon".into(),
             device: Box::new(Balloon::new(BalloonDeviceConfig {
                 target_pages,
@@ -119,6 +126,9 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
 
 /// A device on the VM's MMIO bus.
 pub struct AttachedDevice {
+    /// The device's id in snapshots: its kind and index among its kind ("blk0", "net1") or
+    /// its kind alone for the single ones ("vsock", "rng", "balloon").
+    pub id: String,
     /// "virtio-blk /path".
     pub name: String,
     /// Its slot.
@@ -167,7 +177,7 @@ pub(crate) fn attach_devices(
     mmio: &mut Bus,
 ) -> Result<Vec<AttachedDevice>> {
     let mut attached = Vec::with_capacity(opened.len());
-    for (index, OpenedDevice { name, device }) in opened.into_iter().enumerate() {
+    for (index, OpenedDevice { id, name, device }) in opened.into_iter().enumerate() {
         let slot = slot(index)
             .ok_or(vmm_api::DeviceConfigError::TooManyDevices {
                 count: index + 1,
@@ -187,6 +197,7 @@ pub(crate) fn attach_devices(
         let transport = Arc::new(Mutex::new(transport));
         mmio.insert(transport.clone(), slot.addr, slot.size)?;
         attached.push(AttachedDevice {
+            id,
             name,
             slot,
             transport,

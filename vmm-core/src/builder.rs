@@ -1,102 +1,28 @@
-//! Building a VM from its config and running it to its end.
+//! Building a VM, from its configuration (a fresh boot) or from a snapshot (a restore), in one
+//! place: memory, the KVM VM, the legacy and virtio devices on their buses, the kernel and boot
+//! structures or the saved states, and the vCPUs. The result, a [`BuiltVm`], runs nothing yet:
+//! [`crate::Vmm::start`] runs it.
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::{channel, Receiver};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use vmm_devices::{Bus, EventFdTrigger, I8042Wrapper, SerialDevice};
 use vmm_loader::{BootProtocol, LoadedKernel};
 use vmm_memory::{layout, GuestMemoryMmap, MemoryOptions};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_vcpu::{BootEntry, Vcpu, VcpuExitReason, Vm, VmOptions};
+use vmm_vcpu::{BootEntry, Vcpu, Vm, VmOptions};
 
-use crate::control::{Session, StartMode, VmSnapshot};
 use crate::error::{Error, Result};
-use crate::event_loop::{stdin_fd, EventLoop, SerialInput};
 use crate::exits::BusExitHandler;
-use crate::terminal::RawTerminal;
-use crate::vcpu_threads::VcpuThreads;
+use crate::persist::{self, RestoreSource};
 use crate::virtio_devices::{self, AttachedDevice};
 use vmm_api::{ElfEntry, SerialMode, VmConfig};
 
 /// Kernels larger than this are ordinary kernels (not tiny test guests): on a PVM host they get
 /// a warning before they fail.
 const TINY_KERNEL_BYTES: u64 = 1 << 20;
-
-/// How a VM ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShutdownReason {
-    /// The guest asked the i8042 for a reset (Linux `reboot=k`).
-    GuestReset,
-    /// The guest triple-faulted (Linux's last resort for reboot).
-    TripleFault,
-    /// KVM reported a guest shutdown system event.
-    GuestShutdown,
-    /// KVM reported a guest reset system event.
-    GuestSystemReset,
-    /// KVM reported a guest crash.
-    GuestCrash,
-    /// A vCPU halted with no irqchip to wake it (only VMs built without the irqchip).
-    Halted,
-    /// The VMM got a termination signal.
-    Signal(i32),
-}
-
-impl ShutdownReason {
-    /// The process exit code: 0 when the guest ended itself, non-zero otherwise.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            ShutdownReason::GuestReset
-            | ShutdownReason::TripleFault
-            | ShutdownReason::GuestShutdown
-            | ShutdownReason::GuestSystemReset
-            | ShutdownReason::Halted => 0,
-            ShutdownReason::GuestCrash => 3,
-            ShutdownReason::Signal(sig) => 128 + sig,
-        }
-    }
-
-    pub(crate) fn from_vcpu(reason: VcpuExitReason) -> Option<ShutdownReason> {
-        Some(match reason {
-            VcpuExitReason::TripleFault => ShutdownReason::TripleFault,
-            VcpuExitReason::SystemReset => ShutdownReason::GuestSystemReset,
-            VcpuExitReason::SystemShutdown => ShutdownReason::GuestShutdown,
-            VcpuExitReason::SystemCrash => ShutdownReason::GuestCrash,
-            VcpuExitReason::Halted => ShutdownReason::Halted,
-            VcpuExitReason::Stopped => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for ShutdownReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ShutdownReason::GuestReset => f.write_str("guest reset (i8042)"),
-            ShutdownReason::TripleFault => f.write_str("guest reset (triple fault)"),
-            ShutdownReason::GuestShutdown => f.write_str("guest shutdown"),
-            ShutdownReason::GuestSystemReset => f.write_str("guest reset (system event)"),
-            ShutdownReason::GuestCrash => f.write_str("guest crashed"),
-            ShutdownReason::Halted => f.write_str("guest halted"),
-            ShutdownReason::Signal(sig) => write!(f, "signal {sig}"),
-        }
-    }
-}
-
-/// What the main thread hears from the vCPU threads and the event loop.
-pub(crate) enum VmEvent {
-    Vcpu(vmm_vcpu::Result<VcpuExitReason>),
-    VcpuPanicked(u8),
-    GuestReset,
-    EventLoopFailed(io::Error),
-    /// A control API request and where its answer goes.
-    Api(
-        Box<vmm_api::ApiRequest>,
-        std::sync::mpsc::Sender<vmm_api::ApiResponse>,
-    ),
-}
 
 /// A VM built and ready to run: memory, KVM VM, devices on their buses, kernel loaded, vCPUs
 /// configured.
@@ -113,12 +39,12 @@ pub struct BuiltVm {
     pub cmdline: String,
     /// The virtio-mmio devices, in slot order.
     pub virtio: Vec<AttachedDevice>,
-    serial: Arc<Mutex<SerialDevice>>,
-    i8042: Arc<Mutex<I8042Wrapper>>,
-    serial_mode: SerialMode,
-    reset: EventFd,
-    exits: Arc<BusExitHandler>,
-    config: VmConfig,
+    pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    pub(crate) i8042: Arc<Mutex<I8042Wrapper>>,
+    pub(crate) serial_mode: SerialMode,
+    pub(crate) reset: EventFd,
+    pub(crate) exits: Arc<BusExitHandler>,
+    pub(crate) config: VmConfig,
 }
 
 fn open(what: &'static str, path: &Path) -> Result<(File, u64)> {
@@ -358,30 +284,21 @@ impl BuiltVm {
         })
     }
 
-    /// Rebuilds a VM from a snapshot: guest memory mapped privately from `mem_path` with the
-    /// diff files `mem_diffs` (oldest first) layered over it, the KVM VM, devices rebuilt from
-    /// the saved configuration and put back in their saved state, vCPUs in theirs. The restored
-    /// VM tracks dirty pages (for diff snapshots of its own) when `track_dirty_pages` says so,
-    /// whatever the snapshotted VM did. Nothing runs yet.
-    pub fn restore(
-        snapshot: &VmSnapshot,
-        mem_path: &Path,
-        mem_diffs: &[PathBuf],
-        track_dirty_pages: bool,
-    ) -> Result<BuiltVm> {
+    /// Rebuilds the VM of the snapshot `source`: guest memory mapped privately from its memory
+    /// file with its diff files (oldest first) layered over it, the KVM VM, devices rebuilt
+    /// from the saved configuration and put back in their saved states (by device id), vCPUs
+    /// in theirs. The restored VM tracks dirty pages (for diff snapshots of its own) when
+    /// `source` says so, whatever the snapshotted VM did. Nothing runs yet.
+    pub fn restore(source: &RestoreSource) -> Result<BuiltVm> {
+        let snapshot = source.read_state()?;
+        let (mem_path, mem_diffs, track_dirty_pages) =
+            (&source.mem, &source.mem_diffs, source.track_dirty_pages);
         let config = &VmConfig {
             track_dirty_pages,
             ..snapshot.config.clone()
         };
         config.validate()?;
         let opened = virtio_devices::open_devices(config)?;
-        if opened.len() != snapshot.devices.len() {
-            return Err(Error::SnapshotMismatch(format!(
-                "{} virtio devices configured, {} saved",
-                opened.len(),
-                snapshot.devices.len()
-            )));
-        }
         let vcpu_count = u8::try_from(snapshot.vcpus.len())
             .ok()
             .filter(|&n| n > 0 && u64::from(n) == config.vcpus)
@@ -423,14 +340,7 @@ impl BuiltVm {
         } = LegacyDevices::attach(&vm, config, Some(&snapshot.serial))?;
         let mut mmio = Bus::new();
         let virtio = virtio_devices::attach_devices(opened, &vm, &memory, &mut mmio)?;
-        for (device, state) in virtio.iter().zip(&snapshot.devices) {
-            crate::lock(&device.transport)
-                .restore_state(state)
-                .map_err(|source| Error::DeviceRestore {
-                    name: device.name.clone(),
-                    source,
-                })?;
-        }
+        persist::restore_devices(&virtio, &snapshot.devices)?;
         let exits = Arc::new(BusExitHandler { pio, mmio });
 
         vm.restore_state(&snapshot.vm)?;
@@ -455,110 +365,4 @@ impl BuiltVm {
             config: config.clone(),
         })
     }
-
-    /// Runs the VM until the guest ends it, a vCPU fails, or the VMM gets SIGTERM/SIGINT/SIGHUP.
-    pub fn run(self) -> Result<ShutdownReason> {
-        let (events_tx, events_rx) = channel();
-        self.run_controlled(events_tx, events_rx, StartMode::Running)
-    }
-
-    /// [`BuiltVm::run`], answering control API requests that arrive on `events_rx` (the API
-    /// server holds a clone of `events_tx`); `start_paused` parks the vCPUs and devices before
-    /// the guest runs (a restored VM waiting for a resume).
-    pub(crate) fn run_controlled(
-        self,
-        events_tx: std::sync::mpsc::Sender<VmEvent>,
-        events_rx: Receiver<VmEvent>,
-        mode: StartMode,
-    ) -> Result<ShutdownReason> {
-        let start_paused = mode != StartMode::Running;
-        install_termination_handlers();
-        let BuiltVm {
-            memory,
-            vm,
-            vcpus,
-            virtio,
-            serial,
-            i8042,
-            serial_mode,
-            reset,
-            exits,
-            config,
-            ..
-        } = self;
-        let interactive = serial_mode == SerialMode::Stdio;
-        let input = interactive.then(|| SerialInput::new(stdin_fd(), serial.clone()));
-        let _terminal = interactive.then(RawTerminal::enter);
-        if start_paused {
-            for device in &virtio {
-                device.set_paused(true);
-            }
-        }
-        let subscribers = virtio
-            .iter()
-            .map(AttachedDevice::subscriber)
-            .collect::<Result<Vec<_>>>()?;
-        let event_loop = EventLoop::start(input, reset, subscribers, events_tx.clone())
-            .map_err(Error::EventLoop)?;
-
-        let threads = VcpuThreads::spawn(vcpus, exits, events_tx.clone(), start_paused);
-        drop(events_tx);
-        let (outcome, vcpus) = match threads {
-            Ok(threads) => {
-                let mut session = Session {
-                    threads,
-                    vm: &vm,
-                    memory: &memory,
-                    virtio: &virtio,
-                    serial: &serial,
-                    i8042: &i8042,
-                    config: vmm_api::ApiConfig::new(config),
-                    unsaved_dirty: None,
-                };
-                if mode == StartMode::PausedThenResumed {
-                    session.resume();
-                }
-                let outcome = session.wait_for_end(&events_rx);
-                (outcome, session.threads.stop())
-            }
-            Err(e) => (Err(e), Vec::new()),
-        };
-        event_loop.stop();
-        if let Ok(ShutdownReason::Signal(_)) = outcome {
-            // Where each vCPU was tells whether a stuck guest was idle or spinning.
-            for vcpu in &vcpus {
-                if let Ok(regs) = vcpu.fd().get_regs() {
-                    eprintln!("vmm: vCPU {} stopped at RIP {:#x}", vcpu.index(), regs.rip);
-                }
-            }
-        }
-        drop(vcpus);
-        drop(virtio);
-        // The memory outlives the vCPUs: KVM's slots point into it until the VM fd closes.
-        drop(vm);
-        drop(memory);
-        outcome
-    }
-}
-
-pub(crate) static TERMINATION_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_termination_signal(
-    num: libc::c_int,
-    _: *mut libc::siginfo_t,
-    _: *mut libc::c_void,
-) {
-    TERMINATION_SIGNAL.store(num, Ordering::SeqCst);
-}
-
-pub(crate) fn install_termination_handlers() {
-    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // A failure leaves the default action (exit), which is still an exit.
-        let _ = vmm_sys_util::signal::register_signal_handler(signal, on_termination_signal);
-    }
-}
-
-/// Builds and runs the VM `config` describes, returning how it ended.
-pub fn run_vm(config: &VmConfig) -> Result<ShutdownReason> {
-    BuiltVm::build(config)?.run()
 }

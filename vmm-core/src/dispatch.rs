@@ -1,0 +1,153 @@
+//! Control API requests mapped onto the VMM, in one place: before boot onto the configuration
+//! (and `InstanceStart` or a snapshot load), on a running VM onto [`Vmm`]'s typed methods. This
+//! module alone decides HTTP status codes for what the VMM did.
+
+use vmm_api::{
+    ActionType, ApiConfig, ApiRequest, ApiResponse, InstanceInfo, InstanceState, VersionInfo,
+    VmState,
+};
+
+use crate::builder::BuiltVm;
+use crate::error::{chain, Error, Result};
+use crate::persist::RestoreSource;
+use crate::vmm::Vmm;
+
+/// The answer to a request on a running VM.
+pub(crate) fn handle_running(vmm: &mut Vmm, request: ApiRequest) -> ApiResponse {
+    match request {
+        ApiRequest::GetInstanceInfo => ApiResponse::ok_json(&InstanceInfo::new(
+            vmm.config().vm.instance_id(),
+            vmm.state(),
+        )),
+        ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::default()),
+        ApiRequest::GetVmConfig => ApiResponse::ok_json(&vmm.config().to_firecracker()),
+        ApiRequest::GetMachineConfig => ApiResponse::ok_json(&vmm.config().machine_config()),
+        ApiRequest::GetBalloon => match vmm.config().balloon() {
+            Some(balloon) => ApiResponse::ok_json(&balloon),
+            None => ApiResponse::bad_request("no balloon device is configured"),
+        },
+        ApiRequest::PatchVm(VmState::Paused) => respond(vmm.pause()),
+        ApiRequest::PatchVm(VmState::Resumed) => respond(vmm.resume()),
+        ApiRequest::Action(ActionType::SendCtrlAltDel) => {
+            vmm.send_ctrl_alt_del();
+            ApiResponse::no_content()
+        }
+        ApiRequest::Action(ActionType::FlushMetrics) => metrics_not_configured(),
+        ApiRequest::Action(ActionType::InstanceStart) => {
+            ApiResponse::bad_request("the VM is already running")
+        }
+        ApiRequest::CreateSnapshot(params) => respond(vmm.snapshot(&params)),
+        ApiRequest::PatchBalloon(update) => respond(vmm.set_balloon_target(&update)),
+        other if other.pre_boot_only() => ApiResponse::bad_request(
+            "this request is only allowed before the VM starts (the VM is running)",
+        ),
+        _ => ApiResponse::bad_request("request not supported on a running VM"),
+    }
+}
+
+/// What a request before boot leads to.
+pub(crate) enum PreBoot {
+    /// Answer it and keep waiting.
+    Answer(ApiResponse),
+    /// `InstanceStart` built the VM: answer 204 and boot it.
+    Boot(Box<BuiltVm>),
+    /// `PUT /snapshot/load` rebuilt a VM: answer 204 and run it, resumed when the flag says so.
+    Restored(Box<BuiltVm>, bool),
+}
+
+/// Handles a request before the VM exists: configuration changes go to `api`.
+pub(crate) fn handle_pre_boot(api: &mut ApiConfig, request: ApiRequest) -> PreBoot {
+    let not_started = || ApiResponse::bad_request("the VM is not started yet");
+    PreBoot::Answer(match request {
+        ApiRequest::GetInstanceInfo => ApiResponse::ok_json(&InstanceInfo::new(
+            api.vm.instance_id(),
+            InstanceState::NotStarted,
+        )),
+        ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::default()),
+        ApiRequest::GetVmConfig => ApiResponse::ok_json(&api.to_firecracker()),
+        ApiRequest::GetMachineConfig => ApiResponse::ok_json(&api.machine_config()),
+        ApiRequest::GetBalloon => match api.balloon() {
+            Some(balloon) => ApiResponse::ok_json(&balloon),
+            None => ApiResponse::bad_request("no balloon device is configured"),
+        },
+        ApiRequest::Action(ActionType::InstanceStart) => match BuiltVm::build(&api.vm) {
+            Ok(built) => return PreBoot::Boot(Box::new(built)),
+            Err(e) => ApiResponse::bad_request(&chain(&e)),
+        },
+        ApiRequest::LoadSnapshot(load) => {
+            if !load.network_overrides.is_empty() || load.vsock_override.is_some() {
+                ApiResponse::bad_request(
+                    "network and vsock overrides on snapshot load are not supported yet",
+                )
+            } else {
+                let source = RestoreSource {
+                    state: load.snapshot_path.into(),
+                    mem: load.mem_file_path.into(),
+                    mem_diffs: Vec::new(),
+                    track_dirty_pages: load.track_dirty_pages,
+                };
+                match BuiltVm::restore(&source) {
+                    Ok(built) => return PreBoot::Restored(Box::new(built), load.resume_vm),
+                    Err(e) => ApiResponse::bad_request(&chain(&e)),
+                }
+            }
+        }
+        ApiRequest::Action(_) | ApiRequest::PatchVm(_) | ApiRequest::CreateSnapshot(_) => {
+            not_started()
+        }
+        other => match api.apply(&other) {
+            Ok(true) => ApiResponse::no_content(),
+            Ok(false) => not_started(),
+            Err(e) => ApiResponse::from(e),
+        },
+    })
+}
+
+/// 204 on success; 400 for what the client asked wrongly or at the wrong time; 500 for what the
+/// VMM failed to do.
+fn respond(result: Result<()>) -> ApiResponse {
+    match result {
+        Ok(()) => ApiResponse::no_content(),
+        Err(Error::Request(e)) => ApiResponse::from(e),
+        Err(e @ (Error::NotPaused | Error::DirtyTrackingOff | Error::NoBalloon)) => {
+            ApiResponse::bad_request(&chain(&e))
+        }
+        Err(e) => ApiResponse::internal_error(&chain(&e)),
+    }
+}
+
+/// `FlushMetrics` is refused until this VMM has a metrics system: answering 204 while writing
+/// nothing would tell a client that its metrics were flushed.
+fn metrics_not_configured() -> ApiResponse {
+    ApiResponse::bad_request(
+        "FlushMetrics: no metrics are configured (this VMM has no metrics file yet)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clients_mistakes_are_400_the_vmms_failures_500() {
+        let response = respond(Err(Error::DirtyTrackingOff));
+        assert_eq!(response.status, 400);
+        let body = response.body.unwrap_or_default();
+        assert!(body.contains("track_dirty_pages"), "{body}");
+        assert_eq!(respond(Err(Error::NotPaused)).status, 400);
+        assert_eq!(respond(Err(Error::NoBalloon)).status, 400);
+        assert_eq!(respond(Err(Error::EventChannelLost)).status, 500);
+        assert_eq!(respond(Ok(())).status, 204);
+    }
+
+    #[test]
+    fn flush_metrics_is_refused_not_faked() {
+        let mut api = ApiConfig::new(vmm_api::VmConfig::default());
+        let request = ApiRequest::Action(ActionType::FlushMetrics);
+        let PreBoot::Answer(response) = handle_pre_boot(&mut api, request) else {
+            panic!("FlushMetrics before boot must be answered");
+        };
+        assert_eq!(response.status, 400);
+        assert_eq!(metrics_not_configured().status, 400);
+    }
+}

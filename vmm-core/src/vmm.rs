@@ -1,0 +1,299 @@
+//! [`Vmm`]: a running VM with typed operations (pause, resume, snapshot, balloon target,
+//! Ctrl+Alt+Del, state) and its shutdown. The control API reaches these through
+//! `dispatch.rs`; a program embedding this crate calls them directly.
+
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vmm_api::{
+    ApiConfig, ApiRequest, ApiResponse, BalloonUpdate, InstanceState, SnapshotCreateParams,
+};
+use vmm_devices::{I8042Wrapper, SerialDevice};
+use vmm_memory::GuestMemoryMmap;
+use vmm_vcpu::Vm;
+
+use crate::builder::BuiltVm;
+use crate::error::{Error, Result};
+use crate::event_loop::{stdin_fd, EventLoop, SerialInput};
+use crate::events::{install_termination_handlers, ShutdownReason, VmEvent, TERMINATION_SIGNAL};
+use crate::persist::{self, VmSnapshot};
+use crate::terminal::RawTerminal;
+use crate::vcpu_threads::VcpuThreads;
+use crate::virtio_devices::{self, AttachedDevice};
+use vmm_api::SerialMode;
+
+/// How a VM starts running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// The guest runs at once.
+    Running,
+    /// vCPUs and devices parked until [`Vmm::resume`].
+    Paused,
+    /// Parked, then resumed at once: a restored VM, whose device queues get one pass on resume.
+    PausedThenResumed,
+}
+
+/// How often the control loop looks at the termination signal flag while no event comes.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+/// A running VM: its vCPU threads, the event-loop thread, its devices and memory.
+///
+/// Dropping it (or [`Vmm::shutdown`]) stops the threads, then releases the devices, the KVM
+/// VM and guest memory, in that order.
+pub struct Vmm {
+    threads: Option<VcpuThreads>,
+    event_loop: Option<EventLoop>,
+    events: Receiver<VmEvent>,
+    virtio: Vec<AttachedDevice>,
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042Wrapper>>,
+    config: ApiConfig,
+    /// Dirty pages read for a snapshot that failed, to be part of the next one.
+    unsaved_dirty: Option<Vec<Vec<u64>>>,
+    /// Declared after everything that points into guest memory or uses the VM fd.
+    vm: Vm,
+    memory: GuestMemoryMmap,
+    _terminal: Option<RawTerminal>,
+}
+
+impl Vmm {
+    /// Starts `built`: the event loop, then one thread per vCPU, running or parked as `mode`
+    /// says. The VM's events go to a channel of its own; see [`Vmm::wait_for_end`].
+    pub fn start(built: BuiltVm, mode: StartMode) -> Result<Vmm> {
+        let (events_tx, events_rx) = channel();
+        Vmm::start_with_events(built, mode, events_tx, events_rx)
+    }
+
+    /// [`Vmm::start`] on a channel made earlier (the API server already holds a sender).
+    pub(crate) fn start_with_events(
+        built: BuiltVm,
+        mode: StartMode,
+        events_tx: Sender<VmEvent>,
+        events_rx: Receiver<VmEvent>,
+    ) -> Result<Vmm> {
+        let start_paused = mode != StartMode::Running;
+        install_termination_handlers();
+        let BuiltVm {
+            memory,
+            vm,
+            vcpus,
+            virtio,
+            serial,
+            i8042,
+            serial_mode,
+            reset,
+            exits,
+            config,
+            ..
+        } = built;
+        let interactive = serial_mode == SerialMode::Stdio;
+        let input = interactive.then(|| SerialInput::new(stdin_fd(), serial.clone()));
+        let terminal = interactive.then(RawTerminal::enter);
+        if start_paused {
+            for device in &virtio {
+                device.set_paused(true);
+            }
+        }
+        let subscribers = virtio
+            .iter()
+            .map(AttachedDevice::subscriber)
+            .collect::<Result<Vec<_>>>()?;
+        let event_loop = EventLoop::start(input, reset, subscribers, events_tx.clone())
+            .map_err(Error::EventLoop)?;
+        let mut vmm = Vmm {
+            threads: None,
+            event_loop: Some(event_loop),
+            events: events_rx,
+            virtio,
+            serial,
+            i8042,
+            config: ApiConfig::new(config),
+            unsaved_dirty: None,
+            vm,
+            memory,
+            _terminal: terminal,
+        };
+        vmm.threads = Some(VcpuThreads::spawn(vcpus, exits, events_tx, start_paused)?);
+        if mode == StartMode::PausedThenResumed {
+            vmm.resume()?;
+        }
+        Ok(vmm)
+    }
+
+    fn threads(&mut self) -> &mut VcpuThreads {
+        self.threads
+            .as_mut()
+            .expect("the vCPU threads run from start to shutdown")
+    }
+
+    /// Whether the guest runs or is paused.
+    pub fn state(&self) -> InstanceState {
+        match &self.threads {
+            Some(threads) if threads.is_paused() => InstanceState::Paused,
+            _ => InstanceState::Running,
+        }
+    }
+
+    /// The configuration the VM runs with (as the API shows it).
+    pub fn config(&self) -> &ApiConfig {
+        &self.config
+    }
+
+    /// Stops every vCPU (each leaves KVM_RUN and parks), then the device queues. Pausing a
+    /// paused VM does nothing.
+    pub fn pause(&mut self) -> Result<()> {
+        self.threads().pause()?;
+        for device in &self.virtio {
+            device.set_paused(true);
+        }
+        Ok(())
+    }
+
+    /// Restarts the device queues, then the vCPUs. Resuming a running VM does nothing.
+    pub fn resume(&mut self) -> Result<()> {
+        for device in &self.virtio {
+            device.set_paused(false);
+        }
+        self.threads().resume();
+        Ok(())
+    }
+
+    /// Presses Ctrl+Alt+Del on the i8042 keyboard (a guest that listens reboots or powers off).
+    pub fn send_ctrl_alt_del(&self) {
+        crate::lock(&self.i8042).send_ctrl_alt_del();
+    }
+
+    /// Writes a snapshot of the paused VM: the memory file (all of RAM, or for a `Diff` the
+    /// pages written since the previous snapshot), then the state file.
+    pub fn snapshot(&mut self, params: &SnapshotCreateParams) -> Result<()> {
+        let tracking = self.config.vm.track_dirty_pages;
+        let paused = self.state() == InstanceState::Paused;
+        persist::check_snapshot_request(params.snapshot_type, tracking, paused)?;
+        let vcpus = self
+            .threads()
+            .with_each(|vcpu| vcpu.save_state())?
+            .into_iter()
+            .collect::<vmm_vcpu::Result<Vec<_>>>()?;
+        let vm = self.vm.save_state()?;
+        let devices = persist::save_devices(&self.virtio);
+        let serial = crate::lock(&self.serial).save_state();
+        // Every snapshot, full or diff, starts a new epoch of dirty tracking: reading KVM's log
+        // clears it, and the VMM's bitmaps are read and cleared with it. Pages of a snapshot
+        // that then fails are kept for the next one.
+        let dirty = if tracking {
+            Some(persist::take_dirty(
+                &self.vm,
+                &self.memory,
+                self.unsaved_dirty.take(),
+            )?)
+        } else {
+            None
+        };
+        let config = self.config.vm.clone();
+        let written = persist::write_snapshot(params, &self.memory, dirty.as_deref(), |memory| {
+            VmSnapshot {
+                config,
+                vcpus,
+                vm,
+                devices,
+                serial,
+                memory,
+            }
+        });
+        if written.is_err() {
+            self.unsaved_dirty = dirty;
+        }
+        written
+    }
+
+    /// Sets the balloon's target (`PATCH /balloon`): the guest inflates or deflates towards it.
+    pub fn set_balloon_target(&mut self, update: &BalloonUpdate) -> Result<()> {
+        self.config
+            .apply(&ApiRequest::PatchBalloon(update.clone()))
+            .map_err(Error::Request)?;
+        let balloon = self
+            .virtio
+            .iter()
+            .find(|d| {
+                crate::lock(&d.transport)
+                    .device_mut()
+                    .as_balloon()
+                    .is_some()
+            })
+            .ok_or(Error::NoBalloon)?;
+        let pages = self
+            .config
+            .vm
+            .balloon
+            .as_ref()
+            .map_or(0, |b| virtio_devices::balloon_pages(b.target));
+        let mut transport = crate::lock(&balloon.transport);
+        let device = transport
+            .device_mut()
+            .as_balloon()
+            .ok_or(Error::NoBalloon)?;
+        device.set_target_pages(pages).map_err(Error::Balloon)
+    }
+
+    /// Waits for the VM to end: the guest's reset or shutdown, a fatal vCPU exit, a failed
+    /// thread, or a termination signal. API requests that arrive meanwhile are answered by
+    /// `on_request`.
+    pub fn wait_for_end(
+        &mut self,
+        mut on_request: impl FnMut(&mut Vmm, ApiRequest) -> ApiResponse,
+    ) -> Result<ShutdownReason> {
+        loop {
+            let signal = TERMINATION_SIGNAL.swap(0, std::sync::atomic::Ordering::SeqCst);
+            if signal != 0 {
+                return Ok(ShutdownReason::Signal(signal));
+            }
+            match self.events.recv_timeout(SIGNAL_POLL) {
+                Ok(VmEvent::GuestReset) => return Ok(ShutdownReason::GuestReset),
+                Ok(VmEvent::Vcpu(Ok(reason))) => {
+                    if let Some(reason) = ShutdownReason::from_vcpu(reason) {
+                        return Ok(reason);
+                    }
+                }
+                Ok(VmEvent::Vcpu(Err(e))) => return Err(e.into()),
+                Ok(VmEvent::VcpuPanicked(index)) => return Err(Error::VcpuPanicked(index)),
+                Ok(VmEvent::EventLoopFailed(e)) => return Err(Error::EventLoop(e)),
+                Ok(VmEvent::Api(request, reply)) => {
+                    let _ = reply.send(on_request(self, *request));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(Error::EventChannelLost),
+            }
+        }
+    }
+
+    /// Stops the vCPU threads and the event loop and releases the VM. Returns where each
+    /// vCPU stopped (index, RIP), which tells whether a stuck guest was idle or spinning.
+    pub fn shutdown(mut self) -> Vec<(u8, u64)> {
+        self.stop_threads()
+    }
+
+    fn stop_threads(&mut self) -> Vec<(u8, u64)> {
+        let vcpus = self
+            .threads
+            .take()
+            .map(VcpuThreads::stop)
+            .unwrap_or_default();
+        if let Some(event_loop) = self.event_loop.take() {
+            event_loop.stop();
+        }
+        vcpus
+            .iter()
+            .filter_map(|vcpu| Some((vcpu.index(), vcpu.fd().get_regs().ok()?.rip)))
+            .collect()
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.stop_threads();
+        // The devices go next, then (by field order) the VM fd, and guest memory last: KVM's
+        // slots point into it until the VM fd closes.
+        self.virtio.clear();
+    }
+}

@@ -1,0 +1,174 @@
+//! Tier 2: a [`Vmm`] driven from Rust with the tiny PVH guest (it prints GUEST-INIT-OK and halts;
+//! with `test=` on its command line it resets the VM through the i8042 instead): start, pause,
+//! resume, snapshots, the balloon target, and a restore in the same process.
+
+use std::path::{Path, PathBuf};
+
+use vmm_api::{
+    ApiResponse, BalloonUpdate, InstanceState, MemorySize, SerialMode, SnapshotCreateParams,
+    SnapshotType, VmConfig,
+};
+use vmm_core::{BuiltVm, Error, RestoreSource, ShutdownReason, StartMode, Vmm};
+
+fn tiny_guest() -> PathBuf {
+    let dir = std::env::var_os("VMM_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/guest"));
+    let path = dir.join("tiny-pvh.elf");
+    assert!(
+        path.exists(),
+        "{} is missing: set VMM_GUEST_DIR to the guest image folder",
+        path.display()
+    );
+    path
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-core-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The tiny guest with 64 MiB, an entropy device and a balloon, its console in `dir/serial`.
+fn config(dir: &Path, cmdline: &str) -> VmConfig {
+    VmConfig {
+        kernel: Some(tiny_guest()),
+        cmdline: Some(cmdline.to_string()),
+        memory: MemorySize(64 << 20),
+        serial: SerialMode::File(dir.join("serial")),
+        rng: true,
+        balloon: Some("target=0".parse().unwrap()),
+        ..VmConfig::default()
+    }
+}
+
+fn full_snapshot(dir: &Path) -> SnapshotCreateParams {
+    SnapshotCreateParams {
+        snapshot_type: SnapshotType::Full,
+        snapshot_path: dir.join("vm.state").to_string_lossy().into_owned(),
+        mem_file_path: dir.join("vm.mem").to_string_lossy().into_owned(),
+    }
+}
+
+/// Waits until the guest's console file holds `marker` (an upper bound only: the tiny guest
+/// prints it at once).
+fn wait_for_marker(dir: &Path, marker: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(dir.join("serial")).unwrap_or_default();
+        if text.contains(marker) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {marker} on the console: {text:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn no_api(_: &mut Vmm, _: vmm_api::ApiRequest) -> ApiResponse {
+    ApiResponse::bad_request("no API here")
+}
+
+#[test]
+fn a_vmm_pauses_resumes_snapshots_and_its_snapshot_restores() {
+    let dir = scratch("lifecycle");
+    let built = BuiltVm::build(&config(&dir, "console=ttyS0")).unwrap();
+    let mut vmm = Vmm::start(built, StartMode::Running).unwrap();
+    assert_eq!(vmm.state(), InstanceState::Running);
+    assert_eq!(vmm.config().vm.instance_id(), "anonymous-instance");
+    // Snapshot a guest that has run: it printed its marker and halted.
+    wait_for_marker(&dir, "GUEST-INIT-OK");
+
+    // A snapshot needs a paused VM.
+    assert!(matches!(
+        vmm.snapshot(&full_snapshot(&dir)),
+        Err(Error::NotPaused)
+    ));
+    vmm.pause().unwrap();
+    vmm.pause().unwrap();
+    assert_eq!(vmm.state(), InstanceState::Paused);
+    // A diff needs dirty page tracking, which this VM does not have.
+    let diff = SnapshotCreateParams {
+        snapshot_type: SnapshotType::Diff,
+        ..full_snapshot(&dir)
+    };
+    assert!(matches!(vmm.snapshot(&diff), Err(Error::DirtyTrackingOff)));
+    vmm.snapshot(&full_snapshot(&dir)).unwrap();
+    vmm.resume().unwrap();
+    assert_eq!(vmm.state(), InstanceState::Running);
+
+    // The balloon takes a new target; one larger than RAM is the client's mistake.
+    vmm.set_balloon_target(&BalloonUpdate { amount_mib: 16 })
+        .unwrap();
+    assert_eq!(
+        vmm.config().vm.balloon.as_ref().unwrap().target,
+        MemorySize(16 << 20)
+    );
+    assert!(matches!(
+        vmm.set_balloon_target(&BalloonUpdate { amount_mib: 4096 }),
+        Err(Error::Request(_))
+    ));
+    vmm.shutdown();
+
+    // The state file keys the devices by id; the restored VM starts paused.
+    let source = RestoreSource {
+        state: dir.join("vm.state"),
+        mem: dir.join("vm.mem"),
+        ..RestoreSource::default()
+    };
+    let saved = source.read_state().unwrap();
+    let ids: Vec<&str> = saved.devices.keys().map(String::as_str).collect();
+    assert_eq!(ids, ["balloon", "rng"]);
+    let mut restored = Vmm::start(BuiltVm::restore(&source).unwrap(), StartMode::Paused).unwrap();
+    assert_eq!(restored.state(), InstanceState::Paused);
+    restored.resume().unwrap();
+    assert_eq!(restored.state(), InstanceState::Running);
+    let stopped_at = restored.shutdown();
+    assert_eq!(stopped_at.len(), 1, "one vCPU: {stopped_at:?}");
+    // The restored guest went on from its halt: it did not boot again.
+    let serial = std::fs::read_to_string(dir.join("serial")).unwrap();
+    assert_eq!(serial.matches("GUEST-INIT-OK").count(), 1, "{serial:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn wait_for_end_returns_the_guests_reset() {
+    let dir = scratch("reset");
+    // With test= the tiny guest resets the VM through the i8042 after its marker.
+    let built = BuiltVm::build(&config(&dir, "console=ttyS0 test=1")).unwrap();
+    let mut vmm = Vmm::start(built, StartMode::Running).unwrap();
+    assert_eq!(
+        vmm.wait_for_end(no_api).unwrap(),
+        ShutdownReason::GuestReset
+    );
+    vmm.shutdown();
+    let serial = std::fs::read_to_string(dir.join("serial")).unwrap();
+    assert!(serial.contains("GUEST-TEST-DONE"), "{serial:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_snapshot_for_another_device_set_is_refused() {
+    let dir = scratch("mismatch");
+    let built = BuiltVm::build(&config(&dir, "console=ttyS0")).unwrap();
+    let mut vmm = Vmm::start(built, StartMode::Paused).unwrap();
+    vmm.snapshot(&full_snapshot(&dir)).unwrap();
+    vmm.shutdown();
+    // Rewrite the state with one device renamed: the restore must say which one is missing.
+    let source = RestoreSource {
+        state: dir.join("vm.state"),
+        mem: dir.join("vm.mem"),
+        ..RestoreSource::default()
+    };
+    let mut saved = source.read_state().unwrap();
+    let rng = saved.devices.remove("rng").unwrap();
+    saved.devices.insert("rng7".to_string(), rng);
+    vmm_core::snapshot::SnapshotFile::write(&source.state, &saved).unwrap();
+    let err = BuiltVm::restore(&source).err().expect("a mismatch");
+    let text = vmm_core::error_chain(&err);
+    assert!(text.contains("rng7"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
