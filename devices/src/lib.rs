@@ -47,7 +47,7 @@ pub mod virtio;
 
 pub use bus::{Bus, BusDevice};
 pub use i8042::{I8042Wrapper, I8042_PORT_BASE, I8042_PORT_LEN};
-pub use serial::{SerialDevice, SerialDeviceState, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
+pub use serial::{InputRoom, SerialDevice, SerialDeviceState, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
 pub use trigger::{EventFd, EventFdTrigger, EFD_NONBLOCK};
 
 /// Errors of the device crate.

@@ -2,9 +2,11 @@
 
 use std::fmt;
 use std::io::Write;
+use std::sync::OnceLock;
 
-use vm_superio::serial::{Error as SerialError, NoEvents};
+use vm_superio::serial::{Error as SerialError, SerialEvents};
 use vm_superio::Serial;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
 use crate::trigger::EventFdTrigger;
@@ -15,7 +17,26 @@ pub const SERIAL_PORT_BASE: u64 = 0x3f8;
 /// Number of UART registers (ports) from [`SERIAL_PORT_BASE`].
 pub const SERIAL_PORT_LEN: u64 = 8;
 
-type Uart = Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>;
+type Uart = Serial<EventFdTrigger, InputRoom, Box<dyn Write + Send>>;
+
+/// Tells whoever feeds host input that the guest has emptied the receive FIFO: input held back
+/// while the FIFO was full can go in now, without polling for room.
+#[derive(Debug, Default)]
+pub struct InputRoom {
+    event: OnceLock<EventFd>,
+}
+
+impl SerialEvents for InputRoom {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Some(event) = self.event.get() {
+            // A full counter already means "there is room": nothing is lost.
+            let _ = event.write(1);
+        }
+    }
+}
 
 /// A 16550A UART on `vm-superio`'s `Serial`, on the port bus at offsets 0..8.
 ///
@@ -100,7 +121,7 @@ impl SerialDevice {
             scratch: state.scratch,
             in_buffer: state.in_buffer.clone(),
         };
-        let uart = Serial::from_state(&s, interrupt, vm_superio::serial::NoEvents, out)
+        let uart = Serial::from_state(&s, interrupt, InputRoom::default(), out)
             .map_err(|_| Error::SerialState)?;
         Ok(SerialDevice {
             uart,
@@ -112,7 +133,7 @@ impl SerialDevice {
     /// A UART that raises `interrupt` and writes the guest's output to `out`.
     pub fn new(interrupt: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
         SerialDevice {
-            uart: Serial::new(interrupt, out),
+            uart: Serial::with_events(interrupt, InputRoom::default(), out),
             lost_output_bytes: 0,
             interrupt_errors: 0,
         }
@@ -133,6 +154,12 @@ impl SerialDevice {
                 Err(Error::Interrupt(e))
             }
         }
+    }
+
+    /// Makes the UART write to `event` each time the guest empties its receive FIFO (see
+    /// [`InputRoom`]). Only the first event given is used; returns false for a later one.
+    pub fn notify_input_room(&self, event: EventFd) -> bool {
+        self.uart.events().event.set(event).is_ok()
     }
 
     /// Room left in the receive FIFO.
@@ -289,6 +316,29 @@ pub(crate) mod tests {
         assert_eq!(dev.enqueue_input(b"b").unwrap(), 1);
         assert_eq!(pending(&evt), 1);
         assert_eq!(read(&mut dev, IIR) & 0x0f, 0x04);
+    }
+
+    #[test]
+    fn an_emptied_fifo_is_announced_for_held_back_input() {
+        let (mut dev, _evt, _out) = serial();
+        let room = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        assert!(dev.notify_input_room(room.try_clone().unwrap()));
+        assert!(
+            !dev.notify_input_room(room.try_clone().unwrap()),
+            "set once"
+        );
+        // Fill the FIFO: the rest of the host's input has to wait.
+        let fill = vec![b'x'; dev.input_capacity() + 10];
+        let taken = dev.enqueue_input(&fill).unwrap();
+        assert!(taken < fill.len());
+        assert!(room.read().is_err(), "no room yet");
+        for _ in 0..taken - 1 {
+            read(&mut dev, RBR);
+        }
+        assert!(room.read().is_err(), "one byte left");
+        read(&mut dev, RBR);
+        assert_eq!(room.read().unwrap(), 1, "the guest read the last byte");
+        assert_eq!(dev.enqueue_input(&fill[taken..]).unwrap(), 10);
     }
 
     #[test]

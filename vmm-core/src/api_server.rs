@@ -5,15 +5,17 @@
 //! never reaches the VM.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
 use crate::events::VmEvent;
@@ -25,13 +27,14 @@ pub const MAX_CONNECTIONS: usize = 16;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request may wait for the VM's answer (a snapshot of a large guest takes a while).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
-/// How often blocked threads look at the stop flag.
-const POLL: Duration = Duration::from_millis(50);
-
+/// How long a response write may wait for a client that does not read.
+const WRITE_TIMEOUT_MS: libc::c_int = 5_000;
 /// The running API socket; dropping it stops the threads and removes the socket file.
 pub struct ApiServer {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
+    /// Written once to stop: every thread polls it beside its socket, so none wakes up on a
+    /// timer to look for a stop flag.
+    stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -55,11 +58,12 @@ impl ApiServer {
         }
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?);
+        let slot_freed = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("vmm-api".into())
-            .spawn(move || accept_loop(listener, events, flag))
+            .spawn(move || accept_loop(listener, events, &flag, slot_freed))
             .map_err(|e| Error::Thread("vmm-api", e))?;
         Ok(ApiServer {
             path: path.to_path_buf(),
@@ -71,7 +75,7 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.stop.write(1);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -79,52 +83,82 @@ impl Drop for ApiServer {
     }
 }
 
-fn accept_loop(listener: UnixListener, events: Sender<VmEvent>, stop: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::SeqCst) {
-        if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            std::thread::sleep(POLL);
-            continue;
-        }
-        // Wait for a connection without sleeping past it (a restored VM's first client should
-        // not wait for a tick); the timeout only bounds how late the stop flag is seen.
-        let mut poll = libc::pollfd {
-            fd: listener.as_raw_fd(),
+/// Waits until one of `fds` is readable (or hung up), at most `timeout` (`None`: no limit).
+/// Returns the readiness of each, in order; all false after a timeout.
+fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> Vec<bool> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
+        })
+        .collect();
+    let ms = timeout.map_or(-1, |t| {
+        t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+    });
+    // SAFETY: `polls` is a valid array of polls.len() pollfd structs for the whole call.
+    let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        // EINTR: report nothing ready; the caller looks again.
+        return vec![false; fds.len()];
+    }
+    polls.iter().map(|p| p.revents != 0).collect()
+}
+
+fn accept_loop(
+    listener: UnixListener,
+    events: Sender<VmEvent>,
+    stop: &Arc<EventFd>,
+    slot_freed: EventFd,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let slot_freed = Arc::new(slot_freed);
+    loop {
+        // At the limit, wait for a connection to end instead of accepting.
+        let full = active.load(Ordering::SeqCst) >= MAX_CONNECTIONS;
+        let watched = if full {
+            slot_freed.as_raw_fd()
+        } else {
+            listener.as_raw_fd()
         };
-        // SAFETY: poll reads and writes exactly the one valid pollfd passed with count 1.
-        let ready = unsafe { libc::poll(&mut poll, 1, POLL.as_millis() as libc::c_int) };
-        if ready <= 0 {
+        let ready = wait_readable(&[stop.as_raw_fd(), watched], None);
+        if ready[0] {
+            return;
+        }
+        if full {
+            let _ = slot_freed.read();
             continue;
         }
-        match listener.accept() {
-            Ok((stream, _)) => {
-                active.fetch_add(1, Ordering::SeqCst);
-                let (events, stop, count) = (events.clone(), stop.clone(), active.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("vmm-api-conn".into())
-                    .spawn(move || {
-                        serve_connection(stream, &events, &stop);
-                        count.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    active.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
-            Err(_) => std::thread::sleep(POLL),
+        if !ready[1] {
+            continue;
+        }
+        // Nonblocking: another wake-up may have taken the connection already.
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        active.fetch_add(1, Ordering::SeqCst);
+        let (events, stop, count, freed) = (
+            events.clone(),
+            stop.clone(),
+            active.clone(),
+            slot_freed.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("vmm-api-conn".into())
+            .spawn(move || {
+                serve_connection(stream, &events, &stop);
+                count.fetch_sub(1, Ordering::SeqCst);
+                let _ = freed.write(1);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
-fn serve_connection(mut stream: UnixStream, events: &Sender<VmEvent>, stop: &AtomicBool) {
-    if stream.set_nonblocking(false).is_err()
-        || stream.set_read_timeout(Some(POLL)).is_err()
-        || stream
-            .set_write_timeout(Some(Duration::from_secs(5)))
-            .is_err()
-    {
+fn serve_connection(mut stream: UnixStream, events: &Sender<VmEvent>, stop: &EventFd) {
+    if stream.set_nonblocking(true).is_err() {
         return;
     }
     let mut reader = RequestReader::new();
@@ -138,22 +172,34 @@ fn serve_connection(mut stream: UnixStream, events: &Sender<VmEvent>, stop: &Ato
         match parsed {
             Ok(Some(request)) => {
                 let response = call(events, request);
-                if stream.write_all(&response.to_http()).is_err() {
+                if write_all(&mut stream, &response.to_http()).is_err() {
                     return;
                 }
                 continue;
             }
             Ok(None) => {}
             Err(response) => {
-                let _ = stream.write_all(&response.to_http_closing());
+                let _ = write_all(&mut stream, &response.to_http_closing());
                 return;
             }
         }
-        if reader.take_continue() && stream.write_all(CONTINUE_RESPONSE).is_err() {
+        if reader.take_continue() && write_all(&mut stream, CONTINUE_RESPONSE).is_err() {
             return;
         }
         if reader.should_close() {
             return;
+        }
+        // Sleeps until the client sends, the server stops, or the client has been idle too long.
+        let idle_left = IDLE_TIMEOUT.saturating_sub(last_input.elapsed());
+        if idle_left.is_zero() {
+            return;
+        }
+        let ready = wait_readable(&[stop.as_raw_fd(), stream.as_raw_fd()], Some(idle_left));
+        if ready[0] {
+            return;
+        }
+        if !ready[1] {
+            continue;
         }
         match stream.read(&mut buf) {
             Ok(0) => return,
@@ -162,16 +208,38 @@ fn serve_connection(mut stream: UnixStream, events: &Sender<VmEvent>, stop: &Ato
                 input.extend_from_slice(&buf[..n]);
             }
             Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
-                if stop.load(Ordering::SeqCst) || last_input.elapsed() > IDLE_TIMEOUT {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,
         }
     }
+}
+
+/// Writes all of `bytes` to the nonblocking `stream`, waiting for room (at most the write
+/// timeout for each wait).
+fn write_all(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match stream.write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut poll = libc::pollfd {
+                    fd: stream.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: poll reads and writes exactly the one valid pollfd passed with count 1.
+                let n = unsafe { libc::poll(&mut poll, 1, WRITE_TIMEOUT_MS) };
+                if n == 0 {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Hands one request to the main thread and waits for its answer.

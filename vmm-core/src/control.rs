@@ -2,9 +2,7 @@
 //! configured over the API), or restore one, then run it to its end while the API is served.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::sync::mpsc::{channel, Receiver};
 
 use vmm_api::{ApiConfig, VmConfig};
 
@@ -12,12 +10,9 @@ use crate::api_server::ApiServer;
 use crate::builder::BuiltVm;
 use crate::dispatch::{self, PreBoot};
 use crate::error::{Error, Result};
-use crate::events::{install_termination_handlers, ShutdownReason, VmEvent, TERMINATION_SIGNAL};
+use crate::events::{ShutdownReason, SignalForwarder, VmEvent};
 use crate::persist::RestoreSource;
 use crate::vmm::{StartMode, Vmm};
-
-/// How often the wait for configuration looks at the termination signal flag.
-const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// Builds and runs the VM `config` describes, returning how it ended.
 pub fn run_vm(config: &VmConfig) -> Result<ShutdownReason> {
@@ -35,8 +30,12 @@ pub fn run_with_api(config: VmConfig, api_sock: &Path) -> Result<ShutdownReason>
     let (built, mode) = if api.vm.kernel.is_some() {
         (BuiltVm::build(&api.vm)?, StartMode::Running)
     } else {
-        install_termination_handlers();
-        match wait_for_configuration(&mut api, &events_rx)? {
+        let signals = SignalForwarder::start(events_tx.clone())
+            .map_err(|e| Error::Thread("vmm-signals", e))?;
+        let start = wait_for_configuration(&mut api, &events_rx)?;
+        // The running VM forwards signals on its own.
+        drop(signals);
+        match start {
             Start::Boot(built) => (*built, StartMode::Running),
             Start::Restored(built, true) => (*built, StartMode::PausedThenResumed),
             Start::Restored(built, false) => (*built, StartMode::Paused),
@@ -88,14 +87,11 @@ enum Start {
 
 fn wait_for_configuration(api: &mut ApiConfig, events: &Receiver<VmEvent>) -> Result<Start> {
     loop {
-        let signal = TERMINATION_SIGNAL.swap(0, Ordering::SeqCst);
-        if signal != 0 {
-            return Ok(Start::Signal(signal));
-        }
-        let (request, reply) = match events.recv_timeout(SIGNAL_POLL) {
+        let (request, reply) = match events.recv() {
             Ok(VmEvent::Api(request, reply)) => (*request, reply),
-            Ok(_) | Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return Err(Error::EventChannelLost),
+            Ok(VmEvent::Signal(signal)) => return Ok(Start::Signal(signal)),
+            Ok(_) => continue,
+            Err(_) => return Err(Error::EventChannelLost),
         };
         match dispatch::handle_pre_boot(api, request) {
             PreBoot::Answer(response) => {

@@ -19,13 +19,14 @@ use crate::virtio_devices::VirtioSubscriber;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-/// How long the loop sleeps at most while host input waits for room in the guest's FIFO.
-const TICK_MS: i32 = 20;
-
-/// Feeds host input (stdin) to the guest's serial port.
+/// Feeds host input (stdin) to the guest's serial port, with back-pressure: while the guest's
+/// receive FIFO is full, input stays unread on the host side (off epoll) until the UART says
+/// the guest emptied the FIFO (its `in_buffer_empty` event on `room`).
 pub struct SerialInput {
     fd: RawFd,
     serial: Arc<Mutex<SerialDevice>>,
+    /// Written by the UART when the guest empties its receive FIFO.
+    room: Option<EventFd>,
     /// Bytes read from the host that the guest's receive FIFO had no room for yet.
     pending: Vec<u8>,
     /// Input is off epoll while `pending` waits for room in the FIFO.
@@ -37,9 +38,16 @@ pub struct SerialInput {
 impl SerialInput {
     /// Input from `fd` (normally stdin) to `serial`.
     pub fn new(fd: RawFd, serial: Arc<Mutex<SerialDevice>>) -> Self {
+        // Without the event (no eventfd to be had) input still flows; a full FIFO then holds
+        // the rest until more host input arrives.
+        let room = EventFd::new(libc::EFD_NONBLOCK).ok().filter(|room| {
+            room.try_clone()
+                .is_ok_and(|clone| crate::lock(&serial).notify_input_room(clone))
+        });
         SerialInput {
             fd,
             serial,
+            room,
             pending: Vec::new(),
             paused: false,
             closed: false,
@@ -86,6 +94,20 @@ impl SerialInput {
         let _ = ops.remove(Events::empty_raw(self.fd));
         self.closed |= closed;
     }
+
+    /// The guest emptied its FIFO: move held-back input in, and read the host again once all
+    /// of it went in.
+    fn room_in_fifo(&mut self, ops: &mut EventOps) {
+        if let Some(room) = &self.room {
+            let _ = room.read();
+        }
+        if self.paused && !self.closed && self.flush_pending() {
+            self.paused = false;
+            if ops.add(Events::new_raw(self.fd, EventSet::IN)).is_err() {
+                self.closed = true;
+            }
+        }
+    }
 }
 
 impl MutEventSubscriber for SerialInput {
@@ -94,10 +116,19 @@ impl MutEventSubscriber for SerialInput {
         if ops.add(Events::new_raw(self.fd, EventSet::IN)).is_err() {
             self.closed = true;
         }
+        if let Some(room) = &self.room {
+            let _ = ops.add(Events::new(room, EventSet::IN));
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if events.event_set().contains(EventSet::IN) {
+        if self
+            .room
+            .as_ref()
+            .is_some_and(|room| events.fd() == room.as_raw_fd())
+        {
+            self.room_in_fifo(ops);
+        } else if events.event_set().contains(EventSet::IN) {
             self.read_input(ops);
         } else {
             // HUP or ERR without data: the host side is gone.
@@ -128,7 +159,7 @@ impl MutEventSubscriber for ResetListener {
     }
 }
 
-/// Wakes the loop when the VM ends, so stopping does not wait for a tick.
+/// Wakes the loop when the VM ends: the loop blocks in epoll with no timeout.
 struct StopListener {
     stop: EventFd,
 }
@@ -210,23 +241,11 @@ fn event_loop(
     for device in virtio {
         manager.add_subscriber(Arc::new(Mutex::new(device)));
     }
-    let input = input.map(|i| Arc::new(Mutex::new(i)));
-    let input_id = input
-        .clone()
-        .map(|i| manager.add_subscriber(i as Subscriber));
+    if let Some(input) = input {
+        manager.add_subscriber(Arc::new(Mutex::new(input)));
+    }
     while !stop.load(Ordering::SeqCst) {
-        manager.run_with_timeout(TICK_MS).map_err(to_io)?;
-        if let (Some(input), Some(id)) = (&input, input_id) {
-            let mut input = crate::lock(input);
-            if input.paused && !input.closed && input.flush_pending() {
-                input.paused = false;
-                let fd = input.fd;
-                manager
-                    .event_ops(id)
-                    .and_then(|mut ops| ops.add(Events::new_raw(fd, EventSet::IN)))
-                    .map_err(to_io)?;
-            }
-        }
+        manager.run().map_err(to_io)?;
     }
     Ok(())
 }

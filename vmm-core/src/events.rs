@@ -2,7 +2,13 @@
 //! API requests) on one channel, how a VM ended, and the termination signals.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::EventFd;
 
 use vmm_vcpu::VcpuExitReason;
 
@@ -71,6 +77,8 @@ pub(crate) enum VmEvent {
     VcpuPanicked(u8),
     GuestReset,
     EventLoopFailed(io::Error),
+    /// The VMM got a termination signal.
+    Signal(i32),
     /// A control API request and where its answer goes.
     Api(
         Box<vmm_api::ApiRequest>,
@@ -79,7 +87,11 @@ pub(crate) enum VmEvent {
 }
 
 /// The last termination signal (SIGTERM, SIGINT, SIGHUP) received, 0 when none.
-pub(crate) static TERMINATION_SIGNAL: AtomicI32 = AtomicI32::new(0);
+static TERMINATION_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The eventfd the signal handler writes to wake a [`SignalForwarder`], -1 before one exists.
+static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+/// That eventfd, made once per process.
+static SIGNAL_EVENT: OnceLock<EventFd> = OnceLock::new();
 
 extern "C" fn on_termination_signal(
     num: libc::c_int,
@@ -87,13 +99,83 @@ extern "C" fn on_termination_signal(
     _: *mut libc::c_void,
 ) {
     TERMINATION_SIGNAL.store(num, Ordering::SeqCst);
+    let fd = SIGNAL_EVENT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; it reads 8 bytes from a live local into an
+        // eventfd this process keeps open for its whole life.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
 }
 
-/// Makes SIGTERM, SIGINT and SIGHUP end the VM cleanly (the control loop reads
-/// [`TERMINATION_SIGNAL`]) instead of killing the process.
+/// Makes SIGTERM, SIGINT and SIGHUP end the VM cleanly (a [`SignalForwarder`] turns them into
+/// [`VmEvent::Signal`]) instead of killing the process.
 pub(crate) fn install_termination_handlers() {
     for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // A failure leaves the default action (exit), which is still an exit.
         let _ = vmm_sys_util::signal::register_signal_handler(signal, on_termination_signal);
+    }
+}
+
+/// A thread that sleeps until a termination signal arrives and sends it to the control loop
+/// as [`VmEvent::Signal`], so that the loop blocks on its channel alone and never wakes up on
+/// a timer to look for signals. Dropping it stops the thread. One at a time per process: a
+/// signal goes to whichever forwarder reads it first.
+pub(crate) struct SignalForwarder {
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SignalForwarder {
+    /// Installs the handlers and starts forwarding to `events`.
+    pub(crate) fn start(events: Sender<VmEvent>) -> io::Result<SignalForwarder> {
+        let signal_event = match SIGNAL_EVENT.get() {
+            Some(event) => event,
+            None => {
+                let event = EventFd::new(libc::EFD_NONBLOCK)?;
+                let event = SIGNAL_EVENT.get_or_init(|| event);
+                SIGNAL_EVENT_FD.store(event.as_raw_fd(), Ordering::SeqCst);
+                event
+            }
+        };
+        install_termination_handlers();
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let stop_thread = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("vmm-signals".into())
+            .spawn(move || loop {
+                // A signal that came before this thread polled is in the flag already.
+                let signal = TERMINATION_SIGNAL.swap(0, Ordering::SeqCst);
+                if signal != 0 && events.send(VmEvent::Signal(signal)).is_err() {
+                    return;
+                }
+                let mut fds =
+                    [signal_event.as_raw_fd(), stop_thread.as_raw_fd()].map(|fd| libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                // SAFETY: `fds` is a valid array of two pollfd structs for the whole call.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                if n > 0 && fds[1].revents != 0 {
+                    return;
+                }
+                if n > 0 && fds[0].revents != 0 {
+                    let _ = signal_event.read();
+                }
+            })?;
+        Ok(SignalForwarder {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SignalForwarder {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vmm_vcpu::{Vcpu, VcpuExitReason, VcpuKicker};
+use vmm_vcpu::{Vcpu, VcpuExitReason, VcpuKicker, VcpuState};
 
 use crate::error::{Error, Result};
 use crate::events::VmEvent;
@@ -18,8 +18,8 @@ use crate::exits::BusExitHandler;
 pub(crate) enum VcpuCommand {
     /// Run the guest again.
     Resume,
-    /// Call `f` with the parked vCPU (state save and restore), then stay parked.
-    With(Box<dyn FnOnce(&mut Vcpu) + Send>),
+    /// Save the parked vCPU's state and send it back, then stay parked.
+    SaveState(Sender<vmm_vcpu::Result<VcpuState>>),
     /// Return the vCPU: the VM is ending.
     Exit,
 }
@@ -168,31 +168,23 @@ impl VcpuThreads {
         self.paused = false;
     }
 
-    /// Runs `f` on every parked vCPU, in index order, and collects the results. The VM must be
-    /// paused.
-    pub(crate) fn with_each<T: Send + 'static>(
-        &self,
-        f: impl Fn(&mut Vcpu) -> T + Send + Sync + Clone + 'static,
-    ) -> Result<Vec<T>> {
+    /// The state of every parked vCPU, in index order. The VM must be paused.
+    pub(crate) fn save_states(&self) -> Result<Vec<VcpuState>> {
         if !self.paused {
             return Err(Error::NotPaused);
         }
-        let mut results = Vec::with_capacity(self.handles.len());
+        let mut states = Vec::with_capacity(self.handles.len());
         for handle in &self.handles {
             let (tx, rx) = channel();
-            let f = f.clone();
-            let sent = handle
+            let state = handle
                 .commands
-                .send(VcpuCommand::With(Box::new(move |vcpu| {
-                    let _ = tx.send(f(vcpu));
-                })));
-            let result = sent
+                .send(VcpuCommand::SaveState(tx))
                 .ok()
                 .and_then(|()| rx.recv_timeout(PAUSE_TIMEOUT).ok())
                 .ok_or(Error::VcpuGone(handle.index))?;
-            results.push(result);
+            states.push(state?);
         }
-        Ok(results)
+        Ok(states)
     }
 
     /// Ends every vCPU thread and hands the vCPUs back (one whose thread panicked is lost).
@@ -256,7 +248,9 @@ fn park(vcpu: &mut Vcpu, commands: &Receiver<VcpuCommand>) -> bool {
     loop {
         match commands.recv() {
             Ok(VcpuCommand::Resume) => return true,
-            Ok(VcpuCommand::With(f)) => f(vcpu),
+            Ok(VcpuCommand::SaveState(reply)) => {
+                let _ = reply.send(vcpu.save_state());
+            }
             Ok(VcpuCommand::Exit) | Err(_) => return false,
         }
     }

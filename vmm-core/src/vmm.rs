@@ -2,9 +2,8 @@
 //! Ctrl+Alt+Del, state) and its shutdown. The control API reaches these through
 //! `dispatch.rs`; a program embedding this crate calls them directly.
 
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use vmm_api::{
     ApiConfig, ApiRequest, ApiResponse, BalloonUpdate, InstanceState, SnapshotCreateParams,
@@ -16,7 +15,7 @@ use vmm_vcpu::Vm;
 use crate::builder::BuiltVm;
 use crate::error::{Error, Result};
 use crate::event_loop::{stdin_fd, EventLoop, SerialInput};
-use crate::events::{install_termination_handlers, ShutdownReason, VmEvent, TERMINATION_SIGNAL};
+use crate::events::{ShutdownReason, SignalForwarder, VmEvent};
 use crate::persist::{self, VmSnapshot};
 use crate::terminal::RawTerminal;
 use crate::vcpu_threads::VcpuThreads;
@@ -34,9 +33,6 @@ pub enum StartMode {
     PausedThenResumed,
 }
 
-/// How often the control loop looks at the termination signal flag while no event comes.
-const SIGNAL_POLL: Duration = Duration::from_millis(50);
-
 /// A running VM: its vCPU threads, the event-loop thread, its devices and memory.
 ///
 /// Dropping it (or [`Vmm::shutdown`]) stops the threads, then releases the devices, the KVM
@@ -45,6 +41,8 @@ pub struct Vmm {
     threads: Option<VcpuThreads>,
     event_loop: Option<EventLoop>,
     events: Receiver<VmEvent>,
+    /// Termination signals into `events`.
+    _signals: SignalForwarder,
     virtio: Vec<AttachedDevice>,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Wrapper>>,
@@ -73,7 +71,8 @@ impl Vmm {
         events_rx: Receiver<VmEvent>,
     ) -> Result<Vmm> {
         let start_paused = mode != StartMode::Running;
-        install_termination_handlers();
+        let signals = SignalForwarder::start(events_tx.clone())
+            .map_err(|e| Error::Thread("vmm-signals", e))?;
         let BuiltVm {
             memory,
             vm,
@@ -105,6 +104,7 @@ impl Vmm {
             threads: None,
             event_loop: Some(event_loop),
             events: events_rx,
+            _signals: signals,
             virtio,
             serial,
             i8042,
@@ -170,11 +170,7 @@ impl Vmm {
         let tracking = self.config.vm.track_dirty_pages;
         let paused = self.state() == InstanceState::Paused;
         persist::check_snapshot_request(params.snapshot_type, tracking, paused)?;
-        let vcpus = self
-            .threads()
-            .with_each(|vcpu| vcpu.save_state())?
-            .into_iter()
-            .collect::<vmm_vcpu::Result<Vec<_>>>()?;
+        let vcpus = self.threads().save_states()?;
         let vm = self.vm.save_state()?;
         let devices = persist::save_devices(&self.virtio);
         let serial = crate::lock(&self.serial).save_state();
@@ -244,11 +240,7 @@ impl Vmm {
         mut on_request: impl FnMut(&mut Vmm, ApiRequest) -> ApiResponse,
     ) -> Result<ShutdownReason> {
         loop {
-            let signal = TERMINATION_SIGNAL.swap(0, std::sync::atomic::Ordering::SeqCst);
-            if signal != 0 {
-                return Ok(ShutdownReason::Signal(signal));
-            }
-            match self.events.recv_timeout(SIGNAL_POLL) {
+            match self.events.recv() {
                 Ok(VmEvent::GuestReset) => return Ok(ShutdownReason::GuestReset),
                 Ok(VmEvent::Vcpu(Ok(reason))) => {
                     if let Some(reason) = ShutdownReason::from_vcpu(reason) {
@@ -258,11 +250,11 @@ impl Vmm {
                 Ok(VmEvent::Vcpu(Err(e))) => return Err(e.into()),
                 Ok(VmEvent::VcpuPanicked(index)) => return Err(Error::VcpuPanicked(index)),
                 Ok(VmEvent::EventLoopFailed(e)) => return Err(Error::EventLoop(e)),
+                Ok(VmEvent::Signal(signal)) => return Ok(ShutdownReason::Signal(signal)),
                 Ok(VmEvent::Api(request, reply)) => {
                     let _ = reply.send(on_request(self, *request));
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Err(Error::EventChannelLost),
+                Err(_) => return Err(Error::EventChannelLost),
             }
         }
     }
