@@ -63,7 +63,9 @@ impl fmt::Debug for SerialDevice {
 }
 
 /// The UART's registers and receive FIFO, for snapshots (vm-superio's `SerialState` has no
-/// serde).
+/// serde). Not rust-vmm's `vm-superio-ser`: its 0.4.1 pins `vm-superio = "=0.8.1"`, which lacks
+/// 0.8.2's fix that re-asserts a pending receive interrupt when the guest rewrites IER (Linux's
+/// 8250 console relies on it; without it typed input can sit unread in the FIFO).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SerialDeviceState {
     /// Divisor latch, low and high byte.
