@@ -10,7 +10,8 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use vmm_loader::{build_cmdline, configure_boot, load_kernel, setup_mptable, ElfEntry};
+use vmm_loader::{build_cmdline, configure_boot, load_kernel, setup_mptable, BootLayout, ElfEntry};
+use vmm_memory::layout;
 
 const MIB: u64 = 1 << 20;
 
@@ -46,15 +47,25 @@ fn create_memory(c: &mut Criterion) {
 fn boot_path(c: &mut Criterion) {
     let kernel_path = guest_file("tiny-pvh.elf");
     let ram = 128 * MIB;
+    let boot = BootLayout::default();
     c.bench_function("boot_path/tiny-pvh", |b| {
         b.iter(|| {
             let mem = vmm_memory::create_guest_memory(ram, Default::default()).expect("memory");
             let mut image = File::open(&kernel_path).expect("tiny-pvh.elf");
-            let kernel = load_kernel(&mem, &mut image, ElfEntry::Auto).expect("load kernel");
+            let kernel = load_kernel(&mem, &boot, &mut image, ElfEntry::Auto).expect("load kernel");
             let cmdline =
-                build_cmdline(vmm_api::DEFAULT_CMDLINE, &["quiet"]).expect("command line");
-            configure_boot(&mem, &kernel, &cmdline, None, ram).expect("boot structures");
-            setup_mptable(&mem, 2).expect("MP table");
+                build_cmdline(vmm_api::DEFAULT_CMDLINE, &["quiet"], boot.cmdline_max_size)
+                    .expect("command line");
+            configure_boot(
+                &mem,
+                &boot,
+                &kernel,
+                &cmdline,
+                None,
+                &layout::memory_map(ram),
+            )
+            .expect("boot structures");
+            setup_mptable(&mem, &boot, 2).expect("MP table");
             black_box(mem)
         })
     });

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         _ => (vmm_api::DEFAULT_CMDLINE, pieces.as_slice()),
     };
     let append: Vec<&str> = append.iter().map(String::as_str).collect();
-    let Ok(mut cmdline) = build_cmdline(base, &append) else {
+    let Ok(mut cmdline) = build_cmdline(base, &append, CMDLINE_MAX_SIZE) else {
         return;
     };
     let text = cmdline

@@ -8,7 +8,8 @@ use std::io::Cursor;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vmm_loader::{build_cmdline, configure_boot, load_initrd, load_kernel, ElfEntry};
+use vmm_loader::{build_cmdline, configure_boot, load_initrd, load_kernel, BootLayout, ElfEntry};
+use vmm_memory::layout;
 use vmm_memory::GuestMemoryMmap;
 
 const RAM: u64 = 32 << 20;
@@ -21,16 +22,18 @@ fuzz_target!(|data: &[u8]| {
     let mem = MEM.get_or_init(|| {
         vmm_memory::create_guest_memory(RAM, Default::default()).expect("32 MiB of guest memory")
     });
+    let boot = BootLayout::default();
+    let map = layout::memory_map(RAM);
     for entry in [ElfEntry::Auto, ElfEntry::Linux64, ElfEntry::Pvh] {
-        let Ok(kernel) = load_kernel(mem, &mut Cursor::new(data), entry) else {
+        let Ok(kernel) = load_kernel(mem, &boot, &mut Cursor::new(data), entry) else {
             continue;
         };
         assert!(kernel.kernel_end <= RAM, "{kernel:?}");
         assert!(kernel.entry < kernel.kernel_end, "{kernel:?}");
-        let initrd = load_initrd(mem, &mut Cursor::new([0x1f_u8; 64]), 64, &kernel).ok();
-        let cmdline =
-            build_cmdline(vmm_api::DEFAULT_CMDLINE, &["quiet"]).expect("default command line");
+        let initrd = load_initrd(mem, &boot, &mut Cursor::new([0x1f_u8; 64]), 64, &kernel).ok();
+        let cmdline = build_cmdline(vmm_api::DEFAULT_CMDLINE, &["quiet"], boot.cmdline_max_size)
+            .expect("default command line");
         // May refuse (e.g. a bzImage header with a tiny cmdline_size), must not panic.
-        let _ = configure_boot(mem, &kernel, &cmdline, initrd, RAM);
+        let _ = configure_boot(mem, &boot, &kernel, &cmdline, initrd, &map);
     }
 });

@@ -1,7 +1,7 @@
 //! ACPI tables for x86-64 guests: RSDP, XSDT, a hardware-reduced FADT, a DSDT with the legacy
 //! devices (COM1, the i8042) and the MADT (local APICs, the IOAPIC, IRQ 0 on GSI 2, LINT1 as
 //! NMI), built with rust-vmm's `acpi_tables` and placed where Linux scans for the RSDP
-//! (layout::ACPI_START).
+//! ([`BootLayout::acpi_start`]).
 //!
 //! Kernels without MP-table support (Debian's cloud kernel, for one) find their CPUs and the
 //! IOAPIC only here; without it they fall back to the 8259 PIC in "virtual wire" mode.
@@ -22,9 +22,9 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
-use vm_memory::{Bytes, GuestAddress};
-use vmm_memory::{layout, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::boot_layout::{addr32, BootLayout};
 use crate::error::{Error, Result};
 use crate::VirtioMmioDevice;
 
@@ -55,10 +55,10 @@ fn isa_interrupt(irq: u32) -> Interrupt {
     Interrupt::new(true, true, false, false, irq)
 }
 
-fn dsdt(virtio: &[VirtioMmioDevice]) -> Result<Sdt> {
+fn dsdt(boot: &BootLayout, virtio: &[VirtioMmioDevice]) -> Result<Sdt> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let com1_port = IO::new(0x3f8, 0x3f8, 1, 8);
-    let com1_irq = isa_interrupt(layout::SERIAL_IRQ);
+    let com1_irq = isa_interrupt(boot.serial_irq);
     let com1_resources = ResourceTemplate::new(vec![&com1_port, &com1_irq]);
     let com1_hid = EISAName::new("PNP0501");
     let com1_names = [
@@ -72,7 +72,7 @@ fn dsdt(virtio: &[VirtioMmioDevice]) -> Result<Sdt> {
     );
     let kbd_data = IO::new(0x60, 0x60, 1, 1);
     let kbd_command = IO::new(0x64, 0x64, 1, 1);
-    let kbd_irq = isa_interrupt(layout::KEYBOARD_IRQ);
+    let kbd_irq = isa_interrupt(boot.keyboard_irq);
     let kbd_resources = ResourceTemplate::new(vec![&kbd_data, &kbd_command, &kbd_irq]);
     let kbd_hid = EISAName::new("PNP0303");
     let kbd_names = [
@@ -129,10 +129,10 @@ fn dsdt(virtio: &[VirtioMmioDevice]) -> Result<Sdt> {
     Ok(dsdt)
 }
 
-fn madt(num_cpus: u8) -> Vec<u8> {
+fn madt(boot: &BootLayout, num_cpus: u8) -> Result<Vec<u8>> {
     // Header (36 bytes), local APIC address, flags.
     let mut madt = Sdt::new(*b"APIC", 44, 5, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    madt.write_u32(36, layout::LAPIC_START as u32);
+    madt.write_u32(36, addr32("local APIC (MADT)", boot.lapic_addr)?);
     madt.write_u32(40, MADT_PCAT_COMPAT);
     for cpu in 0..num_cpus {
         madt.append_slice(&bytes(&ProcessorLocalApic::new(
@@ -144,7 +144,7 @@ fn madt(num_cpus: u8) -> Vec<u8> {
     // The IOAPIC id follows the APIC ids of the CPUs, as in the MP table.
     madt.append_slice(&bytes(&IoApic::new(
         num_cpus,
-        layout::IOAPIC_START as u32,
+        addr32("IOAPIC (MADT)", boot.ioapic_addr)?,
         0,
     )));
     // ISA IRQ 0 (the PIT) arrives on GSI 2, as KVM's default routing wires it.
@@ -157,55 +157,67 @@ fn madt(num_cpus: u8) -> Vec<u8> {
     nmi.extend_from_slice(&MPS_INTI_CONFORMS.to_le_bytes());
     nmi.push(1);
     madt.append_slice(&nmi);
-    madt.as_slice().to_vec()
+    Ok(madt.as_slice().to_vec())
 }
 
-/// Writes the ACPI tables for `num_cpus` vCPUs and the `virtio` devices at
-/// [`layout::ACPI_START`], RSDP first.
-pub fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8, virtio: &[VirtioMmioDevice]) -> Result<()> {
+/// Writes the ACPI tables for `num_cpus` vCPUs and the `virtio` devices at `boot.acpi_start`,
+/// RSDP first, within `boot.acpi_max_size` bytes: the MADT with the local APICs at
+/// `boot.lapic_addr` and the IOAPIC at `boot.ioapic_addr`, the DSDT with COM1 on
+/// `boot.serial_irq` and the i8042 on `boot.keyboard_irq`.
+pub fn setup_acpi<M: GuestMemoryBackend>(
+    mem: &M,
+    boot: &BootLayout,
+    num_cpus: u8,
+    virtio: &[VirtioMmioDevice],
+) -> Result<()> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
         return Err(Error::TooManyCpus {
             num_cpus,
             max: MAX_CPUS,
         });
     }
-    let align = |addr: u64| (addr + 15) & !15;
-    let rsdp_addr = layout::ACPI_START;
-    let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
-    let dsdt = dsdt(virtio)?;
-    let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
+    let start = boot.acpi_start;
+    // Each table 16-byte aligned after the one before, as offsets from `start` (a few KiB in all:
+    // no overflow). The addresses saturate; the size check below refuses an area that would
+    // run past the end of the address space.
+    let align = |offset: u64| (offset + 15) & !15;
+    let at = |offset: u64| start.saturating_add(offset);
+    let dsdt_offset = align(Rsdp::len() as u64);
+    let dsdt = dsdt(boot, virtio)?;
+    let fadt_offset = align(dsdt_offset + dsdt.len() as u64);
     // Hardware-reduced: no PM timer, SCI or sleep registers to emulate; reset goes through
     // the i8042.
     let fadt = bytes(
         &FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
             .flag(Flags::HwReducedAcpi)
-            .dsdt_64(dsdt_addr)
+            .dsdt_64(at(dsdt_offset))
             .finalize(),
     );
-    let madt_addr = align(fadt_addr + fadt.len() as u64);
-    let madt = madt(num_cpus);
-    let xsdt_addr = align(madt_addr + madt.len() as u64);
+    let madt_offset = align(fadt_offset + fadt.len() as u64);
+    let madt = madt(boot, num_cpus)?;
+    let xsdt_offset = align(madt_offset + madt.len() as u64);
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    xsdt.add_entry(fadt_addr);
-    xsdt.add_entry(madt_addr);
+    xsdt.add_entry(at(fadt_offset));
+    xsdt.add_entry(at(madt_offset));
     let xsdt = bytes(&xsdt);
-    let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+    let rsdp = bytes(&Rsdp::new(OEM_ID, at(xsdt_offset)));
 
-    let end = xsdt_addr + xsdt.len() as u64;
-    if end - layout::ACPI_START > layout::ACPI_MAX_SIZE {
+    let size = xsdt_offset + xsdt.len() as u64;
+    if size > boot.acpi_max_size || start.checked_add(size).is_none() {
         return Err(Error::AcpiTooLarge {
-            size: end - layout::ACPI_START,
-            max: layout::ACPI_MAX_SIZE,
-            addr: layout::ACPI_START,
+            size,
+            max: boot.acpi_max_size,
+            addr: start,
         });
     }
-    for (what, addr, table) in [
-        ("ACPI RSDP", rsdp_addr, &rsdp),
-        ("ACPI DSDT", dsdt_addr, &dsdt.as_slice().to_vec()),
-        ("ACPI FADT", fadt_addr, &fadt),
-        ("ACPI MADT", madt_addr, &madt),
-        ("ACPI XSDT", xsdt_addr, &xsdt),
+    for (what, offset, table) in [
+        ("ACPI RSDP", 0, &rsdp),
+        ("ACPI DSDT", dsdt_offset, &dsdt.as_slice().to_vec()),
+        ("ACPI FADT", fadt_offset, &fadt),
+        ("ACPI MADT", madt_offset, &madt),
+        ("ACPI XSDT", xsdt_offset, &xsdt),
     ] {
+        let addr = at(offset);
         mem.write_slice(table, GuestAddress(addr))
             .map_err(|source| Error::GuestWrite { what, addr, source })?;
     }
@@ -215,7 +227,11 @@ pub fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8, virtio: &[VirtioMmioDevic
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmm_memory::{create_guest_memory, MemoryOptions};
+    use vmm_memory::{create_guest_memory, layout, GuestMemoryMmap, MemoryOptions};
+
+    fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8, virtio: &[VirtioMmioDevice]) -> Result<()> {
+        super::setup_acpi(mem, &BootLayout::default(), num_cpus, virtio)
+    }
 
     fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0; len];
@@ -344,5 +360,77 @@ mod tests {
         assert!(setup_acpi(&mem, 0, &[]).is_err());
         assert!(setup_acpi(&mem, 255, &[]).is_err());
         setup_acpi(&mem, 254, &[]).unwrap();
+    }
+
+    #[test]
+    fn a_foreign_memory_and_layout() {
+        let mem =
+            vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let boot = BootLayout {
+            acpi_start: 0xf_0000,
+            acpi_max_size: 0x1_0000,
+            lapic_addr: 0xfee1_0000,
+            ioapic_addr: 0xfec1_0000,
+            serial_irq: 3,
+            keyboard_irq: 12,
+            ..BootLayout::default()
+        };
+        super::setup_acpi(&mem, &boot, 2, &[]).unwrap();
+        let mut rsdp = [0u8; 36];
+        mem.read_slice(&mut rsdp, GuestAddress(0xf_0000)).unwrap();
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        let xsdt_addr = u64_at(&rsdp, 24);
+        assert!((0xf_0000..0x10_0000).contains(&xsdt_addr));
+        let mut xsdt = [0u8; 52];
+        mem.read_slice(&mut xsdt, GuestAddress(xsdt_addr)).unwrap();
+        let madt_addr = u64_at(&xsdt, 44);
+        let mut madt = [0u8; 40];
+        mem.read_slice(&mut madt, GuestAddress(madt_addr)).unwrap();
+        assert_eq!((&madt[..4], u32_at(&madt, 36)), (&b"APIC"[..], 0xfee1_0000));
+        // The DSDT declares COM1 on IRQ 3 and the keyboard on 12.
+        let fadt_addr = u64_at(&xsdt, 36);
+        let mut fadt = [0u8; 148];
+        mem.read_slice(&mut fadt, GuestAddress(fadt_addr)).unwrap();
+        let dsdt_addr = u64_at(&fadt, 140);
+        let mut header = [0u8; 36];
+        mem.read_slice(&mut header, GuestAddress(dsdt_addr))
+            .unwrap();
+        let mut dsdt = vec![0u8; u32_at(&header, 4) as usize];
+        mem.read_slice(&mut dsdt, GuestAddress(dsdt_addr)).unwrap();
+        let irq = |n: u32| {
+            let needle = bytes(&isa_interrupt(n));
+            dsdt.windows(needle.len()).any(|w| w == needle)
+        };
+        assert!(irq(3) && irq(12) && !irq(4) && !irq(1));
+
+        let small = BootLayout {
+            acpi_max_size: 0x100,
+            ..boot
+        };
+        assert!(matches!(
+            super::setup_acpi(&mem, &small, 2, &[]),
+            Err(Error::AcpiTooLarge {
+                max: 0x100,
+                addr: 0xf_0000,
+                ..
+            })
+        ));
+        let end = BootLayout {
+            acpi_start: u64::MAX - 0x100,
+            acpi_max_size: u64::MAX,
+            ..boot
+        };
+        assert!(matches!(
+            super::setup_acpi(&mem, &end, 2, &[]),
+            Err(Error::AcpiTooLarge { .. })
+        ));
+        let high = BootLayout {
+            ioapic_addr: 1 << 32,
+            ..boot
+        };
+        assert!(matches!(
+            super::setup_acpi(&mem, &high, 2, &[]),
+            Err(Error::AddressAbove4G { addr, .. }) if addr == 1 << 32
+        ));
     }
 }

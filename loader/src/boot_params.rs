@@ -10,10 +10,10 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
 };
 use linux_loader::loader::load_cmdline;
-use vm_memory::GuestAddress;
-use vmm_memory::layout::{self, MemoryMapEntry};
-use vmm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vmm_memory::layout::{MemoryKind, MemoryMapEntry};
 
+use crate::boot_layout::{addr32, BootLayout};
 use crate::error::{Error, Result};
 use crate::initrd::InitrdRegion;
 use crate::kernel::{BootProtocol, LoadedKernel};
@@ -30,31 +30,32 @@ const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x0100_0000;
 /// hvm_start_info version 1 has the memory map fields.
 const PVH_START_INFO_VERSION: u32 = 1;
 
-// The PVH module list (one entry) must end before the memory map starts.
-const _: () = assert!(
-    layout::PVH_MODLIST_START + std::mem::size_of::<hvm_modlist_entry>() as u64
-        <= layout::PVH_MEMMAP_START
-);
-const _: () = assert!(
-    layout::PVH_INFO_START + std::mem::size_of::<hvm_start_info>() as u64
-        <= layout::PVH_MODLIST_START
-);
-
-/// Writes the command line at [`layout::CMDLINE_START`], then the zero page (Linux64, BzImage)
-/// or the PVH start info (Pvh) describing `ram_bytes` of RAM and the optional initrd.
-pub fn configure_boot(
-    mem: &GuestMemoryMmap,
+/// Writes the command line at `boot.cmdline_start`, then the zero page at
+/// `boot.zero_page_start` (Linux64, BzImage) or the PVH start info at `boot.pvh_info_start`
+/// with its module list and memory map (Pvh), describing `memory_map` and the optional initrd.
+///
+/// `memory_map` is what the guest is told about its physical memory (e820 entries), sorted by
+/// address; with this workspace's layout it is
+/// [`vmm_memory::layout::memory_map`]`(ram_bytes)`. Every [`MemoryKind::Ram`] entry must lie
+/// in `mem`.
+pub fn configure_boot<M: GuestMemoryBackend>(
+    mem: &M,
+    boot: &BootLayout,
     kernel: &LoadedKernel,
     cmdline: &Cmdline,
     initrd: Option<InitrdRegion>,
-    ram_bytes: u64,
+    memory_map: &[MemoryMapEntry],
 ) -> Result<()> {
-    let mem_bytes = vmm_memory::ram_size(mem);
-    if mem_bytes != ram_bytes {
-        return Err(Error::RamSizeMismatch {
-            ram_bytes,
-            mem_bytes,
-        });
+    // The map must not promise RAM the guest does not have.
+    for entry in memory_map.iter().filter(|e| e.kind == MemoryKind::Ram) {
+        let backed = usize::try_from(entry.size)
+            .is_ok_and(|len| mem.check_range(GuestAddress(entry.addr), len));
+        if !backed {
+            return Err(Error::MemoryMapNotBacked {
+                addr: entry.addr,
+                size: entry.size,
+            });
+        }
     }
     // The Cmdline may come from elsewhere with a larger capacity than ours; the area is fixed.
     let cmdline_len = cmdline
@@ -62,22 +63,23 @@ pub fn configure_boot(
         .map_err(Error::Cmdline)?
         .as_bytes()
         .len();
-    if cmdline_len >= layout::CMDLINE_MAX_SIZE {
+    if cmdline_len >= boot.cmdline_max_size {
         return Err(Error::CmdlineTooLong {
             len: cmdline_len,
-            max: layout::CMDLINE_MAX_SIZE - 1,
+            max: boot.cmdline_max_size.saturating_sub(1),
         });
     }
-    load_cmdline(mem, GuestAddress(layout::CMDLINE_START), cmdline).map_err(|source| {
+    load_cmdline(mem, GuestAddress(boot.cmdline_start), cmdline).map_err(|source| {
         Error::CmdlineWrite {
-            addr: layout::CMDLINE_START,
+            addr: boot.cmdline_start,
             source,
         }
     })?;
 
-    let map = layout::memory_map(ram_bytes);
     match kernel.protocol {
-        BootProtocol::Linux64 => write_zero_page(mem, linux64_header(), cmdline_len, initrd, &map),
+        BootProtocol::Linux64 => {
+            write_zero_page(mem, boot, linux64_header(), cmdline_len, initrd, memory_map)
+        }
         BootProtocol::BzImage => {
             let mut hdr = kernel
                 .setup_header
@@ -91,9 +93,9 @@ pub fn configure_boot(
                 });
             }
             hdr.type_of_loader = KERNEL_LOADER_OTHER;
-            write_zero_page(mem, hdr, cmdline_len, initrd, &map)
+            write_zero_page(mem, boot, hdr, cmdline_len, initrd, memory_map)
         }
-        BootProtocol::Pvh => write_pvh_start_info(mem, initrd, &map),
+        BootProtocol::Pvh => write_pvh_start_info(mem, boot, initrd, memory_map),
     }
 }
 
@@ -109,8 +111,9 @@ fn linux64_header() -> setup_header {
     }
 }
 
-fn write_zero_page(
-    mem: &GuestMemoryMmap,
+fn write_zero_page<M: GuestMemoryBackend>(
+    mem: &M,
+    boot: &BootLayout,
     hdr: setup_header,
     cmdline_len: usize,
     initrd: Option<InitrdRegion>,
@@ -120,9 +123,13 @@ fn write_zero_page(
         hdr,
         ..Default::default()
     };
-    // Both are below 4 GiB by the layout; the casts cannot truncate.
-    params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
-    params.hdr.cmdline_size = (cmdline_len + 1) as u32;
+    params.hdr.cmd_line_ptr = addr32("command line (zero page)", boot.cmdline_start)?;
+    // Shorter than boot.cmdline_max_size, checked by the caller.
+    params.hdr.cmdline_size =
+        u32::try_from(cmdline_len + 1).map_err(|_| Error::CmdlineTooLong {
+            len: cmdline_len,
+            max: u32::MAX as usize - 1,
+        })?;
     if let Some(initrd) = initrd {
         // The high halves go to the ext_ fields (protocol 2.12); zero below 4 GiB.
         params.hdr.ramdisk_image = initrd.addr as u32;
@@ -147,23 +154,24 @@ fn write_zero_page(
     // Checked above against the 128-entry table.
     params.e820_entries = map.len() as u8;
 
-    let bp = BootParams::new(&params, GuestAddress(layout::ZERO_PAGE_START));
+    let bp = BootParams::new(&params, GuestAddress(boot.zero_page_start));
     LinuxBootConfigurator::write_bootparams(&bp, mem).map_err(|source| Error::BootConfig {
         what: "zero page (boot_params)",
-        addr: layout::ZERO_PAGE_START,
+        addr: boot.zero_page_start,
         source,
     })
 }
 
-fn write_pvh_start_info(
-    mem: &GuestMemoryMmap,
+fn write_pvh_start_info<M: GuestMemoryBackend>(
+    mem: &M,
+    boot: &BootLayout,
     initrd: Option<InitrdRegion>,
     map: &[MemoryMapEntry],
 ) -> Result<()> {
-    if map.len() > layout::PVH_MEMMAP_MAX_ENTRIES {
+    if map.len() > boot.pvh_memmap_max_entries {
         return Err(Error::TooManyMemoryMapEntries {
             entries: map.len(),
-            max: layout::PVH_MEMMAP_MAX_ENTRIES,
+            max: boot.pvh_memmap_max_entries,
             what: "PVH memory map area",
         });
     }
@@ -179,8 +187,8 @@ fn write_pvh_start_info(
     let mut info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC_VALUE,
         version: PVH_START_INFO_VERSION,
-        cmdline_paddr: layout::CMDLINE_START,
-        memmap_paddr: layout::PVH_MEMMAP_START,
+        cmdline_paddr: boot.cmdline_start,
+        memmap_paddr: boot.pvh_memmap_start,
         memmap_entries: memmap.len() as u32,
         // No ACPI tables: the kernel finds the CPUs in the MP table.
         rsdp_paddr: 0,
@@ -194,17 +202,17 @@ fn write_pvh_start_info(
     });
     if module.is_some() {
         info.nr_modules = 1;
-        info.modlist_paddr = layout::PVH_MODLIST_START;
+        info.modlist_paddr = boot.pvh_modlist_start;
     }
 
-    let mut bp = BootParams::new(&info, GuestAddress(layout::PVH_INFO_START));
-    bp.set_sections(&memmap, GuestAddress(layout::PVH_MEMMAP_START));
+    let mut bp = BootParams::new(&info, GuestAddress(boot.pvh_info_start));
+    bp.set_sections(&memmap, GuestAddress(boot.pvh_memmap_start));
     if let Some(module) = module {
-        bp.set_modules(&[module], GuestAddress(layout::PVH_MODLIST_START));
+        bp.set_modules(&[module], GuestAddress(boot.pvh_modlist_start));
     }
     PvhBootConfigurator::write_bootparams(&bp, mem).map_err(|source| Error::BootConfig {
         what: "PVH start info",
-        addr: layout::PVH_INFO_START,
+        addr: boot.pvh_info_start,
         source,
     })
 }
@@ -213,6 +221,7 @@ fn write_pvh_start_info(
 mod tests {
     use super::*;
     use vm_memory::Bytes;
+    use vmm_memory::{layout, GuestMemoryMmap};
 
     const MIB: u64 = 1 << 20;
 
@@ -225,10 +234,26 @@ mod tests {
         }
     }
 
+    /// `configure_boot` as the VMM calls it: its own layout, the memory map of `ram_bytes`.
+    fn boot(
+        mem: &GuestMemoryMmap,
+        kernel: &LoadedKernel,
+        cmdline: &Cmdline,
+        initrd: Option<InitrdRegion>,
+        ram_bytes: u64,
+    ) -> Result<()> {
+        let map = layout::memory_map(ram_bytes);
+        configure_boot(mem, &BootLayout::default(), kernel, cmdline, initrd, &map)
+    }
+
+    fn cmdline(base: &str, append: &[&str]) -> Cmdline {
+        crate::build_cmdline(base, append, layout::CMDLINE_MAX_SIZE).unwrap()
+    }
+
     fn setup(protocol: BootProtocol, initrd: Option<InitrdRegion>) -> GuestMemoryMmap {
         let mem = vmm_memory::create_guest_memory(64 * MIB, Default::default()).unwrap();
-        let cmdline = crate::build_cmdline(crate::tests_cmdline(), &["quiet"]).unwrap();
-        configure_boot(&mem, &kernel(protocol, None), &cmdline, initrd, 64 * MIB).unwrap();
+        let cmdline = cmdline(crate::tests_cmdline(), &["quiet"]);
+        boot(&mem, &kernel(protocol, None), &cmdline, initrd, 64 * MIB).unwrap();
         mem
     }
 
@@ -275,9 +300,9 @@ mod tests {
             cmdline_size: 2047,
             ..Default::default()
         };
-        let cmdline = crate::build_cmdline("console=ttyS0", &[]).unwrap();
+        let cmdline = cmdline("console=ttyS0", &[]);
         let k = kernel(BootProtocol::BzImage, Some(hdr));
-        configure_boot(&mem, &k, &cmdline, None, 64 * MIB).unwrap();
+        boot(&mem, &k, &cmdline, None, 64 * MIB).unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
         assert_eq!({ p.hdr.init_size }, 0x123_4000);
         assert_eq!({ p.hdr.version }, 0x020f);
@@ -292,12 +317,12 @@ mod tests {
         };
         let k = kernel(BootProtocol::BzImage, Some(short));
         assert!(matches!(
-            configure_boot(&mem, &k, &cmdline, None, 64 * MIB),
+            boot(&mem, &k, &cmdline, None, 64 * MIB),
             Err(Error::CmdlineTooLong { len: 13, max: 5 })
         ));
         let k = kernel(BootProtocol::BzImage, None);
         assert!(matches!(
-            configure_boot(&mem, &k, &cmdline, None, 64 * MIB),
+            boot(&mem, &k, &cmdline, None, 64 * MIB),
             Err(Error::MissingSetupHeader(BootProtocol::BzImage))
         ));
     }
@@ -340,13 +365,112 @@ mod tests {
     }
 
     #[test]
-    fn ram_size_must_match() {
+    fn memory_map_ram_must_be_in_guest_memory() {
         let mem = vmm_memory::create_guest_memory(64 * MIB, Default::default()).unwrap();
-        let cmdline = crate::build_cmdline(crate::tests_cmdline(), &[]).unwrap();
+        let cmdline = cmdline(crate::tests_cmdline(), &[]);
+        let k = kernel(BootProtocol::Linux64, None);
+        let err = boot(&mem, &k, &cmdline, None, 128 * MIB).unwrap_err();
+        assert!(
+            matches!(err, Error::MemoryMapNotBacked { addr, size }
+                if addr == layout::HIGH_RAM_START && size == 127 * MIB),
+            "{err}"
+        );
+        assert!(err.to_string().contains("0x100000..0x8000000"), "{err}");
+        // Less RAM than the memory has is the caller's choice.
+        boot(&mem, &k, &cmdline, None, 32 * MIB).unwrap();
+    }
+
+    /// Another memory type (no dirty bitmap) and another layout: everything lands where the
+    /// layout says.
+    #[test]
+    fn a_foreign_memory_and_layout() {
+        let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0xa_0000),
+            (GuestAddress(0x10_0000), 0xf0_0000),
+        ])
+        .unwrap();
+        let custom = BootLayout {
+            cmdline_start: 0x4_0000,
+            cmdline_max_size: 512,
+            zero_page_start: 0x1_0000,
+            pvh_info_start: 0x2_0000,
+            pvh_modlist_start: 0x2_1000,
+            pvh_memmap_start: 0x2_2000,
+            pvh_memmap_max_entries: 2,
+            ..BootLayout::default()
+        };
+        let map = [
+            MemoryMapEntry {
+                addr: 0,
+                size: 0xa_0000,
+                kind: MemoryKind::Ram,
+            },
+            MemoryMapEntry {
+                addr: 0x10_0000,
+                size: 0xf0_0000,
+                kind: MemoryKind::Ram,
+            },
+        ];
+        let cmdline = cmdline("console=ttyS0", &[]);
+        let initrd = InitrdRegion {
+            addr: 0x80_0000,
+            size: 100,
+        };
+        let k = kernel(BootProtocol::Linux64, None);
+        configure_boot(&mem, &custom, &k, &cmdline, Some(initrd), &map).unwrap();
+        let p: boot_params = mem.read_obj(GuestAddress(0x1_0000)).unwrap();
+        assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
+        assert_eq!({ p.hdr.cmd_line_ptr }, 0x4_0000);
+        assert_eq!({ p.hdr.ramdisk_image }, 0x80_0000);
+        assert_eq!(p.e820_entries, 2);
+        assert_eq!(
+            ({ p.e820_table[1].addr }, { p.e820_table[1].size }),
+            (0x10_0000, 0xf0_0000)
+        );
+        let text: [u8; 13] = mem.read_obj(GuestAddress(0x4_0000)).unwrap();
+        assert_eq!(&text, b"console=ttyS0");
+
+        let k = kernel(BootProtocol::Pvh, None);
+        configure_boot(&mem, &custom, &k, &cmdline, Some(initrd), &map).unwrap();
+        let info: hvm_start_info = mem.read_obj(GuestAddress(0x2_0000)).unwrap();
+        assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
+        assert_eq!(
+            (info.cmdline_paddr, info.modlist_paddr, info.memmap_paddr),
+            (0x4_0000, 0x2_1000, 0x2_2000)
+        );
+        let module: hvm_modlist_entry = mem.read_obj(GuestAddress(0x2_1000)).unwrap();
+        assert_eq!((module.paddr, module.size), (0x80_0000, 100));
+        let last: hvm_memmap_table_entry = mem.read_obj(GuestAddress(0x2_2000 + 24)).unwrap();
+        assert_eq!(
+            (last.addr, last.size, last.type_),
+            (0x10_0000, 0xf0_0000, 1)
+        );
+
+        // The layout's limits apply.
+        let three = [map[0], map[1], map[1]];
+        assert!(matches!(
+            configure_boot(&mem, &custom, &k, &cmdline, None, &three),
+            Err(Error::TooManyMemoryMapEntries {
+                entries: 3,
+                max: 2,
+                ..
+            })
+        ));
+        let long = self::cmdline(&"x".repeat(600), &[]);
+        assert!(matches!(
+            configure_boot(&mem, &custom, &k, &long, None, &map),
+            Err(Error::CmdlineTooLong { len: 600, max: 511 })
+        ));
+        // The zero page holds the command line's address in 32 bits.
+        let high = BootLayout {
+            cmdline_start: 1 << 32,
+            ..custom
+        };
+        let mem = vmm_memory::create_guest_memory(5 << 30, Default::default()).unwrap();
         let k = kernel(BootProtocol::Linux64, None);
         assert!(matches!(
-            configure_boot(&mem, &k, &cmdline, None, 128 * MIB),
-            Err(Error::RamSizeMismatch { .. })
+            configure_boot(&mem, &high, &k, &cmdline, None, &map),
+            Err(Error::AddressAbove4G { addr, .. }) if addr == 1 << 32
         ));
     }
 
@@ -357,7 +481,7 @@ mod tests {
         cmdline.insert_str("x".repeat(3000)).unwrap();
         let k = kernel(BootProtocol::Pvh, None);
         assert!(matches!(
-            configure_boot(&mem, &k, &cmdline, None, 64 * MIB),
+            boot(&mem, &k, &cmdline, None, 64 * MIB),
             Err(Error::CmdlineTooLong {
                 len: 3000,
                 max: 2047

@@ -1,20 +1,19 @@
 //! The kernel command line: a base text (the VMM's default or the user's) plus appended pieces.
 
 use linux_loader::cmdline::{Cmdline, Error as CmdlineError};
-use vmm_memory::layout;
 
 use crate::error::{Error, Result};
 
-/// Longest command line without its NUL.
-const MAX_LEN: usize = layout::CMDLINE_MAX_SIZE - 1;
-
 /// Builds the command line from `base` (the VMM's default or the user's) followed by every `append`
-/// piece, space separated, with capacity [`layout::CMDLINE_MAX_SIZE`] (NUL included).
+/// piece, space separated, with `capacity` bytes (NUL included): the size of the guest's command
+/// line area, [`BootLayout::cmdline_max_size`](crate::BootLayout::cmdline_max_size).
 ///
 /// Arguments after a ` -- ` (outside double quotes) go to init; they are kept apart in the
 /// [`Cmdline`] so that what the VMM adds later (`virtio_mmio.device=...`) still lands before the
 /// `--`, where the kernel reads it.
-pub fn build_cmdline(base: &str, append: &[&str]) -> Result<Cmdline> {
+pub fn build_cmdline(base: &str, append: &[&str], capacity: usize) -> Result<Cmdline> {
+    // Longest command line without its NUL.
+    let max_len = capacity.saturating_sub(1);
     let mut text = String::from(base);
     for piece in append.iter().filter(|p| !p.is_empty()) {
         if !text.is_empty() {
@@ -33,18 +32,20 @@ pub fn build_cmdline(base: &str, append: &[&str]) -> Result<Cmdline> {
     } else {
         boot.len() + " -- ".len() + init.len()
     };
-    if len > MAX_LEN {
-        return Err(Error::CmdlineTooLong { len, max: MAX_LEN });
+    if len > max_len {
+        return Err(Error::CmdlineTooLong { len, max: max_len });
     }
 
-    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
+    let mut cmdline = Cmdline::new(capacity).map_err(Error::Cmdline)?;
     if !boot.is_empty() {
-        cmdline.insert_str(boot).map_err(|e| map_error(e, len))?;
+        cmdline
+            .insert_str(boot)
+            .map_err(|e| map_error(e, len, max_len))?;
     }
     if !init.is_empty() {
         cmdline
             .insert_init_args(init)
-            .map_err(|e| map_error(e, len))?;
+            .map_err(|e| map_error(e, len, max_len))?;
     }
     Ok(cmdline)
 }
@@ -54,9 +55,9 @@ fn valid_char(c: char) -> bool {
     matches!(c, ' '..='~')
 }
 
-fn map_error(e: CmdlineError, len: usize) -> Error {
+fn map_error(e: CmdlineError, len: usize, max: usize) -> Error {
     match e {
-        CmdlineError::TooLarge => Error::CmdlineTooLong { len, max: MAX_LEN },
+        CmdlineError::TooLarge => Error::CmdlineTooLong { len, max },
         other => Error::Cmdline(other),
     }
 }
@@ -88,6 +89,14 @@ fn split_init_args(text: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm_memory::layout::CMDLINE_MAX_SIZE;
+
+    /// Longest command line without its NUL, in the VMM's layout.
+    const MAX_LEN: usize = CMDLINE_MAX_SIZE - 1;
+
+    fn build_cmdline(base: &str, append: &[&str]) -> Result<Cmdline> {
+        super::build_cmdline(base, append, CMDLINE_MAX_SIZE)
+    }
 
     /// A typical microVM command line.
     const TEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off 8250.nr_uarts=1";
@@ -158,6 +167,28 @@ mod tests {
     }
 
     #[test]
+    fn the_capacity_is_the_callers() {
+        let c = super::build_cmdline("abc", &["de"], 7).unwrap();
+        assert_eq!(text(&c), "abc de");
+        assert!(matches!(
+            super::build_cmdline("abc", &["def"], 7),
+            Err(Error::CmdlineTooLong { len: 7, max: 6 })
+        ));
+        // A later addition must fit the same capacity.
+        let mut c = super::build_cmdline("a -- b", &[], 8).unwrap();
+        assert!(c.insert_str("c").is_err());
+        // No room at all: an error, not a panic.
+        assert!(matches!(
+            super::build_cmdline("", &[], 0),
+            Err(Error::Cmdline(CmdlineError::InvalidCapacity))
+        ));
+        assert!(matches!(
+            super::build_cmdline("x", &[], 0),
+            Err(Error::CmdlineTooLong { len: 1, max: 0 })
+        ));
+    }
+
+    #[test]
     fn invalid_characters_are_rejected() {
         let err = build_cmdline(TEST_CMDLINE, &["a\0b"]).unwrap_err();
         let offset = TEST_CMDLINE.len() + 2;
@@ -179,11 +210,14 @@ mod tests {
     #[test]
     fn cmdline_errors_are_mapped() {
         assert!(matches!(
-            map_error(CmdlineError::TooLarge, 5000),
-            Error::CmdlineTooLong { len: 5000, .. }
+            map_error(CmdlineError::TooLarge, 5000, 2047),
+            Error::CmdlineTooLong {
+                len: 5000,
+                max: 2047
+            }
         ));
         assert!(matches!(
-            map_error(CmdlineError::InvalidAscii, 1),
+            map_error(CmdlineError::InvalidAscii, 1, 2047),
             Error::Cmdline(CmdlineError::InvalidAscii)
         ));
     }

@@ -251,13 +251,16 @@ pub enum Error {
         source: linux_loader::loader::Error,
     },
 
-    /// `ram_bytes` does not describe the guest memory passed along with it.
-    #[error("ram_bytes {ram_bytes} differs from the guest memory's size of {mem_bytes} bytes")]
-    RamSizeMismatch {
-        /// What the caller said.
-        ram_bytes: u64,
-        /// What the memory has.
-        mem_bytes: u64,
+    /// The memory map given to the guest calls RAM what the guest memory does not have.
+    #[error(
+        "the memory map says {addr:#x}..{end:#x} is RAM, but the guest memory does not cover it",
+        end = .addr.saturating_add(*.size)
+    )]
+    MemoryMapNotBacked {
+        /// First address of the map entry.
+        addr: u64,
+        /// Its length in bytes.
+        size: u64,
     },
     /// The memory map does not fit in the boot structure.
     #[error("the memory map has {entries} entries, more than the {max} the {what} can hold")]
@@ -310,6 +313,17 @@ pub enum Error {
         /// Room.
         max: u64,
         /// Where they go.
+        addr: u64,
+    },
+    /// A [`BootLayout`](crate::BootLayout) address goes into a 32-bit field of a boot structure
+    /// but is above 4 GiB.
+    #[error(
+        "the {what} address {addr:#x} is above 4 GiB, but the boot structure holds it in 32 bits"
+    )]
+    AddressAbove4G {
+        /// Which address, and where it goes.
+        what: &'static str,
+        /// The address.
         addr: u64,
     },
     /// A plain write to guest memory failed.

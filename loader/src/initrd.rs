@@ -1,9 +1,9 @@
 //! Initrd placement: as high as the kernel allows, so that the kernel's own early allocations
 //! (which grow up from its end) never run into it.
 
-use vm_memory::{Address, Bytes, GuestAddress, ReadVolatile};
-use vmm_memory::{layout, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
+use crate::boot_layout::BootLayout;
 use crate::error::{Error, Result};
 use crate::kernel::LoadedKernel;
 
@@ -20,10 +20,12 @@ const PAGE_SIZE: u64 = 4096;
 /// What the boot protocol says to assume when a kernel leaves `initrd_addr_max` at 0.
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 
-/// Reads the `size`-byte initrd from `image` into the top of usable low RAM, page-aligned,
-/// below the kernel's `initrd_addr_max` (bzImage) and above `kernel.kernel_end`.
-pub fn load_initrd<F: std::io::Read + ReadVolatile>(
-    mem: &GuestMemoryMmap,
+/// Reads the `size`-byte initrd from `image` into the top of usable low RAM
+/// ([`BootLayout::low_ram_end`]), page-aligned, below the kernel's `initrd_addr_max` (bzImage)
+/// and above `kernel.kernel_end` and `boot.high_ram_start`.
+pub fn load_initrd<M: GuestMemoryBackend, F: std::io::Read + ReadVolatile>(
+    mem: &M,
+    boot: &BootLayout,
     image: &mut F,
     size: u64,
     kernel: &LoadedKernel,
@@ -32,7 +34,8 @@ pub fn load_initrd<F: std::io::Read + ReadVolatile>(
         return Err(Error::InitrdEmpty);
     }
     let addr = place(
-        vmm_memory::ram_size(mem),
+        boot.low_ram_end(mem),
+        boot.high_ram_start,
         kernel.kernel_end,
         kernel.setup_header.map(|h| h.initrd_addr_max),
         size,
@@ -54,11 +57,17 @@ pub fn load_initrd<F: std::io::Read + ReadVolatile>(
     Ok(InitrdRegion { addr, size })
 }
 
-/// The page-aligned address for `size` bytes as high as possible below the end of low RAM and
-/// below `initrd_addr_max` (the highest address the initrd's last byte may have), and at or above
-/// the page-aligned `kernel_end`.
-fn place(ram_bytes: u64, kernel_end: u64, initrd_addr_max: Option<u32>, size: u64) -> Result<u64> {
-    let mut top = layout::low_ram_end(ram_bytes);
+/// The page-aligned address for `size` bytes as high as possible below `low_ram_end` and below
+/// `initrd_addr_max` (the highest address the initrd's last byte may have), and at or above the
+/// page-aligned `kernel_end` and `high_ram_start`.
+fn place(
+    low_ram_end: u64,
+    high_ram_start: u64,
+    kernel_end: u64,
+    initrd_addr_max: Option<u32>,
+    size: u64,
+) -> Result<u64> {
+    let mut top = low_ram_end;
     if let Some(max) = initrd_addr_max {
         let max = if max == 0 {
             DEFAULT_INITRD_ADDR_MAX
@@ -68,10 +77,7 @@ fn place(ram_bytes: u64, kernel_end: u64, initrd_addr_max: Option<u32>, size: u6
         top = top.min(max + 1);
     }
     let top = top & !(PAGE_SIZE - 1);
-    let bottom = kernel_end
-        .max(layout::HIGH_RAM_START)
-        .saturating_add(PAGE_SIZE - 1)
-        & !(PAGE_SIZE - 1);
+    let bottom = kernel_end.max(high_ram_start).saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
     let available = top.saturating_sub(bottom);
     match top.checked_sub(size) {
         Some(addr) if addr & !(PAGE_SIZE - 1) >= bottom => Ok(addr & !(PAGE_SIZE - 1)),
@@ -84,6 +90,32 @@ mod tests {
     use super::*;
     use crate::kernel::BootProtocol;
     use std::io::Cursor;
+    use vmm_memory::layout;
+
+    /// `place` in the VMM's layout with `ram_bytes` of RAM.
+    fn place(
+        ram_bytes: u64,
+        kernel_end: u64,
+        initrd_addr_max: Option<u32>,
+        size: u64,
+    ) -> Result<u64> {
+        super::place(
+            layout::low_ram_end(ram_bytes),
+            layout::HIGH_RAM_START,
+            kernel_end,
+            initrd_addr_max,
+            size,
+        )
+    }
+
+    fn load_initrd<F: std::io::Read + ReadVolatile>(
+        mem: &vmm_memory::GuestMemoryMmap,
+        image: &mut F,
+        size: u64,
+        kernel: &LoadedKernel,
+    ) -> Result<InitrdRegion> {
+        super::load_initrd(mem, &BootLayout::default(), image, size, kernel)
+    }
 
     const MIB: u64 = 1 << 20;
 
@@ -156,6 +188,37 @@ mod tests {
         mem.read_slice(&mut back, GuestAddress(region.addr))
             .unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn a_foreign_memory_and_layout() {
+        // RAM in two pieces with a hole at 16 MiB; kernels from 2 MiB, and a gap at 12 MiB.
+        let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 16 << 20),
+            (GuestAddress(32 << 20), 16 << 20),
+        ])
+        .unwrap();
+        let boot = BootLayout {
+            high_ram_start: 2 << 20,
+            mmio_gap_start: 12 << 20,
+            ..BootLayout::default()
+        };
+        let data = vec![3u8; 100];
+        let region =
+            super::load_initrd(&mem, &boot, &mut Cursor::new(&data), 100, &kernel(0)).unwrap();
+        assert_eq!(region.addr, (12 << 20) - 4096);
+        let boot = BootLayout {
+            mmio_gap_start: 64 << 20,
+            ..boot
+        };
+        let region =
+            super::load_initrd(&mem, &boot, &mut Cursor::new(&data), 100, &kernel(0)).unwrap();
+        assert_eq!(region.addr, (16 << 20) - 4096);
+        // Not below high_ram_start.
+        assert!(matches!(
+            super::load_initrd(&mem, &boot, &mut Cursor::new(&data), (14 << 20) + 1, &kernel(0)),
+            Err(Error::InitrdDoesNotFit { available, .. }) if available == 14 << 20
+        ));
     }
 
     #[test]

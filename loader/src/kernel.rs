@@ -13,9 +13,9 @@ use linux_loader::elf::{
     Elf64_Ehdr, Elf64_Phdr, EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, PT_LOAD,
 };
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{ByteValued, GuestAddress, ReadVolatile};
-use vmm_memory::{layout, GuestMemoryMmap};
+use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
+use crate::boot_layout::BootLayout;
 use crate::error::{Error, Result};
 
 /// How the vCPU enters the loaded kernel.
@@ -73,11 +73,14 @@ const PROTOCOL_2_12: u16 = 0x020c;
 
 /// Loads an ELF `vmlinux` or a bzImage into `mem`, detecting the format from its magic bytes.
 ///
+/// The kernel must load at or above `boot.high_ram_start` and end below
+/// [`BootLayout::low_ram_end`] (bss and decompression buffer included).
 /// Format, truncation and size problems are found before anything is written to guest memory.
 /// A missing PVH note or an entry point outside the kernel shows only after the copy, because
 /// linux-loader finds the PVH note while loading; the caller discards the VM's memory anyway.
-pub fn load_kernel<F: Read + Seek + ReadVolatile>(
-    mem: &GuestMemoryMmap,
+pub fn load_kernel<M: GuestMemoryBackend, F: Read + Seek + ReadVolatile>(
+    mem: &M,
+    boot: &BootLayout,
     image: &mut F,
     entry: ElfEntry,
 ) -> Result<LoadedKernel> {
@@ -93,11 +96,11 @@ pub fn load_kernel<F: Read + Seek + ReadVolatile>(
     let head = &head[..got];
 
     if head.starts_with(ELF_MAGIC) {
-        load_elf(mem, image, size, entry)
+        load_elf(mem, boot, image, size, entry)
     } else if head.get(BOOT_FLAG_OFFSET..BOOT_FLAG_OFFSET + 2) == Some(&BOOT_FLAG[..])
         && head.get(HDRS_OFFSET..HDRS_OFFSET + 4) == Some(&HDRS_MAGIC[..])
     {
-        load_bzimage(mem, image, size)
+        load_bzimage(mem, boot, image, size)
     } else {
         Err(Error::NotAKernel {
             size,
@@ -106,20 +109,16 @@ pub fn load_kernel<F: Read + Seek + ReadVolatile>(
     }
 }
 
-/// End of RAM a kernel may use before it has read the memory map.
-fn low_ram_end(mem: &GuestMemoryMmap) -> u64 {
-    layout::low_ram_end(vmm_memory::ram_size(mem))
-}
-
-fn load_elf<F: Read + Seek + ReadVolatile>(
-    mem: &GuestMemoryMmap,
+fn load_elf<M: GuestMemoryBackend, F: Read + Seek + ReadVolatile>(
+    mem: &M,
+    boot: &BootLayout,
     image: &mut F,
     size: u64,
     entry: ElfEntry,
 ) -> Result<LoadedKernel> {
-    let (ehdr, start, end) = check_elf(image, size, low_ram_end(mem))?;
+    let (ehdr, start, end) = check_elf(image, size, boot.high_ram_start, boot.low_ram_end(mem))?;
 
-    let result = Elf::load(mem, None, image, Some(GuestAddress(layout::HIGH_RAM_START)))
+    let result = Elf::load(mem, None, image, Some(GuestAddress(boot.high_ram_start)))
         .map_err(|source| Error::ElfLoad { size, source })?;
     // linux-loader keeps the answer of the *last* PT_NOTE segment it parsed; vmlinux has one.
     let pvh_entry = match result.pvh_boot_cap {
@@ -148,10 +147,11 @@ fn load_elf<F: Read + Seek + ReadVolatile>(
 }
 
 /// Validates an ELF image without touching guest memory; returns its header and the guest
-/// range its loadable segments cover (bss included).
+/// range its loadable segments cover (bss included), which must lie in `ram_start..ram_end`.
 fn check_elf<F: Read + Seek>(
     image: &mut F,
     size: u64,
+    ram_start: u64,
     ram_end: u64,
 ) -> Result<(Elf64_Ehdr, u64, u64)> {
     let ehdr_len = std::mem::size_of::<Elf64_Ehdr>() as u64;
@@ -225,10 +225,10 @@ fn check_elf<F: Read + Seek>(
         if phdr.p_type != PT_LOAD || mem_len == 0 {
             continue;
         }
-        if phdr.p_paddr < layout::HIGH_RAM_START {
+        if phdr.p_paddr < ram_start {
             return Err(Error::SegmentBelowHighRam {
                 addr: phdr.p_paddr,
-                min: layout::HIGH_RAM_START,
+                min: ram_start,
             });
         }
         let seg_end = phdr.p_paddr.saturating_add(mem_len);
@@ -248,8 +248,9 @@ fn check_elf<F: Read + Seek>(
     Ok((ehdr, start, end))
 }
 
-fn load_bzimage<F: Read + Seek + ReadVolatile>(
-    mem: &GuestMemoryMmap,
+fn load_bzimage<M: GuestMemoryBackend, F: Read + Seek + ReadVolatile>(
+    mem: &M,
+    boot: &BootLayout,
     image: &mut F,
     size: u64,
 ) -> Result<LoadedKernel> {
@@ -294,14 +295,14 @@ fn load_bzimage<F: Read + Seek + ReadVolatile>(
         return Err(Error::BzImageTruncated { size, needed });
     }
     let load = u64::from(hdr.code32_start);
-    if load < layout::HIGH_RAM_START {
+    if load < boot.high_ram_start {
         return Err(Error::BzImageLoadAddress {
             addr: load,
-            min: layout::HIGH_RAM_START,
+            min: boot.high_ram_start,
         });
     }
     let kernel_end = bzimage_end(&hdr, load, payload_len);
-    let ram_end = low_ram_end(mem);
+    let ram_end = boot.low_ram_end(mem);
     if kernel_end > ram_end {
         return Err(Error::KernelDoesNotFit {
             start: load,
@@ -310,7 +311,7 @@ fn load_bzimage<F: Read + Seek + ReadVolatile>(
         });
     }
 
-    let result = BzImage::load(mem, None, image, Some(GuestAddress(layout::HIGH_RAM_START)))
+    let result = BzImage::load(mem, None, image, Some(GuestAddress(boot.high_ram_start)))
         .map_err(|source| Error::BzImageLoad { size, source })?;
     Ok(LoadedKernel {
         protocol: BootProtocol::BzImage,
@@ -394,9 +395,19 @@ mod tests {
     use crate::test_elf::ElfBuilder;
     use std::io::Cursor;
     use vm_memory::Bytes;
+    use vmm_memory::GuestMemoryMmap;
 
     fn memory(bytes: u64) -> GuestMemoryMmap {
         vmm_memory::create_guest_memory(bytes, Default::default()).unwrap()
+    }
+
+    /// `load_kernel` in the VMM's layout.
+    fn load_kernel<F: Read + Seek + ReadVolatile>(
+        mem: &GuestMemoryMmap,
+        image: &mut F,
+        entry: ElfEntry,
+    ) -> Result<LoadedKernel> {
+        super::load_kernel(mem, &BootLayout::default(), image, entry)
     }
 
     fn load(bytes: &[u8], entry: ElfEntry) -> Result<LoadedKernel> {
@@ -499,6 +510,38 @@ mod tests {
         assert!(matches!(
             load(&elf, ElfEntry::Auto),
             Err(Error::KernelDoesNotFit { end: u64::MAX, .. })
+        ));
+    }
+
+    #[test]
+    fn a_foreign_memory_and_layout() {
+        // Kernels from 8 MiB, below a gap at 24 MiB, in memory without a dirty bitmap.
+        let mem =
+            vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
+        let boot = BootLayout {
+            high_ram_start: 8 << 20,
+            mmio_gap_start: 24 << 20,
+            ..BootLayout::default()
+        };
+        let elf = ElfBuilder::new(0x20_0000).build();
+        assert!(matches!(
+            super::load_kernel(&mem, &boot, &mut Cursor::new(&elf), ElfEntry::Auto),
+            Err(Error::SegmentBelowHighRam { addr: 0x20_0000, min }) if min == 8 << 20
+        ));
+        let elf = ElfBuilder::new(8 << 20).bss(16 << 20).build();
+        assert!(matches!(
+            super::load_kernel(&mem, &boot, &mut Cursor::new(&elf), ElfEntry::Auto),
+            Err(Error::KernelDoesNotFit { ram_end, .. }) if ram_end == 24 << 20
+        ));
+        let elf = ElfBuilder::new(8 << 20).bss(0x1000).build();
+        let k = super::load_kernel(&mem, &boot, &mut Cursor::new(&elf), ElfEntry::Auto).unwrap();
+        assert_eq!(k.entry, 8 << 20);
+        let code: [u8; 4] = mem.read_obj(GuestAddress(8 << 20)).unwrap();
+        assert_eq!(code, ElfBuilder::CODE[..4]);
+        let img = bzimage(0x020f, bootparam::LOADED_HIGH, bootparam::XLF_KERNEL_64);
+        assert!(matches!(
+            super::load_kernel(&mem, &boot, &mut Cursor::new(&img), ElfEntry::Auto),
+            Err(Error::BzImageLoadAddress { addr: 0x10_0000, min }) if min == 8 << 20
         ));
     }
 

@@ -12,11 +12,92 @@
 //!   virtio-mmio devices); [`virtio_mmio_cmdline`] announces the same devices on the command
 //!   line for kernels booted with `acpi=off`.
 //!
-//! All addresses come from [`vmm_memory::layout`]. This crate knows nothing of KVM: it builds and
-//! tests on any Linux machine, and every function returns an [`Error`] instead of panicking on
-//! bad input.
+//! Every function that writes guest memory takes any vm-memory guest memory
+//! (`M:` [`GuestMemoryBackend`](vm_memory::GuestMemoryBackend), what vm-memory before 0.18
+//! called `GuestMemory` and what linux-loader's loaders take) and a [`BootLayout`]: where the
+//! boot structures go, the limits of their areas, where kernels may load, the APIC addresses
+//! and legacy IRQs. [`BootLayout::default()`] is this workspace's layout,
+//! [`vmm_memory::layout`]; a VMM with its own address map fills a `BootLayout` of its own. The
+//! memory map the guest is told about is the caller's too (a slice of
+//! [`MemoryMapEntry`](vmm_memory::layout::MemoryMapEntry)). This crate knows nothing of KVM:
+//! it builds and tests on any Linux machine, and every function returns an [`Error`] instead of
+//! panicking on bad input.
+//!
+//! # Example
+//!
+//! The whole load flow with this workspace's memory and layout, for a tiny hand-made ELF kernel
+//! (a real one is a `File`):
+//!
+//! ```
+//! use std::io::Cursor;
+//!
+//! use vmm_loader::{
+//!     build_cmdline, configure_boot, load_initrd, load_kernel, setup_acpi, setup_mptable,
+//!     BootLayout, BootProtocol, ElfEntry,
+//! };
+//! use vmm_memory::layout;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ram = 64 << 20;
+//! let mem = vmm_memory::create_guest_memory(ram, Default::default())?;
+//! let boot = BootLayout::default();
+//!
+//! let kernel = load_kernel(&mem, &boot, &mut Cursor::new(tiny_elf(0x20_0000)), ElfEntry::Auto)?;
+//! let initrd_image = vec![0x1f; 4096];
+//! let initrd = load_initrd(&mem, &boot, &mut Cursor::new(initrd_image), 4096, &kernel)?;
+//! let cmdline = build_cmdline("console=ttyS0 reboot=k", &["quiet"], boot.cmdline_max_size)?;
+//! configure_boot(&mem, &boot, &kernel, &cmdline, Some(initrd), &layout::memory_map(ram))?;
+//! setup_mptable(&mem, &boot, 2)?;
+//! setup_acpi(&mem, &boot, 2, &[])?;
+//!
+//! // The vCPU starts at kernel.entry in 64-bit mode with RSI = boot.zero_page_start (or, for
+//! // BootProtocol::Pvh, in 32-bit protected mode with EBX = boot.pvh_info_start).
+//! assert_eq!((kernel.protocol, kernel.entry), (BootProtocol::Linux64, 0x20_0000));
+//! assert_eq!(initrd.addr, ram - 4096);
+//! # Ok(())
+//! # }
+//! #
+//! # /// An ELF64 x86-64 executable with one 16-byte segment (`hlt; jmp $-1`) at `addr`.
+//! # fn tiny_elf(addr: u64) -> Vec<u8> {
+//! #     let mut elf = Vec::new();
+//! #     elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+//! #     elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+//! #     elf.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+//! #     elf.extend_from_slice(&1u32.to_le_bytes()); // version
+//! #     elf.extend_from_slice(&addr.to_le_bytes()); // e_entry
+//! #     elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+//! #     elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+//! #     elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+//! #     for half in [64u16, 56, 1, 64, 0, 0] {
+//! #         elf.extend_from_slice(&half.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, ...
+//! #     }
+//! #     elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+//! #     elf.extend_from_slice(&7u32.to_le_bytes()); // RWX
+//! #     for word in [120u64, addr, addr, 16, 16, 8] {
+//! #         elf.extend_from_slice(&word.to_le_bytes()); // offset, vaddr, paddr, filesz, memsz, align
+//! #     }
+//! #     elf.extend_from_slice(&[0xf4, 0xeb, 0xfd, 0x90, 0x90, 0x90, 0x90, 0x90]);
+//! #     elf.extend_from_slice(&[0x90; 8]);
+//! #     elf
+//! # }
+//! ```
+//!
+//! Another VMM passes its own memory (any `GuestMemoryBackend`) and layout:
+//!
+//! ```
+//! # use vm_memory::GuestAddress;
+//! let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])?;
+//! let boot = vmm_loader::BootLayout {
+//!     mptable_start: 0xf_0000,
+//!     mptable_max_size: 0x1000,
+//!     ..Default::default()
+//! };
+//! vmm_loader::setup_mptable(&mem, &boot, 4)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod acpi;
+mod boot_layout;
 mod boot_params;
 mod cmdline;
 mod error;
@@ -28,6 +109,7 @@ mod mptable;
 mod test_elf;
 
 pub use acpi::setup_acpi;
+pub use boot_layout::BootLayout;
 pub use boot_params::configure_boot;
 pub use cmdline::build_cmdline;
 pub use error::{Error, Result};

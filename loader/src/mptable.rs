@@ -5,14 +5,15 @@
 //! Hypervisor each keep a private one). The structures follow chapter 4 of the specification;
 //! each is `#[repr(C, packed)]` with its size checked at compile time and in the tests.
 //!
-//! Layout at [`layout::EBDA_START`], where Linux scans for the floating pointer:
-//! floating pointer (16 bytes), configuration table header (44), one processor entry per vCPU
-//! (20 each), one ISA bus, one IOAPIC, 16 I/O interrupt entries, 2 local interrupt entries
-//! (8 each).
+//! Layout at [`BootLayout::mptable_start`] (the EBDA in the VMM's layout), where Linux scans for
+//! the floating pointer: floating pointer (16 bytes), configuration table header (44), one
+//! processor entry per vCPU (20 each), one ISA bus, one IOAPIC, one I/O interrupt entry per
+//! IOAPIC pin up to [`BootLayout::ioapic_last_pin`] (IRQ 0 twice, IRQ 2 not at all), 2 local
+//! interrupt entries (8 each).
 
-use vm_memory::{ByteValued, Bytes, GuestAddress};
-use vmm_memory::{layout, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::boot_layout::{addr32, BootLayout};
 use crate::error::{Error, Result};
 
 /// Most vCPUs: APIC ids 0..num_cpus, and the IOAPIC takes id num_cpus, all below the broadcast
@@ -30,11 +31,6 @@ const IOAPIC_VERSION: u8 = 0x11;
 const CPU_SIGNATURE: u32 = 0x600;
 /// Feature flags: FPU (bit 0) and APIC (bit 9).
 const CPU_FEATURES: u32 = 0x201;
-/// Number of ISA interrupts routed identity to IOAPIC pins.
-/// Every IOAPIC pin a device may use gets an entry: ISA IRQs 1-15 and the pins up to
-/// `layout::IRQ_LAST` that virtio-mmio devices from the command line use with `acpi=off`.
-const IOAPIC_LAST_PIN: u8 = layout::IRQ_LAST as u8;
-
 const ENTRY_PROCESSOR: u8 = 0;
 const ENTRY_BUS: u8 = 1;
 const ENTRY_IOAPIC: u8 = 2;
@@ -104,11 +100,13 @@ struct MpProcessor {
 /// PIC's ExtINT), IRQ 2 is the PIC cascade and has no pin, every other IRQ its own pin.
 /// Announcing IRQ 0 on pin 0 instead sends Linux through its timer-fallback probing, which
 /// under a slow (nested) host can pick a dead timer and hang the boot.
-fn isa_interrupt_routes() -> impl Iterator<Item = (u8, u8, u8)> {
+/// Every IOAPIC pin a device may use gets an entry: ISA IRQs 1-15 and the pins up to
+/// `last_pin` that virtio-mmio devices from the command line use with `acpi=off`.
+fn isa_interrupt_routes(last_pin: u8) -> impl Iterator<Item = (u8, u8, u8)> {
     [(INT_TYPE_EXTINT, 0, 0), (INT_TYPE_INT, 0, 2)]
         .into_iter()
         .chain(
-            (1..=IOAPIC_LAST_PIN)
+            (1..=last_pin)
                 .filter(|&irq| irq != 2)
                 .map(|irq| (INT_TYPE_INT, irq, irq)),
         )
@@ -175,35 +173,46 @@ fn checksum(bytes: &[u8]) -> u8 {
         .wrapping_neg()
 }
 
-/// Size in bytes of the whole MP table for `num_cpus` vCPUs.
-fn table_size(num_cpus: u8) -> u64 {
+/// Size in bytes of the whole MP table for `num_cpus` vCPUs and IOAPIC pins up to `last_pin`.
+fn table_size(num_cpus: u8, last_pin: u8) -> u64 {
     use std::mem::size_of;
+    // The I/O interrupt entries, then LINT0 and LINT1.
+    let interrupts = isa_interrupt_routes(last_pin).count() + 2;
     (size_of::<MpFloatingPointer>()
         + size_of::<MpConfigHeader>()
         + usize::from(num_cpus) * size_of::<MpProcessor>()
         + size_of::<MpBus>()
         + size_of::<MpIoApic>()
-        + (usize::from(IOAPIC_LAST_PIN) + 1 + 2) * size_of::<MpInterrupt>()) as u64
+        + interrupts * size_of::<MpInterrupt>()) as u64
 }
 
-/// Writes the MP table for `num_cpus` vCPUs (APIC ids `0..num_cpus`, the first one the BSP) at
-/// [`layout::EBDA_START`].
-pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
+/// Writes the MP table for `num_cpus` vCPUs (APIC ids `0..num_cpus`, the first one the BSP),
+/// the IOAPIC at `boot.ioapic_addr` with pins up to `boot.ioapic_last_pin` and the local APICs
+/// at `boot.lapic_addr`, at `boot.mptable_start`.
+pub fn setup_mptable<M: GuestMemoryBackend>(
+    mem: &M,
+    boot: &BootLayout,
+    num_cpus: u8,
+) -> Result<()> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
         return Err(Error::TooManyCpus {
             num_cpus,
             max: MAX_CPUS,
         });
     }
-    let size = table_size(num_cpus);
-    if size > layout::MPTABLE_MAX_SIZE {
+    let start = boot.mptable_start;
+    let size = table_size(num_cpus, boot.ioapic_last_pin);
+    let table_addr = start.checked_add(std::mem::size_of::<MpFloatingPointer>() as u64);
+    let Some(table_addr) = table_addr.filter(|_| size <= boot.mptable_max_size) else {
         return Err(Error::MpTableTooLarge {
             size,
-            max: layout::MPTABLE_MAX_SIZE,
-            addr: layout::EBDA_START,
+            max: boot.mptable_max_size,
+            addr: start,
         });
-    }
-    let table_addr = layout::EBDA_START + std::mem::size_of::<MpFloatingPointer>() as u64;
+    };
+    let physptr = addr32("MP configuration table", table_addr)?;
+    let lapic_addr = addr32("local APIC (MP table)", boot.lapic_addr)?;
+    let ioapic_addr = addr32("IOAPIC (MP table)", boot.ioapic_addr)?;
 
     // The entries first: the header needs their length, count and checksum.
     let mut entries = Vec::new();
@@ -246,12 +255,11 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
             id: ioapic_id,
             version: IOAPIC_VERSION,
             flags: IOAPIC_ENABLED,
-            // The IOAPIC sits in the 32-bit MMIO gap; the layout keeps it below 4 GiB.
-            addr: layout::IOAPIC_START as u32,
+            addr: ioapic_addr,
         }
         .as_slice(),
     );
-    for (int_type, src_irq, dst_pin) in isa_interrupt_routes() {
+    for (int_type, src_irq, dst_pin) in isa_interrupt_routes(boot.ioapic_last_pin) {
         push(
             MpInterrupt {
                 entry_type: ENTRY_IO_INTERRUPT,
@@ -284,7 +292,7 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
     let base_length = std::mem::size_of::<MpConfigHeader>() + entries.len();
     let mut header = MpConfigHeader {
         signature: *b"PCMP",
-        // At most 44 + 254 * 20 + 20 * 8 bytes: fits in u16.
+        // At most 44 + 254 * 20 + 8 + 8 + 258 * 8 bytes: fits in u16.
         base_length: base_length as u16,
         spec_rev: SPEC_REVISION,
         checksum: 0,
@@ -293,7 +301,7 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
         oem_table_ptr: 0,
         oem_table_size: 0,
         entry_count: count,
-        lapic_addr: layout::LAPIC_START as u32,
+        lapic_addr,
         ext_table_length: 0,
         ext_table_checksum: 0,
         reserved: 0,
@@ -302,8 +310,7 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
 
     let mut fp = MpFloatingPointer {
         signature: *b"_MP_",
-        // Below 1 MiB by the layout.
-        physptr: table_addr as u32,
+        physptr,
         length: 1,
         spec_rev: SPEC_REVISION,
         ..Default::default()
@@ -314,10 +321,10 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
     table.extend_from_slice(fp.as_slice());
     table.extend_from_slice(header.as_slice());
     table.extend_from_slice(&entries);
-    mem.write_slice(&table, GuestAddress(layout::EBDA_START))
+    mem.write_slice(&table, GuestAddress(start))
         .map_err(|source| Error::GuestWrite {
             what: "MP table",
-            addr: layout::EBDA_START,
+            addr: start,
             source,
         })
 }
@@ -325,6 +332,13 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm_memory::{layout, GuestMemoryMmap};
+
+    const LAST_PIN: u8 = layout::IRQ_LAST as u8;
+
+    fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
+        super::setup_mptable(mem, &BootLayout::default(), num_cpus)
+    }
 
     fn memory() -> GuestMemoryMmap {
         vmm_memory::create_guest_memory(64 << 20, Default::default()).unwrap()
@@ -370,7 +384,7 @@ mod tests {
             let (header, entries) = read_back(&mem);
             assert_eq!(
                 u64::from(header.base_length) + 16,
-                table_size(num_cpus),
+                table_size(num_cpus, LAST_PIN),
                 "{num_cpus}"
             );
             let mut cpus = 0;
@@ -439,7 +453,9 @@ mod tests {
                 "{err}"
             );
         }
-        assert!(table_size(254) <= layout::MPTABLE_MAX_SIZE);
+        assert!(table_size(254, LAST_PIN) <= layout::MPTABLE_MAX_SIZE);
+        // Every pin a u8 can name still fits the header's 16-bit length.
+        assert!(table_size(254, u8::MAX) < u64::from(u16::MAX));
     }
 
     #[test]
@@ -449,6 +465,64 @@ mod tests {
         assert!(matches!(
             setup_mptable(&mem, 1),
             Err(Error::GuestWrite { .. })
+        ));
+    }
+
+    #[test]
+    fn a_foreign_memory_and_layout() {
+        let mem =
+            vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let boot = BootLayout {
+            mptable_start: 0xf_0000,
+            mptable_max_size: 0x1000,
+            lapic_addr: 0xfee1_0000,
+            ioapic_addr: 0xfec1_0000,
+            ioapic_last_pin: 15,
+            ..BootLayout::default()
+        };
+        super::setup_mptable(&mem, &boot, 2).unwrap();
+        let fp: MpFloatingPointer = mem.read_obj(GuestAddress(0xf_0000)).unwrap();
+        assert_eq!((&fp.signature, { fp.physptr }), (b"_MP_", 0xf_0010));
+        let header: MpConfigHeader = mem.read_obj(GuestAddress(0xf_0010)).unwrap();
+        assert_eq!({ header.lapic_addr }, 0xfee1_0000);
+        // 2 CPUs, bus, IOAPIC, 16 I/O interrupts (IRQ 0 twice, none for 2), 2 local ones.
+        assert_eq!({ header.entry_count }, 2 + 1 + 1 + 16 + 2);
+        assert_eq!(u64::from(header.base_length) + 16, table_size(2, 15));
+        let ioapic: MpIoApic = mem
+            .read_obj(GuestAddress(0xf_0010 + 44 + 2 * 20 + 8))
+            .unwrap();
+        assert_eq!(
+            (ioapic.entry_type, { ioapic.addr }),
+            (ENTRY_IOAPIC, 0xfec1_0000)
+        );
+
+        let small = BootLayout {
+            mptable_max_size: 0x100,
+            ..boot
+        };
+        assert!(matches!(
+            super::setup_mptable(&mem, &small, 2),
+            Err(Error::MpTableTooLarge {
+                max: 0x100,
+                addr: 0xf_0000,
+                ..
+            })
+        ));
+        let high = BootLayout {
+            lapic_addr: 1 << 32,
+            ..boot
+        };
+        assert!(matches!(
+            super::setup_mptable(&mem, &high, 2),
+            Err(Error::AddressAbove4G { addr, .. }) if addr == 1 << 32
+        ));
+        let end = BootLayout {
+            mptable_start: u64::MAX - 8,
+            ..boot
+        };
+        assert!(matches!(
+            super::setup_mptable(&mem, &end, 2),
+            Err(Error::MpTableTooLarge { .. })
         ));
     }
 }

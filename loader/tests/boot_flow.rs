@@ -12,8 +12,8 @@ use linux_loader::loader::elf::start_info::{
 };
 use vm_memory::{Bytes, GuestAddress};
 use vmm_loader::{
-    build_cmdline, configure_boot, load_initrd, load_kernel, setup_mptable, BootProtocol, ElfEntry,
-    Error, InitrdRegion,
+    build_cmdline, configure_boot, load_initrd, load_kernel, setup_acpi, setup_mptable, BootLayout,
+    BootProtocol, ElfEntry, Error, InitrdRegion,
 };
 use vmm_memory::layout;
 
@@ -27,7 +27,7 @@ fn initrd_size() -> u64 {
 }
 
 fn read_cmdline(mem: &vmm_memory::GuestMemoryMmap, addr: u64) -> String {
-    let mut bytes = vec![0u8; layout::CMDLINE_MAX_SIZE];
+    let mut bytes = vec![0u8; BootLayout::default().cmdline_max_size];
     mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
     let end = bytes.iter().position(|&b| b == 0).unwrap();
     String::from_utf8(bytes[..end].to_vec()).unwrap()
@@ -37,10 +37,12 @@ fn read_cmdline(mem: &vmm_memory::GuestMemoryMmap, addr: u64) -> String {
 fn vmlinux_pvh_with_initrd() {
     let ram = 128 * MIB;
     let mem = memory(ram);
-    let kernel = load_kernel(&mem, &mut open_guest_file("vmlinux"), ElfEntry::Auto).unwrap();
+    let boot = BootLayout::default();
+    let kernel = load_kernel(&mem, &boot, &mut open_guest_file("vmlinux"), ElfEntry::Auto).unwrap();
     let size = initrd_size();
     let initrd = load_initrd(
         &mem,
+        &boot,
         &mut open_guest_file("initramfs.cpio.gz"),
         size,
         &kernel,
@@ -53,9 +55,19 @@ fn vmlinux_pvh_with_initrd() {
     let magic: [u8; 2] = mem.read_obj(GuestAddress(initrd.addr)).unwrap();
     assert_eq!(magic, [0x1f, 0x8b]);
 
-    let cmdline = build_cmdline(CMDLINE, &["quiet", "guest.test=smp"]).unwrap();
-    configure_boot(&mem, &kernel, &cmdline, Some(initrd), ram).unwrap();
-    setup_mptable(&mem, 2).unwrap();
+    let cmdline =
+        build_cmdline(CMDLINE, &["quiet", "guest.test=smp"], boot.cmdline_max_size).unwrap();
+    configure_boot(
+        &mem,
+        &boot,
+        &kernel,
+        &cmdline,
+        Some(initrd),
+        &layout::memory_map(ram),
+    )
+    .unwrap();
+    setup_mptable(&mem, &boot, 2).unwrap();
+    setup_acpi(&mem, &boot, 2, &[]).unwrap();
 
     let info: hvm_start_info = mem.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
     assert_eq!(info.magic, 0x336e_c578);
@@ -79,24 +91,41 @@ fn vmlinux_pvh_with_initrd() {
     }
     let fp: [u8; 4] = mem.read_obj(GuestAddress(layout::EBDA_START)).unwrap();
     assert_eq!(&fp, b"_MP_");
+    let rsdp: [u8; 8] = mem.read_obj(GuestAddress(layout::ACPI_START)).unwrap();
+    assert_eq!(&rsdp, b"RSD PTR ");
 }
 
 #[test]
 fn bzimage_zero_page_with_initrd() {
     let ram = 256 * MIB;
     let mem = memory(ram);
-    let kernel = load_kernel(&mem, &mut open_guest_file("bzImage"), ElfEntry::Auto).unwrap();
+    let boot = BootLayout::default();
+    let kernel = load_kernel(&mem, &boot, &mut open_guest_file("bzImage"), ElfEntry::Auto).unwrap();
     assert_eq!(kernel.protocol, BootProtocol::BzImage);
     let size = initrd_size();
     let initrd = load_initrd(
         &mem,
+        &boot,
         &mut open_guest_file("initramfs.cpio.gz"),
         size,
         &kernel,
     )
     .unwrap();
-    let cmdline = build_cmdline("console=ttyS0 panic=1", &["root=/dev/vda"]).unwrap();
-    configure_boot(&mem, &kernel, &cmdline, Some(initrd), ram).unwrap();
+    let cmdline = build_cmdline(
+        "console=ttyS0 panic=1",
+        &["root=/dev/vda"],
+        boot.cmdline_max_size,
+    )
+    .unwrap();
+    configure_boot(
+        &mem,
+        &boot,
+        &kernel,
+        &cmdline,
+        Some(initrd),
+        &layout::memory_map(ram),
+    )
+    .unwrap();
 
     let p: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
     let hdr = p.hdr;
@@ -125,9 +154,24 @@ fn bzimage_zero_page_with_initrd() {
 fn linux64_e820_above_4g() {
     let ram = 5 << 30;
     let mem = memory(ram);
-    let kernel = load_kernel(&mem, &mut open_guest_file("vmlinux"), ElfEntry::Linux64).unwrap();
-    let cmdline = build_cmdline(CMDLINE, &[]).unwrap();
-    configure_boot(&mem, &kernel, &cmdline, None, ram).unwrap();
+    let boot = BootLayout::default();
+    let kernel = load_kernel(
+        &mem,
+        &boot,
+        &mut open_guest_file("vmlinux"),
+        ElfEntry::Linux64,
+    )
+    .unwrap();
+    let cmdline = build_cmdline(CMDLINE, &[], boot.cmdline_max_size).unwrap();
+    configure_boot(
+        &mem,
+        &boot,
+        &kernel,
+        &cmdline,
+        None,
+        &layout::memory_map(ram),
+    )
+    .unwrap();
     let p: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
     let map = layout::memory_map(ram);
     assert_eq!(p.e820_entries as usize, map.len());
@@ -140,7 +184,14 @@ fn linux64_e820_above_4g() {
     assert_eq!({ p.hdr.ramdisk_size }, 0);
 
     // The initrd stays below the MMIO gap even with RAM above 4 GiB.
-    let initrd = load_initrd(&mem, &mut Cursor::new(vec![1u8; 8192]), 8192, &kernel).unwrap();
+    let initrd = load_initrd(
+        &mem,
+        &boot,
+        &mut Cursor::new(vec![1u8; 8192]),
+        8192,
+        &kernel,
+    )
+    .unwrap();
     assert_eq!(initrd.addr, layout::MMIO_GAP_START - 8192);
 }
 
@@ -148,15 +199,16 @@ fn linux64_e820_above_4g() {
 fn initrd_errors() {
     let ram = 64 * MIB;
     let mem = memory(ram);
-    let kernel = load_kernel(&mem, &mut open_guest_file("vmlinux"), ElfEntry::Auto).unwrap();
+    let boot = BootLayout::default();
+    let kernel = load_kernel(&mem, &boot, &mut open_guest_file("vmlinux"), ElfEntry::Auto).unwrap();
     // 64 MiB minus the kernel's 0x2016000 leaves less than 32 MiB.
     let big = 32 * MIB;
-    let err = load_initrd(&mem, &mut Cursor::new(vec![0u8; 16]), big, &kernel).unwrap_err();
+    let err = load_initrd(&mem, &boot, &mut Cursor::new(vec![0u8; 16]), big, &kernel).unwrap_err();
     assert!(
         matches!(err, Error::InitrdDoesNotFit { size, available } if size == big && available == ram - 0x201_6000),
         "{err}"
     );
-    let err = load_initrd(&mem, &mut Cursor::new(vec![0u8; 16]), 4096, &kernel).unwrap_err();
+    let err = load_initrd(&mem, &boot, &mut Cursor::new(vec![0u8; 16]), 4096, &kernel).unwrap_err();
     assert!(
         matches!(
             err,
@@ -168,6 +220,6 @@ fn initrd_errors() {
         "{err}"
     );
     let region: InitrdRegion =
-        load_initrd(&mem, &mut Cursor::new(vec![9u8; 100]), 100, &kernel).unwrap();
+        load_initrd(&mem, &boot, &mut Cursor::new(vec![9u8; 100]), 100, &kernel).unwrap();
     assert_eq!(region.addr, ram - 4096);
 }

@@ -9,7 +9,7 @@ use std::io::{Cursor, Read};
 use common::{memory, open_guest_file, TempFile, MIB};
 use test_elf::ElfBuilder;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_loader::{load_kernel, BootProtocol, ElfEntry, Error};
+use vmm_loader::{load_kernel, BootLayout, BootProtocol, ElfEntry, Error};
 
 fn guest_bytes(name: &str, limit: usize) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -23,7 +23,13 @@ fn guest_bytes(name: &str, limit: usize) -> Vec<u8> {
 #[test]
 fn vmlinux_boots_pvh_under_auto() {
     let mem = memory(64 * MIB);
-    let k = load_kernel(&mem, &mut open_guest_file("vmlinux"), ElfEntry::Auto).unwrap();
+    let k = load_kernel(
+        &mem,
+        &BootLayout::default(),
+        &mut open_guest_file("vmlinux"),
+        ElfEntry::Auto,
+    )
+    .unwrap();
     assert_eq!(k.protocol, BootProtocol::Pvh);
     assert_eq!(k.entry, 0x100_0500);
     // Four segments from 0x1000000 to 0x2016000, the last with bss.
@@ -40,16 +46,34 @@ fn vmlinux_boots_pvh_under_auto() {
 #[test]
 fn vmlinux_linux64_and_explicit_pvh() {
     let mem = memory(64 * MIB);
-    let k = load_kernel(&mem, &mut open_guest_file("vmlinux"), ElfEntry::Linux64).unwrap();
+    let k = load_kernel(
+        &mem,
+        &BootLayout::default(),
+        &mut open_guest_file("vmlinux"),
+        ElfEntry::Linux64,
+    )
+    .unwrap();
     assert_eq!((k.protocol, k.entry), (BootProtocol::Linux64, 0x100_0000));
-    let k = load_kernel(&mem, &mut open_guest_file("vmlinux"), ElfEntry::Pvh).unwrap();
+    let k = load_kernel(
+        &mem,
+        &BootLayout::default(),
+        &mut open_guest_file("vmlinux"),
+        ElfEntry::Pvh,
+    )
+    .unwrap();
     assert_eq!((k.protocol, k.entry), (BootProtocol::Pvh, 0x100_0500));
 }
 
 #[test]
 fn bzimage_loads_with_its_setup_header() {
     let mem = memory(64 * MIB);
-    let k = load_kernel(&mem, &mut open_guest_file("bzImage"), ElfEntry::Auto).unwrap();
+    let k = load_kernel(
+        &mem,
+        &BootLayout::default(),
+        &mut open_guest_file("bzImage"),
+        ElfEntry::Auto,
+    )
+    .unwrap();
     assert_eq!(k.protocol, BootProtocol::BzImage);
     assert_eq!(k.entry, 0x10_0200);
     let hdr = k.setup_header.expect("bzImage setup header");
@@ -70,6 +94,7 @@ fn debian_cloud_kernel_is_a_bzimage() {
     let mem = memory(128 * MIB);
     let k = load_kernel(
         &mem,
+        &BootLayout::default(),
         &mut open_guest_file("debian-cloud-vmlinuz"),
         ElfEntry::Auto,
     )
@@ -83,6 +108,7 @@ fn debian_cloud_kernel_is_a_bzimage() {
     let mem = memory(64 * MIB);
     let err = load_kernel(
         &mem,
+        &BootLayout::default(),
         &mut open_guest_file("debian-cloud-vmlinuz"),
         ElfEntry::Auto,
     )
@@ -97,7 +123,13 @@ fn debian_cloud_kernel_is_a_bzimage() {
 #[test]
 fn tiny_pvh_elf() {
     let mem = memory(64 * MIB);
-    let k = load_kernel(&mem, &mut open_guest_file("tiny-pvh.elf"), ElfEntry::Auto).unwrap();
+    let k = load_kernel(
+        &mem,
+        &BootLayout::default(),
+        &mut open_guest_file("tiny-pvh.elf"),
+        ElfEntry::Auto,
+    )
+    .unwrap();
     assert_eq!((k.protocol, k.entry), (BootProtocol::Pvh, 0x10_0000));
     assert_eq!(k.kernel_end, 0x10_0090);
 }
@@ -111,7 +143,13 @@ fn kernels_that_do_not_fit_in_8_mib() {
         ("debian-cloud-vmlinuz", ElfEntry::Auto),
     ] {
         let mem = memory(8 * MIB);
-        let err = load_kernel(&mem, &mut open_guest_file(name), entry).unwrap_err();
+        let err = load_kernel(
+            &mem,
+            &BootLayout::default(),
+            &mut open_guest_file(name),
+            entry,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, Error::KernelDoesNotFit { ram_end, .. } if ram_end == 8 * MIB),
             "{name}: {err}"
@@ -124,7 +162,13 @@ fn kernels_that_do_not_fit_in_8_mib() {
 fn truncated_real_kernels() {
     let mem = memory(64 * MIB);
     let head = guest_bytes("vmlinux", 100);
-    let err = load_kernel(&mem, &mut Cursor::new(&head), ElfEntry::Auto).unwrap_err();
+    let err = load_kernel(
+        &mem,
+        &BootLayout::default(),
+        &mut Cursor::new(&head),
+        ElfEntry::Auto,
+    )
+    .unwrap_err();
     assert!(
         matches!(
             err,
@@ -138,7 +182,13 @@ fn truncated_real_kernels() {
     );
     // Cut inside the first segment.
     let head = guest_bytes("vmlinux", 0x30_0000);
-    let err = load_kernel(&mem, &mut Cursor::new(&head), ElfEntry::Auto).unwrap_err();
+    let err = load_kernel(
+        &mem,
+        &BootLayout::default(),
+        &mut Cursor::new(&head),
+        ElfEntry::Auto,
+    )
+    .unwrap_err();
     assert!(
         matches!(
             err,
@@ -151,7 +201,13 @@ fn truncated_real_kernels() {
     );
 
     let head = guest_bytes("bzImage", 4096);
-    let err = load_kernel(&mem, &mut Cursor::new(&head), ElfEntry::Auto).unwrap_err();
+    let err = load_kernel(
+        &mem,
+        &BootLayout::default(),
+        &mut Cursor::new(&head),
+        ElfEntry::Auto,
+    )
+    .unwrap_err();
     assert!(
         matches!(
             err,
@@ -169,7 +225,12 @@ fn bad_files() {
     let mem = memory(16 * MIB);
     let empty = TempFile::new("empty", b"");
     assert!(matches!(
-        load_kernel(&mem, &mut empty.open(), ElfEntry::Auto),
+        load_kernel(
+            &mem,
+            &BootLayout::default(),
+            &mut empty.open(),
+            ElfEntry::Auto
+        ),
         Err(Error::EmptyKernel)
     ));
 
@@ -177,7 +238,13 @@ fn bad_files() {
         "text",
         b"this is a README, not a kernel\n".repeat(40).as_slice(),
     );
-    let err = load_kernel(&mem, &mut text.open(), ElfEntry::Auto).unwrap_err();
+    let err = load_kernel(
+        &mem,
+        &BootLayout::default(),
+        &mut text.open(),
+        ElfEntry::Auto,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::NotAKernel { size: 1240, .. }), "{err}");
 
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -191,19 +258,34 @@ fn bad_files() {
         .collect();
     let random = TempFile::new("random", &random);
     assert!(matches!(
-        load_kernel(&mem, &mut random.open(), ElfEntry::Auto),
+        load_kernel(
+            &mem,
+            &BootLayout::default(),
+            &mut random.open(),
+            ElfEntry::Auto
+        ),
         Err(Error::NotAKernel { .. })
     ));
 
     // A hand-made ELF cut at every length: always an error, never a panic.
     let elf = ElfBuilder::new(0x20_0000).pvh_entry(0x20_0004).build();
     for len in 1..elf.len() {
-        let result = load_kernel(&mem, &mut Cursor::new(&elf[..len]), ElfEntry::Auto);
+        let result = load_kernel(
+            &mem,
+            &BootLayout::default(),
+            &mut Cursor::new(&elf[..len]),
+            ElfEntry::Auto,
+        );
         assert!(result.is_err(), "{len}");
     }
     let truncated = TempFile::new("elf", &elf[..100]);
     assert!(matches!(
-        load_kernel(&mem, &mut truncated.open(), ElfEntry::Auto),
+        load_kernel(
+            &mem,
+            &BootLayout::default(),
+            &mut truncated.open(),
+            ElfEntry::Auto
+        ),
         Err(Error::ElfTruncated { .. })
     ));
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use vmm_devices::{Bus, EventFdTrigger, I8042Wrapper, SerialDevice};
-use vmm_loader::{BootProtocol, LoadedKernel};
+use vmm_loader::{BootLayout, BootProtocol, LoadedKernel};
 use vmm_memory::{layout, GuestMemoryMmap, MemoryOptions};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_vcpu::{BootEntry, Vcpu, Vm, VmOptions};
@@ -157,6 +157,8 @@ impl BuiltVm {
         };
         // Virtio backends too (disk images, taps, the vsock socket).
         let opened = virtio_devices::open_devices(config)?;
+        // Where the loader puts the boot structures: the VMM's own layout.
+        let boot = BootLayout::default();
         let cmdline = {
             let base = config
                 .cmdline
@@ -164,7 +166,8 @@ impl BuiltVm {
                 .unwrap_or(vmm_api::DEFAULT_CMDLINE);
             let mut append: Vec<String> = config.append.iter().cloned().collect();
             let pieces: Vec<&str> = append.iter().map(String::as_str).collect();
-            let text = vmm_loader::build_cmdline(base, &pieces).map_err(Error::Boot)?;
+            let text = vmm_loader::build_cmdline(base, &pieces, boot.cmdline_max_size)
+                .map_err(Error::Boot)?;
             let text = text
                 .as_cstring()
                 .map_err(|e| Error::Boot(vmm_loader::Error::Cmdline(e)))?;
@@ -174,7 +177,7 @@ impl BuiltVm {
                 append.extend(vmm_loader::virtio_mmio_cmdline(&slots));
             }
             let pieces: Vec<&str> = append.iter().map(String::as_str).collect();
-            vmm_loader::build_cmdline(base, &pieces).map_err(Error::Boot)?
+            vmm_loader::build_cmdline(base, &pieces, boot.cmdline_max_size).map_err(Error::Boot)?
         };
         // Guest RAM before KVM: its size is checked (once) here, and an unreserved mapping
         // costs microseconds even when KVM then refuses.
@@ -215,32 +218,32 @@ impl BuiltVm {
             ElfEntry::Linux64 => vmm_loader::ElfEntry::Linux64,
             ElfEntry::Pvh => vmm_loader::ElfEntry::Pvh,
         };
-        let kernel =
-            vmm_loader::load_kernel(&memory, &mut kernel_file, elf_entry).map_err(|source| {
-                Error::Load {
-                    what: "kernel",
-                    path: kernel_path.to_path_buf(),
-                    source,
-                }
-            })?;
+        let kernel = vmm_loader::load_kernel(&memory, &boot, &mut kernel_file, elf_entry).map_err(
+            |source| Error::Load {
+                what: "kernel",
+                path: kernel_path.to_path_buf(),
+                source,
+            },
+        )?;
         let initrd = match initrd {
             Some((path, (mut file, size))) => Some(
-                vmm_loader::load_initrd(&memory, &mut file, size, &kernel).map_err(|source| {
-                    Error::Load {
+                vmm_loader::load_initrd(&memory, &boot, &mut file, size, &kernel).map_err(
+                    |source| Error::Load {
                         what: "initrd",
                         path: path.clone(),
                         source,
-                    }
-                })?,
+                    },
+                )?,
             ),
             None => None,
         };
-        vmm_loader::configure_boot(&memory, &kernel, &cmdline, initrd, config.memory.0)
+        let memory_map = layout::memory_map(config.memory.0);
+        vmm_loader::configure_boot(&memory, &boot, &kernel, &cmdline, initrd, &memory_map)
             .map_err(Error::Boot)?;
         // CPUs and interrupt routing twice: the MP table for kernels without ACPI (or booted
         // with acpi=off), ACPI for kernels without MP-table support.
-        vmm_loader::setup_mptable(&memory, vcpu_count).map_err(Error::Boot)?;
-        vmm_loader::setup_acpi(&memory, vcpu_count, &virtio_slots).map_err(Error::Boot)?;
+        vmm_loader::setup_mptable(&memory, &boot, vcpu_count).map_err(Error::Boot)?;
+        vmm_loader::setup_acpi(&memory, &boot, vcpu_count, &virtio_slots).map_err(Error::Boot)?;
 
         if vmm_vcpu::is_pvm_host()
             && (kernel_size > TINY_KERNEL_BYTES || kernel.protocol != BootProtocol::Pvh)
@@ -251,11 +254,11 @@ impl BuiltVm {
         let entry = match kernel.protocol {
             BootProtocol::Pvh => BootEntry::Protected32 {
                 eip: kernel.entry,
-                start_info: layout::PVH_INFO_START,
+                start_info: boot.pvh_info_start,
             },
             BootProtocol::Linux64 | BootProtocol::BzImage => BootEntry::Long64 {
                 rip: kernel.entry,
-                boot_params: layout::ZERO_PAGE_START,
+                boot_params: boot.zero_page_start,
             },
         };
         let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
