@@ -15,7 +15,9 @@ cargo fmt --all --check
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
-step "tiers 1 and 2: cargo test --workspace"
+step "cargo doc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+step "tiers 1 and 2: cargo test --workspace (unit, integration and doc tests)"
 cargo test --workspace
 step "tier 3: end-to-end Linux boots"
 scripts/e2e.sh

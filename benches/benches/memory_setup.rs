@@ -4,6 +4,8 @@
 //! - `create_guest_memory/{128MiB,1GiB}`: allocating guest RAM (lazy, MAP_NORESERVE).
 //! - `boot_path/tiny-pvh`: RAM + loading `tiny-pvh.elf` + command line + boot structures + MP
 //!   table, from `$VMM_GUEST_DIR` (default `../shared/guest` from the workspace root).
+// criterion_group! defines a public function it cannot document.
+#![allow(missing_docs)]
 
 use std::fs::File;
 use std::hint::black_box;

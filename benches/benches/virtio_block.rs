@@ -10,6 +10,8 @@
 //! The image is a 64 MiB file in the temp dir (/tmp): it sits in the host page cache, so these
 //! numbers are the device's overhead plus a page-cache copy, not storage speed. Successive
 //! requests walk through the image so they do not always hit the same pages.
+// criterion_group! defines a public function it cannot document.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 use std::io::Write;

@@ -1,6 +1,8 @@
 //! `vmm`: the command line over vmm-core (one VM), vmm-api (its configuration and API client)
 //! and vmm-fleet (many VMs). It parses flags (or a JSON config file), runs the VM,
 //! prints any error as one line with its cause chain, and exits with the VM's exit code.
+// The flags' doc comments are clap's --help texts, where [..] marks optional parts, not links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -490,8 +490,9 @@ fn terminal_is_raw_while_running_and_restored_after() {
             "--cmdline",
             "console=ttyS0",
         ])
-        // SAFETY: the duplicated descriptors are handed over to the child's stdio.
+        // SAFETY: the duplicated descriptors are ours alone; each is handed to the child once.
         .stdin(unsafe { Stdio::from_raw_fd(stdin) })
+        // SAFETY: as for stdin.
         .stdout(unsafe { Stdio::from_raw_fd(stdout) })
         .spawn()
         .unwrap();

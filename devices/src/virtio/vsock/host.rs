@@ -103,9 +103,8 @@ impl Timer {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just created and is owned by nobody else.
-        Ok(Timer {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Timer { fd })
     }
 
     /// Fires once after `after` (a zero duration fires as soon as possible), or never with
