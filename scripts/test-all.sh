@@ -17,6 +17,8 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 step "tiers 1 and 2: cargo test --workspace"
 cargo test --workspace
+step "tier 2: the vmm-vcpu example, as its docs say to run it"
+cargo run -q -p vmm-vcpu --example hello_guest
 step "tier 3: end-to-end Linux boots"
 scripts/e2e.sh
 step "fuzz smoke run"
