@@ -15,6 +15,9 @@ cd "$(dirname "$0")/.."
 # shared initramfs into target/test-guest/.
 scripts/build-test-initramfs.sh >/dev/null
 
+# The minimal-vmm example (examples/minimal-vmm), which the suite finds beside `vmm`.
+cargo build -q -p minimal-vmm
+
 bin=$(cargo test -p vmm-cli --test e2e --no-run --message-format=json 2>/dev/null \
     | grep -o '"executable":"[^"]*/e2e-[^"]*"' | tail -n 1 | cut -d'"' -f4)
 [ -x "$bin" ] || { echo "e2e.sh: could not build the e2e test binary" >&2; exit 1; }

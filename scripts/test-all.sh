@@ -19,6 +19,8 @@ step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 step "tiers 1 and 2: cargo test --workspace (unit, integration and doc tests)"
 cargo test --workspace
+step "tier 2: the vmm-vcpu example, as its docs say to run it"
+cargo run -q -p vmm-vcpu --example hello_guest
 step "tier 3: end-to-end Linux boots"
 scripts/e2e.sh
 step "fuzz smoke run"

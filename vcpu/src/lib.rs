@@ -5,6 +5,15 @@
 //! and KVM's dirty log of guest memory.
 //!
 //! This crate knows KVM but no devices: `vmm-core` implements [`ExitHandler`] with its buses.
+//!
+//! # Examples
+//!
+//! `examples/hello_guest.rs` (in this crate's folder) uses this crate on its own: guest memory
+//! from `vmm-memory` with a few bytes of x86-64 code in it, a [`Vm`] without an irqchip, one
+//! [`Vcpu`] configured for long mode, and an [`ExitHandler`] that prints each port write until
+//! the guest halts. Run it with `cargo run -p vmm-vcpu --example hello_guest` (it needs
+//! /dev/kvm; PVM's is enough). `examples/minimal-vmm/` at the workspace root boots a whole Linux
+//! kernel with this crate, `vmm-memory`, `vmm-loader` and `vmm-devices`, without `vmm-core`.
 
 pub mod cpuid;
 mod error;

@@ -196,15 +196,19 @@ impl Running {
     }
 
     fn spawn(prefix: &[&str], args: &[&str]) -> Running {
+        Running::spawn_program(Path::new(env!("CARGO_BIN_EXE_vmm")), prefix, args)
+    }
+
+    /// Starts `program ARGS` (another VMM binary), through `prefix` when it is not empty.
+    fn spawn_program(program: &Path, prefix: &[&str], args: &[&str]) -> Running {
         require_real_kvm();
-        let vmm = env!("CARGO_BIN_EXE_vmm");
         let mut command = match prefix.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(vmm);
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
                 c
             }
-            None => Command::new(vmm),
+            None => Command::new(program),
         };
         let mut child = command
             .args(args)
@@ -334,15 +338,20 @@ fn boot_and_test(args: &[&str], tests: &str, markers: &[&str]) -> String {
 
 /// [`boot_and_test`] with the VMM started through `prefix` (e.g. `ip netns exec NS`).
 fn boot_and_test_in(prefix: &[&str], args: &[&str], tests: &str, markers: &[&str]) -> String {
+    retried_in_test_host(|| boot_and_test_once(prefix, args, tests, markers))
+}
+
+/// Runs `boot`; inside the test host a failed boot is retried once (see [`boot_and_test`]).
+fn retried_in_test_host<T>(boot: impl Fn() -> T + std::panic::RefUnwindSafe) -> T {
     if std::env::var_os("TESTHOST").is_none() {
-        return boot_and_test_once(prefix, args, tests, markers);
+        return boot();
     }
     // The panic message of the first attempt is printed by the default hook as it happens.
-    match std::panic::catch_unwind(|| boot_and_test_once(prefix, args, tests, markers)) {
+    match std::panic::catch_unwind(&boot) {
         Ok(output) => output,
         Err(_) => {
             eprintln!("e2e: RETRYING after a failed nested boot (first failure above)");
-            boot_and_test_once(prefix, args, tests, markers)
+            boot()
         }
     }
 }
@@ -496,4 +505,42 @@ fn interactive_shell_then_reboot_exits_zero() {
     vm.send("reboot -f\n");
     let (code, output) = vm.finish(deadline);
     assert_eq!(code, 0, "{output}");
+}
+
+/// The minimal-vmm example (examples/minimal-vmm: no vmm-core), built beside `vmm`.
+fn minimal_vmm() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_vmm")).with_file_name("minimal-vmm");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p minimal-vmm` (scripts/e2e.sh does)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn minimal_vmm_example_boots_linux_on_two_vcpus_and_ends_on_the_guests_reboot() {
+    let (kernel, initrd) = (guest("vmlinux"), guest("initramfs.cpio.gz"));
+    let cmdline = format!(
+        "console=ttyS0 reboot=k panic=1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux \
+         i8042.dumbkbd {QUIET} guest.test=smp guest.cpus=2"
+    );
+    let program = minimal_vmm();
+    let args = [&kernel, &cmdline, "--initrd", &initrd, "--vcpus", "2"];
+    let (code, output) = retried_in_test_host(|| {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let mut vm = Running::spawn_program(&program, &[], &args);
+        vm.expect("GUEST-INIT-OK", deadline);
+        vm.expect("SMP-OK 2", deadline);
+        vm.expect("GUEST-TEST-DONE", deadline);
+        vm.finish(deadline)
+    });
+    // No ACPI S5 in the tables: the guest's poweroff becomes a reboot, through the i8042.
+    let ended = "minimal-vmm: the guest reset the VM (i8042)";
+    assert_eq!(
+        code, 0,
+        "its reboot must end minimal-vmm with 0; output:\n{output}"
+    );
+    assert!(output.contains(ended), "{output}");
+    assert!(!output.contains("minimal-vmm: error"), "{output}");
 }
