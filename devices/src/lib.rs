@@ -1,5 +1,6 @@
 //! Device models for the VMM: the port/MMIO [`Bus`] that KVM exits are dispatched to, a 16550A
-//! UART ([`SerialDevice`]) and an i8042 controller ([`I8042Wrapper`]) built on `vm-superio`.
+//! UART ([`SerialDevice`]) and an i8042 controller ([`I8042Wrapper`]) built on `vm-superio`, and
+//! the virtio devices behind the virtio-mmio transport ([`virtio`]).
 //!
 //! This crate never talks to KVM. Interrupt lines and notifications are [`EventFdTrigger`]s;
 //! `vmm-core` binds their EventFds to guest IRQs (KVM_IRQFD) or watches them in its event loop.

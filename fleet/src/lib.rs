@@ -1,9 +1,9 @@
-//! The fleet manager's scheduling half: job files ([`jobs`]), the scheduling policies behind one
-//! trait ([`policy`]), a discrete-event simulator that runs those policies without VMs ([`sim`]),
-//! and the per-job report and Gantt chart ([`report`]).
+//! The fleet manager: job files ([`jobs`]), the scheduling policies behind one trait
+//! ([`policy`]), a discrete-event simulator that runs those policies without VMs ([`sim`]), the
+//! per-job report and Gantt chart ([`report`]), and the real runner ([`runner`]).
 //!
-//! The real runner drives `vmm` processes through the same [`policy::Policy`] trait, so a small
-//! workload schedules the same way simulated and real.
+//! The real runner drives `vmm` processes over their control API through the same
+//! [`policy::Policy`] trait, so a small workload schedules the same way simulated and real.
 
 pub mod jobs;
 pub mod policy;
