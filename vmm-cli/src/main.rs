@@ -181,7 +181,7 @@ struct RunArgs {
     /// ELF kernel entry: auto (PVH when the kernel has the note), linux64 or pvh.
     #[arg(long, value_name = "ENTRY")]
     elf_entry: Option<ElfEntry>,
-    /// virtio-blk disk on a raw image: `path=FILE[,read_only=on][,id=NAME]` (repeatable; the
+    /// virtio-blk disk on a raw image: path=FILE[,read_only=on][,id=NAME] (repeatable; the
     /// first is /dev/vda).
     #[arg(long, value_name = "SPEC")]
     disk: Vec<DiskConfig>,
@@ -195,7 +195,7 @@ struct RunArgs {
     /// virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
-    /// virtio-balloon device: `[target=SIZE][,deflate_on_oom=on]`.
+    /// virtio-balloon device: [target=SIZE][,deflate_on_oom=on].
     #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
     balloon: Option<BalloonConfig>,
     /// Serve the control API (Firecracker-compatible HTTP) on this Unix socket. Without
