@@ -2,10 +2,14 @@
 # Linux boot time, this VMM vs QEMU microvm (benches/boot.py), run where KVM can boot Linux:
 # directly on a host with hardware virtualization, inside ../shared/testhost on a PVM host.
 #   benches/boot-vs-qemu.sh [boot.py options, e.g. -n 10 --kernel bzImage]
+# Timed to events only (boot.py: the marker line, the process's exit). Upper bounds: boot.py
+# --timeout per boot (default 300 s) and TESTHOST_TIMEOUT (default 3000 s) for the whole
+# test-host run; either ends with an error that says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x target/release/vmm ] || cargo build --release -p vmm-cli
 if [ -e /sys/module/kvm_pvm ] && [ -z "${TESTHOST:-}" ]; then
-    exec "${TESTHOST_DIR:-$(cd .. && pwd)/shared/testhost}/run.sh" -m 2G -c 2 -t 3000 -- python3 benches/boot.py "$@"
+    exec "${TESTHOST_DIR:-$(cd .. && pwd)/shared/testhost}/run.sh" -m 2G -c 2 -t "${TESTHOST_TIMEOUT:-3000}" -- \
+        python3 benches/boot.py "$@"
 fi
 exec python3 benches/boot.py "$@"

@@ -8,6 +8,11 @@ run it through benches/boot-vs-qemu.sh, which runs it inside ../shared/testhost 
 absolute numbers are the test host's, only the ratio carries over).
 
     benches/boot.py [-n 10] [--kernel vmlinux|bzImage] [--vcpus 1] [--vmm target/release/vmm]
+                    [--timeout 300]
+
+Each boot is timed to events (the marker line on the console, the process's exit); --timeout is
+only an upper bound on one boot (a hung guest), far above a normal boot even in the test host,
+and ends the script with an error naming the command.
 """
 import argparse
 import os
@@ -29,6 +34,8 @@ def main():
     parser.add_argument("--memory-mib", type=int, default=256)
     parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "release", "vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds before one boot counts as hung and the script fails (upper bound)")
     args = parser.parse_args()
     if os.path.exists("/sys/module/kvm_pvm"):
         sys.exit("boot.py: /dev/kvm is PVM here and cannot boot Linux: use benches/boot-vs-qemu.sh")
@@ -44,7 +51,7 @@ def main():
     results = {name: {"marker": [], "exit": []} for name, _ in peers}
     for _ in range(args.n):
         for name, cmd in peers:
-            marker, end, code = run_once(cmd, timeout=300)
+            marker, end, code = run_once(cmd, timeout=args.timeout)
             if code != 0:
                 raise RuntimeError(f"{name} exited {code}")
             results[name]["marker"].append(marker)
@@ -63,4 +70,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as e:  # a failed or hung boot: say which, without a traceback
+        sys.exit(f"boot.py: {e}")

@@ -20,7 +20,12 @@ guest: our memory file skips zero pages (they stay holes in a sparse file) and Q
 stream compresses zero pages too. They measure the VMMs' fixed costs, not copying RAM.
 
     benches/lifecycle.py [-n 10] [--sizes 128,1024] [--vmm target/release/vmm]
-                         [--qemu qemu-system-x86_64] [--no-qemu]
+                         [--qemu qemu-system-x86_64] [--no-qemu] [--timeout 60]
+
+Each run measures a guest sitting in its HLT: after the VMM says the VM runs, the script waits
+until the vCPU thread sleeps in KVM's halt (/proc/PID/task/*/wchan), never a fixed delay. Every
+wait is for an event (a socket accepting, an API or QMP state, a process gone); --timeout only
+bounds a hung step and turns it into an error naming the step.
 
 Prints one table (medians over the runs; the ratio is vmm/QEMU). Everything it starts and
 writes lives in a temporary directory under /tmp and is removed at the end. A failed run prints
@@ -41,7 +46,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from startup import wait_guest_halted  # noqa: E402
+
 PAUSE_RESUME_ROUNDS = 20
+# Upper bound for any one step (a socket to appear, an answer, a state, a process to go), set
+# by --timeout. Far above what any step takes; reaching it means something hangs, and the
+# script says which step.
 TIMEOUT = 60.0
 
 
@@ -87,7 +98,7 @@ class Procs:
         except ProcessLookupError:
             pass
         proc.wait()
-        wait_group_gone(proc.pid, 10.0, kill=True)
+        wait_group_gone(proc.pid, TIMEOUT, kill=True)
         if proc in self.live:
             self.live.remove(proc)
 
@@ -105,8 +116,8 @@ def wait_group_gone(pgid, timeout, kill=False):
         except ProcessLookupError:
             return
         if now() > deadline:
-            raise BenchError(f"process group {pgid} still alive after {timeout:.0f} s")
-        time.sleep(0.002)
+            raise BenchError(f"process group {pgid} still alive after {timeout:g} s (--timeout)")
+        time.sleep(0.002)  # polling interval
 
 
 def log_tail(proc, lines=15):
@@ -119,8 +130,9 @@ def log_tail(proc, lines=15):
     return f"\n  command: {' '.join(proc.cmd)}\n  exit: {proc.poll()}\n  output:\n{tail or '    (none)'}"
 
 
-def connect_unix(path, proc, timeout=TIMEOUT):
-    """Connects to a Unix socket the process is about to create."""
+def connect_unix(path, proc, timeout=None):
+    """Connects to a Unix socket the process is about to create (polls until it accepts)."""
+    timeout = TIMEOUT if timeout is None else timeout
     deadline = now() + timeout
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -133,8 +145,9 @@ def connect_unix(path, proc, timeout=TIMEOUT):
         if proc.poll() is not None:
             raise BenchError(f"process ended before its socket {path} appeared" + log_tail(proc))
         if now() > deadline:
-            raise BenchError(f"socket {path} never appeared" + log_tail(proc))
-        time.sleep(0.0002)
+            raise BenchError(f"socket {path} not accepting after {timeout:g} s (--timeout)"
+                             + log_tail(proc))
+        time.sleep(0.0002)  # polling interval
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -162,6 +175,9 @@ class VmmApi:
             self.conn.request(method, path, body=data, headers=headers)
             resp = self.conn.getresponse()
             return resp.status, resp.read().decode(errors="replace")
+        except socket.timeout:
+            raise BenchError(f"{method} {path}: no answer within {TIMEOUT:g} s (--timeout)"
+                             + log_tail(self.proc))
         except (OSError, http.client.HTTPException) as e:
             raise BenchError(f"{method} {path}: {e!r}" + log_tail(self.proc))
 
@@ -192,6 +208,8 @@ class Qmp:
     def _read(self):
         try:
             line = self.reader.readline()
+        except socket.timeout:
+            raise BenchError(f"QMP: no answer within {TIMEOUT:g} s (--timeout)" + log_tail(self.proc))
         except OSError as e:
             raise BenchError(f"QMP read: {e!r}" + log_tail(self.proc))
         if not line:
@@ -251,7 +269,7 @@ def run_vmm(args, procs, tmp, kernel, mib, tag):
     api = VmmApi(sock, proc)
     try:
         wait_until(lambda: api.state() == "Running", "vmm run: Running", proc)
-        time.sleep(0.02)  # let the guest reach its halt
+        wait_halted(proc, "vmm run")
         paused = {"state": "Paused"}
         resumed = {"state": "Resumed"}
         out["pause"], out["resume"] = pause_resume(
@@ -300,7 +318,7 @@ def run_qemu(args, procs, tmp, kernel, mib, tag):
     qmp = Qmp(sock, proc)
     try:
         wait_until(lambda: qmp.status() == "running", "qemu: running", proc)
-        time.sleep(0.02)
+        wait_halted(proc, "qemu")
         out["pause"], out["resume"] = pause_resume(lambda: qmp.execute("stop"),
                                                    lambda: qmp.execute("cont"))
         qmp.execute("stop")
@@ -314,12 +332,17 @@ def run_qemu(args, procs, tmp, kernel, mib, tag):
             if status in ("failed", "cancelled"):
                 raise BenchError(f"QEMU migration {status}: {info}" + log_tail(proc))
             if now() - start > TIMEOUT:
-                raise BenchError(f"QEMU migration not done after {TIMEOUT:.0f} s: {info}")
-            time.sleep(0.0002)
+                raise BenchError(f"QEMU migration not done after {TIMEOUT:g} s (--timeout): {info}"
+                                 + log_tail(proc))
+            time.sleep(0.0002)  # polling interval
         out["snapshot"] = (now() - start) * 1000
         # Quit cleanly and let the `cat` child finish writing the file before measuring it.
         qmp.execute("quit")
-        proc.wait(timeout=TIMEOUT)
+        try:
+            proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"QEMU still running {TIMEOUT:g} s after `quit` (--timeout)"
+                             + log_tail(proc))
         wait_group_gone(proc.pid, TIMEOUT)
         procs.live.remove(proc)
         out["size"] = disk_bytes(image)
@@ -350,8 +373,9 @@ def run_qemu(args, procs, tmp, kernel, mib, tag):
             elif status not in ("paused", "postmigrate"):
                 raise BenchError(f"QEMU restore ended in state {status}" + log_tail(proc))
             if now() - start > TIMEOUT:
-                raise BenchError(f"QEMU restore: not running after {TIMEOUT:.0f} s ({status})")
-            time.sleep(0.0002)
+                raise BenchError(f"QEMU restore: not running after {TIMEOUT:g} s (--timeout; "
+                                 f"state {status})" + log_tail(proc))
+            time.sleep(0.0002)  # polling interval
         out["restore"] = (now() - start) * 1000
     finally:
         if qmp:
@@ -363,13 +387,25 @@ def run_qemu(args, procs, tmp, kernel, mib, tag):
 
 
 def wait_until(check, what, proc, fast=False):
+    """Polls check() until true. The interval is only polling granularity (fast: 0.2 ms, for
+    waits that are measured); TIMEOUT only bounds a hang."""
     deadline = now() + TIMEOUT
     while not check():
         if proc.poll() is not None:
             raise BenchError(f"{what}: process ended" + log_tail(proc))
         if now() > deadline:
-            raise BenchError(f"{what}: timed out" + log_tail(proc))
+            raise BenchError(f"{what}: not reached within {TIMEOUT:g} s (--timeout)" + log_tail(proc))
         time.sleep(0.0002 if fast else 0.005)
+
+
+def wait_halted(proc, what):
+    """Waits until the guest's vCPU sleeps in its HLT inside KVM, so that pause, resume and
+    snapshot meet the same idle guest on every machine (tiny-pvh.elf halts for good once
+    started, and resuming returns it to that HLT)."""
+    try:
+        wait_guest_halted(proc, vcpus=1, timeout=TIMEOUT)
+    except RuntimeError as e:
+        raise BenchError(f"{what}: {e}" + log_tail(proc))
 
 
 def remove(path):
@@ -388,13 +424,18 @@ def on_term(signum, frame):
 
 
 def main():
+    global TIMEOUT
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=10, help="runs per VMM and size")
     parser.add_argument("--sizes", default="128,1024", help="guest sizes in MiB, comma-separated")
     parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "release", "vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--no-qemu", action="store_true", help="measure this VMM only")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT,
+                        help="seconds before any one step counts as hung and the run fails "
+                             "(upper bound, default %(default).0f)")
     args = parser.parse_args()
+    TIMEOUT = args.timeout
     sizes = [int(s) for s in args.sizes.split(",") if s]
     kernel = os.path.join(guest_dir(), "tiny-pvh.elf")
     if not os.path.exists(kernel):

@@ -52,7 +52,7 @@ def sh(*cmd, check=True):
 class NetNs:
     """A network namespace with tapb0 (169.254.0.1/30) and the host-echo.py servers in it."""
 
-    def __init__(self, mib):
+    def __init__(self, mib, timeout):
         self.name = f"vmmbench{os.getpid()}"
         self.servers = []
         self.logs = []
@@ -69,12 +69,14 @@ class NetNs:
                                         start_new_session=True)
                 self.servers.append(proc)
                 self.logs.append(log)
-            self._wait_listening()
+            self._wait_listening(timeout)
         except BaseException:
             self.close()
             raise
 
-    def _wait_listening(self, timeout=60.0):
+    def _wait_listening(self, timeout):
+        """Waits for each server's "listening on" line; `timeout` (--timeout, the bound on one
+        boot) only bounds a hang: three Pythons starting under TCG may take a while."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             out = self.server_output()
@@ -83,8 +85,9 @@ class NetNs:
             for proc in self.servers:
                 if proc.poll() is not None:
                     raise RuntimeError(f"host-echo.py ended early:\n{out}")
-            time.sleep(0.1)
-        raise RuntimeError(f"host-echo.py servers did not start:\n{self.server_output()}")
+            time.sleep(0.1)  # polling interval; nothing is measured here
+        raise RuntimeError(f"host-echo.py servers not listening after {timeout:g} s (--timeout):\n"
+                           f"{self.server_output()}")
 
     def server_output(self):
         out = ""
@@ -101,6 +104,9 @@ class NetNs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.servers:
+            # Cleanup only: a server slow to honour SIGTERM gets SIGKILL after 5 s. The
+            # results are already collected, so this wait can neither fail the run nor
+            # change a number.
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -129,7 +135,10 @@ def qemu_command(args, kernel, initrd, disk, cmdline):
 
 
 def run_guest(cmd, log_path, timeout):
-    """Runs one VM, its console to log_path. Returns (exit code or None on timeout, output, seconds)."""
+    """Runs one VM, its console to log_path. Returns (exit code or None on timeout, output, seconds).
+
+    Waits for the VMM to exit (the guest powers off after its tests); `timeout` only bounds a
+    hung boot, which is then reported as failed with its last console lines."""
     start = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -219,7 +228,7 @@ def main():
     where = "inside the test host (nested KVM)" if os.environ.get("TESTHOST") else "on /dev/kvm"
     print(f"virtio_bench: {args.kernel} + test initramfs, {args.vcpus} vCPU(s), {args.memory_mib} MiB, "
           f"{args.mib} MiB disk/transfers, {args.n} runs each, alternating, {where}", flush=True)
-    netns = NetNs(args.mib)
+    netns = NetNs(args.mib, args.timeout)
     try:
         for i in range(1, args.n + 1):
             for peer in peers:
@@ -234,7 +243,8 @@ def main():
                 os.unlink(disk)
                 values, problems = parse(out)
                 if code != 0:
-                    problems.insert(0, "timed out" if code is None else f"exit status {code}")
+                    problems.insert(0, f"no exit within {args.timeout:g} s (--timeout), killed"
+                                    if code is None else f"exit status {code}")
                 summary = " ".join(f"{k}={fmt(v, 'x')}" for k, v in values.items())
                 if problems:
                     failures.append(f"{peer} run {i}: {'; '.join(problems)} (log {log})")
