@@ -269,7 +269,31 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     vmm_core::error_chain(error)
 }
 
+/// Prints the library crates' log records (a virtio device that needs a reset, ...) on stderr
+/// the way the CLI's own messages are: `vmm: ...`. Warnings and errors only; nothing is read
+/// from the environment (the VMM may run jailed).
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("vmm: {}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
 fn main() -> ExitCode {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(mut args) => {

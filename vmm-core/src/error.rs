@@ -53,7 +53,7 @@ pub enum Error {
         tap: String,
         /// Why.
         #[source]
-        source: vmm_devices::virtio::tap::TapError,
+        source: vmm_devices::virtio::net::TapError,
     },
     /// The `--vsock` socket.
     #[error("cannot set up vsock")]

@@ -364,12 +364,12 @@ impl MmioTransport {
         if self.logged_errors < MAX_LOGGED_ERRORS {
             self.logged_errors += 1;
             let name = type_name(self.device.device_type());
-            eprintln!("vmm: virtio-{name}: device needs reset: {error}");
+            log::error!("virtio-{name}: device needs reset: {error}");
             if let Err(e) = signalled {
-                eprintln!("vmm: virtio-{name}: {e}");
+                log::error!("virtio-{name}: {e}");
             }
             if self.logged_errors == MAX_LOGGED_ERRORS {
-                eprintln!("vmm: virtio-{name}: further device errors are not logged");
+                log::warn!("virtio-{name}: further device errors are not logged");
             }
         }
     }

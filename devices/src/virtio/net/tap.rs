@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::net::NetBackend;
+use super::NetBackend;
 
 /// The clone device every tap is opened through.
 const TUN_PATH: &str = "/dev/net/tun";

@@ -1,0 +1,216 @@
+//! The virtio-blk device: feature bits, config space, activation and the request queue.
+
+use std::fmt;
+
+use virtio_bindings::virtio_blk::{
+    virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+};
+use virtio_queue::Queue;
+use vmm_memory::GuestMemoryMmap;
+
+use super::io::{BlockBackend, DiskId, GuestRange};
+use super::persist::BlockState;
+use super::raw::RawFile;
+use super::request::{process_chain, MAX_CHAIN_DESCRIPTORS};
+use super::{configured_id, BlockConfig, BlockError, DiskInfo, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
+use crate::virtio::{
+    device_type, drain_queue, features, read_config_bytes, ActiveQueues, VirtioDevice,
+    VirtioDeviceState, VirtioError, VirtioInterrupt,
+};
+
+/// Size of the config space (the whole `struct virtio_blk_config`).
+const CONFIG_LEN: usize = std::mem::size_of::<virtio_blk_config>();
+
+/// The queue and what it needs, between activation and reset.
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: VirtioInterrupt,
+}
+
+/// A virtio-blk device over a [`BlockBackend`], by default a raw image ([`RawFile`]).
+///
+/// The capacity is the backend's size divided by 512, rounded down: a trailing partial sector
+/// is not exposed to the guest (and never written). The size is read once, when the device is
+/// built.
+pub struct Block<B: BlockBackend = RawFile> {
+    backend: B,
+    disk: DiskInfo,
+    config_space: [u8; CONFIG_LEN],
+    active: Option<Active>,
+    /// Descriptors of the chain being handled; reused so a request allocates nothing.
+    scratch: Vec<GuestRange>,
+}
+
+impl<B: BlockBackend> fmt::Debug for Block<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Block")
+            .field("capacity_sectors", &self.disk.capacity_sectors)
+            .field("read_only", &self.disk.read_only)
+            .field("id", &self.disk.id_string())
+            .field("activated", &self.active.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Block<RawFile> {
+    /// Opens the raw image named by `config` (read-write, or read-only when asked); see
+    /// [`RawFile::open`].
+    pub fn new(config: BlockConfig) -> Result<Block<RawFile>, BlockError> {
+        // A bad ID fails before the image is opened.
+        let id = config.id.as_deref().map(configured_id).transpose()?;
+        let backend = RawFile::open(&config.path, config.read_only)?;
+        Block::build(backend, id)
+    }
+}
+
+impl<B: BlockBackend> Block<B> {
+    /// A device on `backend`. `id` is the serial the guest reads with GET_ID (at most 20
+    /// bytes); `None` takes the backend's [`BlockBackend::id`].
+    pub fn with_backend(backend: B, id: Option<&str>) -> Result<Block<B>, BlockError> {
+        let id = id.map(configured_id).transpose()?;
+        Block::build(backend, id)
+    }
+
+    fn build(backend: B, id: Option<DiskId>) -> Result<Block<B>, BlockError> {
+        let bytes = backend.size();
+        let capacity_sectors = bytes / SECTOR_SIZE;
+        if capacity_sectors == 0 {
+            return Err(BlockError::BackendTooSmall { bytes });
+        }
+        let disk = DiskInfo {
+            capacity_sectors,
+            read_only: backend.read_only(),
+            id: id.unwrap_or_else(|| backend.id()),
+        };
+
+        let mut config_space = [0u8; CONFIG_LEN];
+        write_le(
+            &mut config_space,
+            std::mem::offset_of!(virtio_blk_config, capacity),
+            &capacity_sectors.to_le_bytes(),
+        );
+        // size_max stays 0: VIRTIO_BLK_F_SIZE_MAX is not offered, segments may be any size.
+        write_le(
+            &mut config_space,
+            std::mem::offset_of!(virtio_blk_config, seg_max),
+            &SEG_MAX.to_le_bytes(),
+        );
+
+        Ok(Block {
+            backend,
+            disk,
+            config_space,
+            active: None,
+            scratch: Vec::with_capacity(MAX_CHAIN_DESCRIPTORS),
+        })
+    }
+
+    /// The disk's size in 512-byte sectors (the backend's size rounded down).
+    pub fn capacity_sectors(&self) -> u64 {
+        self.disk.capacity_sectors
+    }
+
+    /// Whether the disk is read-only (VIRTIO_BLK_F_RO offered).
+    pub fn read_only(&self) -> bool {
+        self.disk.read_only
+    }
+
+    /// The backend the device serves.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+}
+
+/// Writes `bytes` at `offset` of the config space (offsets are from `virtio_blk_config`).
+fn write_le(space: &mut [u8; CONFIG_LEN], offset: usize, bytes: &[u8]) {
+    if let Some(dst) = space.get_mut(offset..offset + bytes.len()) {
+        dst.copy_from_slice(bytes);
+    }
+}
+
+/// Serves every request available on the queue. Not generic over the backend: the request
+/// path is compiled once, here, whatever backend a user plugs in.
+fn serve_queue(
+    active: &mut Active,
+    disk: &DiskInfo,
+    backend: &mut dyn BlockBackend,
+    scratch: &mut Vec<GuestRange>,
+) -> Result<(), VirtioError> {
+    let Active {
+        mem,
+        queue,
+        interrupt,
+    } = active;
+    // A broken available index is fatal (the transport sets DEVICE_NEEDS_RESET); heads past
+    // the table are dropped.
+    drain_queue(queue, mem, interrupt, |chain| {
+        Ok(process_chain(disk, backend, mem, chain, scratch))
+    })
+}
+
+impl<B: BlockBackend + 'static> VirtioDevice for Block<B> {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn device_features(&self) -> u64 {
+        let mut f = features::VERSION_1
+            | features::RING_EVENT_IDX
+            | (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_SEG_MAX);
+        if self.disk.read_only {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_space, offset, data);
+    }
+
+    fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
+        let (mem, [queue], interrupt) = active.into_queues()?;
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<(), VirtioError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        if index != 0 {
+            return Ok(());
+        }
+        serve_queue(active, &self.disk, &mut self.backend, &mut self.scratch)
+    }
+
+    fn save_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Block(BlockState::of(&self.disk))
+    }
+
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError> {
+        let VirtioDeviceState::Block(state) = state else {
+            return Err(VirtioError::StateMismatch(
+                "not a virtio-blk state".to_string(),
+            ));
+        };
+        state.restore_into(&mut self.disk)
+    }
+}

@@ -1,0 +1,168 @@
+//! virtio-blk (virtio 1.2, 5.2) on a disk backend: by default a raw disk image, a regular file
+//! or a host block device used byte for byte as the guest's disk.
+//!
+//! One request queue. Each request is a chain holding a 16-byte header (type, reserved,
+//! sector) in its first device-readable bytes, the data, and a one-byte status as the very last
+//! byte of the chain, which must be device-writable. The layout inside the chain is free
+//! (VIRTIO_F_ANY_LAYOUT is implied by VERSION_1): the header may span descriptors and the status
+//! may share a descriptor with read data.
+//!
+//! Requests run synchronously in [`VirtioDevice::process_queue`](super::VirtioDevice), so the
+//! device keeps no request in flight and its snapshot state is just the disk's identity. The
+//! disk is a [`BlockBackend`]: the device parses and checks each request (direction, whole
+//! sectors, inside the disk, buffers in guest memory) and hands the backend the guest buffers
+//! ([`GuestBuffers`]) to read into or write from. [`RawFile`] is the raw-image backend: it
+//! moves data with positional I/O (`preadv`/`pwritev`) straight between the file and guest
+//! memory. Its writes land in the host page cache; a guest FLUSH (`fdatasync`) makes them
+//! durable, which is what VIRTIO_BLK_F_FLUSH promises the driver.
+//!
+//! The pieces: `device` (the [`Block`] device and its config space), `request` (a chain
+//! parsed into a request, and the request run against the backend), `io` (the backend trait,
+//! guest buffers and I/O errors), `raw` (raw images), `persist` (snapshot state).
+//!
+//! ```no_run
+//! use vmm_devices::virtio::block::{Block, BlockConfig, RawFile};
+//!
+//! // A raw image, with the GET_ID serial derived from the file.
+//! let disk = Block::new(BlockConfig {
+//!     path: "disk.img".into(),
+//!     read_only: false,
+//!     id: None,
+//! })?;
+//! // The same through the backend: any `BlockBackend` fits here.
+//! let backend = RawFile::open("disk.img".as_ref(), true)?;
+//! let ro = Block::with_backend(backend, Some("data-1"))?;
+//! assert_eq!(disk.capacity_sectors(), ro.capacity_sectors());
+//! # Ok::<(), vmm_devices::virtio::block::BlockError>(())
+//! ```
+
+mod device;
+mod io;
+mod persist;
+mod raw;
+mod request;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+use virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES;
+
+pub use device::Block;
+pub use io::{BlockBackend, BlockIoError, DiskId, GuestBuffers, GuestRange, GuestSlice};
+pub use persist::BlockState;
+pub use raw::RawFile;
+
+/// Size of a virtio-blk sector: capacities and request offsets count in these.
+pub const SECTOR_SIZE: u64 = 512;
+/// Size of the one request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most data segments a request may have (config `seg_max`): the queue size less the header
+/// and status descriptors.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Length of the device ID string returned by GET_ID (NUL-padded).
+pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
+
+/// How to open a raw disk image ([`Block::new`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// The raw image: a regular file or a block device. It must exist; it is never created,
+    /// truncated or grown.
+    pub path: PathBuf,
+    /// Open it read-only and offer VIRTIO_BLK_F_RO; the guest's writes fail with IOERR.
+    pub read_only: bool,
+    /// The serial the guest reads with GET_ID (at most 20 bytes). `None` derives one from the
+    /// file's device and inode numbers.
+    pub id: Option<String>,
+}
+
+/// Errors building a block device or opening its disk.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// open(2) failed.
+    #[error("cannot open disk image {}", path.display())]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// fstat(2) or finding the size failed.
+    #[error("cannot read the size and type of disk image {}", path.display())]
+    Inspect {
+        /// The image.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The path is a directory, socket, FIFO or character device.
+    #[error("disk image {} is not a regular file or a block device", path.display())]
+    NotFileOrBlockDevice {
+        /// The image.
+        path: PathBuf,
+    },
+    /// The image holds less than one whole sector.
+    #[error("disk image {} is {bytes} bytes long, less than one 512-byte sector", path.display())]
+    TooSmall {
+        /// The image.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
+    /// A backend (other than a raw image, which says [`BlockError::TooSmall`]) holds less than
+    /// one whole sector.
+    #[error("disk backend is {bytes} bytes long, less than one 512-byte sector")]
+    BackendTooSmall {
+        /// Its size.
+        bytes: u64,
+    },
+    /// The configured ID does not fit the 20 bytes of GET_ID.
+    #[error("disk id {id:?} is {len} bytes long, more than the 20 bytes virtio-blk allows")]
+    IdTooLong {
+        /// The ID.
+        id: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+/// What requests are checked against and what the guest saw of the disk: the part of the
+/// device a snapshot keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DiskInfo {
+    capacity_sectors: u64,
+    read_only: bool,
+    id: DiskId,
+}
+
+impl DiskInfo {
+    /// The capacity in bytes (whole sectors; never overflows, see [`Block::with_backend`]).
+    fn capacity_bytes(&self) -> u64 {
+        self.capacity_sectors * SECTOR_SIZE
+    }
+
+    /// The GET_ID string, trailing NULs removed.
+    fn id_string(&self) -> String {
+        let end = self.id.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        String::from_utf8_lossy(self.id.get(..end).unwrap_or_default()).into_owned()
+    }
+}
+
+/// `text` as a GET_ID serial, NUL-padded; `None` when longer than [`ID_BYTES`].
+fn id_from_str(text: &str) -> Option<DiskId> {
+    let bytes = text.as_bytes();
+    let mut id = [0u8; ID_BYTES];
+    id.get_mut(..bytes.len())?.copy_from_slice(bytes);
+    Some(id)
+}
+
+/// [`id_from_str`] for a configured ID.
+fn configured_id(text: &str) -> Result<DiskId, BlockError> {
+    id_from_str(text).ok_or_else(|| BlockError::IdTooLong {
+        id: text.to_string(),
+        len: text.len(),
+    })
+}

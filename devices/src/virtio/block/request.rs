@@ -1,0 +1,230 @@
+//! One virtio-blk request: a descriptor chain parsed into header, data and status (every
+//! buffer checked before anything moves), then run against the backend and answered.
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_queue::DescriptorChain;
+use vmm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use super::io::{BlockBackend, GuestBuffers, GuestRange};
+use super::{DiskInfo, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
+
+/// Length of the request header: type (u32), reserved (u32), sector (u64).
+pub(super) const HEADER_LEN: usize = 16;
+/// Descriptors of one chain that are looked at. Without VIRTIO_F_INDIRECT_DESC (not offered) a
+/// chain cannot be longer than the queue; a longer one came through an indirect table anyway
+/// and is refused, which also bounds the scratch list.
+pub(super) const MAX_CHAIN_DESCRIPTORS: usize = QUEUE_SIZE as usize;
+
+/// What a request's status byte says, and how many data bytes went into the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Completion {
+    status: u32,
+    written: u32,
+}
+
+const IOERR: Completion = Completion {
+    status: VIRTIO_BLK_S_IOERR,
+    written: 0,
+};
+
+const fn ok(written: u32) -> Completion {
+    Completion {
+        status: VIRTIO_BLK_S_OK,
+        written,
+    }
+}
+
+/// A chain's descriptors as read from the descriptor table (nothing checked yet): up to
+/// [`MAX_CHAIN_DESCRIPTORS`] of them, how many there were, where the device-writable ones
+/// start, and the last one.
+struct ChainLayout<'s> {
+    ranges: &'s [GuestRange],
+    count: usize,
+    /// Index of the first device-writable descriptor (`ranges.len()` when none).
+    first_writable: usize,
+    /// Whether a device-readable descriptor follows a device-writable one.
+    readable_after_writable: bool,
+    last: Option<(GuestRange, bool)>,
+}
+
+impl<'s> ChainLayout<'s> {
+    fn read(chain: DescriptorChain<&GuestMemoryMmap>, scratch: &'s mut Vec<GuestRange>) -> Self {
+        scratch.clear();
+        let mut count = 0usize;
+        let mut first_writable = None;
+        let mut readable_after_writable = false;
+        let mut last = None;
+        // The iterator itself stops at loops (its TTL), at indexes past the table and at 4 GiB
+        // of total length; what it yields is kept up to MAX_CHAIN_DESCRIPTORS.
+        for desc in chain {
+            let range = GuestRange {
+                addr: desc.addr(),
+                len: desc.len(),
+            };
+            let writable = desc.is_write_only();
+            if scratch.len() < MAX_CHAIN_DESCRIPTORS {
+                if writable && first_writable.is_none() {
+                    first_writable = Some(scratch.len());
+                }
+                readable_after_writable |= !writable && first_writable.is_some();
+                scratch.push(range);
+            }
+            count += 1;
+            last = Some((range, writable));
+        }
+        ChainLayout {
+            first_writable: first_writable.unwrap_or(scratch.len()),
+            ranges: scratch,
+            count,
+            readable_after_writable,
+            last,
+        }
+    }
+
+    /// Where the status byte goes: the chain's last byte, if it is device-writable guest
+    /// memory.
+    fn status_addr(&self, mem: &GuestMemoryMmap) -> Option<GuestAddress> {
+        let (last, writable) = self.last?;
+        if !writable || last.len == 0 {
+            return None;
+        }
+        let addr = GuestAddress(last.addr.0.checked_add(u64::from(last.len - 1))?);
+        GuestMemoryBackend::check_range(mem, addr, 1).then_some(addr)
+    }
+}
+
+/// A well-formed request: its header fields and its data buffers.
+struct Request<'a> {
+    request_type: u32,
+    sector: u64,
+    /// Device-readable bytes after the header.
+    readable: GuestBuffers<'a>,
+    /// Device-writable bytes before the status byte.
+    writable: GuestBuffers<'a>,
+}
+
+impl<'a> Request<'a> {
+    /// The request `layout` describes; `None` (IOERR) when the chain is too long, readable and
+    /// writable buffers are mixed, a buffer is outside guest memory or the header is short.
+    fn parse(layout: &ChainLayout<'a>, mem: &'a GuestMemoryMmap) -> Option<Self> {
+        if layout.count > MAX_CHAIN_DESCRIPTORS || layout.readable_after_writable {
+            return None;
+        }
+        // Device-readable descriptors come first, then device-writable ones (2.7.4.2).
+        let (readable, writable) = layout.ranges.split_at(layout.first_writable);
+        // Every buffer must be guest memory before anything moves.
+        let readable = GuestBuffers::new(mem, readable)?;
+        let writable = GuestBuffers::new(mem, writable)?;
+        let mut header = [0u8; HEADER_LEN];
+        readable.read_into(0, &mut header).ok()?;
+        let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = header;
+        Some(Request {
+            request_type: u32::from_le_bytes([t0, t1, t2, t3]),
+            sector: u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+            readable: readable.subrange(HEADER_LEN as u64, readable.len() - HEADER_LEN as u64)?,
+            // The status byte is the last writable byte (there is one: `status_addr`).
+            writable: writable.subrange(0, writable.len().saturating_sub(1))?,
+        })
+    }
+
+    /// Runs the request on `backend`.
+    fn execute(&self, disk: &DiskInfo, backend: &mut dyn BlockBackend) -> Completion {
+        match self.request_type {
+            VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
+                let write = self.request_type == VIRTIO_BLK_T_OUT;
+                let (data, stray) = if write {
+                    (&self.readable, &self.writable)
+                } else {
+                    (&self.writable, &self.readable)
+                };
+                // Data in the wrong direction, a write to a read-only disk, a length that is
+                // not whole sectors, or a range past the end (or past u64) all fail the same
+                // way.
+                if !stray.is_empty() || (write && disk.read_only) {
+                    return IOERR;
+                }
+                if data.len() % SECTOR_SIZE != 0 {
+                    return IOERR;
+                }
+                let Some(offset) = self.sector.checked_mul(SECTOR_SIZE) else {
+                    return IOERR;
+                };
+                match offset.checked_add(data.len()) {
+                    Some(end) if end <= disk.capacity_bytes() => {}
+                    _ => return IOERR,
+                }
+                if write {
+                    match backend.write_at(offset, data) {
+                        Ok(()) => ok(0),
+                        Err(_) => IOERR,
+                    }
+                } else {
+                    let done = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+                    match backend.read_at(offset, data) {
+                        Ok(()) => ok(done(data.len())),
+                        Err(e) => Completion {
+                            status: VIRTIO_BLK_S_IOERR,
+                            written: done(e.transferred()),
+                        },
+                    }
+                }
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                // Nothing of ours to make durable on a read-only disk.
+                if disk.read_only {
+                    return ok(0);
+                }
+                match backend.flush() {
+                    Ok(()) => ok(0),
+                    Err(_) => IOERR,
+                }
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                // A buffer shorter than 20 bytes gets the start of the ID.
+                let n = self.writable.len().min(ID_BYTES as u64) as usize;
+                match self
+                    .writable
+                    .write_from(0, disk.id.get(..n).unwrap_or_default())
+                {
+                    // At most 20.
+                    Ok(()) => ok(n as u32),
+                    Err(_) => IOERR,
+                }
+            }
+            _ => Completion {
+                status: VIRTIO_BLK_S_UNSUPP,
+                written: 0,
+            },
+        }
+    }
+}
+
+/// Handles one chain on `backend` and returns the used length to report (bytes written into
+/// the chain). `scratch` holds the chain's descriptors; reusing it, a request allocates nothing.
+pub(super) fn process_chain(
+    disk: &DiskInfo,
+    backend: &mut dyn BlockBackend,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    scratch: &mut Vec<GuestRange>,
+) -> u32 {
+    let layout = ChainLayout::read(chain, scratch);
+    // The status is the chain's last byte; without a writable one in guest memory there is
+    // nowhere to answer, so the chain goes back untouched.
+    let Some(status_addr) = layout.status_addr(mem) else {
+        return 0;
+    };
+    let done = match Request::parse(&layout, mem) {
+        Some(request) => request.execute(disk, backend),
+        None => IOERR,
+    };
+    // The status byte is in guest memory (checked above); a failure here cannot happen, but if
+    // it did, claiming nothing was written is the honest answer.
+    match mem.write_obj(done.status as u8, status_addr) {
+        Ok(()) => done.written.saturating_add(1),
+        Err(_) => 0,
+    }
+}

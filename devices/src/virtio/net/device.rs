@@ -1,0 +1,220 @@
+//! The virtio-net device: config space, activation, and the two queues.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_bindings::virtio_net as vnet;
+use virtio_queue::Queue;
+use vmm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+
+use super::features::{backend_offloads, mergeable_rx, AVAIL_FEATURES, MAX_BUFFER_LEN};
+use super::mac::{derived_mac, format_mac};
+use super::persist::NetState;
+use super::rx::Receiver;
+use super::tap::{Tap, TapError};
+use super::tx::transmit_chain;
+use super::{NetBackend, NetStats, BACKEND_TOKEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use crate::virtio::{
+    device_type, drain_queue, read_config_bytes, ActiveQueues, BackendFd, VirtioDevice,
+    VirtioDeviceState, VirtioError, VirtioInterrupt,
+};
+
+const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
+
+/// What the device holds between DRIVER_OK and reset.
+struct Active {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: VirtioInterrupt,
+    acked_features: u64,
+}
+
+/// A virtio-net device on a [`NetBackend`] (normally a [`Tap`]).
+pub struct Net {
+    backend: Box<dyn NetBackend>,
+    mac: [u8; 6],
+    active: Option<Active>,
+    /// The receive side: the frame that waits for buffers, and its scratch.
+    pub(super) receiver: Receiver,
+    tx_buf: Box<[u8]>,
+    stats: NetStats,
+}
+
+impl fmt::Debug for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Net")
+            .field("backend_fd", &self.backend.as_raw_fd())
+            .field("mac", &format_mac(&self.mac))
+            .field("activated", &self.active.is_some())
+            .field("rx_pending", &self.receiver.pending())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Net {
+    /// A device on `backend` with the MAC address `mac`, taken as given; with `None`, a locally
+    /// administered address unique within this process.
+    pub fn new(backend: Box<dyn NetBackend>, mac: Option<[u8; 6]>) -> Net {
+        static DEVICES: AtomicU32 = AtomicU32::new(0);
+        let mac = mac.unwrap_or_else(|| {
+            derived_mac(&format!("net{}", DEVICES.fetch_add(1, Ordering::Relaxed)))
+        });
+        Net {
+            backend,
+            mac,
+            active: None,
+            receiver: Receiver::new(),
+            tx_buf: vec![0; MAX_BUFFER_LEN].into_boxed_slice(),
+            stats: NetStats::default(),
+        }
+    }
+
+    /// A device on the tap `tap_name` (opened or created, see [`Tap::open`]). Without `mac`,
+    /// the address is derived from the tap's name and this process's id.
+    pub fn with_tap(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Net, TapError> {
+        let tap = Tap::open(tap_name)?;
+        let mac = mac.unwrap_or_else(|| derived_mac(tap.name()));
+        Ok(Net::new(Box::new(tap), Some(mac)))
+    }
+
+    /// The card's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Frame counters since the device was built.
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    fn config(&self) -> [u8; 10] {
+        let mut config = [0u8; 10];
+        config[..6].copy_from_slice(&self.mac);
+        config[6..8].copy_from_slice(&(vnet::VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        // max_virtqueue_pairs: one pair.
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        config
+    }
+
+    /// Sends every chain the driver made available on the transmit queue. Every chain goes
+    /// back to the used ring with length 0, sent or dropped.
+    fn process_tx(&mut self) -> Result<(), VirtioError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let mem = &active.mem;
+        let (buf, backend, stats) = (&mut self.tx_buf, self.backend.as_mut(), &mut self.stats);
+        drain_queue(&mut active.tx, mem, &active.interrupt, |chain| {
+            transmit_chain(chain, mem, buf, backend, stats);
+            Ok(0)
+        })
+    }
+
+    /// Moves frames from the backend into the receive queue until the backend is empty or the
+    /// driver has no buffers left.
+    fn process_rx(&mut self) -> Result<(), VirtioError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        self.receiver.receive(
+            &active.mem,
+            &mut active.rx,
+            &active.interrupt,
+            mergeable_rx(active.acked_features),
+            self.backend.as_mut(),
+            &mut self.stats,
+        )
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        device_type::NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn device_features(&self) -> u64 {
+        AVAIL_FEATURES
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config(), offset, data);
+    }
+
+    fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
+        // AVAIL_FEATURES has RING_EVENT_IDX: the queues see what the driver acked.
+        let acked_features = active.acked_features & AVAIL_FEATURES;
+        let (mem, [rx, tx], interrupt) = active.into_queues()?;
+        self.backend
+            .set_offload(backend_offloads(acked_features))
+            .map_err(VirtioError::Backend)?;
+        self.receiver.drop_pending();
+        self.active = Some(Active {
+            mem,
+            rx,
+            tx,
+            interrupt,
+            acked_features,
+        });
+        // Frames that reached the backend before now already raised their edge: take them.
+        // If that fails the device stays inactive, as if activation had never happened.
+        let taken = self.process_rx();
+        if taken.is_err() {
+            self.active = None;
+        }
+        taken
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.receiver.drop_pending();
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<(), VirtioError> {
+        match index {
+            RX_QUEUE => self.process_rx(),
+            TX_QUEUE => self.process_tx(),
+            _ => Ok(()),
+        }
+    }
+
+    fn backend_fds(&self) -> Vec<BackendFd> {
+        vec![BackendFd {
+            fd: self.backend.as_raw_fd(),
+            events: EventSet::IN | EventSet::EDGE_TRIGGERED,
+            token: BACKEND_TOKEN,
+        }]
+    }
+
+    fn process_backend(&mut self, token: u32, _events: EventSet) -> Result<(), VirtioError> {
+        if token != BACKEND_TOKEN {
+            return Ok(());
+        }
+        self.process_rx()
+    }
+
+    fn save_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Net(NetState { mac: self.mac })
+    }
+
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError> {
+        let VirtioDeviceState::Net(state) = state else {
+            return Err(VirtioError::StateMismatch(
+                "not a virtio-net device state".to_string(),
+            ));
+        };
+        self.mac = state.checked_mac()?;
+        self.receiver.drop_pending();
+        Ok(())
+    }
+}

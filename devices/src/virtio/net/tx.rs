@@ -1,0 +1,54 @@
+//! The transmit path: one chain from the guest becomes one frame on the backend.
+
+use virtio_queue::DescriptorChain;
+use vmm_memory::{Bytes, GuestMemoryMmap};
+
+use super::features::{MIN_BUFFER_LEN, NET_HDR_LEN};
+use super::{NetBackend, NetStats};
+
+/// Sends the frame in `chain` (header included) to `backend`, through `buf` (at least
+/// [`MAX_BUFFER_LEN`](super::MAX_BUFFER_LEN) bytes). A chain that does not hold a frame, and a
+/// frame the backend cannot take now, are dropped and counted: the guest's TCP resends.
+pub(super) fn transmit_chain(
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+    buf: &mut [u8],
+    backend: &mut dyn NetBackend,
+    stats: &mut NetStats,
+) {
+    match gather_readable(chain, mem, buf) {
+        Some(len) if len >= MIN_BUFFER_LEN => {
+            let frame = buf.get(..len).unwrap_or_default();
+            match backend.write_frame(frame) {
+                Ok(_) => {
+                    stats.tx_frames += 1;
+                    stats.tx_bytes += (len - NET_HDR_LEN) as u64;
+                }
+                Err(_) => stats.tx_dropped += 1,
+            }
+        }
+        _ => stats.tx_dropped += 1,
+    }
+}
+
+/// Copies the device-readable buffers of `chain` into `buf`; `None` when they do not fit in it
+/// or one is outside guest memory. Device-writable buffers have no place in a transmit chain
+/// and are skipped.
+fn gather_readable(
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+    buf: &mut [u8],
+) -> Option<usize> {
+    let mut filled = 0usize;
+    for desc in chain {
+        if desc.is_write_only() {
+            continue;
+        }
+        let len = usize::try_from(desc.len()).ok()?;
+        let end = filled.checked_add(len)?;
+        let dest = buf.get_mut(filled..end)?;
+        mem.read_slice(dest, desc.addr()).ok()?;
+        filled = end;
+    }
+    Some(filled)
+}
