@@ -219,12 +219,12 @@ impl VirtioDevice for Dummy {
     }
 
     fn save_state(&self) -> VirtioDeviceState {
-        VirtioDeviceState::Rng(RngState {})
+        VirtioDeviceState::new("virtio-rng", &RngState {}).unwrap()
     }
 
     fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError> {
-        match state {
-            VirtioDeviceState::Rng(_) => Ok(()),
+        match state.kind() {
+            "virtio-rng" => Ok(()),
             _ => Err(VirtioError::StateMismatch("not an rng state".into())),
         }
     }
@@ -319,7 +319,13 @@ fn corrupt(state: &mut MmioTransportState, field: u8, v: u64) {
         11 => state.queues[q].next_avail = (v >> 8) as u16,
         12 => state.interrupt_status = v as u32,
         13 => state.config_generation = v as u32,
-        14 => state.device = VirtioDeviceState::Block(Default::default()),
+        14 => {
+            state.device = VirtioDeviceState::new(
+                "virtio-blk",
+                &vmm_devices::virtio::block::BlockState::default(),
+            )
+            .unwrap()
+        }
         _ => state.queues[q].event_idx_enabled ^= true,
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use vmm_api::{
     ApiConfig, ApiRequest, ApiResponse, BalloonUpdate, InstanceState, SnapshotCreateParams,
 };
+use vmm_devices::virtio::balloon::Balloon;
 use vmm_devices::{I8042Wrapper, SerialDevice};
 use vmm_memory::GuestMemoryMmap;
 use vmm_vcpu::Vm;
@@ -214,8 +215,8 @@ impl Vmm {
             .find(|d| {
                 crate::lock(&d.transport)
                     .device_mut()
-                    .as_balloon()
-                    .is_some()
+                    .as_any_mut()
+                    .is::<Balloon>()
             })
             .ok_or(Error::NoBalloon)?;
         let pages = self
@@ -227,7 +228,8 @@ impl Vmm {
         let mut transport = crate::lock(&balloon.transport);
         let device = transport
             .device_mut()
-            .as_balloon()
+            .as_any_mut()
+            .downcast_mut::<Balloon>()
             .ok_or(Error::NoBalloon)?;
         device.set_target_pages(pages).map_err(Error::Balloon)
     }

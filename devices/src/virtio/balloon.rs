@@ -28,8 +28,8 @@ use vmm_memory::{
 };
 
 use super::{
-    device_type, drain_queue, features, ActiveQueues, VirtioDevice, VirtioDeviceState, VirtioError,
-    VirtioInterrupt,
+    device_type, drain_queue, features, ActiveQueues, Persist, VirtioDevice, VirtioDeviceState,
+    VirtioError, VirtioInterrupt,
 };
 
 /// Size of each of the two queues.
@@ -406,10 +406,6 @@ impl PageReleaser<'_> {
 }
 
 impl VirtioDevice for Balloon {
-    fn as_balloon(&mut self) -> Option<&mut Balloon> {
-        Some(self)
-    }
-
     fn device_type(&self) -> u32 {
         device_type::BALLOON
     }
@@ -474,21 +470,28 @@ impl VirtioDevice for Balloon {
     }
 
     fn save_state(&self) -> VirtioDeviceState {
-        VirtioDeviceState::Balloon(BalloonState {
+        crate::virtio::save_state(self)
+    }
+
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError> {
+        crate::virtio::restore_state(self, state)
+    }
+}
+
+impl Persist for Balloon {
+    const KIND: &'static str = "virtio-balloon";
+    type State = BalloonState;
+
+    fn save(&self) -> BalloonState {
+        BalloonState {
             target_pages: self.target_pages,
             actual_pages: self.actual_pages,
             deflate_on_oom: self.deflate_on_oom,
             stats: self.stats,
-        })
+        }
     }
 
-    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError> {
-        let VirtioDeviceState::Balloon(state) = state else {
-            return Err(VirtioError::StateMismatch(format!(
-                "expected a virtio-balloon state, got {}",
-                state.kind()
-            )));
-        };
+    fn restore(&mut self, state: BalloonState) -> Result<(), VirtioError> {
         if state.deflate_on_oom != self.deflate_on_oom {
             return Err(VirtioError::StateMismatch(format!(
                 "balloon state has deflate_on_oom {}, this device has {}",
@@ -873,7 +876,10 @@ mod tests {
         let err = other.restore_state(&back).unwrap_err();
         assert!(err.to_string().contains("deflate_on_oom"), "{err}");
         let err = other
-            .restore_state(&VirtioDeviceState::Rng(Default::default()))
+            .restore_state(
+                &VirtioDeviceState::new("virtio-rng", &crate::virtio::rng::RngState::default())
+                    .unwrap(),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("virtio-rng"), "{err}");
     }

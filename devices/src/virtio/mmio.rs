@@ -871,16 +871,16 @@ mod tests {
         }
 
         fn save_state(&self) -> VirtioDeviceState {
-            VirtioDeviceState::Rng(RngState {})
+            VirtioDeviceState::new("virtio-rng", &RngState {}).unwrap()
         }
 
         fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError> {
-            match state {
-                VirtioDeviceState::Rng(_) => {
+            match state.kind() {
+                "virtio-rng" => {
                     self.calls.lock().unwrap().restores += 1;
                     Ok(())
                 }
-                other => Err(VirtioError::StateMismatch(format!("not rng: {other:?}"))),
+                other => Err(VirtioError::StateMismatch(format!("not rng: {other}"))),
             }
         }
     }
@@ -1569,7 +1569,11 @@ mod tests {
             }),
             ("unknown interrupt bit", |s| s.interrupt_status |= 4),
             ("other device", |s| {
-                s.device = VirtioDeviceState::Block(Default::default())
+                s.device = VirtioDeviceState::new(
+                    "virtio-blk",
+                    &crate::virtio::block::BlockState::default(),
+                )
+                .unwrap()
             }),
         ];
         for (what, corrupt) in corruptions {

@@ -33,6 +33,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_memory::GuestMemoryMmap;
@@ -242,7 +243,7 @@ pub struct BackendFd {
 /// Called with the transport's lock held, from a vCPU thread (register accesses, activation,
 /// reset, and queue notifies that arrive as MMIO exits) or from the event loop (ioeventfd queue
 /// notifies, backend readiness). Methods never block and never panic on guest input.
-pub trait VirtioDevice: Send {
+pub trait VirtioDevice: AsAny + Send {
     /// The virtio device ID ([`device_type`]).
     fn device_type(&self) -> u32;
 
@@ -282,45 +283,137 @@ pub trait VirtioDevice: Send {
         Ok(())
     }
 
-    /// This device as a balloon, for the host to change its target; `None` for other types.
-    fn as_balloon(&mut self) -> Option<&mut balloon::Balloon> {
-        None
-    }
-
-    /// The device-specific part of a snapshot.
+    /// The device-specific part of a snapshot (see [`Persist`] and [`save_state`]).
     fn save_state(&self) -> VirtioDeviceState;
 
     /// Restores [`VirtioDevice::save_state`]'s output into a device built with the same
-    /// configuration, before the transport re-activates it.
+    /// configuration, before the transport re-activates it (see [`restore_state`]).
     fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError>;
 }
 
-/// The device-specific snapshot state of each device type.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum VirtioDeviceState {
-    /// virtio-blk.
-    Block(block::BlockState),
-    /// virtio-net.
-    Net(net::NetState),
-    /// virtio-vsock.
-    Vsock(vsock::VsockState),
-    /// virtio-rng.
-    Rng(rng::RngState),
-    /// virtio-balloon.
-    Balloon(balloon::BalloonState),
+/// Lets the VMM reach a device's own type through a `dyn VirtioDevice` (e.g. a balloon, to
+/// change its target): implemented for every `'static` type.
+pub trait AsAny {
+    /// `self` as `Any`, for `downcast_mut`.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+impl<T: std::any::Any> AsAny for T {
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// A device's snapshot state: the device kind and the device's own state as JSON, which only
+/// that device reads. Open to devices written elsewhere: any type with serde state can be
+/// saved and restored through the transport (see [`Persist`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VirtioDeviceState {
+    /// Which device wrote it ("virtio-blk", ...; [`Persist::KIND`]).
+    pub kind: String,
+    /// The device's own state.
+    pub state: serde_json::Value,
+}
+
+impl<'de> Deserialize<'de> for VirtioDeviceState {
+    /// Reads `{"kind": ..., "state": ...}`, and also the closed enum form of earlier versions
+    /// (`{"Block": {...}}` and so on for this crate's five devices).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Open {
+                kind: String,
+                state: serde_json::Value,
+            },
+            Earlier(std::collections::BTreeMap<String, serde_json::Value>),
+        }
+        let (kind, state) = match Form::deserialize(d)? {
+            Form::Open { kind, state } => (kind, state),
+            Form::Earlier(map) if map.len() == 1 => {
+                let (variant, state) = map.into_iter().next().expect("one entry");
+                let kind = match variant.as_str() {
+                    "Block" => "virtio-blk",
+                    "Net" => "virtio-net",
+                    "Vsock" => "virtio-vsock",
+                    "Rng" => "virtio-rng",
+                    "Balloon" => "virtio-balloon",
+                    other => {
+                        return Err(serde::de::Error::custom(format!(
+                            "unknown device state {other:?}"
+                        )))
+                    }
+                };
+                (kind.to_string(), state)
+            }
+            Form::Earlier(_) => {
+                return Err(serde::de::Error::custom(
+                    "a device state is {\"kind\": ..., \"state\": ...}",
+                ))
+            }
+        };
+        Ok(VirtioDeviceState { kind, state })
+    }
 }
 
 impl VirtioDeviceState {
-    /// The device type the state belongs to ("virtio-blk", ...), for mismatch errors.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            VirtioDeviceState::Block(_) => "virtio-blk",
-            VirtioDeviceState::Net(_) => "virtio-net",
-            VirtioDeviceState::Vsock(_) => "virtio-vsock",
-            VirtioDeviceState::Rng(_) => "virtio-rng",
-            VirtioDeviceState::Balloon(_) => "virtio-balloon",
-        }
+    /// `state` of a device of `kind`.
+    pub fn new<S: Serialize>(kind: &str, state: &S) -> Result<VirtioDeviceState, VirtioError> {
+        let state = serde_json::to_value(state)
+            .map_err(|e| VirtioError::StateMismatch(format!("{kind} state: {e}")))?;
+        Ok(VirtioDeviceState {
+            kind: kind.to_string(),
+            state,
+        })
     }
+
+    /// The device kind the state belongs to, for mismatch errors.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The state of a device of `kind`: refused when another kind wrote it or it does not parse
+    /// (a snapshot file is untrusted).
+    pub fn decode<S: DeserializeOwned>(&self, kind: &str) -> Result<S, VirtioError> {
+        if self.kind != kind {
+            return Err(VirtioError::StateMismatch(format!(
+                "a {} state given to a {kind} device",
+                self.kind
+            )));
+        }
+        S::deserialize(&self.state)
+            .map_err(|e| VirtioError::StateMismatch(format!("{kind} state: {e}")))
+    }
+}
+
+/// A device type's snapshot state, typed: what [`VirtioDevice::save_state`] and
+/// [`VirtioDevice::restore_state`] carry (through [`save_state`] and [`restore_state`]).
+pub trait Persist {
+    /// The kind written into [`VirtioDeviceState::kind`].
+    const KIND: &'static str;
+    /// The device's own state.
+    type State: Serialize + DeserializeOwned;
+    /// The state now.
+    fn save(&self) -> Self::State;
+    /// Puts a saved state back (untrusted: check it).
+    fn restore(&mut self, state: Self::State) -> Result<(), VirtioError>;
+}
+
+/// [`VirtioDevice::save_state`] for a [`Persist`] device.
+pub fn save_state<P: Persist>(device: &P) -> VirtioDeviceState {
+    VirtioDeviceState {
+        kind: P::KIND.to_string(),
+        // Plain serde structs without maps keyed by non-strings: serializing cannot fail.
+        state: serde_json::to_value(device.save()).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// [`VirtioDevice::restore_state`] for a [`Persist`] device.
+pub fn restore_state<P: Persist>(
+    device: &mut P,
+    state: &VirtioDeviceState,
+) -> Result<(), VirtioError> {
+    device.restore(state.decode(P::KIND)?)
 }
 
 /// Serializable form of one queue's state (virtio-queue's `QueueState`, which has no serde).

@@ -17,8 +17,8 @@ use virtio_queue::{DescriptorChain, Queue};
 use vmm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{
-    device_type, drain_queue, features, ActiveQueues, VirtioDevice, VirtioDeviceState, VirtioError,
-    VirtioInterrupt,
+    device_type, drain_queue, features, ActiveQueues, Persist, VirtioDevice, VirtioDeviceState,
+    VirtioError, VirtioInterrupt,
 };
 
 /// Size of the request queue offered to the driver.
@@ -210,17 +210,24 @@ impl VirtioDevice for Rng {
     }
 
     fn save_state(&self) -> VirtioDeviceState {
-        VirtioDeviceState::Rng(RngState {})
+        crate::virtio::save_state(self)
     }
 
     fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError> {
-        match state {
-            VirtioDeviceState::Rng(RngState {}) => Ok(()),
-            other => Err(VirtioError::StateMismatch(format!(
-                "expected a virtio-rng state, got {}",
-                other.kind()
-            ))),
-        }
+        crate::virtio::restore_state(self, state)
+    }
+}
+
+impl Persist for Rng {
+    const KIND: &'static str = "virtio-rng";
+    type State = RngState;
+
+    fn save(&self) -> RngState {
+        RngState {}
+    }
+
+    fn restore(&mut self, _: RngState) -> Result<(), VirtioError> {
+        Ok(())
     }
 }
 
@@ -451,7 +458,11 @@ mod tests {
         let back: VirtioDeviceState = serde_json::from_str(&json).unwrap();
         let mut other = Rng::new();
         other.restore_state(&back).unwrap();
-        let wrong = VirtioDeviceState::Balloon(Default::default());
+        let wrong = VirtioDeviceState::new(
+            "virtio-balloon",
+            &crate::virtio::balloon::BalloonState::default(),
+        )
+        .unwrap();
         let err = other.restore_state(&wrong).unwrap_err();
         assert!(err.to_string().contains("virtio-balloon"), "{err}");
     }

@@ -25,8 +25,9 @@ use std::fmt;
 
 /// The first bytes of every snapshot state file.
 pub const MAGIC: [u8; 8] = *b"VMMSNAP\0";
-/// The state file format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The state file format this build writes and reads. 2: devices keyed by id, each device's
+/// state as `{kind, state}` (1 had a list in slot order and a closed enum of device states).
+pub const FORMAT_VERSION: u32 = 2;
 /// Length of the header of [`FORMAT_VERSION`].
 pub const HEADER_LEN: usize = 64;
 /// Largest body accepted: a state file declaring more is refused before anything is allocated.

@@ -14,7 +14,7 @@ use super::raw::RawFile;
 use super::request::{process_chain, MAX_CHAIN_DESCRIPTORS};
 use super::{configured_id, BlockConfig, BlockError, DiskInfo, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
 use crate::virtio::{
-    device_type, drain_queue, features, read_config_bytes, ActiveQueues, VirtioDevice,
+    device_type, drain_queue, features, read_config_bytes, ActiveQueues, Persist, VirtioDevice,
     VirtioDeviceState, VirtioError, VirtioInterrupt,
 };
 
@@ -202,15 +202,23 @@ impl<B: BlockBackend + 'static> VirtioDevice for Block<B> {
     }
 
     fn save_state(&self) -> VirtioDeviceState {
-        VirtioDeviceState::Block(BlockState::of(&self.disk))
+        crate::virtio::save_state(self)
     }
 
     fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError> {
-        let VirtioDeviceState::Block(state) = state else {
-            return Err(VirtioError::StateMismatch(
-                "not a virtio-blk state".to_string(),
-            ));
-        };
+        crate::virtio::restore_state(self, state)
+    }
+}
+
+impl<B: BlockBackend + 'static> Persist for Block<B> {
+    const KIND: &'static str = "virtio-blk";
+    type State = BlockState;
+
+    fn save(&self) -> BlockState {
+        BlockState::of(&self.disk)
+    }
+
+    fn restore(&mut self, state: BlockState) -> Result<(), VirtioError> {
         state.restore_into(&mut self.disk)
     }
 }

@@ -783,11 +783,15 @@ fn state_round_trip_and_mismatch() {
     let state = block.save_state();
     assert_eq!(
         state,
-        VirtioDeviceState::Block(BlockState {
-            capacity_sectors: 4,
-            read_only: false,
-            id: "disk-a".to_string(),
-        })
+        VirtioDeviceState::new(
+            "virtio-blk",
+            &BlockState {
+                capacity_sectors: 4,
+                read_only: false,
+                id: "disk-a".to_string(),
+            }
+        )
+        .unwrap()
     );
     let json = serde_json::to_string(&state).unwrap();
     let back: VirtioDeviceState = serde_json::from_str(&json).unwrap();
@@ -807,16 +811,21 @@ fn state_round_trip_and_mismatch() {
     let mut other = Block::new(config(&bigger, false, None)).unwrap();
     let e = other.restore_state(&state).unwrap_err();
     assert!(e.to_string().contains("5 sectors"), "{e}");
-    let long = VirtioDeviceState::Block(BlockState {
-        id: "y".repeat(21),
-        capacity_sectors: 4,
-        read_only: false,
-    });
+    let long = VirtioDeviceState::new(
+        "virtio-blk",
+        &BlockState {
+            id: "y".repeat(21),
+            capacity_sectors: 4,
+            read_only: false,
+        },
+    )
+    .unwrap();
     assert!(matches!(
         restored.restore_state(&long),
         Err(VirtioError::StateMismatch(_))
     ));
-    let rng = VirtioDeviceState::Rng(Default::default());
+    let rng =
+        VirtioDeviceState::new("virtio-rng", &crate::virtio::rng::RngState::default()).unwrap();
     assert!(matches!(
         restored.restore_state(&rng),
         Err(VirtioError::StateMismatch(_))
@@ -825,13 +834,17 @@ fn state_round_trip_and_mismatch() {
 
 #[test]
 fn state_saved_by_earlier_versions_still_loads() {
-    // A snapshot's state file holds the device state as JSON, in this form.
+    // Earlier versions wrote the device state as a closed enum; it still loads, and is saved
+    // again in the open form (kind + the device's own state) with the same fields.
     let json = r#"{"Block":{"capacity_sectors":4,"read_only":false,"id":"disk-a"}}"#;
     let state: VirtioDeviceState = serde_json::from_str(json).unwrap();
     let image = TempImage::new(&[0u8; 4 * 512]);
     let mut block = Block::new(config(&image, false, None)).unwrap();
     block.restore_state(&state).unwrap();
-    assert_eq!(serde_json::to_string(&block.save_state()).unwrap(), json);
+    assert_eq!(
+        serde_json::to_string(&block.save_state()).unwrap(),
+        r#"{"kind":"virtio-blk","state":{"capacity_sectors":4,"id":"disk-a","read_only":false}}"#
+    );
 }
 
 /// A disk in host memory, through the copying half of [`GuestBuffers`] (as an image format
@@ -1007,11 +1020,15 @@ fn any_backend_serves_requests_through_the_trait() {
     assert_eq!(got[..20], [0; 20]);
     assert_eq!(
         block.save_state(),
-        VirtioDeviceState::Block(BlockState {
-            capacity_sectors: 4,
-            read_only: false,
-            id: String::new(),
-        })
+        VirtioDeviceState::new(
+            "virtio-blk",
+            &BlockState {
+                capacity_sectors: 4,
+                read_only: false,
+                id: String::new(),
+            }
+        )
+        .unwrap()
     );
 }
 

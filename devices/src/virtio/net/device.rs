@@ -16,7 +16,7 @@ use super::tap::{Tap, TapError};
 use super::tx::transmit_chain;
 use super::{NetBackend, NetStats, BACKEND_TOKEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::virtio::{
-    device_type, drain_queue, read_config_bytes, ActiveQueues, BackendFd, VirtioDevice,
+    device_type, drain_queue, read_config_bytes, ActiveQueues, BackendFd, Persist, VirtioDevice,
     VirtioDeviceState, VirtioError, VirtioInterrupt,
 };
 
@@ -204,15 +204,23 @@ impl VirtioDevice for Net {
     }
 
     fn save_state(&self) -> VirtioDeviceState {
-        VirtioDeviceState::Net(NetState { mac: self.mac })
+        crate::virtio::save_state(self)
     }
 
     fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError> {
-        let VirtioDeviceState::Net(state) = state else {
-            return Err(VirtioError::StateMismatch(
-                "not a virtio-net device state".to_string(),
-            ));
-        };
+        crate::virtio::restore_state(self, state)
+    }
+}
+
+impl Persist for Net {
+    const KIND: &'static str = "virtio-net";
+    type State = NetState;
+
+    fn save(&self) -> NetState {
+        NetState { mac: self.mac }
+    }
+
+    fn restore(&mut self, state: NetState) -> Result<(), VirtioError> {
         self.mac = state.checked_mac()?;
         self.receiver.drop_pending();
         Ok(())

@@ -467,9 +467,13 @@ fn state_round_trip_and_mismatch() {
     let mut other = Net::new(Box::new(backend), None);
     other.restore_state(&back).unwrap();
     assert_eq!(other.mac(), [0x02, 0, 0, 0, 0, 1]);
-    let bad = VirtioDeviceState::Net(NetState {
-        mac: [1, 2, 3, 4, 5, 6],
-    });
+    let bad = VirtioDeviceState::new(
+        "virtio-net",
+        &NetState {
+            mac: [1, 2, 3, 4, 5, 6],
+        },
+    )
+    .unwrap();
     assert!(matches!(
         other.restore_state(&bad),
         Err(VirtioError::StateMismatch(_))
@@ -541,12 +545,15 @@ fn event_idx_suppresses_rx_interrupts_the_driver_did_not_ask_for() {
 
 #[test]
 fn state_saved_by_earlier_versions_still_loads() {
-    // A snapshot's state file holds the device state as JSON, in this form.
+    // Earlier versions wrote the device state as a closed enum; it still loads.
     let json = r#"{"Net":{"mac":[2,0,0,0,0,9]}}"#;
     let state: VirtioDeviceState = serde_json::from_str(json).unwrap();
     let (backend, _peer) = SocketPairBackend::pair().unwrap();
     let mut net = Net::new(Box::new(backend), None);
     net.restore_state(&state).unwrap();
     assert_eq!(net.mac(), [2, 0, 0, 0, 0, 9]);
-    assert_eq!(serde_json::to_string(&net.save_state()).unwrap(), json);
+    assert_eq!(
+        serde_json::to_string(&net.save_state()).unwrap(),
+        r#"{"kind":"virtio-net","state":{"mac":[2,0,0,0,0,9]}}"#
+    );
 }

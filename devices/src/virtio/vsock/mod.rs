@@ -42,7 +42,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::virtio::{
     device_type, features, notify_used, pop_chain, read_config_bytes, ActiveQueues, BackendFd,
-    VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
+    Persist, VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
 };
 use muxer::Muxer;
 use packet::EVENT_TRANSPORT_RESET;
@@ -407,17 +407,25 @@ impl VirtioDevice for Vsock {
     }
 
     fn save_state(&self) -> VirtioDeviceState {
-        VirtioDeviceState::Vsock(VsockState {
-            guest_cid: self.config.guest_cid,
-        })
+        crate::virtio::save_state(self)
     }
 
     fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), VirtioError> {
-        let VirtioDeviceState::Vsock(s) = state else {
-            return Err(VirtioError::StateMismatch(
-                "not a vsock device state".to_string(),
-            ));
-        };
+        crate::virtio::restore_state(self, state)
+    }
+}
+
+impl Persist for Vsock {
+    const KIND: &'static str = "virtio-vsock";
+    type State = VsockState;
+
+    fn save(&self) -> VsockState {
+        VsockState {
+            guest_cid: self.config.guest_cid,
+        }
+    }
+
+    fn restore(&mut self, s: VsockState) -> Result<(), VirtioError> {
         if s.guest_cid != self.config.guest_cid {
             return Err(VirtioError::StateMismatch(format!(
                 "vsock guest CID {} in the snapshot, {} configured",

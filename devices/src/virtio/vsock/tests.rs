@@ -822,7 +822,7 @@ fn restore_sends_a_transport_reset_event() {
     let state = env.dev.save_state();
     assert_eq!(
         state,
-        VirtioDeviceState::Vsock(VsockState { guest_cid: CID })
+        VirtioDeviceState::new("virtio-vsock", &VsockState { guest_cid: CID }).unwrap()
     );
     let json = serde_json::to_string(&state).unwrap();
     let state: VirtioDeviceState = serde_json::from_str(&json).unwrap();
@@ -863,7 +863,9 @@ fn restore_of_another_cid_or_device_is_refused() {
     let mut env = Env::inactive();
     let e = env
         .dev
-        .restore_state(&VirtioDeviceState::Vsock(VsockState { guest_cid: 9 }))
+        .restore_state(
+            &VirtioDeviceState::new("virtio-vsock", &VsockState { guest_cid: 9 }).unwrap(),
+        )
         .unwrap_err();
     assert!(matches!(e, VirtioError::StateMismatch(_)));
     assert!(e.to_string().contains('9'));
