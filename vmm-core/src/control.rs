@@ -35,7 +35,7 @@ pub struct VmSnapshot {
     /// Every vCPU, in index order.
     pub vcpus: Vec<VcpuState>,
     /// Irqchip, PIT and clock.
-    pub vm: vmm_vcpu::VmState,
+    pub vm: vmm_vcpu::KvmVmState,
     /// The virtio transports with their devices, in slot order.
     pub devices: Vec<MmioTransportState>,
     /// The serial console's UART.

@@ -9,6 +9,7 @@ mod control;
 mod error;
 mod event_loop;
 mod exits;
+mod pvm;
 pub mod snapshot;
 mod terminal;
 mod vcpu_threads;
@@ -23,6 +24,6 @@ pub(crate) fn lock<T: ?Sized>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGu
 
 pub use control::{merge_diff_snapshot, restore_vm, run_with_api, RestoreSource, VmSnapshot};
 pub use error::{chain as error_chain, Error, Result};
+pub use pvm::{is_pvm_host, PVM_EXPLANATION};
 pub use virtio_devices::AttachedDevice;
 pub use vm::{run_vm, BuiltVm, ShutdownReason};
-pub use vmm_vcpu::{is_pvm_host, PVM_EXPLANATION};
