@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_memory::{create_guest_memory, layout, GuestMemoryMmap, MemoryOptions};
-use vmm_vcpu::{BootEntry, ExitHandler, VcpuExitReason, Vm, VmOptions};
+use vmm_vcpu::{BootEntry, ExitHandler, GuestLayout, VcpuExitReason, Vm, VmOptions};
 
 /// Where the code goes: the first byte above the low 1 MiB (what the boot layout reserves).
 const CODE_ADDR: u64 = layout::HIGH_RAM_START;
@@ -75,9 +75,13 @@ fn create_vm() -> Result<(Vm, GuestMemoryMmap), Box<dyn std::error::Error>> {
     let mem = create_guest_memory(layout::MIN_RAM_BYTES, MemoryOptions::default())?;
     mem.write_slice(GUEST_CODE, GuestAddress(CODE_ADDR))?;
     // No irqchip: HLT then exits to user space instead of waiting for an interrupt.
-    let vm = Vm::new(VmOptions { irqchip: false })?;
-    // KVM now points into `mem`'s mapping: `mem` must outlive `vm` (the caller keeps both).
-    vm.register_memory(&mem)?;
+    let vm = Vm::new(VmOptions {
+        irqchip: false,
+        layout: guest_layout(),
+    })?;
+    // SAFETY: `mem` is one anonymous mapping per region, used only through vm-memory's volatile
+    // slices, and it outlives `vm` and its vCPU: the caller keeps both and drops the VM first.
+    unsafe { vm.register_memory(&mem) }?;
     Ok((vm, mem))
 }
 
@@ -113,5 +117,19 @@ fn main() {
             eprintln!("hello_guest: error: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+/// Where vmm-vcpu puts the boot GDT, IDT, page tables and stack in guest memory, and KVM's TSS:
+/// this VMM's usual places (vmm-memory's layout).
+fn guest_layout() -> GuestLayout {
+    GuestLayout {
+        tss: layout::KVM_TSS_ADDRESS,
+        gdt: layout::BOOT_GDT_START,
+        idt: layout::BOOT_IDT_START,
+        pml4: layout::PML4_START,
+        pdpt: layout::PDPTE_START,
+        pd: layout::PDE_START,
+        boot_stack_pointer: layout::BOOT_STACK_POINTER,
     }
 }

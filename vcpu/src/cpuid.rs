@@ -97,6 +97,35 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_
     }
 }
 
+/// The 12-byte vendor string of CPUID leaf 0 (EBX, EDX, ECX), if the leaf is there.
+pub(crate) fn vendor<'a, E>(entries: impl IntoIterator<Item = &'a E>) -> Option<String>
+where
+    E: 'a + CpuidRegs,
+{
+    let leaf0 = entries.into_iter().find(|e| e.function() == 0)?;
+    let (ebx, ecx, edx) = leaf0.vendor_regs();
+    let mut bytes = Vec::with_capacity(12);
+    for reg in [ebx, edx, ecx] {
+        bytes.extend_from_slice(&reg.to_le_bytes());
+    }
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Leaf number and vendor registers of a CPUID entry, for KVM's entries and saved ones.
+pub(crate) trait CpuidRegs {
+    fn function(&self) -> u32;
+    fn vendor_regs(&self) -> (u32, u32, u32);
+}
+
+impl CpuidRegs for kvm_cpuid_entry2 {
+    fn function(&self) -> u32 {
+        self.function
+    }
+    fn vendor_regs(&self) -> (u32, u32, u32) {
+        (self.ebx, self.ecx, self.edx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

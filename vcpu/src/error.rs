@@ -1,5 +1,10 @@
 use std::io;
 
+/// What the error of an emulation failure on a PVM host adds: a fact about the host, for any
+/// VMM built on this crate.
+const PVM_NOTE: &str = "; this host's /dev/kvm is PVM (kvm_pvm, no VT-x/AMD-V), whose instruction \
+emulator cannot run an unmodified guest kernel";
+
 /// Errors of VM and vCPU setup and of the run loop.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -52,12 +57,17 @@ pub enum Error {
         /// Which structure.
         what: &'static str,
     },
-    /// Registering the kick signal handler failed.
+    /// Registering the kick signal handler failed (the first attempt in this process; every
+    /// later [`crate::Vcpu::run`] reports the same error, as the handler is still missing).
     #[error("cannot register the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
+    /// The guest layout given to [`crate::Vm::new`] cannot work.
+    #[error("invalid guest layout: {0}")]
+    InvalidLayout(String),
     /// KVM_EXIT_INTERNAL_ERROR.
     #[error(
-        "vCPU {vcpu}: KVM internal error (suberror {suberror}{what}) at guest RIP {rip:#x}{pvm}"
+        "vCPU {vcpu}: KVM internal error (suberror {suberror}{what}) at guest RIP {rip:#x}{}",
+        if *.pvm { PVM_NOTE } else { "" }
     )]
     InternalError {
         /// vCPU index.
@@ -68,8 +78,9 @@ pub enum Error {
         what: &'static str,
         /// Guest instruction pointer.
         rip: u64,
-        /// An explanation when the host is PVM.
-        pvm: String,
+        /// An emulation failure on a PVM host ([`crate::is_pvm_host`]), which cannot run an
+        /// unmodified kernel: the message says so.
+        pvm: bool,
     },
     /// KVM_EXIT_FAIL_ENTRY.
     #[error("vCPU {vcpu}: VM entry failed (hardware reason {reason:#x} on host CPU {cpu}) at guest RIP {rip:#x}")]
@@ -187,4 +198,34 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn internal(pvm: bool) -> String {
+        Error::InternalError {
+            vcpu: 2,
+            suberror: kvm_bindings::KVM_INTERNAL_ERROR_EMULATION,
+            what: ", emulation failure",
+            rip: 0x1000,
+            pvm,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn an_emulation_failure_on_pvm_says_so_without_pointing_anywhere() {
+        let plain = internal(false);
+        assert_eq!(
+            plain,
+            "vCPU 2: KVM internal error (suberror 1, emulation failure) at guest RIP 0x1000"
+        );
+        let pvm = internal(true);
+        assert_eq!(pvm, format!("{plain}{PVM_NOTE}"));
+        assert!(pvm.contains("PVM") && pvm.contains("unmodified"), "{pvm}");
+        assert!(!pvm.contains("../"), "{pvm}");
+        assert!(!pvm.contains("testhost"), "{pvm}");
+    }
 }

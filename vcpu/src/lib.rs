@@ -5,6 +5,10 @@
 //! and KVM's dirty log of guest memory.
 //!
 //! This crate knows KVM but no devices: `vmm-core` implements [`ExitHandler`] with its buses.
+//! Nor does it know a VMM's address map or memory type: guest memory is any vm-memory
+//! `GuestMemory` (`GuestMemoryBackend` where KVM needs the regions' host addresses), and the
+//! addresses it writes to come from the [`GuestLayout`] the VM is created with. It logs
+//! through the `log` crate.
 //!
 //! # Examples
 //!
@@ -15,6 +19,8 @@
 //! /dev/kvm; PVM's is enough). `examples/minimal-vmm/` at the workspace root boots a whole Linux
 //! kernel with this crate, `vmm-memory`, `vmm-loader` and `vmm-devices`, without `vmm-core`.
 
+pub mod boot;
+mod caps;
 pub mod cpuid;
 mod error;
 pub mod regs;
@@ -22,8 +28,9 @@ pub mod run;
 pub mod state;
 pub mod vm;
 
+pub use boot::{BootEntry, GuestLayout};
 pub use error::{Error, Result};
 pub use run::{ExitHandler, Vcpu, VcpuExitReason, VcpuKicker};
-pub use state::{CpuidEntry, FpuState, IrqchipState, MsrEntry, VcpuState, VmState};
-pub use vm::{is_pvm_host, BootEntry, DirtyBitmap, Vm, VmOptions, PVM_EXPLANATION};
+pub use state::{CpuidEntry, FpuState, IrqchipState, KvmVmState, MsrEntry, VcpuState};
+pub use vm::{is_pvm_host, DirtyBitmap, Vm, VmOptions};
 pub use vmm_sys_util::eventfd::EventFd;

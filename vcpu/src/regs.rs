@@ -4,11 +4,10 @@
 use kvm_bindings::{
     kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs,
 };
-use vm_memory::{Bytes, GuestAddress};
-use vmm_memory::{layout, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
+use crate::boot::{BootEntry, GuestLayout, BOOT_GDT_ENTRIES};
 use crate::error::{Error, Result};
-use crate::vm::BootEntry;
 
 const X86_CR0_PE: u64 = 1 << 0;
 const X86_CR0_ET: u64 = 1 << 4;
@@ -65,7 +64,7 @@ pub fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
 }
 
 /// The boot GDT: null, 64-bit code, data, TSS, 32-bit code.
-pub fn boot_gdt() -> [u64; layout::BOOT_GDT_MAX] {
+pub fn boot_gdt() -> [u64; BOOT_GDT_ENTRIES] {
     [
         gdt_entry(0, 0, 0),
         gdt_entry(0xa09b, 0, 0xfffff),
@@ -75,8 +74,8 @@ pub fn boot_gdt() -> [u64; layout::BOOT_GDT_MAX] {
     ]
 }
 
-fn write<T: vm_memory::ByteValued>(
-    mem: &GuestMemoryMmap,
+fn write<M: GuestMemory + ?Sized, T: vm_memory::ByteValued>(
+    mem: &M,
     value: T,
     addr: u64,
     what: &'static str,
@@ -85,25 +84,22 @@ fn write<T: vm_memory::ByteValued>(
         .map_err(|_| Error::GuestMemory { what })
 }
 
-/// Writes the GDT and the empty IDT, and returns the special registers for `entry`.
-pub fn setup_sregs(
-    mem: &GuestMemoryMmap,
+/// Writes the GDT and the empty IDT (and for long-mode entry the identity page tables) where
+/// `layout` places them, and returns the special registers for `entry`.
+pub fn setup_sregs<M: GuestMemory + ?Sized>(
+    mem: &M,
+    layout: &GuestLayout,
     entry: BootEntry,
     mut sregs: kvm_sregs,
 ) -> Result<kvm_sregs> {
     let gdt = boot_gdt();
     for (i, descriptor) in gdt.iter().enumerate() {
-        write(
-            mem,
-            *descriptor,
-            layout::BOOT_GDT_START + 8 * i as u64,
-            "GDT",
-        )?;
+        write(mem, *descriptor, layout.gdt + 8 * i as u64, "GDT")?;
     }
-    write(mem, 0u64, layout::BOOT_IDT_START, "IDT")?;
-    sregs.gdt.base = layout::BOOT_GDT_START;
+    write(mem, 0u64, layout.idt, "IDT")?;
+    sregs.gdt.base = layout.gdt;
     sregs.gdt.limit = (8 * gdt.len() - 1) as u16;
-    sregs.idt.base = layout::BOOT_IDT_START;
+    sregs.idt.base = layout.idt;
     sregs.idt.limit = 7;
 
     let data = segment_from_gdt(gdt[2], SEL_DATA);
@@ -116,9 +112,9 @@ pub fn setup_sregs(
 
     match entry {
         BootEntry::Long64 { .. } => {
-            setup_page_tables(mem)?;
+            setup_page_tables(mem, layout)?;
             sregs.cs = segment_from_gdt(gdt[1], SEL_CODE64);
-            sregs.cr3 = layout::PML4_START;
+            sregs.cr3 = layout.pml4;
             sregs.cr4 |= X86_CR4_PAE;
             sregs.cr0 |= X86_CR0_PE | X86_CR0_PG | X86_CR0_ET;
             sregs.efer |= EFER_LME | EFER_LMA;
@@ -135,32 +131,22 @@ pub fn setup_sregs(
 }
 
 /// Identity-maps the first 1 GiB with 2 MiB pages: enough for the kernel's own early page tables.
-fn setup_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
-    write(
-        mem,
-        layout::PDPTE_START | PAGE_PRESENT_RW,
-        layout::PML4_START,
-        "PML4",
-    )?;
-    write(
-        mem,
-        layout::PDE_START | PAGE_PRESENT_RW,
-        layout::PDPTE_START,
-        "PDPT",
-    )?;
+fn setup_page_tables<M: GuestMemory + ?Sized>(mem: &M, layout: &GuestLayout) -> Result<()> {
+    write(mem, layout.pdpt | PAGE_PRESENT_RW, layout.pml4, "PML4")?;
+    write(mem, layout.pd | PAGE_PRESENT_RW, layout.pdpt, "PDPT")?;
     for i in 0..512u64 {
         write(
             mem,
             (i << 21) | PAGE_PRESENT_RW | PAGE_PS_2M,
-            layout::PDE_START + i * 8,
+            layout.pd + i * 8,
             "PD",
         )?;
     }
     Ok(())
 }
 
-/// General registers for the boot vCPU.
-pub fn boot_regs(entry: BootEntry) -> kvm_regs {
+/// General registers for the boot vCPU (the stack from `layout` for long-mode entry).
+pub fn boot_regs(layout: &GuestLayout, entry: BootEntry) -> kvm_regs {
     let mut regs = kvm_regs {
         rflags: 0x2, // bit 1 is reserved and always set
         ..Default::default()
@@ -168,8 +154,8 @@ pub fn boot_regs(entry: BootEntry) -> kvm_regs {
     match entry {
         BootEntry::Long64 { rip, boot_params } => {
             regs.rip = rip;
-            regs.rsp = layout::BOOT_STACK_POINTER;
-            regs.rbp = layout::BOOT_STACK_POINTER;
+            regs.rsp = layout.boot_stack_pointer;
+            regs.rbp = layout.boot_stack_pointer;
             regs.rsi = boot_params;
         }
         BootEntry::Protected32 { eip, start_info } => {
@@ -270,7 +256,8 @@ pub fn set_lint_pins(lapic: &mut kvm_lapic_state) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmm_memory::{create_guest_memory, MemoryOptions};
+    use crate::boot::test_layout as guest_layout;
+    use vmm_memory::{create_guest_memory, layout, MemoryOptions};
 
     #[test]
     fn gdt_entries_round_trip_through_segments() {
@@ -296,7 +283,7 @@ mod tests {
             rip: 0x100_0000,
             boot_params: layout::ZERO_PAGE_START,
         };
-        let sregs = setup_sregs(&mem, entry, kvm_sregs::default()).unwrap();
+        let sregs = setup_sregs(&mem, &guest_layout(), entry, kvm_sregs::default()).unwrap();
         assert_eq!(sregs.cr3, layout::PML4_START);
         assert_ne!(sregs.cr0 & X86_CR0_PG, 0);
         assert_ne!(sregs.efer & EFER_LMA, 0);
@@ -312,7 +299,7 @@ mod tests {
                 .unwrap(),
             boot_gdt()[1]
         );
-        let regs = boot_regs(entry);
+        let regs = boot_regs(&guest_layout(), entry);
         assert_eq!(
             (regs.rip, regs.rsi, regs.rflags),
             (0x100_0000, layout::ZERO_PAGE_START, 2)
@@ -326,14 +313,17 @@ mod tests {
             eip: 0x10_0000,
             start_info: layout::PVH_INFO_START,
         };
-        let sregs = setup_sregs(&mem, entry, kvm_sregs::default()).unwrap();
+        let sregs = setup_sregs(&mem, &guest_layout(), entry, kvm_sregs::default()).unwrap();
         assert_eq!(sregs.cr0 & (X86_CR0_PE | X86_CR0_PG), X86_CR0_PE);
         assert_eq!((sregs.cr4, sregs.efer), (0, 0));
         assert_eq!(
             (sregs.cs.db, sregs.cs.l, sregs.cs.limit),
             (1, 0, 0xffff_ffff)
         );
-        assert_eq!(boot_regs(entry).rbx, layout::PVH_INFO_START);
+        assert_eq!(
+            boot_regs(&guest_layout(), entry).rbx,
+            layout::PVH_INFO_START
+        );
     }
 
     #[test]

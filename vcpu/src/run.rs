@@ -1,23 +1,25 @@
-//! A vCPU: configuration for boot and the run loop, with a kick (signal + immediate_exit)
-//! that gets a vCPU out of KVM_RUN from another thread.
+//! A vCPU: its creation ([`Vm::create_vcpu`]), configuration for boot and the run loop, with
+//! a kick (signal + immediate_exit) that gets a vCPU out of KVM_RUN from another thread.
 
 use std::cell::Cell;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, OnceLock};
 
 use kvm_bindings::{
     kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vmm_memory::GuestMemoryMmap;
+use vm_memory::GuestMemory;
+use vmm_sys_util::errno;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use crate::boot::BootEntry;
+use crate::caps::StateCaps;
 use crate::cpuid;
 use crate::error::{kvm_err, Error, Result};
 use crate::regs;
-use crate::state::StateCaps;
-use crate::vm::{is_pvm_host, BootEntry, Vm, PVM_EXPLANATION};
+use crate::vm::{is_pvm_host, Vm};
 
 /// Receives the exits that the VMM's devices must answer. `vmm-core` implements it with its
 /// port and MMIO buses; the run loop never knows which device it talks to.
@@ -70,13 +72,24 @@ pub fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
+/// Registers the kick signal's handler, once per process. The outcome of that one attempt is
+/// kept: when it failed, every later call reports the same error, as the handler is still
+/// missing and a kick would kill the process with the signal's default action.
 fn install_kick_handler() -> Result<()> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        result = register_signal_handler(kick_signal(), kick_signal_handler).map_err(Error::Signal);
-    });
-    result
+    static INSTALLED: OnceLock<std::result::Result<(), errno::Error>> = OnceLock::new();
+    install_once(&INSTALLED, || {
+        register_signal_handler(kick_signal(), kick_signal_handler)
+            .inspect_err(|e| log::error!("cannot register the vCPU kick signal handler: {e}"))
+    })
+}
+
+/// Runs `register` the first time for `outcome` and keeps its result; reports that result every
+/// time.
+fn install_once(
+    outcome: &OnceLock<std::result::Result<(), errno::Error>>,
+    register: impl FnOnce() -> std::result::Result<(), errno::Error>,
+) -> Result<()> {
+    (*outcome.get_or_init(register)).map_err(Error::Signal)
 }
 
 /// Stops one vCPU thread from another: sets its stop flag, then signals the thread so that it
@@ -158,11 +171,12 @@ impl Vcpu {
     }
 
     /// Sets CPUID, MSRs, FPU and LAPIC; for the boot vCPU (`boot` given) also the entry
-    /// registers, GDT and page tables in `mem`.
-    pub fn configure(
+    /// registers, and the GDT, IDT and page tables in `mem` where the VM's
+    /// [`crate::GuestLayout`] places them.
+    pub fn configure<M: GuestMemory + ?Sized>(
         &self,
         vm: &Vm,
-        mem: &GuestMemoryMmap,
+        mem: &M,
         boot: Option<BootEntry>,
         vcpu_count: u8,
     ) -> Result<()> {
@@ -193,12 +207,12 @@ impl Vcpu {
         }
         if let Some(entry) = boot {
             let sregs = self.fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-            let sregs = regs::setup_sregs(mem, entry, sregs)?;
+            let sregs = regs::setup_sregs(mem, vm.layout(), entry, sregs)?;
             self.fd
                 .set_sregs(&sregs)
                 .map_err(kvm_err("KVM_SET_SREGS"))?;
             self.fd
-                .set_regs(&regs::boot_regs(entry))
+                .set_regs(&regs::boot_regs(vm.layout(), entry))
                 .map_err(kvm_err("KVM_SET_REGS"))?;
         }
         Ok(())
@@ -311,12 +325,7 @@ impl Vcpu {
                     suberror,
                     what: internal_error_name(suberror),
                     rip,
-                    pvm: if is_pvm_host() && suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
-                    {
-                        format!("; {PVM_EXPLANATION}")
-                    } else {
-                        String::new()
-                    },
+                    pvm: suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION && is_pvm_host(),
                 },
                 Fatal::Unhandled(name) => Error::UnhandledExit { vcpu, name, rip },
             });
@@ -356,6 +365,19 @@ impl Vcpu {
     }
 }
 
+impl Vm {
+    /// Creates vCPU `index` (its APIC id is the same number).
+    pub fn create_vcpu(&self, index: u8) -> Result<Vcpu> {
+        // The in-kernel LAPIC must exist before the vCPU does.
+        self.create_irqchip()?;
+        let fd = self
+            .fd()
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        Ok(Vcpu::new(index, fd, self.state_caps().clone()))
+    }
+}
+
 enum Fatal {
     FailEntry(u64, u32),
     Internal(u32),
@@ -377,4 +399,38 @@ fn exit_name(exit: &VcpuExit) -> String {
     // "Hypercall(...)" -> "Hypercall": the variant name is what a person needs.
     let name = debug.split(['(', ' ', '{']).next().unwrap_or("Unknown");
     format!("KVM_EXIT {name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_kick_handler_registration_is_reported_every_time() {
+        let outcome = OnceLock::new();
+        let failed = install_once(&outcome, || Err(errno::Error::new(libc::EINVAL)));
+        assert!(
+            matches!(failed, Err(Error::Signal(e)) if e.errno() == libc::EINVAL),
+            "{failed:?}"
+        );
+        // A later attempt neither registers again nor pretends success.
+        let again = install_once(&outcome, || panic!("registered twice"));
+        assert!(
+            matches!(again, Err(Error::Signal(e)) if e.errno() == libc::EINVAL),
+            "{again:?}"
+        );
+    }
+
+    #[test]
+    fn a_successful_registration_happens_once() {
+        let outcome = OnceLock::new();
+        install_once(&outcome, || Ok(())).unwrap();
+        install_once(&outcome, || panic!("registered twice")).unwrap();
+    }
+
+    #[test]
+    fn the_real_kick_handler_installs() {
+        install_kick_handler().unwrap();
+        install_kick_handler().unwrap();
+    }
 }

@@ -28,13 +28,14 @@ use std::mem::size_of;
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state,
     kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave, CpuId, Msrs, Xsave, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES,
-    KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SIPI_VECTOR,
+    CpuId, Msrs, Xsave, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, KVM_VCPUEVENT_VALID_NMI_PENDING,
+    KVM_VCPUEVENT_VALID_SIPI_VECTOR,
 };
-use kvm_ioctls::{Cap, Kvm, VmFd};
 use serde::{Deserialize, Serialize};
 
+use crate::caps::LEGACY_XSAVE_BYTES;
+use crate::cpuid::{self, CpuidRegs};
 use crate::error::{kvm_err, Error, Result};
 use crate::run::Vcpu;
 use crate::vm::Vm;
@@ -47,46 +48,6 @@ const MSR_TSC_DEADLINE: u32 = 0x6e0;
 const MSR_BATCH: usize = KVM_MAX_MSR_ENTRIES - 1;
 /// More MSRs than any KVM reports; a state with more is refused instead of looping over it.
 const MAX_SAVED_MSRS: usize = 4096;
-/// The legacy `struct kvm_xsave` is 4 KiB; KVM_GET_XSAVE2 may return more.
-const LEGACY_XSAVE_BYTES: usize = size_of::<kvm_xsave>();
-
-/// What the host's KVM offers for vCPU state, found once per VM and shared by its vCPUs.
-#[derive(Debug)]
-pub(crate) struct StateCaps {
-    /// KVM_GET_MSR_INDEX_LIST, or why it failed (reported by a save, not by VM creation).
-    msr_index_list: std::result::Result<Vec<u32>, kvm_ioctls::Error>,
-    /// Bytes of the XSAVE area (KVM_CAP_XSAVE2, or 4096 with only KVM_CAP_XSAVE); None without
-    /// XSAVE support.
-    xsave_bytes: Option<usize>,
-    /// KVM_CAP_XCRS.
-    xcrs: bool,
-    /// The in-kernel irqchip (and so the LAPIC) exists.
-    irqchip: bool,
-    /// The host's CPUID vendor (leaf 0), from KVM_GET_SUPPORTED_CPUID.
-    host_vendor: String,
-}
-
-impl StateCaps {
-    pub(crate) fn new(kvm: &Kvm, vm: &VmFd, supported: &CpuId, irqchip: bool) -> Self {
-        let msr_index_list = kvm
-            .get_msr_index_list()
-            .map(|list| list.as_slice().to_vec());
-        let xsave_bytes = if vm.check_extension(Cap::Xsave) {
-            let size = usize::try_from(vm.check_extension_int(Cap::Xsave2)).unwrap_or(0);
-            Some(size.max(LEGACY_XSAVE_BYTES))
-        } else {
-            None
-        };
-        StateCaps {
-            msr_index_list,
-            xsave_bytes,
-            xcrs: vm.check_extension(Cap::Xcrs),
-            irqchip,
-            host_vendor: cpuid_vendor(supported.as_slice()).unwrap_or_default(),
-        }
-    }
-}
-
 /// One CPUID leaf as KVM_GET_CPUID2 reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuidEntry {
@@ -242,44 +203,21 @@ pub struct IrqchipState {
     pub ioapic: kvm_irqchip,
 }
 
-/// VM-wide KVM state: interrupt controllers, PIT and kvmclock.
+/// VM-wide KVM state: interrupt controllers, PIT and kvmclock. (Not a VM's run state: that is
+/// the control API's `VmState`.)
+///
+/// The serde name stays `VmState`, the type's name before it was renamed, so that a format
+/// that writes type names reads what older versions wrote (JSON, which snapshots use, writes
+/// none).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct VmState {
+#[serde(rename = "VmState")]
+pub struct KvmVmState {
     /// PICs and IOAPIC; None for a VM without the in-kernel irqchip.
     pub irqchip: Option<IrqchipState>,
     /// The in-kernel PIT (KVM_GET_PIT2); None for a VM without the in-kernel irqchip.
     pub pit: Option<kvm_pit_state2>,
     /// kvmclock (KVM_GET_CLOCK).
     pub clock: kvm_clock_data,
-}
-
-/// The 12-byte vendor string of CPUID leaf 0 (EBX, EDX, ECX), if the leaf is there.
-fn cpuid_vendor<'a, E>(entries: impl IntoIterator<Item = &'a E>) -> Option<String>
-where
-    E: 'a + CpuidRegs,
-{
-    let leaf0 = entries.into_iter().find(|e| e.function() == 0)?;
-    let (ebx, ecx, edx) = leaf0.vendor_regs();
-    let mut bytes = Vec::with_capacity(12);
-    for reg in [ebx, edx, ecx] {
-        bytes.extend_from_slice(&reg.to_le_bytes());
-    }
-    Some(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// Leaf number and vendor registers of a CPUID entry, for both entry types.
-trait CpuidRegs {
-    fn function(&self) -> u32;
-    fn vendor_regs(&self) -> (u32, u32, u32);
-}
-
-impl CpuidRegs for kvm_cpuid_entry2 {
-    fn function(&self) -> u32 {
-        self.function
-    }
-    fn vendor_regs(&self) -> (u32, u32, u32) {
-        (self.ebx, self.ecx, self.edx)
-    }
 }
 
 impl CpuidRegs for CpuidEntry {
@@ -427,7 +365,16 @@ impl Vcpu {
                 data: e.data,
             }));
             // Skip the MSR KVM stopped at, if any.
-            let consumed = if read < chunk.len() { read + 1 } else { read };
+            let consumed = if read < chunk.len() {
+                log::debug!(
+                    "vCPU {}: KVM cannot read MSR {:#x}; it is left out of the state",
+                    self.index(),
+                    chunk[read]
+                );
+                read + 1
+            } else {
+                read
+            };
             rest = &rest[consumed..];
         }
         Ok(out)
@@ -452,7 +399,7 @@ impl Vcpu {
                 ),
             ));
         }
-        let vendor = cpuid_vendor(&state.cpuid)
+        let vendor = cpuid::vendor(&state.cpuid)
             .ok_or_else(|| invalid("CPUID", "no leaf 0 (the vendor) among the entries"))?;
         if vendor != caps.host_vendor {
             return Err(Error::CpuidVendorMismatch {
@@ -587,6 +534,11 @@ impl Vcpu {
                         data: refused.data,
                     });
                 }
+                log::debug!(
+                    "vCPU {}: KVM does not write MSR {:#x}, which already holds the saved value",
+                    self.index(),
+                    refused.index
+                );
                 rest = &rest[written + 1..];
             } else {
                 rest = &rest[written..];
@@ -624,7 +576,7 @@ impl Vm {
     /// Saves the VM-wide KVM state: the PICs and the IOAPIC, the PIT and kvmclock. Creates the
     /// irqchip first if the VM has that option and it does not exist yet (as creating a vCPU
     /// does). Stop every vCPU first.
-    pub fn save_state(&self) -> Result<VmState> {
+    pub fn save_state(&self) -> Result<KvmVmState> {
         let fd = self.fd();
         let (irqchip, pit) = if self.has_irqchip() {
             self.create_irqchip()?;
@@ -648,7 +600,7 @@ impl Vm {
             (None, None)
         };
         let clock = fd.get_clock().map_err(kvm_err("KVM_GET_CLOCK"))?;
-        Ok(VmState {
+        Ok(KvmVmState {
             irqchip,
             pit,
             clock,
@@ -666,7 +618,7 @@ impl Vm {
     /// KVM_SET_CLOCK, and kernels before 5.16 refuse any flag), and KVM_CLOCK_REALTIME would
     /// add the real time passed since the save. It is left out so that the guest's clock, like
     /// its TSC (restored from the IA32_TSC MSR), resumes where it stopped.
-    pub fn restore_state(&self, state: &VmState) -> Result<()> {
+    pub fn restore_state(&self, state: &KvmVmState) -> Result<()> {
         let vm = self.has_irqchip();
         if state.irqchip.is_some() != vm || state.pit.is_some() != vm {
             return Err(Error::IrqchipMismatch {
@@ -718,7 +670,7 @@ mod tests {
             // kvm.ignore_msrs=1 reads unknown MSRs as 0: nothing to skip.
             return;
         }
-        let vm = Vm::new(crate::VmOptions::default()).unwrap();
+        let vm = Vm::new(crate::VmOptions::new(crate::boot::test_layout())).unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
         let mut indices = vec![MSR_TSC];
         indices.extend((0..300).map(|i| 0xdead_0000 + i));
@@ -759,10 +711,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            cpuid_vendor(&[other, leaf0]).as_deref(),
+            cpuid::vendor(&[other, leaf0]).as_deref(),
             Some("GenuineIntel")
         );
-        assert_eq!(cpuid_vendor(&[other]), None);
+        assert_eq!(cpuid::vendor(&[other]), None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The KVM VM: /dev/kvm, the VM fd, irqchip, PIT, memory slots, irqfd and ioeventfd.
+//! The KVM VM: /dev/kvm, the VM fd, irqchip, PIT, memory slots, irqfd and ioeventfd. (vCPUs
+//! come from [`Vm::create_vcpu`] in [`crate::run`], the VM's state from [`crate::state`].)
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,40 +11,16 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-use vmm_memory::{layout, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::boot::GuestLayout;
+use crate::caps::StateCaps;
 use crate::error::{kvm_err, Error, Result};
-use crate::run::Vcpu;
-use crate::state::StateCaps;
 
-/// What a PVM host means for the guest, said once wherever it matters.
-pub const PVM_EXPLANATION: &str = "this host's /dev/kvm is PVM (kvm_pvm module, no VT-x/AMD-V): it runs guest \
-kernel code through KVM's instruction emulator, so an ordinary Linux kernel cannot boot here; use a host with \
-hardware virtualization (or ../shared/testhost)";
-
-/// True when /dev/kvm comes from the kvm_pvm module.
+/// True when /dev/kvm comes from the kvm_pvm module: KVM without VT-x/AMD-V, which runs guest
+/// supervisor code through its instruction emulator and so cannot run an unmodified kernel.
 pub fn is_pvm_host() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
-}
-
-/// Where the boot vCPU starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BootEntry {
-    /// 64-bit Linux boot protocol: long mode, identity paging, RSI = boot_params.
-    Long64 {
-        /// Entry point.
-        rip: u64,
-        /// Guest address of boot_params.
-        boot_params: u64,
-    },
-    /// PVH: 32-bit protected mode, paging off, EBX = hvm_start_info.
-    Protected32 {
-        /// Entry point.
-        eip: u64,
-        /// Guest address of hvm_start_info.
-        start_info: u64,
-    },
 }
 
 /// VM creation options.
@@ -52,11 +29,17 @@ pub struct VmOptions {
     /// Create the in-kernel irqchip (IOAPIC, PIC, LAPICs) and PIT. Off only for tests that want
     /// HLT to exit to user space.
     pub irqchip: bool,
+    /// Where the VM's TSS and the boot vCPU's structures go in guest physical memory.
+    pub layout: GuestLayout,
 }
 
-impl Default for VmOptions {
-    fn default() -> Self {
-        VmOptions { irqchip: true }
+impl VmOptions {
+    /// Options for a VM with the in-kernel irqchip and the given layout.
+    pub fn new(layout: GuestLayout) -> Self {
+        VmOptions {
+            irqchip: true,
+            layout,
+        }
     }
 }
 
@@ -69,6 +52,7 @@ pub struct Vm {
     irqchip_created: Mutex<bool>,
     state_caps: Arc<StateCaps>,
     dirty_log: AtomicBool,
+    layout: GuestLayout,
 }
 
 /// KVM's dirty log of one memory slot (one guest memory region): one bit per 4 KiB page that
@@ -116,7 +100,9 @@ impl DirtyBitmap {
 
 impl Vm {
     /// Opens /dev/kvm and creates a VM; the irqchip and PIT follow in [`Vm::create_irqchip`].
+    /// The layout of `options` is checked first ([`GuestLayout::validate`]).
     pub fn new(options: VmOptions) -> Result<Vm> {
+        options.layout.validate()?;
         let kvm = open_kvm()?;
         let version = kvm.get_api_version();
         if version != 12 {
@@ -145,7 +131,8 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+        // x86-64: usize and u64 have the same width.
+        fd.set_tss_address(options.layout.tss as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         let state_caps = StateCaps::new(&kvm, &fd, &supported_cpuid, options.irqchip);
         Ok(Vm {
@@ -156,6 +143,7 @@ impl Vm {
             irqchip_created: Mutex::new(false),
             state_caps: Arc::new(state_caps),
             dirty_log: AtomicBool::new(false),
+            layout: options.layout,
         })
     }
 
@@ -221,29 +209,66 @@ impl Vm {
         self.irqchip
     }
 
+    /// The guest layout the VM was created with.
+    pub fn layout(&self) -> &GuestLayout {
+        &self.layout
+    }
+
+    /// What the host's KVM offers for state save/restore, for the VM's vCPUs.
+    pub(crate) fn state_caps(&self) -> &Arc<StateCaps> {
+        &self.state_caps
+    }
+
     /// Registers every guest memory region as a KVM memory slot (slot `i` for region `i`).
-    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<()> {
+    ///
+    /// # Safety
+    ///
+    /// KVM reads and writes the regions' host memory behind Rust's back, whenever a vCPU of this
+    /// VM runs (and where a vCPU ioctl reads guest memory). The caller must make sure that
+    /// every region of `mem`:
+    /// - is one contiguous host mapping of `region.len()` bytes starting at the host address
+    ///   `mem` gives for the region's first byte (true of vm-memory's `GuestRegionMmap`);
+    /// - is memory that may change under the process at any time, never accessed through Rust
+    ///   references (vm-memory's regions are accessed through volatile slices);
+    /// - stays mapped there, with nothing else mapped in its place, for as long as a vCPU of
+    ///   this VM may run: until every vCPU is dropped or has run for the last time, or until
+    ///   the slots are registered again with other memory.
+    pub unsafe fn register_memory<M: GuestMemoryBackend + ?Sized>(&self, mem: &M) -> Result<()> {
         let flags = if self.dirty_log.load(Ordering::SeqCst) {
             KVM_MEM_LOG_DIRTY_PAGES
         } else {
             0
         };
-        self.set_memory_slots(mem, flags)
+        // SAFETY: the caller upholds this function's contract, which is set_memory_slots'.
+        unsafe { self.set_memory_slots(mem, flags) }
     }
 
     /// Starts KVM's dirty log on every slot of `mem` (the memory given to
     /// [`Vm::register_memory`]): re-registers the slots with KVM_MEM_LOG_DIRTY_PAGES. From then
     /// on KVM notes each 4 KiB page the guest writes (vCPU stores and in-kernel devices; not
     /// writes by the VMM itself through its own mapping); [`Vm::dirty_pages`] reads the log.
-    pub fn enable_dirty_log(&self, mem: &GuestMemoryMmap) -> Result<()> {
-        self.set_memory_slots(mem, KVM_MEM_LOG_DIRTY_PAGES)?;
+    ///
+    /// # Safety
+    ///
+    /// The slots are registered again with the host addresses of `mem`: the caller must uphold
+    /// the contract of [`Vm::register_memory`] for `mem` (normally by passing the memory
+    /// registered there, which it keeps mapped anyway).
+    pub unsafe fn enable_dirty_log<M: GuestMemoryBackend + ?Sized>(&self, mem: &M) -> Result<()> {
+        // SAFETY: the caller upholds register_memory's contract for `mem`.
+        unsafe { self.set_memory_slots(mem, KVM_MEM_LOG_DIRTY_PAGES) }?;
         self.dirty_log.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Stops the dirty log: re-registers the slots of `mem` without KVM_MEM_LOG_DIRTY_PAGES.
-    pub fn disable_dirty_log(&self, mem: &GuestMemoryMmap) -> Result<()> {
-        self.set_memory_slots(mem, 0)?;
+    ///
+    /// # Safety
+    ///
+    /// As for [`Vm::enable_dirty_log`]: the caller must uphold the contract of
+    /// [`Vm::register_memory`] for `mem`.
+    pub unsafe fn disable_dirty_log<M: GuestMemoryBackend + ?Sized>(&self, mem: &M) -> Result<()> {
+        // SAFETY: the caller upholds register_memory's contract for `mem`.
+        unsafe { self.set_memory_slots(mem, 0) }?;
         self.dirty_log.store(false, Ordering::SeqCst);
         Ok(())
     }
@@ -252,7 +277,7 @@ impl Vm {
     /// slot order, with the pages the guest wrote since the previous call (or since
     /// [`Vm::enable_dirty_log`]). Reading while vCPUs run is allowed; a page written during the
     /// read shows up in this bitmap or the next one.
-    pub fn dirty_pages(&self, mem: &GuestMemoryMmap) -> Result<Vec<DirtyBitmap>> {
+    pub fn dirty_pages<M: GuestMemoryBackend + ?Sized>(&self, mem: &M) -> Result<Vec<DirtyBitmap>> {
         if !self.dirty_log.load(Ordering::SeqCst) {
             return Err(Error::DirtyLogNotEnabled);
         }
@@ -276,7 +301,16 @@ impl Vm {
             .collect()
     }
 
-    fn set_memory_slots(&self, mem: &GuestMemoryMmap, flags: u32) -> Result<()> {
+    /// Registers region `i` of `mem` as slot `i` with `flags`.
+    ///
+    /// # Safety
+    ///
+    /// The contract of [`Vm::register_memory`].
+    unsafe fn set_memory_slots<M: GuestMemoryBackend + ?Sized>(
+        &self,
+        mem: &M,
+        flags: u32,
+    ) -> Result<()> {
         let slots = self.kvm.get_nr_memslots();
         if mem.num_regions() > slots {
             return Err(Error::TooManyMemorySlots(mem.num_regions()));
@@ -294,9 +328,9 @@ impl Vm {
                 memory_size: region.len(),
                 userspace_addr: host as u64,
             };
-            // SAFETY: the region is a live mapping owned by `mem` of exactly `memory_size` bytes;
-            // the caller keeps `mem` alive as long as the VM (vmm-core holds both together), so
-            // KVM never sees a dangling host address.
+            // SAFETY: by this function's contract (register_memory's), the region is one host
+            // mapping of exactly `memory_size` bytes at `host`, which KVM may change at any time
+            // and which stays mapped for as long as a vCPU of this VM may run.
             unsafe { self.fd.set_user_memory_region(entry) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
@@ -327,17 +361,6 @@ impl Vm {
             None => self.fd.register_ioevent(fd, &addr, kvm_ioctls::NoDatamatch),
         }
         .map_err(kvm_err("KVM_IOEVENTFD"))
-    }
-
-    /// Creates vCPU `index` (its APIC id is the same number).
-    pub fn create_vcpu(&self, index: u8) -> Result<Vcpu> {
-        // The in-kernel LAPIC must exist before the vCPU does.
-        self.create_irqchip()?;
-        let fd = self
-            .fd
-            .create_vcpu(u64::from(index))
-            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu::new(index, fd, self.state_caps.clone()))
     }
 }
 

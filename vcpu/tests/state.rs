@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_memory::{create_guest_memory, layout, GuestMemoryMmap, MemoryOptions};
 use vmm_vcpu::{
-    BootEntry, Error, ExitHandler, Vcpu, VcpuExitReason, VcpuKicker, VcpuState, Vm, VmOptions,
-    VmState,
+    BootEntry, Error, ExitHandler, KvmVmState, Vcpu, VcpuExitReason, VcpuKicker, VcpuState, Vm,
 };
+
+mod common;
 
 const MEM_SIZE: u64 = 16 << 20;
 const CODE: u64 = 0x10_0000;
@@ -87,7 +88,7 @@ fn memory() -> GuestMemoryMmap {
 }
 
 fn vm(irqchip: bool) -> Vm {
-    Vm::new(VmOptions { irqchip }).expect("/dev/kvm must be usable for tier-2 tests")
+    Vm::new(common::options(irqchip)).expect("/dev/kvm must be usable for tier-2 tests")
 }
 
 fn long64() -> BootEntry {
@@ -97,12 +98,17 @@ fn long64() -> BootEntry {
     }
 }
 
-/// A VM running `code` from boot on one configured vCPU.
+/// A VM running `code` from boot on one configured vCPU. Here and below, the memory a VM is
+/// registered with goes back to the test together with the VM and its vCPU, and each test keeps
+/// all three until it ends, after the vCPU's last run (a vCPU runs on the test's thread, or on
+/// one that the test joins).
 fn booted(code: &[u8], irqchip: bool) -> (Vm, GuestMemoryMmap, Vcpu) {
     let vm = vm(irqchip);
     let mem = memory();
     mem.write_slice(code, GuestAddress(CODE)).unwrap();
-    vm.register_memory(&mem).unwrap();
+    // SAFETY: `mem` is vm-memory mmap regions, kept by the test until after the vCPU's last
+    // run (see above).
+    unsafe { vm.register_memory(&mem) }.unwrap();
     vm.create_irqchip().unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
     vcpu.configure(&vm, &mem, Some(long64()), 1).unwrap();
@@ -158,10 +164,12 @@ fn snapshot(vm: &Vm, vcpu: &Vcpu, mem: &GuestMemoryMmap) -> Snapshot {
 /// A new VM and vCPU 0 restored from `snap`.
 fn restore(snap: &Snapshot) -> (Vm, GuestMemoryMmap, Vcpu) {
     let vcpu_state: VcpuState = serde_json::from_str(&snap.vcpu).unwrap();
-    let vm_state: VmState = serde_json::from_str(&snap.vm).unwrap();
+    let vm_state: KvmVmState = serde_json::from_str(&snap.vm).unwrap();
     let vm = vm(true);
     let mem = memory_from(&snap.memory);
-    vm.register_memory(&mem).unwrap();
+    // SAFETY: `mem` is vm-memory mmap regions, kept by the test until after the vCPU's last
+    // run (see `booted`).
+    unsafe { vm.register_memory(&mem) }.unwrap();
     vm.create_irqchip().unwrap();
     vm.restore_state(&vm_state).unwrap();
     let vcpu = vm.create_vcpu(vcpu_state.index).unwrap();
@@ -297,7 +305,9 @@ fn save_and_restore_without_irqchip(
     assert!(vcpu_state.lapic.is_none() && vm_state.irqchip.is_none() && vm_state.pit.is_none());
     let new_vm = self::vm(false);
     let new_mem = memory_from(&copy_memory(mem));
-    new_vm.register_memory(&new_mem).unwrap();
+    // SAFETY: `new_mem` is vm-memory mmap regions, kept by the test until after the vCPU's
+    // last run (see `booted`).
+    unsafe { new_vm.register_memory(&new_mem) }.unwrap();
     new_vm.restore_state(&vm_state).unwrap();
     let new_vcpu = new_vm.create_vcpu(0).unwrap();
     new_vcpu.restore_state(&vcpu_state).unwrap();
@@ -374,7 +384,7 @@ fn states_survive_a_json_round_trip() {
     assert!(back.lapic.is_some(), "the in-kernel LAPIC is saved");
 
     let json = serde_json::to_string(&vm_state).unwrap();
-    let back: VmState = serde_json::from_str(&json).unwrap();
+    let back: KvmVmState = serde_json::from_str(&json).unwrap();
     assert_eq!(serde_json::to_string(&back).unwrap(), json);
     let chips = back.irqchip.expect("the irqchip is saved");
     assert_eq!(
@@ -557,7 +567,9 @@ fn dirty_log_marks_only_the_page_the_guest_wrote() {
     let vm = vm(false);
     let mem = memory();
     mem.write_slice(&code, GuestAddress(CODE)).unwrap();
-    vm.register_memory(&mem).unwrap();
+    // SAFETY: `mem` is vm-memory mmap regions that live until the end of the test, after the
+    // vCPU's last run; the dirty log calls below re-register this same memory.
+    unsafe { vm.register_memory(&mem) }.unwrap();
     let err = vm.dirty_pages(&mem).unwrap_err();
     assert!(matches!(err, Error::DirtyLogNotEnabled), "{err:?}");
 
@@ -566,7 +578,8 @@ fn dirty_log_marks_only_the_page_the_guest_wrote() {
     // Accessed and dirty bits set in advance in the boot page tables: the CPU's page walk
     // then writes nothing there, and the guest's store is its only write.
     set_accessed_dirty(&mem);
-    vm.enable_dirty_log(&mem).unwrap();
+    // SAFETY: the memory registered above, under the same contract.
+    unsafe { vm.enable_dirty_log(&mem) }.unwrap();
     // Writes by the VMM through its own mapping are not the guest's: not in the log.
     mem.write_obj(7u64, GuestAddress(0x40_0000)).unwrap();
 
@@ -595,7 +608,8 @@ fn dirty_log_marks_only_the_page_the_guest_wrote() {
     // Reading clears the log.
     let again = vm.dirty_pages(&mem).unwrap();
     assert_eq!(again[0].dirty_count(), 0);
-    vm.disable_dirty_log(&mem).unwrap();
+    // SAFETY: the memory registered above, under the same contract.
+    unsafe { vm.disable_dirty_log(&mem) }.unwrap();
     assert!(matches!(
         vm.dirty_pages(&mem).unwrap_err(),
         Error::DirtyLogNotEnabled

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_memory::{create_guest_memory, layout, GuestMemoryMmap, MemoryOptions};
-use vmm_vcpu::{BootEntry, ExitHandler, VcpuExitReason, Vm, VmOptions};
+use vmm_vcpu::{BootEntry, ExitHandler, GuestLayout, VcpuExitReason, Vm, VmOptions};
+
+mod common;
+use common::options;
 
 const CODE: u64 = 0x10_0000;
 /// Unbacked guest address inside the boot identity map (RAM is 16 MiB): an MMIO exit.
@@ -54,11 +57,16 @@ impl ExitHandler for Recorder {
     }
 }
 
+/// A VM with `code` at `CODE` in its memory. The caller keeps the memory until its vCPUs have
+/// run for the last time (each test holds both until it ends, and joins its vCPU threads).
 fn vm_with_code(code: &[u8], irqchip: bool) -> (Vm, GuestMemoryMmap) {
-    let vm = Vm::new(VmOptions { irqchip }).expect("/dev/kvm must be usable for tier-2 tests");
+    let vm = Vm::new(options(irqchip)).expect("/dev/kvm must be usable for tier-2 tests");
     let mem = create_guest_memory(16 << 20, MemoryOptions::default()).unwrap();
     mem.write_slice(code, GuestAddress(CODE)).unwrap();
-    vm.register_memory(&mem).unwrap();
+    // SAFETY: `mem` is vm-memory mmap regions, returned to the test together with the VM; each
+    // test keeps it until it ends, after the last run of any vCPU of this VM (vCPU threads are
+    // joined or scoped).
+    unsafe { vm.register_memory(&mem) }.unwrap();
     (vm, mem)
 }
 
@@ -150,7 +158,7 @@ fn undefined_instruction_without_idt_is_a_triple_fault() {
 #[test]
 fn several_vcpus_run_at_once() {
     const VCPUS: u8 = 4;
-    let vm = Vm::new(VmOptions { irqchip: false }).unwrap();
+    let vm = Vm::new(options(false)).unwrap();
     let mem = create_guest_memory(16 << 20, MemoryOptions::default()).unwrap();
     for i in 0..VCPUS {
         // Each vCPU gets its own entry: out 0x80, <index>; hlt.
@@ -158,7 +166,9 @@ fn several_vcpus_run_at_once() {
         mem.write_slice(&code, GuestAddress(CODE + 0x100 * u64::from(i)))
             .unwrap();
     }
-    vm.register_memory(&mem).unwrap();
+    // SAFETY: `mem` is vm-memory mmap regions that live until the end of the test; the vCPUs
+    // run only inside the thread scope below.
+    unsafe { vm.register_memory(&mem) }.unwrap();
     let handler = Recorder::default();
     thread::scope(|s| {
         for i in 0..VCPUS {
@@ -211,7 +221,7 @@ fn kick_before_run_stops_immediately() {
 
 #[test]
 fn vcpu_count_limits() {
-    let vm = Vm::new(VmOptions::default()).unwrap();
+    let vm = Vm::new(options(true)).unwrap();
     assert!(vm.check_vcpu_count(0).is_err());
     assert!(vm.check_vcpu_count(1).is_ok());
     let max = vm.max_vcpus();
@@ -234,4 +244,61 @@ fn configured_cpuid_carries_the_apic_id() {
         assert_eq!(leaf1.ebx >> 24, u32::from(i));
         assert_ne!(leaf1.ecx & (1 << 31), 0, "hypervisor bit");
     }
+}
+
+/// A VMM with its own memory type and address map: plain vm-memory `GuestMemoryMmap<()>` (no
+/// dirty bitmap) and boot structures elsewhere than vmm-memory puts them.
+#[test]
+fn own_memory_type_and_layout() {
+    let layout = GuestLayout {
+        tss: 0xfffb_d000,
+        gdt: 0x1000,
+        idt: 0x1100,
+        pml4: 0x2000,
+        pdpt: 0x3000,
+        pd: 0x4000,
+        boot_stack_pointer: 0x5ff0,
+    };
+    // No irqchip: the HLT at the end exits to user space.
+    let vm = Vm::new(VmOptions {
+        irqchip: false,
+        layout,
+    })
+    .unwrap();
+    assert_eq!(vm.layout(), &layout);
+    let mem =
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+    mem.write_slice(LONG_MODE_IO, GuestAddress(CODE)).unwrap();
+    // SAFETY: `mem` is vm-memory mmap regions that live until the end of the test, after the
+    // vCPU's last run.
+    unsafe { vm.register_memory(&mem) }.unwrap();
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.configure(&vm, &mem, Some(long64()), 1).unwrap();
+    let sregs = vcpu.fd().get_sregs().unwrap();
+    assert_eq!(
+        (sregs.gdt.base, sregs.idt.base, sregs.cr3),
+        (0x1000, 0x1100, 0x2000)
+    );
+    assert_eq!(vcpu.fd().get_regs().unwrap().rsp, 0x5ff0);
+    let pml4: u64 = mem.read_obj(GuestAddress(0x2000)).unwrap();
+    assert_eq!(pml4 & !0xfff, 0x3000);
+    // Nothing at vmm-memory's places.
+    let untouched: u64 = mem.read_obj(GuestAddress(layout::PML4_START)).unwrap();
+    assert_eq!(untouched, 0);
+    let handler = Recorder::default();
+    assert_eq!(vcpu.run(&handler).unwrap(), VcpuExitReason::Halted);
+    assert_eq!(handler.lines().len(), 6, "{:?}", handler.lines());
+}
+
+#[test]
+fn an_invalid_layout_is_refused_before_kvm() {
+    let layout = GuestLayout {
+        pml4: 0x9100,
+        ..common::guest_layout()
+    };
+    let err = Vm::new(VmOptions::new(layout)).err().unwrap().to_string();
+    assert!(
+        err.contains("invalid guest layout: PML4 at 0x9100"),
+        "{err}"
+    );
 }

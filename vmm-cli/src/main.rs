@@ -265,7 +265,7 @@ impl RunArgs {
 mod client;
 mod fleet;
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     vmm_core::error_chain(error)
 }
 

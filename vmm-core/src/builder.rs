@@ -12,13 +12,30 @@ use vmm_devices::{Bus, EventFdTrigger, I8042Wrapper, SerialDevice};
 use vmm_loader::{BootLayout, BootProtocol, LoadedKernel};
 use vmm_memory::{layout, GuestMemoryMmap, MemoryOptions};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_vcpu::{BootEntry, Vcpu, Vm, VmOptions};
+use vmm_vcpu::{BootEntry, GuestLayout, Vcpu, Vm, VmOptions};
 
 use crate::error::{Error, Result};
 use crate::exits::BusExitHandler;
 use crate::persist::{self, RestoreSource};
 use crate::virtio_devices::{self, AttachedDevice};
 use vmm_api::{ElfEntry, SerialMode, VmConfig};
+
+// vmm-vcpu's boot GDT fits the room the address map gives it.
+const _: () = assert!(layout::BOOT_GDT_MAX == vmm_vcpu::boot::BOOT_GDT_ENTRIES);
+
+/// The KVM VM of the address map in `vmm_memory::layout`: its TSS, and where the boot vCPU's
+/// GDT, IDT, identity page tables and stack go.
+fn vm_options() -> VmOptions {
+    VmOptions::new(GuestLayout {
+        tss: layout::KVM_TSS_ADDRESS,
+        gdt: layout::BOOT_GDT_START,
+        idt: layout::BOOT_IDT_START,
+        pml4: layout::PML4_START,
+        pdpt: layout::PDPTE_START,
+        pd: layout::PDE_START,
+        boot_stack_pointer: layout::BOOT_STACK_POINTER,
+    })
+}
 
 /// Kernels larger than this are ordinary kernels (not tiny test guests): on a PVM host they get
 /// a warning before they fail.
@@ -27,12 +44,14 @@ const TINY_KERNEL_BYTES: u64 = 1 << 20;
 /// A VM built and ready to run: memory, KVM VM, devices on their buses, kernel loaded, vCPUs
 /// configured.
 pub struct BuiltVm {
-    /// Guest RAM (kept alive as long as KVM's memory slots point into it).
-    pub memory: GuestMemoryMmap,
+    /// Guest RAM (kept alive as long as KVM's memory slots point into it). Not public, nor
+    /// are the VM and the vCPUs: code outside this crate could otherwise drop the memory and
+    /// run a vCPU (see `register_memory`).
+    pub(crate) memory: GuestMemoryMmap,
     /// The KVM VM.
-    pub vm: Vm,
+    pub(crate) vm: Vm,
     /// The vCPUs, boot vCPU first.
-    pub vcpus: Vec<Vcpu>,
+    pub(crate) vcpus: Vec<Vcpu>,
     /// How the kernel was loaded (`None` for a VM restored from a snapshot).
     pub kernel: Option<LoadedKernel>,
     /// The command line given to the kernel.
@@ -188,14 +207,14 @@ impl BuiltVm {
         };
         let memory = vmm_memory::create_guest_memory(config.memory.0, options)?;
 
-        let vm = Vm::new(VmOptions::default())?;
+        let vm = Vm::new(vm_options())?;
         vm.check_vcpu_count(config.vcpus)?;
         // check_vcpu_count caps the count at 254.
         let vcpu_count = config.vcpus as u8;
-        vm.register_memory(&memory)?;
-        if config.track_dirty_pages {
-            vm.enable_dirty_log(&memory)?;
-        }
+        // SAFETY: `memory` (vmm-memory mmaps) goes into the `BuiltVm` returned below together
+        // with the VM and its vCPUs, and stays mapped until after their last run: see
+        // `register_memory`.
+        unsafe { register_memory(&vm, &memory, config.track_dirty_pages) }?;
         // After the memory slots, which are much slower to add once an irqchip exists.
         vm.create_irqchip()?;
 
@@ -245,10 +264,10 @@ impl BuiltVm {
         vmm_loader::setup_mptable(&memory, &boot, vcpu_count).map_err(Error::Boot)?;
         vmm_loader::setup_acpi(&memory, &boot, vcpu_count, &virtio_slots).map_err(Error::Boot)?;
 
-        if vmm_vcpu::is_pvm_host()
+        if crate::pvm::is_pvm_host()
             && (kernel_size > TINY_KERNEL_BYTES || kernel.protocol != BootProtocol::Pvh)
         {
-            eprintln!("vmm: warning: {}", vmm_vcpu::PVM_EXPLANATION);
+            eprintln!("vmm: warning: {}", crate::pvm::PVM_EXPLANATION);
         }
 
         let entry = match kernel.protocol {
@@ -327,12 +346,12 @@ impl BuiltVm {
         let memory = vmm_memory::snapshot::restore_memory(mem_path, &snapshot.memory, &options)
             .map_err(Error::MemorySnapshot)?;
 
-        let vm = Vm::new(VmOptions::default())?;
+        let vm = Vm::new(vm_options())?;
         vm.check_vcpu_count(config.vcpus)?;
-        vm.register_memory(&memory)?;
-        if config.track_dirty_pages {
-            vm.enable_dirty_log(&memory)?;
-        }
+        // SAFETY: `memory` (vmm-memory mmaps) goes into the `BuiltVm` returned below together
+        // with the VM and its vCPUs, and stays mapped until after their last run: see
+        // `register_memory`.
+        unsafe { register_memory(&vm, &memory, config.track_dirty_pages) }?;
         vm.create_irqchip()?;
 
         let LegacyDevices {
@@ -368,4 +387,29 @@ impl BuiltVm {
             config: config.clone(),
         })
     }
+}
+
+/// Registers `memory` as the KVM memory slots of `vm`, with KVM's dirty log when `dirty_log`.
+///
+/// # Safety
+///
+/// The contract of [`Vm::register_memory`] for `memory`.
+///
+/// Both callers, [`BuiltVm::build`] and [`BuiltVm::restore`], uphold it the same way: `memory`
+/// is a `vmm_memory::GuestMemoryMmap` (one mmap per region, accessed through volatile slices),
+/// created just before the VM and moved into the same `BuiltVm` as the VM and its vCPUs (on an
+/// error before that, the VM is dropped first, as it was declared after `memory`, and no vCPU
+/// has run). Those three fields are private to this crate, and no vCPU runs outside a
+/// [`crate::Vmm`], which joins every vCPU thread (`VcpuThreads::stop`) before it drops the
+/// vCPUs, then the VM, then the memory; a `BuiltVm` dropped without running drops
+/// vCPUs that never ran. A panic that unwinds past a `Vmm` runs its `Drop`, which also joins the
+/// vCPU threads before the VM and the memory go.
+unsafe fn register_memory(vm: &Vm, memory: &GuestMemoryMmap, dirty_log: bool) -> Result<()> {
+    // SAFETY: this function's contract is register_memory's.
+    unsafe { vm.register_memory(memory) }?;
+    if dirty_log {
+        // SAFETY: the same memory, under the same contract.
+        unsafe { vm.enable_dirty_log(memory) }?;
+    }
+    Ok(())
 }

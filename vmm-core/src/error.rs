@@ -141,14 +141,21 @@ pub enum Error {
     Request(vmm_api::ApiError),
 }
 
-/// `error` and all its causes on one line, joined by ": ".
-pub fn chain(error: &dyn std::error::Error) -> String {
+/// `error` and all its causes on one line, joined by ": ". Where one of them is a vCPU's
+/// emulation failure on a PVM host, the line ends with what to do about it.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut line = error.to_string();
+    let mut pvm = crate::pvm::is_pvm_failure(error);
     let mut source = error.source();
     while let Some(cause) = source {
         line.push_str(": ");
         line.push_str(&cause.to_string());
+        pvm |= crate::pvm::is_pvm_failure(cause);
         source = cause.source();
+    }
+    if pvm {
+        line.push_str("; ");
+        line.push_str(crate::pvm::PVM_ADVICE);
     }
     line
 }

@@ -25,7 +25,7 @@ pub struct VmSnapshot {
     /// Every vCPU, in index order.
     pub vcpus: Vec<VcpuState>,
     /// Irqchip, PIT and clock.
-    pub vm: vmm_vcpu::VmState,
+    pub vm: vmm_vcpu::KvmVmState,
     /// The virtio transports with their devices, keyed by device id ("blk0", "net0", "vsock",
     /// "rng", "balloon").
     pub devices: BTreeMap<String, MmioTransportState>,

@@ -21,7 +21,7 @@ use vmm_devices::{Bus, EventFd, EventFdTrigger, I8042Wrapper, SerialDevice, EFD_
 use vmm_devices::{I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
 use vmm_loader::{BootLayout, BootProtocol, ElfEntry};
 use vmm_memory::{layout, MemoryOptions};
-use vmm_vcpu::{BootEntry, ExitHandler, VcpuExitReason, Vm, VmOptions};
+use vmm_vcpu::{BootEntry, ExitHandler, GuestLayout, VcpuExitReason, Vm, VmOptions};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -124,9 +124,12 @@ fn run() -> Result<()> {
 
     // Guest RAM and a VM whose memory slots map it (`mem` is dropped after `vm`: declared first).
     let mem = vmm_memory::create_guest_memory(RAM_BYTES, MemoryOptions::default())?;
-    let vm = Vm::new(VmOptions::default())?;
+    let vm = Vm::new(VmOptions::new(guest_layout()))?;
     vm.check_vcpu_count(u64::from(vcpus))?;
-    vm.register_memory(&mem)?;
+    // SAFETY: `mem` is one anonymous mapping per region, used only through vm-memory's volatile
+    // slices; it is declared before `vm`, so it is dropped after it, and every vCPU thread is
+    // joined below before either goes.
+    unsafe { vm.register_memory(&mem) }?;
     vm.create_irqchip()?; // after the memory slots, which are slower to add once it exists
 
     // COM1 (IRQ 4, output to stdout) and the i8042 (IRQ 1), whose reset line ends the VM.
@@ -165,7 +168,10 @@ fn run() -> Result<()> {
     vmm_loader::setup_mptable(&mem, &boot, vcpus)?;
     vmm_loader::setup_acpi(&mem, &boot, vcpus, &[])?;
     if vmm_vcpu::is_pvm_host() && kernel_size > 1 << 20 {
-        eprintln!("minimal-vmm: warning: {}", vmm_vcpu::PVM_EXPLANATION);
+        eprintln!(
+            "minimal-vmm: warning: this host's /dev/kvm is PVM, which cannot run an unmodified \
+             Linux kernel: use a host with VT-x/AMD-V"
+        );
     }
 
     // vCPUs, one thread each: vCPU 0 starts at the kernel's entry, the others wait for a SIPI.
@@ -180,10 +186,16 @@ fn run() -> Result<()> {
         },
     };
     let (ends, end) = mpsc::channel();
-    let mut threads = Vec::new();
+    // Every vCPU made before any runs: no early return may leave a vCPU thread running.
+    let mut ready = Vec::new();
     for index in 0..vcpus {
-        let mut vcpu = vm.create_vcpu(index)?;
+        let vcpu = vm.create_vcpu(index)?;
         vcpu.configure(&vm, &mem, (index == 0).then_some(entry), vcpus)?;
+        ready.push(vcpu);
+    }
+    let mut threads = Vec::new();
+    for mut vcpu in ready {
+        let index = vcpu.index();
         let (kicker, buses, ends) = (vcpu.kicker(), buses.clone(), ends.clone());
         let thread = std::thread::spawn(move || {
             let _ = ends.send(End::Vcpu(index, vcpu.run(buses.as_ref())));
@@ -197,14 +209,14 @@ fn run() -> Result<()> {
     });
 
     // Run until the first end, then stop every vCPU: a kick gets it out of KVM_RUN.
-    let end = end.recv()?;
+    let end = end.recv();
     for (kicker, _) in &threads {
         kicker.stop();
     }
     for (_, thread) in threads {
         let _ = thread.join();
     }
-    match end {
+    match end? {
         End::Reset => eprintln!("minimal-vmm: the guest reset the VM (i8042)"),
         End::Vcpu(_, Ok(VcpuExitReason::SystemCrash)) => return Err("the guest crashed".into()),
         End::Vcpu(index, Ok(reason)) => eprintln!("minimal-vmm: vCPU {index} ended: {reason:?}"),
@@ -220,5 +232,19 @@ fn main() -> ExitCode {
             eprintln!("minimal-vmm: error: {}", chain(error.as_ref()));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where vmm-vcpu puts the boot GDT, IDT, page tables and stack in guest memory, and KVM's TSS:
+/// this VMM's usual places (vmm-memory's layout).
+fn guest_layout() -> GuestLayout {
+    GuestLayout {
+        tss: layout::KVM_TSS_ADDRESS,
+        gdt: layout::BOOT_GDT_START,
+        idt: layout::BOOT_IDT_START,
+        pml4: layout::PML4_START,
+        pdpt: layout::PDPTE_START,
+        pd: layout::PDE_START,
+        boot_stack_pointer: layout::BOOT_STACK_POINTER,
     }
 }
