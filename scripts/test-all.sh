@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n=== %s\n' "$*"; }
+# Every test runner's output is also kept here, for the counts on the last line.
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+counted() { "$@" 2>&1 | tee -a "$results"; }
 
 step "dependencies"
 scripts/install-deps.sh
@@ -15,14 +19,18 @@ cargo fmt --all --check
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p vmm-cli --test e2e -- -D warnings  # test = false: not in --all-targets
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 step "tiers 1 and 2: cargo test --workspace (unit, integration and doc tests)"
-cargo test --workspace
+counted cargo test --workspace
 step "tier 2: the vmm-vcpu example, as its docs say to run it"
 cargo run -q -p vmm-vcpu --example hello_guest
 step "tier 3: end-to-end Linux boots"
-scripts/e2e.sh
+counted scripts/e2e.sh
 step "fuzz smoke run"
 fuzz/run.sh "${FUZZ_SECONDS:-15}"
 step "all passed"
+# The counts of every cargo test and e2e run above, in the form CI reads.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i - 1); if ($i ~ /^failed/) f += $(i - 1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$results"
