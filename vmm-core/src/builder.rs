@@ -46,7 +46,7 @@ const TINY_KERNEL_BYTES: u64 = 1 << 20;
 pub struct BuiltVm {
     /// Guest RAM (kept alive as long as KVM's memory slots point into it). Not public, nor
     /// are the VM and the vCPUs: code outside this crate could otherwise drop the memory and
-    /// run a vCPU (see `register_memory`).
+    /// run a vCPU (see `machine`).
     pub(crate) memory: GuestMemoryMmap,
     /// The KVM VM.
     pub(crate) vm: Vm,
@@ -60,7 +60,6 @@ pub struct BuiltVm {
     pub virtio: Vec<AttachedDevice>,
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) i8042: Arc<Mutex<I8042Wrapper>>,
-    pub(crate) serial_mode: SerialMode,
     pub(crate) reset: EventFd,
     pub(crate) exits: Arc<BusExitHandler>,
     pub(crate) config: VmConfig,
@@ -207,29 +206,13 @@ impl BuiltVm {
         };
         let memory = vmm_memory::create_guest_memory(config.memory.0, options)?;
 
-        let vm = Vm::new(vm_options())?;
-        vm.check_vcpu_count(config.vcpus)?;
-        // check_vcpu_count caps the count at 254.
-        let vcpu_count = config.vcpus as u8;
         // SAFETY: `memory` (vmm-memory mmaps) goes into the `BuiltVm` returned below together
-        // with the VM and its vCPUs, and stays mapped until after their last run: see
-        // `register_memory`.
-        unsafe { register_memory(&vm, &memory, config.track_dirty_pages) }?;
-        // After the memory slots, which are much slower to add once an irqchip exists.
-        vm.create_irqchip()?;
-
-        // Devices: COM1 with its IRQ through an irqfd, the i8042 (IRQ 1) whose reset ends the VM.
-        let legacy = LegacyDevices::attach(&vm, config, None)?;
-        let LegacyDevices {
-            serial,
-            i8042,
-            reset,
-            pio,
-        } = legacy;
-        let mut mmio = Bus::new();
-        let virtio = virtio_devices::attach_devices(opened, &vm, &memory, &mut mmio)?;
-        let virtio_slots: Vec<_> = virtio.iter().map(|d| d.slot).collect();
-        let exits = Arc::new(BusExitHandler { pio, mmio });
+        // with the VM and its vCPUs, and stays mapped until after their last run: see `machine`.
+        let machine = unsafe { machine(config, &memory, opened, None) }?;
+        // Machine::new checked the count against KVM's limit, at most 254.
+        let vcpu_count = config.vcpus as u8;
+        let virtio_slots: Vec<_> = machine.virtio.iter().map(|d| d.slot).collect();
+        let vm = &machine.vm;
 
         // Kernel, initrd, command line, boot structures.
         let elf_entry = match config.elf_entry {
@@ -283,27 +266,14 @@ impl BuiltVm {
         let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
         for index in 0..vcpu_count {
             let vcpu = vm.create_vcpu(index)?;
-            vcpu.configure(&vm, &memory, (index == 0).then_some(entry), vcpu_count)?;
+            vcpu.configure(vm, &memory, (index == 0).then_some(entry), vcpu_count)?;
             vcpus.push(vcpu);
         }
         let cmdline = cmdline
             .as_cstring()
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(BuiltVm {
-            memory,
-            vm,
-            vcpus,
-            kernel: Some(kernel),
-            cmdline,
-            virtio,
-            serial,
-            i8042,
-            serial_mode: config.serial.clone(),
-            reset,
-            exits,
-            config: config.clone(),
-        })
+        Ok(machine.into_built(memory, vcpus, Some(kernel), cmdline, config))
     }
 
     /// Rebuilds the VM of the snapshot `source`: guest memory mapped privately from its memory
@@ -346,50 +316,35 @@ impl BuiltVm {
         let memory = vmm_memory::snapshot::restore_memory(mem_path, &snapshot.memory, &options)
             .map_err(Error::MemorySnapshot)?;
 
-        let vm = Vm::new(vm_options())?;
-        vm.check_vcpu_count(config.vcpus)?;
         // SAFETY: `memory` (vmm-memory mmaps) goes into the `BuiltVm` returned below together
-        // with the VM and its vCPUs, and stays mapped until after their last run: see
-        // `register_memory`.
-        unsafe { register_memory(&vm, &memory, config.track_dirty_pages) }?;
-        vm.create_irqchip()?;
-
-        let LegacyDevices {
-            serial,
-            i8042,
-            reset,
-            pio,
-        } = LegacyDevices::attach(&vm, config, Some(&snapshot.serial))?;
-        let mut mmio = Bus::new();
-        let virtio = virtio_devices::attach_devices(opened, &vm, &memory, &mut mmio)?;
-        persist::restore_devices(&virtio, &snapshot.devices)?;
-        let exits = Arc::new(BusExitHandler { pio, mmio });
-
-        vm.restore_state(&snapshot.vm)?;
+        // with the VM and its vCPUs, and stays mapped until after their last run: see `machine`.
+        let machine = unsafe { machine(config, &memory, opened, Some(&snapshot.serial)) }?;
+        persist::restore_devices(&machine.virtio, &snapshot.devices)?;
+        machine.vm.restore_state(&snapshot.vm)?;
         let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
         for state in &snapshot.vcpus {
-            let vcpu = vm.create_vcpu(state.index)?;
+            let vcpu = machine.vm.create_vcpu(state.index)?;
             vcpu.restore_state(state)?;
             vcpus.push(vcpu);
         }
-        Ok(BuiltVm {
-            memory,
-            vm,
-            vcpus,
-            kernel: None,
-            cmdline: String::new(),
-            virtio,
-            serial,
-            i8042,
-            serial_mode: config.serial.clone(),
-            reset,
-            exits,
-            config: config.clone(),
-        })
+        Ok(machine.into_built(memory, vcpus, None, String::new(), config))
     }
 }
 
-/// Registers `memory` as the KVM memory slots of `vm`, with KVM's dirty log when `dirty_log`.
+/// What build and restore set up alike around guest memory: the KVM VM with `memory` as its
+/// slots (and KVM's dirty log when the configuration tracks dirty pages) and the irqchip, COM1
+/// (its UART in `serial_state` when restoring) and the i8042 on the port bus, and the opened
+/// virtio devices on the MMIO bus.
+struct Machine {
+    vm: Vm,
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042Wrapper>>,
+    reset: EventFd,
+    virtio: Vec<AttachedDevice>,
+    exits: Arc<BusExitHandler>,
+}
+
+/// Sets up the [`Machine`] of `config` around `memory`.
 ///
 /// # Safety
 ///
@@ -398,18 +353,69 @@ impl BuiltVm {
 /// Both callers, [`BuiltVm::build`] and [`BuiltVm::restore`], uphold it the same way: `memory`
 /// is a `vmm_memory::GuestMemoryMmap` (one mmap per region, accessed through volatile slices),
 /// created just before the VM and moved into the same `BuiltVm` as the VM and its vCPUs (on an
-/// error before that, the VM is dropped first, as it was declared after `memory`, and no vCPU
-/// has run). Those three fields are private to this crate, and no vCPU runs outside a
+/// error before that, the VM is dropped first, as the caller declared `memory` before it, and
+/// no vCPU has run). Those three fields are private to this crate, and no vCPU runs outside a
 /// [`crate::Vmm`], which joins every vCPU thread (`VcpuThreads::stop`) before it drops the
 /// vCPUs, then the VM, then the memory; a `BuiltVm` dropped without running drops
 /// vCPUs that never ran. A panic that unwinds past a `Vmm` runs its `Drop`, which also joins the
 /// vCPU threads before the VM and the memory go.
-unsafe fn register_memory(vm: &Vm, memory: &GuestMemoryMmap, dirty_log: bool) -> Result<()> {
+unsafe fn machine(
+    config: &VmConfig,
+    memory: &GuestMemoryMmap,
+    opened: Vec<virtio_devices::OpenedDevice>,
+    serial_state: Option<&vmm_devices::SerialDeviceState>,
+) -> Result<Machine> {
+    let vm = Vm::new(vm_options())?;
+    vm.check_vcpu_count(config.vcpus)?;
     // SAFETY: this function's contract is register_memory's.
     unsafe { vm.register_memory(memory) }?;
-    if dirty_log {
+    if config.track_dirty_pages {
         // SAFETY: the same memory, under the same contract.
         unsafe { vm.enable_dirty_log(memory) }?;
     }
-    Ok(())
+    // After the memory slots, which are much slower to add once an irqchip exists.
+    vm.create_irqchip()?;
+    // COM1 with its IRQ through an irqfd, the i8042 (IRQ 1) whose reset ends the VM.
+    let LegacyDevices {
+        serial,
+        i8042,
+        reset,
+        pio,
+    } = LegacyDevices::attach(&vm, config, serial_state)?;
+    let mut mmio = Bus::new();
+    let virtio = virtio_devices::attach_devices(opened, &vm, memory, &mut mmio)?;
+    Ok(Machine {
+        vm,
+        serial,
+        i8042,
+        reset,
+        virtio,
+        exits: Arc::new(BusExitHandler { pio, mmio }),
+    })
+}
+
+impl Machine {
+    /// The built VM: this machine with its memory, vCPUs and what was loaded.
+    fn into_built(
+        self,
+        memory: GuestMemoryMmap,
+        vcpus: Vec<Vcpu>,
+        kernel: Option<LoadedKernel>,
+        cmdline: String,
+        config: &VmConfig,
+    ) -> BuiltVm {
+        BuiltVm {
+            memory,
+            vm: self.vm,
+            vcpus,
+            kernel,
+            cmdline,
+            virtio: self.virtio,
+            serial: self.serial,
+            i8042: self.i8042,
+            reset: self.reset,
+            exits: self.exits,
+            config: config.clone(),
+        }
+    }
 }

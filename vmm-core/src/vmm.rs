@@ -81,13 +81,12 @@ impl Vmm {
             virtio,
             serial,
             i8042,
-            serial_mode,
             reset,
             exits,
             config,
             ..
         } = built;
-        let interactive = serial_mode == SerialMode::Stdio;
+        let interactive = config.serial == SerialMode::Stdio;
         let input = interactive.then(|| SerialInput::new(stdin_fd(), serial.clone()));
         let terminal = interactive.then(RawTerminal::enter);
         if start_paused {
