@@ -5,17 +5,18 @@
 //! never reaches the VM.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::stoppable::{wait_readable, StoppableThread};
 
 use crate::error::{Error, Result};
 use crate::events::VmEvent;
@@ -32,10 +33,9 @@ const WRITE_TIMEOUT_MS: libc::c_int = 5_000;
 /// The running API socket; dropping it stops the threads and removes the socket file.
 pub struct ApiServer {
     path: PathBuf,
-    /// Written once to stop: every thread polls it beside its socket, so none wakes up on a
-    /// timer to look for a stop flag.
-    stop: Arc<EventFd>,
-    thread: Option<JoinHandle<()>>,
+    /// The accept thread; its stop eventfd is polled by every thread beside its socket, so none
+    /// wakes up on a timer to look for a stop flag.
+    accept: Option<StoppableThread>,
 }
 
 impl ApiServer {
@@ -58,52 +58,24 @@ impl ApiServer {
         }
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
-        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?);
         let slot_freed = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("vmm-api".into())
-            .spawn(move || accept_loop(listener, events, &flag, slot_freed))
-            .map_err(|e| Error::Thread("vmm-api", e))?;
+        let accept = StoppableThread::spawn("vmm-api", move |stop| {
+            accept_loop(listener, events, &stop, slot_freed)
+        })
+        .map_err(|e| Error::Thread("vmm-api", e))?;
         Ok(ApiServer {
             path: path.to_path_buf(),
-            stop,
-            thread: Some(thread),
+            accept: Some(accept),
         })
     }
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        // Stopped and joined first: no thread accepts on a socket whose file is gone.
+        drop(self.accept.take());
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// Waits until one of `fds` is readable (or hung up), at most `timeout` (`None`: no limit).
-/// Returns the readiness of each, in order; all false after a timeout.
-fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> Vec<bool> {
-    let mut polls: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = timeout.map_or(-1, |t| {
-        t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
-    });
-    // SAFETY: `polls` is a valid array of polls.len() pollfd structs for the whole call.
-    let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
-    if n < 0 {
-        // EINTR: report nothing ready; the caller looks again.
-        return vec![false; fds.len()];
-    }
-    polls.iter().map(|p| p.revents != 0).collect()
 }
 
 fn accept_loop(

@@ -5,10 +5,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::OnceLock;
 
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::stoppable::{wait_readable, StoppableThread};
 
 use vmm_vcpu::VcpuExitReason;
 
@@ -122,8 +123,7 @@ pub(crate) fn install_termination_handlers() {
 /// a timer to look for signals. Dropping it stops the thread. One at a time per process: a
 /// signal goes to whichever forwarder reads it first.
 pub(crate) struct SignalForwarder {
-    stop: Arc<EventFd>,
-    thread: Option<JoinHandle<()>>,
+    _thread: StoppableThread,
 }
 
 impl SignalForwarder {
@@ -139,43 +139,20 @@ impl SignalForwarder {
             }
         };
         install_termination_handlers();
-        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-        let stop_thread = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("vmm-signals".into())
-            .spawn(move || loop {
-                // A signal that came before this thread polled is in the flag already.
-                let signal = TERMINATION_SIGNAL.swap(0, Ordering::SeqCst);
-                if signal != 0 && events.send(VmEvent::Signal(signal)).is_err() {
-                    return;
-                }
-                let mut fds =
-                    [signal_event.as_raw_fd(), stop_thread.as_raw_fd()].map(|fd| libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    });
-                // SAFETY: `fds` is a valid array of two pollfd structs for the whole call.
-                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-                if n > 0 && fds[1].revents != 0 {
-                    return;
-                }
-                if n > 0 && fds[0].revents != 0 {
-                    let _ = signal_event.read();
-                }
-            })?;
-        Ok(SignalForwarder {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for SignalForwarder {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let thread = StoppableThread::spawn("vmm-signals", move |stop| loop {
+            // A signal that came before this thread polled is in the flag already.
+            let signal = TERMINATION_SIGNAL.swap(0, Ordering::SeqCst);
+            if signal != 0 && events.send(VmEvent::Signal(signal)).is_err() {
+                return;
+            }
+            let ready = wait_readable(&[signal_event.as_raw_fd(), stop.as_raw_fd()], None);
+            if ready[1] {
+                return;
+            }
+            if ready[0] {
+                let _ = signal_event.read();
+            }
+        })?;
+        Ok(SignalForwarder { _thread: thread })
     }
 }

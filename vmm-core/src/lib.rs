@@ -21,6 +21,7 @@ mod exits;
 mod persist;
 mod pvm;
 pub mod snapshot;
+mod stoppable;
 mod terminal;
 mod vcpu_threads;
 mod virtio_devices;
