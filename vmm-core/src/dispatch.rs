@@ -14,18 +14,10 @@ use crate::vmm::Vmm;
 
 /// The answer to a request on a running VM.
 pub(crate) fn handle_running(vmm: &mut Vmm, request: ApiRequest) -> ApiResponse {
+    if let Some(answer) = describe(vmm.config(), vmm.state(), &request) {
+        return answer;
+    }
     match request {
-        ApiRequest::GetInstanceInfo => ApiResponse::ok_json(&InstanceInfo::new(
-            vmm.config().vm.instance_id(),
-            vmm.state(),
-        )),
-        ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::default()),
-        ApiRequest::GetVmConfig => ApiResponse::ok_json(&vmm.config().to_firecracker()),
-        ApiRequest::GetMachineConfig => ApiResponse::ok_json(&vmm.config().machine_config()),
-        ApiRequest::GetBalloon => match vmm.config().balloon() {
-            Some(balloon) => ApiResponse::ok_json(&balloon),
-            None => ApiResponse::bad_request("no balloon device is configured"),
-        },
         ApiRequest::PatchVm(VmState::Paused) => respond(vmm.pause()),
         ApiRequest::PatchVm(VmState::Resumed) => respond(vmm.resume()),
         ApiRequest::Action(ActionType::SendCtrlAltDel) => {
@@ -45,6 +37,24 @@ pub(crate) fn handle_running(vmm: &mut Vmm, request: ApiRequest) -> ApiResponse 
     }
 }
 
+/// The answer to a request that only reads the configuration or the state, before boot and
+/// after alike; `None` for every other request.
+fn describe(api: &ApiConfig, state: InstanceState, request: &ApiRequest) -> Option<ApiResponse> {
+    Some(match request {
+        ApiRequest::GetInstanceInfo => {
+            ApiResponse::ok_json(&InstanceInfo::new(api.vm.instance_id(), state))
+        }
+        ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::default()),
+        ApiRequest::GetVmConfig => ApiResponse::ok_json(&api.to_firecracker()),
+        ApiRequest::GetMachineConfig => ApiResponse::ok_json(&api.machine_config()),
+        ApiRequest::GetBalloon => match api.balloon() {
+            Some(balloon) => ApiResponse::ok_json(&balloon),
+            None => ApiResponse::bad_request("no balloon device is configured"),
+        },
+        _ => return None,
+    })
+}
+
 /// What a request before boot leads to.
 pub(crate) enum PreBoot {
     /// Answer it and keep waiting.
@@ -57,19 +67,11 @@ pub(crate) enum PreBoot {
 
 /// Handles a request before the VM exists: configuration changes go to `api`.
 pub(crate) fn handle_pre_boot(api: &mut ApiConfig, request: ApiRequest) -> PreBoot {
+    if let Some(answer) = describe(api, InstanceState::NotStarted, &request) {
+        return PreBoot::Answer(answer);
+    }
     let not_started = || ApiResponse::bad_request("the VM is not started yet");
     PreBoot::Answer(match request {
-        ApiRequest::GetInstanceInfo => ApiResponse::ok_json(&InstanceInfo::new(
-            api.vm.instance_id(),
-            InstanceState::NotStarted,
-        )),
-        ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::default()),
-        ApiRequest::GetVmConfig => ApiResponse::ok_json(&api.to_firecracker()),
-        ApiRequest::GetMachineConfig => ApiResponse::ok_json(&api.machine_config()),
-        ApiRequest::GetBalloon => match api.balloon() {
-            Some(balloon) => ApiResponse::ok_json(&balloon),
-            None => ApiResponse::bad_request("no balloon device is configured"),
-        },
         ApiRequest::Action(ActionType::InstanceStart) => match BuiltVm::build(&api.vm) {
             Ok(built) => return PreBoot::Boot(Box::new(built)),
             Err(e) => ApiResponse::bad_request(&chain(&e)),

@@ -208,29 +208,23 @@ impl Vmm {
         self.config
             .apply(&ApiRequest::PatchBalloon(update.clone()))
             .map_err(Error::Request)?;
-        let balloon = self
-            .virtio
-            .iter()
-            .find(|d| {
-                crate::lock(&d.transport)
-                    .device_mut()
-                    .as_any_mut()
-                    .is::<Balloon>()
-            })
-            .ok_or(Error::NoBalloon)?;
         let pages = self
             .config
             .vm
             .balloon
             .as_ref()
             .map_or(0, |b| virtio_devices::balloon_pages(b.target));
-        let mut transport = crate::lock(&balloon.transport);
-        let device = transport
-            .device_mut()
-            .as_any_mut()
-            .downcast_mut::<Balloon>()
-            .ok_or(Error::NoBalloon)?;
-        device.set_target_pages(pages).map_err(Error::Balloon)
+        for device in &self.virtio {
+            let mut transport = crate::lock(&device.transport);
+            if let Some(balloon) = transport
+                .device_mut()
+                .as_any_mut()
+                .downcast_mut::<Balloon>()
+            {
+                return balloon.set_target_pages(pages).map_err(Error::Balloon);
+            }
+        }
+        Err(Error::NoBalloon)
     }
 
     /// Waits for the VM to end: the guest's reset or shutdown, a fatal vCPU exit, a failed
