@@ -69,6 +69,7 @@ pub fn apply_machine_config(
     config.memory = memory;
     config.hugepages = machine.huge_pages == HugePages::Transparent;
     config.track_dirty_pages = machine.track_dirty_pages;
+    config.smt = machine.smt;
     Ok(())
 }
 
@@ -82,9 +83,16 @@ pub fn apply_machine_config_update(
         .mem_size_mib
         .map(|mib| mib_to_size("mem_size_mib", mib))
         .transpose()?;
-    if let Some(vcpus) = update.vcpu_count {
-        config.vcpus = vcpus;
+    let vcpus = update.vcpu_count.unwrap_or(config.vcpus);
+    let smt = update.smt.unwrap_or(config.smt);
+    if smt && vcpus > 1 && vcpus % 2 == 1 {
+        return Err(ApiError::InvalidValue {
+            field: "vcpu_count",
+            why: format!("{vcpus} vCPUs with smt: true (1 or an even number are needed)"),
+        });
     }
+    config.vcpus = vcpus;
+    config.smt = smt;
     if let Some(memory) = memory {
         config.memory = memory;
     }
@@ -201,7 +209,7 @@ pub fn apply_drive(config: &mut VmConfig, drive: &Drive) -> Result<(), ApiError>
 pub fn apply_vsock(config: &mut VmConfig, vsock: &Vsock) -> Result<(), ApiError> {
     vsock.validate()?;
     config.vsock = Some(VsockConfig {
-        cid: vsock.guest_cid,
+        cid: u64::from(vsock.guest_cid),
         socket: PathBuf::from(&vsock.uds_path),
     });
     Ok(())
@@ -255,6 +263,8 @@ pub struct ApiConfig {
     /// The `iface_id` of each entry of `vm.net`, in the same order. Entries that are missing
     /// (a `vm.net` longer than this list) are known by their tap name.
     pub iface_ids: Vec<String>,
+    /// Who `GET /` and `GET /version` say this process is.
+    pub flavor: Flavor,
 }
 
 impl ApiConfig {
@@ -262,7 +272,11 @@ impl ApiConfig {
     /// their tap names as ids.
     pub fn new(vm: VmConfig) -> ApiConfig {
         let iface_ids = vm.net.iter().map(|n| n.tap.clone()).collect();
-        ApiConfig { vm, iface_ids }
+        ApiConfig {
+            vm,
+            iface_ids,
+            flavor: Flavor::Vmm,
+        }
     }
 
     /// The id of `vm.net[index]`.
@@ -355,7 +369,13 @@ impl ApiConfig {
             | ApiRequest::Action(_)
             | ApiRequest::PatchVm(_)
             | ApiRequest::CreateSnapshot(_)
-            | ApiRequest::LoadSnapshot(_) => return Ok(false),
+            | ApiRequest::LoadSnapshot(_)
+            | ApiRequest::PutLogger(_)
+            | ApiRequest::PutMetrics(_)
+            | ApiRequest::PatchDrive(_)
+            | ApiRequest::PatchNetworkInterface(_)
+            | ApiRequest::GetBalloonStats
+            | ApiRequest::PatchBalloonStats(_) => return Ok(false),
         }
         Ok(true)
     }
@@ -472,7 +492,7 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
         machine_config: MachineConfig {
             vcpu_count: config.vcpus,
             mem_size_mib: config.memory.0 / MIB,
-            smt: false,
+            smt: config.smt,
             track_dirty_pages: config.track_dirty_pages,
             huge_pages: if config.hugepages {
                 HugePages::Transparent
@@ -483,7 +503,7 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
         },
         network_interfaces,
         vsock: config.vsock.as_ref().map(|v| Vsock {
-            guest_cid: v.cid,
+            guest_cid: u32::try_from(v.cid).unwrap_or(u32::MAX),
             uds_path: v.socket.to_string_lossy().into_owned(),
             vsock_id: None,
         }),

@@ -10,8 +10,9 @@ use super::ApiError;
 /// Largest request head (request line, headers and the blank line), in bytes.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 
-/// Largest request body, in bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest request body by default, in bytes (Firecracker's default
+/// `--http-api-max-payload-size`); [`RequestReader::with_max_body`] sets another.
+pub const MAX_BODY_BYTES: usize = 51_200;
 
 /// Most headers in one request.
 const MAX_HEADERS: usize = 64;
@@ -42,8 +43,9 @@ struct Head {
 /// Memory: a reader holds what was pushed and not yet consumed. A server that drains the
 /// reader (`push(&[])` until `Ok(None)`) after every read never holds more than one read plus
 /// one partial request ([`MAX_HEAD_BYTES`] + [`MAX_BODY_BYTES`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestReader {
+    max_body: usize,
     buf: Vec<u8>,
     /// Where the search for the end of the head resumes.
     scan_from: usize,
@@ -79,7 +81,7 @@ fn has_token(value: &[u8], token: &str) -> bool {
 }
 
 /// Parses a complete head (`bytes` ends with its blank line).
-fn parse_head(bytes: &[u8]) -> Result<(Head, bool), ApiError> {
+fn parse_head(bytes: &[u8], max_body: usize) -> Result<(Head, bool), ApiError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(bytes) {
@@ -118,13 +120,10 @@ fn parse_head(bytes: &[u8]) -> Result<(Head, bool), ApiError> {
             let Some(len) = len else {
                 return Err(ApiError::BadContentLength(text));
             };
-            if len > MAX_BODY_BYTES as u64 {
-                return Err(ApiError::BodyTooLarge {
-                    len,
-                    max: MAX_BODY_BYTES,
-                });
+            if len > max_body as u64 {
+                return Err(ApiError::BodyTooLarge { len, max: max_body });
             }
-            // Bounded by MAX_BODY_BYTES just above.
+            // Bounded by max_body just above.
             let len = len as usize;
             if content_length.is_some_and(|l| l != len) {
                 return Err(ApiError::BadContentLength(text));
@@ -167,10 +166,28 @@ fn parse_head(bytes: &[u8]) -> Result<(Head, bool), ApiError> {
     Ok((head, expect_continue))
 }
 
+impl Default for RequestReader {
+    fn default() -> RequestReader {
+        RequestReader::new()
+    }
+}
+
 impl RequestReader {
-    /// A reader for a new connection.
+    /// A reader for a new connection, with the default body limit [`MAX_BODY_BYTES`].
     pub fn new() -> RequestReader {
-        RequestReader::default()
+        RequestReader::with_max_body(MAX_BODY_BYTES)
+    }
+
+    /// A reader that refuses bodies over `max_body` bytes with 413 (and closes).
+    pub fn with_max_body(max_body: usize) -> RequestReader {
+        RequestReader {
+            max_body,
+            buf: Vec::new(),
+            scan_from: 0,
+            head: None,
+            closed: false,
+            continue_due: false,
+        }
     }
 
     /// Takes `bytes` read from the connection (possibly none, to look for a further pipelined
@@ -273,7 +290,7 @@ impl RequestReader {
         if end > MAX_HEAD_BYTES {
             return Err(too_large());
         }
-        let (head, expect_continue) = parse_head(&self.buf[..end])?;
+        let (head, expect_continue) = parse_head(&self.buf[..end], self.max_body)?;
         self.buf.drain(..end);
         self.scan_from = 0;
         let len = head.content_length.unwrap_or(0);

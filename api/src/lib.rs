@@ -58,11 +58,12 @@ pub use device_config::{
 pub use http::{ApiResponse, RequestReader, CONTINUE_RESPONSE, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 pub use parse::{validate_id, MAX_ID_BYTES};
 pub use types::{
-    ActionType, ApiRequest, Balloon, BalloonUpdate, BootSource, CacheType, Drive, EntropyDevice,
-    Fault, FullVmConfig, HugePages, InstanceActionInfo, InstanceInfo, InstanceState, IoEngine,
-    MachineConfig, MachineConfigUpdate, MemoryBackend, MemoryBackendType, NetworkInterface,
-    NetworkOverride, SnapshotCreateParams, SnapshotLoad, SnapshotLoadParams, SnapshotType,
-    VersionInfo, VmState, VmStateUpdate, Vsock, VsockOverride,
+    ActionType, ApiRequest, Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, BootSource,
+    CacheType, Drive, EntropyDevice, Fault, Flavor, FullVmConfig, HugePages, InstanceActionInfo,
+    InstanceInfo, InstanceState, IoEngine, LogLevel, Logger, MachineConfig, MachineConfigUpdate,
+    MemoryBackend, MemoryBackendType, Metrics, NetworkInterface, NetworkOverride, PartialDrive,
+    PartialNetworkInterface, SnapshotCreateParams, SnapshotLoad, SnapshotLoadParams,
+    SnapshotType, VersionInfo, VmState, VmStateUpdate, Vsock, VsockOverride, FIRECRACKER_VERSION,
 };
 pub use vm_config::{
     ConfigError, ElfEntry, MemorySize, MemorySizeError, SerialMode, VmConfig, DEFAULT_CMDLINE,

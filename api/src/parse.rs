@@ -106,18 +106,37 @@ fn validate_mem_mib(mib: u64) -> Result<(), ApiError> {
     validate_mib("mem_size_mib", mib)
 }
 
+/// Firecracker's CPU templates; only `None` is implemented here.
+const CPU_TEMPLATES: [&str; 7] = ["None", "C3", "T2", "T2S", "T2CL", "T2A", "V1N1"];
+
 fn validate_machine_extras(
-    smt: Option<bool>,
     huge_pages: Option<HugePages>,
     cpu_template: Option<&str>,
 ) -> Result<(), ApiError> {
-    unsupported_if(smt == Some(true), "SMT (smt: true)")?;
     unsupported_if(
         huge_pages == Some(HugePages::Hugetlbfs2M),
         "hugetlbfs guest memory (huge_pages: \"2M\"; use \"Transparent\")",
     )?;
-    if let Some(template) = cpu_template {
-        unsupported_if(template != "None", &format!("CPU template {template:?}"))?;
+    match cpu_template {
+        None | Some("None") => Ok(()),
+        Some(template) if CPU_TEMPLATES.contains(&template) => Err(ApiError::Unsupported(
+            format!("CPU template {template:?} (only \"None\" is implemented)"),
+        )),
+        Some(template) => Err(invalid(
+            "cpu_template",
+            format!("{template:?} is not one of {}", CPU_TEMPLATES.join(", ")),
+        )),
+    }
+}
+
+/// With SMT the vCPUs pair up as the two threads of a core: 1 or an even number of them, as
+/// Firecracker requires.
+fn validate_smt(smt: bool, vcpus: u64) -> Result<(), ApiError> {
+    if smt && vcpus > 1 && vcpus % 2 == 1 {
+        return Err(invalid(
+            "vcpu_count",
+            format!("{vcpus} vCPUs with smt: true (1 or an even number are needed)"),
+        ));
     }
     Ok(())
 }
@@ -139,11 +158,8 @@ impl MachineConfig {
     pub fn validate(&self) -> Result<(), ApiError> {
         validate_vcpus(self.vcpu_count)?;
         validate_mem_mib(self.mem_size_mib)?;
-        validate_machine_extras(
-            Some(self.smt),
-            Some(self.huge_pages),
-            self.cpu_template.as_deref(),
-        )
+        validate_smt(self.smt, self.vcpu_count)?;
+        validate_machine_extras(Some(self.huge_pages), self.cpu_template.as_deref())
     }
 }
 
@@ -156,7 +172,10 @@ impl MachineConfigUpdate {
         if let Some(mib) = self.mem_size_mib {
             validate_mem_mib(mib)?;
         }
-        validate_machine_extras(self.smt, self.huge_pages, self.cpu_template.as_deref())
+        if let (Some(smt), Some(vcpus)) = (self.smt, self.vcpu_count) {
+            validate_smt(smt, vcpus)?;
+        }
+        validate_machine_extras(self.huge_pages, self.cpu_template.as_deref())
     }
 }
 
@@ -219,18 +238,9 @@ impl NetworkInterface {
 }
 
 impl Vsock {
-    /// Checks the CID (3 to 2^32 - 1: 0 to 2 are reserved) and the socket path.
+    /// Checks the socket path. The CID is any 32-bit number, as Firecracker takes it (the JSON
+    /// layer refuses the rest).
     pub fn validate(&self) -> Result<(), ApiError> {
-        if self.guest_cid < 3 || self.guest_cid > u64::from(u32::MAX) {
-            return Err(invalid(
-                "guest_cid",
-                format!(
-                    "{} must be from 3 to {} (0 to 2 are reserved)",
-                    self.guest_cid,
-                    u32::MAX
-                ),
-            ));
-        }
         validate_path("uds_path", &self.uds_path)
     }
 }
@@ -346,6 +356,11 @@ enum Endpoint<'a> {
     SnapshotCreate,
     SnapshotLoad,
     Balloon,
+    BalloonStatistics,
+    Logger,
+    Metrics,
+    /// `/mmds` and `/mmds/config`: known, and refused (no metadata service here).
+    Mmds,
 }
 
 impl Endpoint<'_> {
@@ -355,9 +370,12 @@ impl Endpoint<'_> {
             Endpoint::Root | Endpoint::Version | Endpoint::VmConfig => &["GET"],
             Endpoint::Vm => &["PATCH"],
             Endpoint::MachineConfig | Endpoint::Balloon => &["GET", "PUT", "PATCH"],
+            Endpoint::BalloonStatistics => &["GET", "PATCH"],
+            Endpoint::Drive(_) | Endpoint::NetworkInterface(_) => &["PUT", "PATCH"],
+            Endpoint::Mmds => &["GET", "PUT", "PATCH"],
             Endpoint::BootSource
-            | Endpoint::Drive(_)
-            | Endpoint::NetworkInterface(_)
+            | Endpoint::Logger
+            | Endpoint::Metrics
             | Endpoint::Vsock
             | Endpoint::Entropy
             | Endpoint::Actions
@@ -402,6 +420,10 @@ fn route(path: &str) -> Option<Endpoint<'_>> {
         ["snapshot", "create"] => Endpoint::SnapshotCreate,
         ["snapshot", "load"] => Endpoint::SnapshotLoad,
         ["balloon"] => Endpoint::Balloon,
+        ["balloon", "statistics"] => Endpoint::BalloonStatistics,
+        ["logger"] => Endpoint::Logger,
+        ["metrics"] => Endpoint::Metrics,
+        ["mmds"] | ["mmds", "config"] => Endpoint::Mmds,
         _ => return None,
     })
 }
@@ -473,6 +495,42 @@ pub(crate) fn parse_request(
     };
     let name = |what: &str| format!("{method} {what}");
     let request = match (endpoint, method) {
+        (Endpoint::Mmds, _) => {
+            return Err(ApiError::Unsupported(format!(
+                "the microVM metadata service ({path})"
+            )))
+        }
+        (Endpoint::BalloonStatistics, "GET") => ApiRequest::GetBalloonStats,
+        (Endpoint::BalloonStatistics, _) => {
+            ApiRequest::PatchBalloonStats(json(&name("/balloon/statistics"), body)?)
+        }
+        (Endpoint::Logger, _) => {
+            let logger: Logger = json(&name("/logger"), body)?;
+            if let Some(path) = &logger.log_path {
+                validate_path("log_path", path)?;
+            }
+            ApiRequest::PutLogger(logger)
+        }
+        (Endpoint::Metrics, _) => {
+            let metrics: Metrics = json(&name("/metrics"), body)?;
+            validate_path("metrics_path", &metrics.metrics_path)?;
+            ApiRequest::PutMetrics(metrics)
+        }
+        (Endpoint::Drive(id), "PATCH") => {
+            validate_id("drive_id", id)?;
+            let drive: PartialDrive = json(&name("/drives"), body)?;
+            check_ids("drive_id", id, &drive.drive_id)?;
+            if let Some(path) = &drive.path_on_host {
+                validate_path("path_on_host", path)?;
+            }
+            ApiRequest::PatchDrive(drive)
+        }
+        (Endpoint::NetworkInterface(id), "PATCH") => {
+            validate_id("iface_id", id)?;
+            let iface: PartialNetworkInterface = json(&name("/network-interfaces"), body)?;
+            check_ids("iface_id", id, &iface.iface_id)?;
+            ApiRequest::PatchNetworkInterface(iface)
+        }
         (Endpoint::Root, _) => ApiRequest::GetInstanceInfo,
         (Endpoint::Version, _) => ApiRequest::GetVersion,
         (Endpoint::VmConfig, _) => ApiRequest::GetVmConfig,

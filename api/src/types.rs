@@ -6,7 +6,54 @@
 //! JSON layer so that a request naming them gets a clear "not supported" answer, not a
 //! confusing "unknown field"; absent, `null`, `false` or `0` values of such fields are fine.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+// Replaced by the typed token buckets of `crate::rate_limiter` once that lands.
+type RateLimiterConfig = serde_json::Value;
+
+/// Firecracker's version whose API and command line this VMM implements in its `firecracker`
+/// mode (`--version`, `GET /version`, `GET /`).
+pub const FIRECRACKER_VERSION: &str = "1.16.1";
+
+/// An explicit `null` reads as the field's default, as if the field were absent (Firecracker's
+/// clients send `null` for unset fields).
+pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Who this process says it is in `GET /` and `GET /version`: itself (`vmm`), or Firecracker
+/// when it was started as the `firecracker` binary, since the tools that spawn it parse
+/// Firecracker's answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flavor {
+    /// `vmm run`: app `vmm`, this crate's version.
+    #[default]
+    Vmm,
+    /// The `firecracker` name: app `Firecracker`, [`FIRECRACKER_VERSION`].
+    Firecracker,
+}
+
+impl Flavor {
+    /// The `app_name` of `GET /`.
+    pub fn app_name(self) -> &'static str {
+        match self {
+            Flavor::Vmm => "vmm",
+            Flavor::Firecracker => "Firecracker",
+        }
+    }
+
+    /// The version reported by `GET /` and `GET /version`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Flavor::Vmm => env!("CARGO_PKG_VERSION"),
+            Flavor::Firecracker => FIRECRACKER_VERSION,
+        }
+    }
+}
 
 /// An error body: `{"fault_message": "..."}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,16 +98,18 @@ pub struct MachineConfig {
     pub vcpu_count: u64,
     /// Guest RAM in MiB, 1 or more.
     pub mem_size_mib: u64,
-    /// Simultaneous multithreading; only `false` is supported.
-    #[serde(default)]
+    /// Simultaneous multithreading: two threads per core in the topology the guest sees
+    /// (needs 1 or an even number of vCPUs).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub smt: bool,
     /// KVM dirty-page tracking, for diff snapshots.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub track_dirty_pages: bool,
     /// How guest RAM is backed.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub huge_pages: HugePages,
-    /// A CPU template; only `"None"` (or absent) is supported.
+    /// A CPU template (`None`, `C3`, `T2`, `T2S`, `T2CL`, `T2A`, `V1N1`); only `None` (or
+    /// absent) is implemented, the others are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
 }
@@ -75,7 +124,8 @@ pub struct MachineConfigUpdate {
     /// New guest RAM in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_size_mib: Option<u64>,
-    /// Simultaneous multithreading; only `false` is supported.
+    /// Simultaneous multithreading: two threads per core in the topology the guest sees
+    /// (needs 1 or an even number of vCPUs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smt: Option<bool>,
     /// KVM dirty-page tracking.
@@ -133,7 +183,7 @@ pub struct Drive {
     pub io_engine: Option<IoEngine>,
     /// A rate limiter (not supported: must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     /// A vhost-user socket (not supported: must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
@@ -155,18 +205,19 @@ pub struct NetworkInterface {
     pub mtu: Option<u32>,
     /// A receive rate limiter (not supported: must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_rate_limiter: Option<serde_json::Value>,
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
     /// A transmit rate limiter (not supported: must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_rate_limiter: Option<serde_json::Value>,
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `PUT /vsock`: a virtio-vsock device whose host side is a Unix socket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vsock {
-    /// The guest's context id, 3 or more (and within 32 bits).
-    pub guest_cid: u64,
+    /// The guest's context id: any 32-bit number, as Firecracker takes it (0 to 2 are the
+    /// reserved any/hypervisor/host ids, which a guest cannot use).
+    pub guest_cid: u32,
     /// The Unix socket the VMM listens on; guest connections to host port P go to
     /// `<uds_path>_P`.
     pub uds_path: String,
@@ -181,7 +232,7 @@ pub struct Vsock {
 pub struct EntropyDevice {
     /// A rate limiter (not supported: must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `PUT /balloon`: a virtio-balloon device.
@@ -266,7 +317,7 @@ pub struct SnapshotCreateParams {
     /// Where guest memory goes.
     pub mem_file_path: String,
     /// Full (the default) or diff.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub snapshot_type: SnapshotType,
 }
 
@@ -385,13 +436,13 @@ pub struct InstanceInfo {
 }
 
 impl InstanceInfo {
-    /// Info for this VMM (app `vmm`, this crate's version) with the given id and state.
-    pub fn new(id: &str, state: InstanceState) -> InstanceInfo {
+    /// Info for this VMM as `flavor` names it, with the given id and state.
+    pub fn new(id: &str, state: InstanceState, flavor: Flavor) -> InstanceInfo {
         InstanceInfo {
-            app_name: "vmm".to_string(),
+            app_name: flavor.app_name().to_string(),
             id: id.to_string(),
             state,
-            vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+            vmm_version: flavor.version().to_string(),
         }
     }
 }
@@ -403,12 +454,192 @@ pub struct VersionInfo {
     pub firecracker_version: String,
 }
 
-impl Default for VersionInfo {
-    fn default() -> VersionInfo {
+impl VersionInfo {
+    /// The version `flavor` reports.
+    pub fn new(flavor: Flavor) -> VersionInfo {
         VersionInfo {
-            firecracker_version: env!("CARGO_PKG_VERSION").to_string(),
+            firecracker_version: flavor.version().to_string(),
         }
     }
+}
+
+impl Default for VersionInfo {
+    fn default() -> VersionInfo {
+        VersionInfo::new(Flavor::Vmm)
+    }
+}
+
+/// A log level of `PUT /logger` (case-insensitive; `Warn` is taken for `Warning`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum LogLevel {
+    /// Nothing is logged.
+    Off,
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warning,
+    /// Also informational messages (Firecracker's default).
+    #[default]
+    Info,
+    /// Also debugging messages.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<LogLevel, String> {
+        Ok(match text.to_ascii_lowercase().as_str() {
+            "off" => LogLevel::Off,
+            "error" => LogLevel::Error,
+            "warning" | "warn" => LogLevel::Warning,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => {
+                return Err(format!(
+                    "unknown log level {text:?} (Error, Warning, Info, Debug, Trace or Off)"
+                ))
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<LogLevel, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `PUT /logger`: where the human-readable log goes and what it shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logger {
+    /// The file or named pipe written to (opened for appending, non-blocking).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    /// The most detailed level written (default `Info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<LogLevel>,
+    /// Each line names its level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    /// Each line names the source file and line it comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    /// Only records whose module path starts with this are written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// `PUT /metrics`: where the metrics are flushed, one JSON object per line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// The file or named pipe written to (opened for appending, non-blocking).
+    pub metrics_path: String,
+}
+
+/// `PATCH /drives/{drive_id}` on a running VM: a new backing file and/or rate limiter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialDrive {
+    /// The drive.
+    pub drive_id: String,
+    /// A new image: reopened, its size becomes the disk's capacity, and the guest is told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<String>,
+    /// New token buckets; a bucket left out keeps its settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}` on a running VM: new rate limiters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialNetworkInterface {
+    /// The interface.
+    pub iface_id: String,
+    /// New receive buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// New transmit buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PATCH /balloon/statistics`: a new polling interval (statistics cannot be switched on or
+/// off after boot).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    /// Seconds between two statistics requests to the guest.
+    pub stats_polling_interval_s: u64,
+}
+
+/// `GET /balloon/statistics` response: the balloon's size and the guest's latest memory
+/// statistics (absent ones are left out).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonStats {
+    /// Pages the balloon should hold.
+    pub target_pages: u32,
+    /// Pages it holds.
+    pub actual_pages: u32,
+    /// `target_pages` in MiB.
+    pub target_mib: u32,
+    /// `actual_pages` in MiB.
+    pub actual_mib: u32,
+    /// Bytes swapped in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_in: Option<u64>,
+    /// Bytes swapped out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_out: Option<u64>,
+    /// Major page faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major_faults: Option<u64>,
+    /// Minor page faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor_faults: Option<u64>,
+    /// Bytes not used for anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_memory: Option<u64>,
+    /// Bytes of memory the guest has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_memory: Option<u64>,
+    /// Bytes available to new programs without swapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_memory: Option<u64>,
+    /// Bytes of page cache that can be dropped at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_caches: Option<u64>,
+    /// Successful hugetlb allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugetlb_allocations: Option<u64>,
+    /// Failed hugetlb allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugetlb_failures: Option<u64>,
+    /// OOM killer runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kill: Option<u64>,
+    /// Allocation stalls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alloc_stall: Option<u64>,
+    /// Memory scanned asynchronously.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_scan: Option<u64>,
+    /// Memory scanned directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_scan: Option<u64>,
+    /// Memory reclaimed asynchronously.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_reclaim: Option<u64>,
+    /// Memory reclaimed directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_reclaim: Option<u64>,
 }
 
 /// `GET /vm/config` response: the whole configuration in Firecracker's shape. Absent devices
@@ -473,6 +704,18 @@ pub enum ApiRequest {
     PutBalloon(Balloon),
     /// `PATCH /balloon`: a new target, before or after boot.
     PatchBalloon(BalloonUpdate),
+    /// `PUT /logger`.
+    PutLogger(Logger),
+    /// `PUT /metrics`.
+    PutMetrics(Metrics),
+    /// `PATCH /drives/{drive_id}`.
+    PatchDrive(PartialDrive),
+    /// `PATCH /network-interfaces/{iface_id}`.
+    PatchNetworkInterface(PartialNetworkInterface),
+    /// `GET /balloon/statistics`.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`.
+    PatchBalloonStats(BalloonStatsUpdate),
 }
 
 impl ApiRequest {
@@ -491,6 +734,8 @@ impl ApiRequest {
                 | ApiRequest::PutEntropy(_)
                 | ApiRequest::PutBalloon(_)
                 | ApiRequest::LoadSnapshot(_)
+                | ApiRequest::PutLogger(_)
+                | ApiRequest::PutMetrics(_)
         )
     }
 }

@@ -200,6 +200,10 @@ pub struct VmConfig {
     /// Track the guest memory pages written since the last snapshot (KVM's dirty log and the
     /// VMM's own writes), so that diff snapshots can be taken.
     pub track_dirty_pages: bool,
+    /// Simultaneous multithreading: the vCPUs pair up as the two threads of a core in the
+    /// topology the guest sees (Firecracker's `smt`).
+    #[serde(default)]
+    pub smt: bool,
 }
 
 impl Default for VmConfig {
@@ -225,6 +229,7 @@ impl Default for VmConfig {
             rng: false,
             balloon: None,
             track_dirty_pages: false,
+            smt: false,
         }
     }
 }
