@@ -44,6 +44,13 @@ enum Command {
     /// Schedule many VM jobs on one host (FCFS, SJF, SRTF, round robin).
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
+    /// Run as a drop-in `firecracker`: Firecracker's flags and API (`vmm firecracker --help`).
+    /// Invoking this binary under the name `firecracker` does the same.
+    Firecracker {
+        /// Firecracker's flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -261,39 +268,28 @@ impl RunArgs {
     }
 }
 
-/// One line: the error and every cause, joined by ": ".
 mod client;
+mod firecracker;
 mod fleet;
+
+/// One line: the error and every cause, joined by ": ".
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     vmm_core::error_chain(error)
 }
 
-/// Prints the library crates' log records (a virtio device that needs a reset, ...) on stderr
-/// the way the CLI's own messages are: `vmm: ...`. Warnings and errors only; nothing is read
-/// from the environment (the VMM may run jailed).
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::Level::Warn
-    }
-
-    fn log(&self, record: &log::Record) {
-        if self.enabled(record.metadata()) {
-            eprintln!("vmm: {}", record.args());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-static LOGGER: StderrLogger = StderrLogger;
-
 fn main() -> ExitCode {
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(log::LevelFilter::Warn);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if firecracker::invoked_as_firecracker(argv.first()) {
+        return firecracker::main(argv);
     }
+    if argv.get(1).is_some_and(|a| a == "firecracker") {
+        return firecracker::main(argv[1..].to_vec());
+    }
+    // The library crates' records (a virtio device that needs a reset, ...) go to stderr as
+    // `vmm: ...`, warnings and errors only; nothing is read from the environment (the VMM
+    // may run jailed).
+    vmm_core::logger::init(vmm_core::logger::LogStyle::Vmm, vmm_api::DEFAULT_INSTANCE_ID);
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(mut args) => {
@@ -345,6 +341,7 @@ fn main() -> ExitCode {
             resume,
         }) => return client::snapshot_load(&client.api_sock, &snapshot, &mem, resume),
         Command::Fleet(command) => return fleet::main(command),
+        Command::Firecracker { .. } => unreachable!("handled before parsing"),
     };
     match result {
         Ok(reason) => {

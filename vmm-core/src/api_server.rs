@@ -1,47 +1,50 @@
-//! The control API's socket: a Unix stream listener on its own thread, one thread per
-//! connection (at most [`MAX_CONNECTIONS`]). Requests are parsed by [`vmm_api`] and handed
-//! to the main thread, which owns the VM, as [`VmEvent::Api`]; the answer comes back on a
-//! channel. A slow, silent, malformed or oversized client costs its own thread a timeout and
-//! never reaches the VM.
+//! The control API's socket: one thread (`fc_api`, the name Firecracker's API thread has and
+//! tools look for) polls the listener and every connection. Requests are parsed by
+//! [`vmm_api`] and handed to the main thread, which owns the VM, as [`VmEvent::Api`]; the
+//! answer comes back on a channel, so requests are answered one at a time, in arrival order.
+//!
+//! Connections are kept alive for as long as clients want: an idle one is never closed on a
+//! timer. Some clients open a new connection per request and leave the old ones open; at
+//! [`MAX_CONNECTIONS`] the least recently used connection is closed to make room, so such a
+//! client is never locked out. A malformed or oversized request gets its 4xx answer and the
+//! connection is closed; nothing a client sends reaches the VM unparsed.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::stoppable::{wait_readable, StoppableThread};
-
 use crate::error::{Error, Result};
 use crate::events::VmEvent;
+use crate::stoppable::StoppableThread;
 use vmm_api::{ApiRequest, ApiResponse, RequestReader, CONTINUE_RESPONSE};
 
-/// Connections served at once; more wait in the listen backlog.
+/// Connections kept open at once; a new one beyond this closes the least recently used.
 pub const MAX_CONNECTIONS: usize = 16;
-/// A connection that sends nothing for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The API thread's name (Firecracker's, which Kata Containers and others look for).
+pub const API_THREAD_NAME: &str = "fc_api";
 /// How long a request may wait for the VM's answer (a snapshot of a large guest takes a while).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a response write may wait for a client that does not read.
 const WRITE_TIMEOUT_MS: libc::c_int = 5_000;
-/// The running API socket; dropping it stops the threads and removes the socket file.
+
+/// The running API socket; dropping it stops the thread and removes the socket file.
 pub struct ApiServer {
     path: PathBuf,
-    /// The accept thread; its stop eventfd is polled by every thread beside its socket, so none
-    /// wakes up on a timer to look for a stop flag.
-    accept: Option<StoppableThread>,
+    /// The API thread; it polls its stop eventfd beside its sockets, so it never wakes up on a
+    /// timer to look for a stop flag.
+    thread: Option<StoppableThread>,
 }
 
 impl ApiServer {
     /// Listens on `path` (which must not exist, unless it is a stale socket nobody listens
-    /// on) and forwards requests to `events`.
-    pub(crate) fn start(path: &Path, events: Sender<VmEvent>) -> Result<ApiServer> {
+    /// on) and forwards requests to `events`; bodies over `max_body` bytes are refused.
+    pub(crate) fn start(path: &Path, events: Sender<VmEvent>, max_body: usize) -> Result<ApiServer> {
         let bind_err = |source| Error::ApiSocket {
             path: path.to_path_buf(),
             source,
@@ -58,14 +61,13 @@ impl ApiServer {
         }
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
-        let slot_freed = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-        let accept = StoppableThread::spawn("vmm-api", move |stop| {
-            accept_loop(listener, events, &stop, slot_freed)
+        let thread = StoppableThread::spawn(API_THREAD_NAME, move |stop| {
+            serve(listener, &events, &stop, max_body)
         })
-        .map_err(|e| Error::Thread("vmm-api", e))?;
+        .map_err(|e| Error::Thread(API_THREAD_NAME, e))?;
         Ok(ApiServer {
             path: path.to_path_buf(),
-            accept: Some(accept),
+            thread: Some(thread),
         })
     }
 }
@@ -73,117 +75,124 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         // Stopped and joined first: no thread accepts on a socket whose file is gone.
-        drop(self.accept.take());
+        drop(self.thread.take());
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-fn accept_loop(
-    listener: UnixListener,
-    events: Sender<VmEvent>,
-    stop: &Arc<EventFd>,
-    slot_freed: EventFd,
-) {
-    let active = Arc::new(AtomicUsize::new(0));
-    let slot_freed = Arc::new(slot_freed);
-    loop {
-        // At the limit, wait for a connection to end instead of accepting.
-        let full = active.load(Ordering::SeqCst) >= MAX_CONNECTIONS;
-        let watched = if full {
-            slot_freed.as_raw_fd()
-        } else {
-            listener.as_raw_fd()
+/// One client connection.
+struct Connection {
+    stream: UnixStream,
+    reader: RequestReader,
+    /// When it last sent or got something, on the server's own clock of events.
+    last_used: u64,
+}
+
+impl Connection {
+    /// Reads what the client sent and answers every complete request in it. `false` when the
+    /// connection is finished (closed by the client, an error, or `Connection: close`).
+    fn serve_input(&mut self, events: &Sender<VmEvent>) -> bool {
+        let mut buf = [0u8; 4096];
+        let mut input = match self.stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => buf[..n].to_vec(),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                return true
+            }
+            Err(_) => return false,
         };
-        let ready = wait_readable(&[stop.as_raw_fd(), watched], None);
-        if ready[0] {
+        // Empty pushes after the first drain pipelined requests.
+        loop {
+            let parsed = self.reader.push(&input);
+            input.clear();
+            match parsed {
+                Ok(Some(request)) => {
+                    let response = call(events, request);
+                    if write_all(&mut self.stream, &response.to_http()).is_err() {
+                        return false;
+                    }
+                }
+                Ok(None) => break,
+                Err(response) => {
+                    let _ = write_all(&mut self.stream, &response.to_http_closing());
+                    return false;
+                }
+            }
+        }
+        if self.reader.take_continue() && write_all(&mut self.stream, CONTINUE_RESPONSE).is_err()
+        {
+            return false;
+        }
+        !self.reader.should_close()
+    }
+}
+
+fn serve(listener: UnixListener, events: &Sender<VmEvent>, stop: &EventFd, max_body: usize) {
+    let mut connections: Vec<Connection> = Vec::new();
+    let mut clock = 0u64;
+    loop {
+        let mut polls: Vec<libc::pollfd> = [stop.as_raw_fd(), listener.as_raw_fd()]
+            .into_iter()
+            .chain(connections.iter().map(|c| c.stream.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `polls` is a valid array of polls.len() pollfd structs for the whole call.
+        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            continue; // EINTR
+        }
+        if polls[0].revents != 0 {
             return;
         }
-        if full {
-            let _ = slot_freed.read();
-            continue;
-        }
-        if !ready[1] {
-            continue;
-        }
-        // Nonblocking: another wake-up may have taken the connection already.
-        let Ok((stream, _)) = listener.accept() else {
-            continue;
-        };
-        active.fetch_add(1, Ordering::SeqCst);
-        let (events, stop, count, freed) = (
-            events.clone(),
-            stop.clone(),
-            active.clone(),
-            slot_freed.clone(),
-        );
-        let spawned = std::thread::Builder::new()
-            .name("vmm-api-conn".into())
-            .spawn(move || {
-                serve_connection(stream, &events, &stop);
-                count.fetch_sub(1, Ordering::SeqCst);
-                let _ = freed.write(1);
-            });
-        if spawned.is_err() {
-            active.fetch_sub(1, Ordering::SeqCst);
+        // Connections first, newest answers before new clients; `retain` keeps the order.
+        let ready: Vec<bool> = polls[2..].iter().map(|p| p.revents != 0).collect();
+        let mut index = 0;
+        connections.retain_mut(|connection| {
+            let keep = !ready[index] || {
+                clock += 1;
+                connection.last_used = clock;
+                connection.serve_input(events)
+            };
+            index += 1;
+            keep
+        });
+        if polls[1].revents != 0 {
+            // Nonblocking: take every client waiting in the backlog.
+            while let Ok((stream, _)) = listener.accept() {
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                if connections.len() >= MAX_CONNECTIONS {
+                    evict_least_recently_used(&mut connections);
+                }
+                clock += 1;
+                connections.push(Connection {
+                    stream,
+                    reader: RequestReader::with_max_body(max_body),
+                    last_used: clock,
+                });
+            }
         }
     }
 }
 
-fn serve_connection(mut stream: UnixStream, events: &Sender<VmEvent>, stop: &EventFd) {
-    if stream.set_nonblocking(true).is_err() {
-        return;
-    }
-    let mut reader = RequestReader::new();
-    let mut buf = [0u8; 4096];
-    let mut last_input = Instant::now();
-    // Bytes read and not yet given to the reader; empty pushes drain pipelined requests.
-    let mut input: Vec<u8> = Vec::new();
-    loop {
-        let parsed = reader.push(&input);
-        input.clear();
-        match parsed {
-            Ok(Some(request)) => {
-                let response = call(events, request);
-                if write_all(&mut stream, &response.to_http()).is_err() {
-                    return;
-                }
-                continue;
-            }
-            Ok(None) => {}
-            Err(response) => {
-                let _ = write_all(&mut stream, &response.to_http_closing());
-                return;
-            }
-        }
-        if reader.take_continue() && write_all(&mut stream, CONTINUE_RESPONSE).is_err() {
-            return;
-        }
-        if reader.should_close() {
-            return;
-        }
-        // Sleeps until the client sends, the server stops, or the client has been idle too long.
-        let idle_left = IDLE_TIMEOUT.saturating_sub(last_input.elapsed());
-        if idle_left.is_zero() {
-            return;
-        }
-        let ready = wait_readable(&[stop.as_raw_fd(), stream.as_raw_fd()], Some(idle_left));
-        if ready[0] {
-            return;
-        }
-        if !ready[1] {
-            continue;
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                last_input = Instant::now();
-                input.extend_from_slice(&buf[..n]);
-            }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
+/// Closes the connection used longest ago, preferring one without a half-received request.
+fn evict_least_recently_used(connections: &mut Vec<Connection>) {
+    let oldest = connections
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, c)| (c.reader.buffered() > 0, c.last_used))
+        .map(|(i, _)| i);
+    if let Some(index) = oldest {
+        let connection = connections.remove(index);
+        let _ = connection.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 

@@ -1,10 +1,10 @@
 //! The main thread's control flow for the `vmm` process: boot a VM (at once, or after it was
 //! configured over the API), or restore one, then run it to its end while the API is served.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver};
 
-use vmm_api::{ApiConfig, VmConfig};
+use vmm_api::{ApiConfig, Flavor, VmConfig, MAX_BODY_BYTES};
 
 use crate::api_server::ApiServer;
 use crate::builder::BuiltVm;
@@ -20,13 +20,41 @@ pub fn run_vm(config: &VmConfig) -> Result<ShutdownReason> {
     run_to_end(Vmm::start(built, StartMode::Running)?)
 }
 
+/// How the control API is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiOptions {
+    /// The Unix socket it listens on.
+    pub socket: PathBuf,
+    /// The largest request body taken, in bytes.
+    pub max_body: usize,
+    /// Who `GET /` and `GET /version` say this process is.
+    pub flavor: Flavor,
+}
+
+impl ApiOptions {
+    /// `vmm`'s API on `socket` with the default body limit.
+    pub fn new(socket: &Path) -> ApiOptions {
+        ApiOptions {
+            socket: socket.to_path_buf(),
+            max_body: MAX_BODY_BYTES,
+            flavor: Flavor::Vmm,
+        }
+    }
+}
+
 /// Runs a VM with the control API on `api_sock`. With a kernel in `config` it boots at once;
 /// otherwise it waits for configuration requests and `InstanceStart`, or a `PUT
 /// /snapshot/load`.
 pub fn run_with_api(config: VmConfig, api_sock: &Path) -> Result<ShutdownReason> {
+    run_api_config(ApiConfig::new(config), &ApiOptions::new(api_sock))
+}
+
+/// [`run_with_api`] from a configuration made through the API's requests (which keeps the
+/// interfaces' ids), with the API served as `options` say.
+pub fn run_api_config(mut api: ApiConfig, options: &ApiOptions) -> Result<ShutdownReason> {
     let (events_tx, events_rx) = channel();
-    let _server = ApiServer::start(api_sock, events_tx.clone())?;
-    let mut api = ApiConfig::new(config);
+    let _server = ApiServer::start(&options.socket, events_tx.clone(), options.max_body)?;
+    api.flavor = options.flavor;
     let (built, mode) = if api.vm.kernel.is_some() {
         (BuiltVm::build(&api.vm)?, StartMode::Running)
     } else {
@@ -42,7 +70,9 @@ pub fn run_with_api(config: VmConfig, api_sock: &Path) -> Result<ShutdownReason>
             Start::Signal(signal) => return Ok(ShutdownReason::Signal(signal)),
         }
     };
-    run_to_end(Vmm::start_with_events(built, mode, events_tx, events_rx)?)
+    let mut vmm = Vmm::start_with_events(built, mode, events_tx, events_rx)?;
+    vmm.keep_api_view(api.iface_ids, api.flavor);
+    run_to_end(vmm)
 }
 
 /// Restores the snapshot `source` in this process and runs it (paused unless `resume`), with
@@ -54,7 +84,7 @@ pub fn restore_vm(
 ) -> Result<ShutdownReason> {
     let (events_tx, events_rx) = channel();
     let _server = api_sock
-        .map(|path| ApiServer::start(path, events_tx.clone()))
+        .map(|path| ApiServer::start(path, events_tx.clone(), MAX_BODY_BYTES))
         .transpose()?;
     let built = BuiltVm::restore(source)?;
     let mode = if resume {

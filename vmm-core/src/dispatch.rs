@@ -24,7 +24,7 @@ pub(crate) fn handle_running(vmm: &mut Vmm, request: ApiRequest) -> ApiResponse 
             vmm.send_ctrl_alt_del();
             ApiResponse::no_content()
         }
-        ApiRequest::Action(ActionType::FlushMetrics) => metrics_not_configured(),
+        ApiRequest::Action(ActionType::FlushMetrics) => flush_metrics(),
         ApiRequest::Action(ActionType::InstanceStart) => {
             ApiResponse::bad_request("the VM is already running")
         }
@@ -42,9 +42,9 @@ pub(crate) fn handle_running(vmm: &mut Vmm, request: ApiRequest) -> ApiResponse 
 fn describe(api: &ApiConfig, state: InstanceState, request: &ApiRequest) -> Option<ApiResponse> {
     Some(match request {
         ApiRequest::GetInstanceInfo => {
-            ApiResponse::ok_json(&InstanceInfo::new(api.vm.instance_id(), state))
+            ApiResponse::ok_json(&InstanceInfo::new(api.vm.instance_id(), state, api.flavor))
         }
-        ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::default()),
+        ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::new(api.flavor)),
         ApiRequest::GetVmConfig => ApiResponse::ok_json(&api.to_firecracker()),
         ApiRequest::GetMachineConfig => ApiResponse::ok_json(&api.machine_config()),
         ApiRequest::GetBalloon => match api.balloon() {
@@ -94,6 +94,17 @@ pub(crate) fn handle_pre_boot(api: &mut ApiConfig, request: ApiRequest) -> PreBo
                 }
             }
         }
+        ApiRequest::Action(ActionType::FlushMetrics) => flush_metrics(),
+        ApiRequest::PutLogger(config) => match crate::logger::configure(&config) {
+            Ok(()) => ApiResponse::no_content(),
+            Err(e) => ApiResponse::bad_request(&format!("cannot open the log: {e}")),
+        },
+        ApiRequest::PutMetrics(config) => {
+            match crate::metrics::configure(std::path::Path::new(&config.metrics_path)) {
+                Ok(()) => ApiResponse::no_content(),
+                Err(e) => ApiResponse::bad_request(&format!("cannot open the metrics file: {e}")),
+            }
+        }
         ApiRequest::Action(_) | ApiRequest::PatchVm(_) | ApiRequest::CreateSnapshot(_) => {
             not_started()
         }
@@ -118,12 +129,16 @@ fn respond(result: Result<()>) -> ApiResponse {
     }
 }
 
-/// `FlushMetrics` is refused until this VMM has a metrics system: answering 204 while writing
-/// nothing would tell a client that its metrics were flushed.
-fn metrics_not_configured() -> ApiResponse {
-    ApiResponse::bad_request(
-        "FlushMetrics: no metrics are configured (this VMM has no metrics file yet)",
-    )
+/// `FlushMetrics`: one metrics line now; refused while no metrics file is configured, as
+/// Firecracker does (a 204 would say something was written).
+fn flush_metrics() -> ApiResponse {
+    match crate::metrics::flush() {
+        Ok(true) => ApiResponse::no_content(),
+        Ok(false) => ApiResponse::bad_request(
+            "FlushMetrics: no metrics file is configured (PUT /metrics or --metrics-path)",
+        ),
+        Err(e) => ApiResponse::bad_request(&format!("FlushMetrics: cannot write the metrics: {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -150,6 +165,5 @@ mod tests {
             panic!("FlushMetrics before boot must be answered");
         };
         assert_eq!(response.status, 400);
-        assert_eq!(metrics_not_configured().status, 400);
     }
 }

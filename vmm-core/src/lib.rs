@@ -18,6 +18,8 @@ mod error;
 mod event_loop;
 mod events;
 mod exits;
+pub mod logger;
+pub mod metrics;
 mod persist;
 mod pvm;
 pub mod snapshot;
@@ -34,7 +36,7 @@ pub(crate) fn lock<T: ?Sized>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGu
 }
 
 pub use builder::BuiltVm;
-pub use control::{restore_vm, run_vm, run_with_api};
+pub use control::{restore_vm, run_vm, run_api_config, run_with_api, ApiOptions};
 pub use error::{chain as error_chain, Error, Result};
 pub use events::ShutdownReason;
 pub use persist::{merge_diff_snapshot, RestoreSource, VmSnapshot};

@@ -211,7 +211,7 @@ fn spawn_one(
 ) -> Result<JoinHandle<Vcpu>> {
     let index = vcpu.index();
     std::thread::Builder::new()
-        .name(format!("vcpu{index}"))
+        .name(format!("fc_vcpu {index}"))
         .spawn(move || {
             loop {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -6,7 +6,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use vmm_api::{
-    ApiConfig, ApiRequest, ApiResponse, BalloonUpdate, InstanceState, SnapshotCreateParams,
+    ApiConfig, ApiRequest, ApiResponse, BalloonUpdate, Flavor, InstanceState,
+    SnapshotCreateParams,
 };
 use vmm_devices::virtio::balloon::Balloon;
 use vmm_devices::{I8042Wrapper, SerialDevice};
@@ -125,6 +126,15 @@ impl Vmm {
         self.threads
             .as_mut()
             .expect("the vCPU threads run from start to shutdown")
+    }
+
+    /// Keeps what the API knew before boot and the VM's configuration cannot hold: the
+    /// interfaces' `iface_id`s and who the API says this process is.
+    pub(crate) fn keep_api_view(&mut self, iface_ids: Vec<String>, flavor: Flavor) {
+        if iface_ids.len() == self.config.vm.net.len() {
+            self.config.iface_ids = iface_ids;
+        }
+        self.config.flavor = flavor;
     }
 
     /// Whether the guest runs or is paused.

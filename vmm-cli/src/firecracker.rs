@@ -1,0 +1,394 @@
+//! The `firecracker` front end: the binary started under that name (a copy or hard link of
+//! `vmm`), or `vmm firecracker ARGS...`, takes Firecracker's own command line, so that the
+//! engines that spawn Firecracker (Kata Containers, firecracker-containerd, Nomad, flintlock,
+//! firecracker-go-sdk) run this VMM unchanged. The flags follow Firecracker v1.16's; the API
+//! behind `--api-sock` is the same one `vmm run --api-sock` serves, answering as Firecracker.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use serde::Deserialize;
+use vmm_api::{
+    ApiConfig, ApiRequest, Balloon, BootSource, Drive, EntropyDevice, Flavor, LogLevel, Logger,
+    MachineConfig, Metrics, NetworkInterface, VmConfig, Vsock, FIRECRACKER_VERSION,
+    MAX_BODY_BYTES,
+};
+use vmm_core::logger::{self, LogStyle};
+
+/// Firecracker's default API socket.
+pub const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
+
+/// Firecracker's flags.
+#[derive(Parser, Debug)]
+#[command(
+    name = "firecracker",
+    disable_version_flag = true,
+    about = "A KVM virtual machine monitor, run under Firecracker's name and command line"
+)]
+pub struct FirecrackerArgs {
+    /// Path to the API socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_API_SOCK)]
+    api_sock: PathBuf,
+    /// MicroVM unique identifier (letters, digits and '-', at most 64).
+    #[arg(long, value_name = "ID", default_value = vmm_api::DEFAULT_INSTANCE_ID)]
+    id: String,
+    /// Path to a file that contains the microVM configuration in JSON format; the VM boots at
+    /// once and the API keeps serving.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// Start and run the microVM without the API socket (needs --config-file).
+    #[arg(long, requires = "config_file")]
+    no_api: bool,
+    /// Path to a file or named pipe for the human-readable log.
+    #[arg(long, value_name = "PATH")]
+    log_path: Option<PathBuf>,
+    /// Log level: Error, Warning, Info, Debug, Trace or Off.
+    #[arg(long, value_name = "LEVEL")]
+    level: Option<LogLevel>,
+    /// Only log records from this module path.
+    #[arg(long, value_name = "MODULE")]
+    module: Option<String>,
+    /// Show the level in each log line.
+    #[arg(long)]
+    show_level: bool,
+    /// Show the source file and line of each log line.
+    #[arg(long)]
+    show_log_origin: bool,
+    /// Path to a file or named pipe for the metrics.
+    #[arg(long, value_name = "PATH")]
+    metrics_path: Option<PathBuf>,
+    /// Log how long the guest took to boot when it writes 123 to the boot timer.
+    #[arg(long)]
+    boot_timer: bool,
+    /// Disable seccomp filtering (this VMM installs no filter yet: the flag changes nothing).
+    #[arg(long, conflicts_with = "seccomp_filter")]
+    no_seccomp: bool,
+    /// A custom seccomp filter (refused: custom filters come with the sandbox).
+    #[arg(long, value_name = "FILE")]
+    seccomp_filter: Option<PathBuf>,
+    /// Largest API request body, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = MAX_BODY_BYTES)]
+    http_api_max_payload_size: usize,
+    /// Process start time (wall clock, microseconds), as the jailer passes it.
+    #[arg(long, value_name = "US")]
+    start_time_us: Option<u64>,
+    /// Process start CPU time (microseconds), as the jailer passes it.
+    #[arg(long, value_name = "US")]
+    start_time_cpu_us: Option<u64>,
+    /// The parent's CPU time (microseconds), as the jailer passes it.
+    #[arg(long, value_name = "US")]
+    parent_cpu_time_us: Option<u64>,
+    /// Print the Firecracker version this binary implements, and exit.
+    #[arg(long)]
+    version: bool,
+    /// A file of MMDS metadata (refused: no metadata service here).
+    #[arg(long, value_name = "FILE")]
+    metadata: Option<PathBuf>,
+    /// MMDS data store limit (refused: no metadata service here).
+    #[arg(long, value_name = "BYTES")]
+    mmds_size_limit: Option<u64>,
+    /// PCIe transport (refused: devices are on virtio-mmio).
+    #[arg(long)]
+    enable_pci: bool,
+}
+
+/// Firecracker's `--config-file`: the API's bodies under their endpoint names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(rename = "boot-source")]
+    boot_source: Option<BootSource>,
+    #[serde(rename = "machine-config")]
+    machine_config: Option<MachineConfig>,
+    #[serde(default)]
+    drives: Option<Vec<Drive>>,
+    #[serde(rename = "network-interfaces", default)]
+    network_interfaces: Option<Vec<NetworkInterface>>,
+    vsock: Option<Vsock>,
+    entropy: Option<EntropyDevice>,
+    balloon: Option<Balloon>,
+    logger: Option<Logger>,
+    metrics: Option<Metrics>,
+    #[serde(rename = "mmds-config")]
+    mmds_config: Option<serde_json::Value>,
+}
+
+/// Errors of the `firecracker` front end.
+#[derive(Debug)]
+enum FcError {
+    Config(PathBuf, String),
+    Unsupported(&'static str),
+    Core(vmm_core::Error),
+}
+
+impl std::fmt::Display for FcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FcError::Config(path, why) => write!(f, "config file {}: {why}", path.display()),
+            FcError::Unsupported(what) => write!(f, "{what}"),
+            FcError::Core(e) => write!(f, "{}", vmm_core::error_chain(e)),
+        }
+    }
+}
+
+/// Whether this process was started under the name `firecracker`.
+pub fn invoked_as_firecracker(argv0: Option<&OsString>) -> bool {
+    argv0
+        .and_then(|a| Path::new(a).file_name().map(|n| n == "firecracker"))
+        .unwrap_or(false)
+}
+
+/// Runs the `firecracker` front end on `args` (the first is the program name).
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let args = match FirecrackerArgs::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => {
+            // --help: Firecracker prints its version first.
+            println!("Firecracker v{FIRECRACKER_VERSION}\n");
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("firecracker: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(1);
+        }
+    };
+    if args.version {
+        println!("Firecracker v{FIRECRACKER_VERSION}\n");
+        return ExitCode::SUCCESS;
+    }
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("firecracker: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: FirecrackerArgs) -> Result<ExitCode, FcError> {
+    if args.metadata.is_some() || args.mmds_size_limit.is_some() {
+        return Err(FcError::Unsupported(
+            "--metadata/--mmds-size-limit: the microVM metadata service (MMDS) is not supported",
+        ));
+    }
+    if args.enable_pci {
+        return Err(FcError::Unsupported(
+            "--enable-pci: devices are on virtio-mmio only",
+        ));
+    }
+    if args.seccomp_filter.is_some() {
+        return Err(FcError::Unsupported(
+            "--seccomp-filter: custom seccomp filters are not supported yet",
+        ));
+    }
+    let config = VmConfig {
+        id: Some(args.id.clone()),
+        ..VmConfig::default()
+    };
+    config
+        .check_instance_id()
+        .map_err(|e| FcError::Config(PathBuf::from("--id"), e.to_string()))?;
+    logger::init(LogStyle::Firecracker, &args.id);
+    let flags_logger = Logger {
+        log_path: args
+            .log_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+        level: args.level,
+        show_level: Some(args.show_level),
+        show_log_origin: Some(args.show_log_origin),
+        module: args.module.clone(),
+    };
+    logger::configure(&flags_logger).map_err(|e| {
+        FcError::Config(
+            args.log_path.clone().unwrap_or_default(),
+            format!("cannot open the log: {e}"),
+        )
+    })?;
+    if let Some(path) = &args.metrics_path {
+        vmm_core::metrics::configure(path).map_err(|e| {
+            FcError::Config(path.clone(), format!("cannot open the metrics file: {e}"))
+        })?;
+    }
+    vmm_core::metrics::set_process_start(
+        args.start_time_us,
+        args.start_time_cpu_us,
+        args.parent_cpu_time_us,
+    );
+    let mut api = ApiConfig::new(config);
+    api.flavor = Flavor::Firecracker;
+    if let Some(path) = &args.config_file {
+        apply_config_file(&mut api, path)?;
+    }
+    let reason = if args.no_api {
+        vmm_core::run_vm(&api.vm)
+    } else {
+        let options = vmm_core::ApiOptions {
+            socket: args.api_sock.clone(),
+            max_body: args.http_api_max_payload_size,
+            flavor: Flavor::Firecracker,
+        };
+        vmm_core::run_api_config(api, &options)
+    }
+    .map_err(FcError::Core)?;
+    log::info!("VM ended: {reason}");
+    Ok(ExitCode::from(reason.exit_code().clamp(0, 255) as u8))
+}
+
+/// Applies Firecracker's JSON config file as the API requests it stands for, in the order
+/// Firecracker takes them (logger and metrics first, so that what follows is logged).
+fn apply_config_file(api: &mut ApiConfig, path: &Path) -> Result<(), FcError> {
+    let bad = |why: String| FcError::Config(path.to_path_buf(), why);
+    let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let file: ConfigFile = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    if file.mmds_config.is_some() {
+        return Err(bad(
+            "mmds-config: the microVM metadata service (MMDS) is not supported".into(),
+        ));
+    }
+    if let Some(config) = &file.logger {
+        logger::configure(config).map_err(|e| bad(format!("logger: {e}")))?;
+    }
+    if let Some(metrics) = &file.metrics {
+        vmm_core::metrics::configure(Path::new(&metrics.metrics_path))
+            .map_err(|e| bad(format!("metrics: {e}")))?;
+    }
+    let boot = file
+        .boot_source
+        .ok_or_else(|| bad("boot-source is required".into()))?;
+    let mut requests = vec![ApiRequest::PutBootSource(boot)];
+    if let Some(machine) = file.machine_config {
+        requests.push(ApiRequest::PutMachineConfig(machine));
+    }
+    requests.extend(
+        file.drives
+            .unwrap_or_default()
+            .into_iter()
+            .map(ApiRequest::PutDrive),
+    );
+    requests.extend(
+        file.network_interfaces
+            .unwrap_or_default()
+            .into_iter()
+            .map(ApiRequest::PutNetworkInterface),
+    );
+    requests.extend(file.vsock.map(ApiRequest::PutVsock));
+    requests.extend(file.entropy.map(ApiRequest::PutEntropy));
+    requests.extend(file.balloon.map(ApiRequest::PutBalloon));
+    for request in requests {
+        api.apply(&request).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<FirecrackerArgs, clap::Error> {
+        FirecrackerArgs::try_parse_from(std::iter::once("firecracker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn firecrackers_flags_parse_with_its_defaults() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.api_sock, PathBuf::from(DEFAULT_API_SOCK));
+        assert_eq!(args.id, "anonymous-instance");
+        assert_eq!(args.http_api_max_payload_size, 51200);
+        let args = parse(&[
+            "--api-sock",
+            "/tmp/x.sock",
+            "--id",
+            "vm-1",
+            "--level",
+            "debug",
+            "--show-level",
+            "--show-log-origin",
+            "--log-path",
+            "/tmp/log",
+            "--metrics-path",
+            "/tmp/m",
+            "--boot-timer",
+            "--no-seccomp",
+            "--http-api-max-payload-size",
+            "1000",
+            "--start-time-us",
+            "1",
+            "--start-time-cpu-us",
+            "2",
+            "--parent-cpu-time-us",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(args.level, Some(LogLevel::Debug));
+        assert!(args.show_level && args.show_log_origin && args.boot_timer && args.no_seccomp);
+        assert_eq!(args.start_time_us, Some(1));
+    }
+
+    #[test]
+    fn bad_command_lines_are_refused() {
+        for bad in [
+            vec!["--no-api"],
+            vec!["--frobnicate"],
+            vec!["--level", "loud"],
+            vec!["--no-seccomp", "--seccomp-filter", "/f"],
+            vec!["run"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_config_file_configures_every_device() {
+        let dir = std::env::temp_dir().join(format!("fc-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vm.json");
+        std::fs::write(
+            &file,
+            r#"{
+              "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0", "initrd_path": null},
+              "machine-config": {"vcpu_count": 2, "mem_size_mib": 256, "smt": false},
+              "drives": [
+                {"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": false},
+                {"drive_id": "drive_0", "path_on_host": "/p0", "is_root_device": false, "is_read_only": false}
+              ],
+              "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:00:00:00:01"}],
+              "vsock": {"guest_cid": 3, "uds_path": "/v.sock"},
+              "entropy": {},
+              "balloon": {"amount_mib": 0, "deflate_on_oom": true}
+            }"#,
+        )
+        .unwrap();
+        let mut api = ApiConfig::new(VmConfig::default());
+        apply_config_file(&mut api, &file).unwrap();
+        assert_eq!(api.vm.kernel, Some(PathBuf::from("/k")));
+        assert_eq!(api.vm.vcpus, 2);
+        assert_eq!(api.vm.disk.len(), 2);
+        assert_eq!(api.vm.disk[1].id.as_deref(), Some("drive_0"));
+        assert_eq!(api.iface_ids, ["eth0"]);
+        assert!(api.vm.rng && api.vm.vsock.is_some() && api.vm.balloon.is_some());
+        std::fs::write(&file, r#"{"boot-source": {"kernel_image_path": "/k"}, "mmds-config": {}}"#)
+            .unwrap();
+        let error = apply_config_file(&mut api, &file).unwrap_err().to_string();
+        assert!(error.contains("MMDS"), "{error}");
+        std::fs::write(&file, r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1}}"#)
+            .unwrap();
+        let error = apply_config_file(&mut api, &file).unwrap_err().to_string();
+        assert!(error.contains("boot-source"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_name_decides_the_mode() {
+        assert!(invoked_as_firecracker(Some(&"/usr/bin/firecracker".into())));
+        assert!(invoked_as_firecracker(Some(&"firecracker".into())));
+        assert!(!invoked_as_firecracker(Some(&"/usr/bin/vmm".into())));
+        assert!(!invoked_as_firecracker(None));
+    }
+}
