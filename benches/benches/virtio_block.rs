@@ -43,7 +43,7 @@ impl Drop for Image {
 }
 
 struct Rig {
-    block: Block,
+    block: Block<GuestMemoryMmap>,
     mem: GuestMemoryMmap,
     tq: TestQueue,
     /// Sectors the requests start at cycle through the image.

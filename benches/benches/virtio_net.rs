@@ -33,7 +33,7 @@ const TSO_FRAME: usize = 65536;
 const PAGE: usize = 4096;
 
 struct Setup {
-    net: Net,
+    net: Net<GuestMemoryMmap>,
     peer: SocketPairBackend,
     mem: GuestMemoryMmap,
     rxq: TestQueue,

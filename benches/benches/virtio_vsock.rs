@@ -17,6 +17,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use vmm_devices::virtio::test_utils::TestMemory;
 use vmm_devices::virtio::vsock::packet::{op, HEADER_LEN};
 use vmm_devices::virtio::vsock::test_driver::{device_in_socket_dir, GuestDriver, SocketDir};
 use vmm_devices::virtio::vsock::{Vsock, BUF_ALLOC};
@@ -28,7 +29,7 @@ const PAYLOAD: usize = 4096;
 const RX_BUF: u32 = (PAYLOAD + HEADER_LEN) as u32;
 
 struct Setup {
-    dev: Vsock,
+    dev: Vsock<TestMemory>,
     drv: GuestDriver,
     host: UnixStream,
     _listener: UnixListener,

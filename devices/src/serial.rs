@@ -41,9 +41,10 @@ impl SerialEvents for InputRoom {
 /// A 16550A UART on `vm-superio`'s `Serial`, on the port bus at offsets 0..8.
 ///
 /// Output goes to any `Write` (stdout, a file, a sink); input comes from the VMM's event loop
-/// through [`enqueue_input`](Self::enqueue_input). Its interrupt is COM1's,
-/// [`vmm_memory::layout::SERIAL_IRQ`], once `vmm-core` binds the EventFd. The registers are single bytes: accesses of
-/// another size, and offsets past the last register, are ignored (reads return all ones).
+/// through [`enqueue_input`](Self::enqueue_input). Its interrupt line is the EventFd it is
+/// built with; the VMM binds it to the guest's IRQ for the port (COM1's is IRQ 4). The
+/// registers are single bytes: accesses of another size, and offsets past the last register,
+/// are ignored (reads return all ones).
 /// A write to the output that fails (a closed pipe, a full disk) loses the byte but never stops
 /// the guest; [`lost_output_bytes`](Self::lost_output_bytes) counts them.
 pub struct SerialDevice {

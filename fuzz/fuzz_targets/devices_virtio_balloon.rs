@@ -57,7 +57,7 @@ struct Model {
 
 struct Rig {
     mem: GuestMemoryMmap,
-    balloon: Balloon,
+    balloon: Balloon<GuestMemoryMmap>,
     tqs: [TestQueue; 2],
     used_seen: [u16; 2],
     size: u16,

@@ -38,6 +38,9 @@ use vmm_devices::virtio::{
 use vmm_devices::{BusDevice, EventFd, EventFdTrigger, EFD_NONBLOCK};
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+/// The transport on the VMM's memory type.
+type Transport = MmioTransport<GuestMemoryMmap>;
+
 /// Two queues; rings live at `queue * 0x8000`, buffers above 0x10000.
 const MAX_SIZES: [u16; 2] = [16, 8];
 const MEM_SIZE: usize = 0x1_8000;
@@ -146,7 +149,7 @@ fn return_chains(
     Ok(pending != 0)
 }
 
-impl VirtioDevice for Dummy {
+impl VirtioDevice<GuestMemoryMmap> for Dummy {
     fn device_type(&self) -> u32 {
         device_type::RNG
     }
@@ -176,7 +179,7 @@ impl VirtioDevice for Dummy {
         }
     }
 
-    fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
+    fn activate(&mut self, active: ActiveQueues<GuestMemoryMmap>) -> Result<(), VirtioError> {
         assert!(self.active.is_none(), "activated twice without a reset");
         assert_eq!(active.acked_features & !OFFERED, 0, "unoffered features");
         assert_ne!(active.acked_features & features::VERSION_1, 0);
@@ -230,26 +233,26 @@ impl VirtioDevice for Dummy {
     }
 }
 
-fn transport(mem: &GuestMemoryMmap, calls: &Arc<Mutex<Calls>>) -> MmioTransport {
+fn transport(mem: &GuestMemoryMmap, calls: &Arc<Mutex<Calls>>) -> Transport {
     let line = EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
-    MmioTransport::new(
+    Transport::new(
         mem.clone(),
         Box::new(Dummy::new(calls)),
         VirtioInterrupt::new(line),
     )
 }
 
-fn rd(t: &mut MmioTransport, offset: u64) -> u32 {
+fn rd(t: &mut Transport, offset: u64) -> u32 {
     let mut data = [0u8; 4];
     t.read(offset, &mut data);
     u32::from_le_bytes(data)
 }
 
-fn wr(t: &mut MmioTransport, offset: u64, value: u32) {
+fn wr(t: &mut Transport, offset: u64, value: u32) {
     t.write(offset, &value.to_le_bytes());
 }
 
-fn check(t: &mut MmioTransport) {
+fn check(t: &mut Transport) {
     let s = t.status();
     assert_eq!(
         s & status::DRIVER_OK != 0,
@@ -269,7 +272,7 @@ fn check(t: &mut MmioTransport) {
 }
 
 /// The driver side of Linux's probe, with `features` and queue sizes shrunk by `shift`.
-fn init(t: &mut MmioTransport, mem: &GuestMemoryMmap, features: u64, shift: u8) -> Vec<TestQueue> {
+fn init(t: &mut Transport, mem: &GuestMemoryMmap, features: u64, shift: u8) -> Vec<TestQueue> {
     wr(t, regs::STATUS, 0);
     wr(t, regs::STATUS, status::ACKNOWLEDGE);
     wr(t, regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);

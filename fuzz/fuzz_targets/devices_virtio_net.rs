@@ -82,7 +82,12 @@ impl Rings {
     }
 }
 
-fn activate(net: &mut Net, mem: &GuestMemoryMmap, rings: &Rings, acked: u64) -> bool {
+fn activate(
+    net: &mut Net<GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+    rings: &Rings,
+    acked: u64,
+) -> bool {
     let acked = acked & AVAIL_FEATURES | features::VERSION_1;
     test_utils::activate(net, mem, [&rings.rx, &rings.tx], acked).is_ok()
 }

@@ -32,7 +32,7 @@ const SNAPSHOT_SIZE: usize = (MAIN_SIZE + SHORT_SIZE + FAR_SIZE) as usize;
 
 struct Rig {
     mem: GuestMemoryMmap,
-    rng: Rng,
+    rng: Rng<GuestMemoryMmap>,
     tq: TestQueue,
     used_seen: u16,
     size: u16,

@@ -26,7 +26,7 @@ use vmm_devices::virtio::vsock::{
     Vsock, MAX_CONNECTIONS, MAX_PENDING_STREAMS, MAX_PKT_PAYLOAD, RX_QUEUE, TX_QUEUE,
 };
 use vmm_devices::virtio::{features, VirtioDevice};
-use vmm_memory::{Bytes, GuestAddress};
+use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const CID: u64 = 3;
 /// Host ports with a listener behind them (`<uds>_5000`, `<uds>_5001`).
@@ -55,7 +55,7 @@ fn port(input: &mut Cursor, known: &[(u32, u32)], host: bool) -> u32 {
     }
 }
 
-fn activate(drv: &mut GuestDriver, dev: &mut Vsock, input: &mut Cursor) {
+fn activate(drv: &mut GuestDriver, dev: &mut Vsock<GuestMemoryMmap>, input: &mut Cursor) {
     drv.post_rx(
         usize::from(input.byte() % 32),
         64 + u32::from(input.byte()) * 32,

@@ -23,6 +23,10 @@ use crate::error::{Error, Result};
 use crate::lock;
 use vmm_api::VmConfig;
 
+/// The virtio-mmio transport on this VMM's guest memory (vmm-devices is generic over it; ours
+/// has the dirty bitmap that diff snapshots read).
+pub(crate) type Transport = MmioTransport<GuestMemoryMmap>;
+
 /// Virtio-mmio slots: one per IRQ line from `VIRTIO_IRQ_FIRST` to `IRQ_LAST`.
 pub(crate) const VIRTIO_SLOTS: usize = layout::VIRTIO_MMIO_SLOTS;
 
@@ -52,7 +56,7 @@ pub(crate) struct OpenedDevice {
     pub id: String,
     /// "virtio-blk /path", for messages.
     pub name: String,
-    pub device: Box<dyn VirtioDevice>,
+    pub device: Box<dyn VirtioDevice<GuestMemoryMmap>>,
 }
 
 /// Opens every device the config names, in slot order: disks, nets, vsock, rng, balloon.
@@ -134,7 +138,7 @@ pub struct AttachedDevice {
     /// Its slot.
     pub slot: VirtioMmioDevice,
     /// The transport (and device) shared by the bus and the event loop.
-    pub transport: Arc<Mutex<MmioTransport>>,
+    pub transport: Arc<Mutex<Transport>>,
     queue_events: Vec<EventFd>,
     /// Wakes the device's subscriber after a resume, to re-poll parked backend fds.
     wake: EventFd,
@@ -187,7 +191,7 @@ pub(crate) fn attach_devices(
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
         vm.register_irqfd(&irq, slot.irq)?;
         let interrupt = VirtioInterrupt::new(EventFdTrigger::new(irq));
-        let transport = MmioTransport::new(memory.clone(), device, interrupt);
+        let transport = Transport::new(memory.clone(), device, interrupt);
         let mut queue_events = Vec::new();
         for queue in 0..transport.queue_count() {
             let event = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
@@ -215,7 +219,7 @@ const WAKE: u32 = 1 << 30;
 /// Runs a device's queues when the guest notifies them (ioeventfd) and its backend when the
 /// host side is ready.
 pub(crate) struct VirtioSubscriber {
-    transport: Arc<Mutex<MmioTransport>>,
+    transport: Arc<Mutex<Transport>>,
     queue_events: Vec<EventFd>,
     backend: Vec<BackendFd>,
     /// The backend fds are off epoll while the transport does not want their events (paused,

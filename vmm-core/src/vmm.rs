@@ -229,7 +229,7 @@ impl Vmm {
             if let Some(balloon) = transport
                 .device_mut()
                 .as_any_mut()
-                .downcast_mut::<Balloon>()
+                .downcast_mut::<Balloon<GuestMemoryMmap>>()
             {
                 return balloon.set_target_pages(pages).map_err(Error::Balloon);
             }

@@ -23,9 +23,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue};
-use vmm_memory::{
-    Address, Bitmap, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{
     device_type, drain_queue, features, ActiveQueues, Persist, VirtioDevice, VirtioDeviceState,
@@ -97,24 +96,24 @@ pub struct BalloonState {
 }
 
 /// What the device holds between DRIVER_OK and reset.
-struct Active {
-    mem: GuestMemoryMmap,
+struct Active<M> {
+    mem: M,
     inflate: Queue,
     deflate: Queue,
     interrupt: VirtioInterrupt,
 }
 
-/// The virtio memory balloon device.
-pub struct Balloon {
+/// The virtio memory balloon device, on guest memory of type `M`.
+pub struct Balloon<M> {
     deflate_on_oom: bool,
     target_pages: u32,
     actual_pages: u32,
     stats: BalloonStats,
     host_page_size: usize,
-    active: Option<Active>,
+    active: Option<Active<M>>,
 }
 
-impl fmt::Debug for Balloon {
+impl<M> fmt::Debug for Balloon<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balloon")
             .field("deflate_on_oom", &self.deflate_on_oom)
@@ -126,9 +125,9 @@ impl fmt::Debug for Balloon {
     }
 }
 
-impl Balloon {
+impl<M: GuestMemoryBackend> Balloon<M> {
     /// A balloon with the given initial target, waiting for its driver.
-    pub fn new(config: BalloonConfig) -> Balloon {
+    pub fn new(config: BalloonConfig) -> Balloon<M> {
         // SAFETY: sysconf only reads a system constant.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let host_page_size = usize::try_from(page)
@@ -204,7 +203,7 @@ impl Balloon {
 }
 
 /// Counts the PFNs of a deflate chain; the pages need no host work (see the module doc).
-fn deflate_chain(chain: DescriptorChain<&GuestMemoryMmap>, stats: &mut BalloonStats) {
+fn deflate_chain<M: GuestMemoryBackend>(chain: DescriptorChain<&M>, stats: &mut BalloonStats) {
     let mut budget = MAX_PFNS_PER_CHAIN;
     for desc in chain.readable() {
         let take = u64::from(desc.len() / 4).min(budget);
@@ -214,9 +213,9 @@ fn deflate_chain(chain: DescriptorChain<&GuestMemoryMmap>, stats: &mut BalloonSt
 }
 
 /// Returns the pages named by an inflate chain to the host.
-fn inflate_chain(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+fn inflate_chain<M: GuestMemoryBackend>(
+    mem: &M,
+    chain: DescriptorChain<&M>,
     host_page_size: usize,
     stats: &mut BalloonStats,
 ) {
@@ -285,15 +284,15 @@ struct Run {
 }
 
 /// Turns PFNs into madvise calls on runs of host-adjacent pages.
-struct PageReleaser<'a> {
-    mem: &'a GuestMemoryMmap,
+struct PageReleaser<'a, M> {
+    mem: &'a M,
     host_page_size: usize,
     stats: &'a mut BalloonStats,
     region: Option<RegionSpan>,
     run: Option<Run>,
 }
 
-impl PageReleaser<'_> {
+impl<M: GuestMemoryBackend> PageReleaser<'_, M> {
     fn refuse(&mut self, pages: u64) {
         self.stats.refused_pages = self.stats.refused_pages.saturating_add(pages);
     }
@@ -387,9 +386,9 @@ impl PageReleaser<'_> {
         }
         let len = end - start;
         self.stats.madvise_calls = self.stats.madvise_calls.saturating_add(1);
-        // SAFETY: [start, end) lies inside guest memory mappings owned by `self.mem`, which
-        // keeps them alive for this call: every page of the run was checked to lie within one
-        // region, and a run only joins host-adjacent pages. MADV_DONTNEED leaves the mapping
+        // SAFETY: [start, end) lies inside the host memory of `self.mem`'s regions (their
+        // `get_host_address`), which `self.mem` keeps alive for this call: every page of the run
+        // was checked to lie within one region, and a run only joins host-adjacent pages. MADV_DONTNEED leaves the mapping
         // in place and only drops its contents (private anonymous memory then reads as zeros).
         // Guest memory is only ever accessed through volatile raw-pointer accesses, never Rust
         // references, and the guest may change it at any time anyway, so no Rust invariant
@@ -405,7 +404,7 @@ impl PageReleaser<'_> {
     }
 }
 
-impl VirtioDevice for Balloon {
+impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Balloon<M> {
     fn device_type(&self) -> u32 {
         device_type::BALLOON
     }
@@ -444,7 +443,7 @@ impl VirtioDevice for Balloon {
         self.actual_pages = u32::from_le_bytes(actual);
     }
 
-    fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
+    fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
         let (mem, [inflate, deflate], interrupt) = active.into_queues()?;
         self.active = Some(Active {
             mem,
@@ -478,7 +477,7 @@ impl VirtioDevice for Balloon {
     }
 }
 
-impl Persist for Balloon {
+impl<M> Persist for Balloon<M> {
     const KIND: &'static str = "virtio-balloon";
     type State = BalloonState;
 
@@ -510,6 +509,10 @@ mod tests {
     use super::*;
     use crate::virtio::interrupt_bits;
     use crate::virtio::test_utils::{activate, test_memory, TestQueue};
+    use vmm_memory::GuestMemoryMmap;
+
+    /// The device on the VMM's memory type (dirty bitmap included).
+    type Balloon = super::Balloon<GuestMemoryMmap>;
 
     const MEM_SIZE: usize = 0x10_0000;
     const INFLATE_BASE: u64 = 0x1_0000;

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
-use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 
 use super::{
@@ -143,7 +143,7 @@ fn copy_queue(queue: &Queue) -> Result<Queue, VirtioError> {
 
 /// Whether a queue may be handed to the device: it has a size, is ready, and its rings lie in
 /// guest memory.
-fn usable(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+fn usable<M: GuestMemoryBackend>(queue: &Queue, mem: &M) -> bool {
     queue.max_size() != 0 && queue.size() != 0 && queue.ready() && queue.is_valid(mem)
 }
 
@@ -180,10 +180,12 @@ pub struct MmioTransportState {
     pub device: VirtioDeviceState,
 }
 
-/// One virtio device behind the virtio-mmio register layout.
-pub struct MmioTransport {
-    mem: GuestMemoryMmap,
-    device: Box<dyn VirtioDevice>,
+/// One virtio device behind the virtio-mmio register layout, on guest memory of type `M`
+/// (any vm-memory [`GuestMemoryBackend`]; a VMM names its own, e.g.
+/// `type Transport = MmioTransport<GuestMemoryMmap<AtomicBitmap>>`).
+pub struct MmioTransport<M: GuestMemoryBackend> {
+    mem: M,
+    device: Box<dyn VirtioDevice<M>>,
     interrupt: VirtioInterrupt,
     status: u32,
     device_features_sel: u32,
@@ -201,16 +203,12 @@ pub struct MmioTransport {
     logged_errors: u32,
 }
 
-impl MmioTransport {
+impl<M: GuestMemoryBackend + Clone + Send + 'static> MmioTransport<M> {
     /// The transport for `device`, using `mem` for the rings and `interrupt` as its line.
     ///
     /// A queue whose maximum size virtio-queue refuses (0, above 32768, not a power of two)
     /// reads as QueueNumMax 0, so the device cannot be activated: a device bug, not a crash.
-    pub fn new(
-        mem: GuestMemoryMmap,
-        device: Box<dyn VirtioDevice>,
-        interrupt: VirtioInterrupt,
-    ) -> Self {
+    pub fn new(mem: M, device: Box<dyn VirtioDevice<M>>, interrupt: VirtioInterrupt) -> Self {
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -237,12 +235,12 @@ impl MmioTransport {
     }
 
     /// The device behind the transport.
-    pub fn device(&self) -> &dyn VirtioDevice {
+    pub fn device(&self) -> &dyn VirtioDevice<M> {
         self.device.as_ref()
     }
 
     /// The device behind the transport, for host-side changes (e.g. a balloon target).
-    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice<M> {
         self.device.as_mut()
     }
 
@@ -330,7 +328,10 @@ impl MmioTransport {
     }
 
     /// Calls into the device; an error is fatal for it.
-    fn run_device(&mut self, call: impl FnOnce(&mut dyn VirtioDevice) -> Result<(), VirtioError>) {
+    fn run_device(
+        &mut self,
+        call: impl FnOnce(&mut dyn VirtioDevice<M>) -> Result<(), VirtioError>,
+    ) {
         if let Err(e) = call(self.device.as_mut()) {
             self.needs_reset(&e);
         }
@@ -715,7 +716,7 @@ impl MmioTransport {
     }
 }
 
-impl BusDevice for MmioTransport {
+impl<M: GuestMemoryBackend + Clone + Send + 'static> BusDevice for MmioTransport<M> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= regs::CONFIG {
             if matches!(data.len(), 1 | 2 | 4 | 8) {
@@ -755,6 +756,10 @@ mod tests {
     use crate::virtio::rng::RngState;
     use crate::virtio::test_utils::{test_memory, TestQueue};
     use crate::{EventFd, EventFdTrigger, EFD_NONBLOCK};
+    use vmm_memory::GuestMemoryMmap;
+
+    /// The transport on the VMM's memory type (dirty bitmap included).
+    type MmioTransport = super::MmioTransport<GuestMemoryMmap>;
 
     const FEATURES: u64 = features::VERSION_1 | features::RING_EVENT_IDX | 1 << 5;
     const MAX_SIZES: [u16; 2] = [16, 8];
@@ -775,7 +780,7 @@ mod tests {
     /// A device with two queues that returns every chain it is given, and fails on request.
     struct Dummy {
         calls: Arc<Mutex<Calls>>,
-        active: Option<ActiveQueues>,
+        active: Option<ActiveQueues<GuestMemoryMmap>>,
         fail_activate: bool,
         fail_queue: bool,
         fail_backend: bool,
@@ -798,7 +803,7 @@ mod tests {
         }
     }
 
-    impl VirtioDevice for Dummy {
+    impl VirtioDevice<GuestMemoryMmap> for Dummy {
         fn device_type(&self) -> u32 {
             device_type::RNG
         }
@@ -824,7 +829,7 @@ mod tests {
             }
         }
 
-        fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
+        fn activate(&mut self, active: ActiveQueues<GuestMemoryMmap>) -> Result<(), VirtioError> {
             if self.fail_activate {
                 return Err(VirtioError::Backend(std::io::Error::other("refused")));
             }
@@ -1606,7 +1611,7 @@ mod tests {
     #[test]
     fn a_device_with_an_impossible_queue_size_cannot_be_activated() {
         struct Broken(Dummy);
-        impl VirtioDevice for Broken {
+        impl VirtioDevice<GuestMemoryMmap> for Broken {
             fn device_type(&self) -> u32 {
                 self.0.device_type()
             }
@@ -1619,7 +1624,10 @@ mod tests {
             fn read_config(&self, offset: u64, data: &mut [u8]) {
                 self.0.read_config(offset, data)
             }
-            fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
+            fn activate(
+                &mut self,
+                active: ActiveQueues<GuestMemoryMmap>,
+            ) -> Result<(), VirtioError> {
                 self.0.activate(active)
             }
             fn reset(&mut self) {

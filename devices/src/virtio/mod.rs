@@ -36,7 +36,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vmm_memory::GuestMemoryMmap;
+use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::EventFdTrigger;
@@ -187,11 +187,12 @@ impl VirtioInterrupt {
     }
 }
 
-/// What a device gets when the driver sets DRIVER_OK: guest memory, its queues (validated, in
-/// queue-index order), the interrupt, and the features both sides agreed on.
-pub struct ActiveQueues {
+/// What a device gets when the driver sets DRIVER_OK: guest memory (of the transport's memory
+/// type `M`), its queues (validated, in queue-index order), the interrupt, and the features both
+/// sides agreed on.
+pub struct ActiveQueues<M> {
     /// Guest memory, for the rings and the buffers.
-    pub mem: GuestMemoryMmap,
+    pub mem: M,
     /// One entry per queue of the device type, already checked with `Queue::is_valid`.
     pub queues: Vec<Queue>,
     /// The device's interrupt.
@@ -200,7 +201,7 @@ pub struct ActiveQueues {
     pub acked_features: u64,
 }
 
-impl ActiveQueues {
+impl<M> ActiveQueues<M> {
     /// Splits the activation into guest memory, the device's `N` queues and the interrupt.
     ///
     /// Fails with [`VirtioError::QueueCount`] unless the driver handed over exactly `N` queues;
@@ -208,7 +209,7 @@ impl ActiveQueues {
     /// `acked_features` first when the device keeps them.
     pub fn into_queues<const N: usize>(
         self,
-    ) -> Result<(GuestMemoryMmap, [Queue; N], VirtioInterrupt), VirtioError> {
+    ) -> Result<(M, [Queue; N], VirtioInterrupt), VirtioError> {
         let ActiveQueues {
             mem,
             queues,
@@ -238,12 +239,14 @@ pub struct BackendFd {
     pub token: u32,
 }
 
-/// One virtio device type, independent of the transport.
+/// One virtio device type, independent of the transport, working on guest memory of type `M`
+/// (any vm-memory [`GuestMemoryBackend`]; the devices write guest memory only through it, so a
+/// dirty bitmap in `M` sees every write).
 ///
 /// Called with the transport's lock held, from a vCPU thread (register accesses, activation,
 /// reset, and queue notifies that arrive as MMIO exits) or from the event loop (ioeventfd queue
 /// notifies, backend readiness). Methods never block and never panic on guest input.
-pub trait VirtioDevice: AsAny + Send {
+pub trait VirtioDevice<M: GuestMemoryBackend>: AsAny + Send {
     /// The virtio device ID ([`device_type`]).
     fn device_type(&self) -> u32;
 
@@ -260,7 +263,7 @@ pub trait VirtioDevice: AsAny + Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     /// The driver set DRIVER_OK: start using the queues.
-    fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError>;
+    fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError>;
 
     /// The driver reset the device (status 0): drop the queues and any in-flight state, and be
     /// ready for a new negotiation. Host backends (files, taps, listeners) stay open.
@@ -481,19 +484,19 @@ impl QueueSnapshot {
 /// (`InvalidAvailRingIndex`), fatal for the device: the transport sets DEVICE_NEEDS_RESET.
 ///
 /// The chain's head may be past the descriptor table; see [`pop_valid_chain`].
-pub fn pop_chain<'m>(
+pub fn pop_chain<'m, M: GuestMemoryBackend>(
     queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, VirtioError> {
+    mem: &'m M,
+) -> Result<Option<DescriptorChain<&'m M>>, VirtioError> {
     Ok(queue.iter(mem)?.next())
 }
 
 /// [`pop_chain`], dropping the entries whose head index is past the descriptor table: such a
 /// head names no descriptor and cannot be returned to the used ring (`add_used` refuses it).
-pub fn pop_valid_chain<'m>(
+pub fn pop_valid_chain<'m, M: GuestMemoryBackend>(
     queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, VirtioError> {
+    mem: &'m M,
+) -> Result<Option<DescriptorChain<&'m M>>, VirtioError> {
     while let Some(chain) = pop_chain(queue, mem)? {
         if chain.head_index() < queue.size() {
             return Ok(Some(chain));
@@ -514,14 +517,15 @@ pub fn pop_valid_chain<'m>(
 /// with a queue that passed `Queue::is_valid`; it is a guard, not a path).
 ///
 /// An error from `handle` or from the rings ends the call at once, with no interrupt.
-pub fn drain_queue<F>(
+pub fn drain_queue<M, F>(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &M,
     interrupt: &VirtioInterrupt,
     mut handle: F,
 ) -> Result<(), VirtioError>
 where
-    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Result<u32, VirtioError>,
+    M: GuestMemoryBackend,
+    F: FnMut(DescriptorChain<&M>) -> Result<u32, VirtioError>,
 {
     let mut used_any = false;
     let mut idle_passes = 0;
@@ -551,9 +555,9 @@ where
 
 /// After a device used buffers of `queue`: raises the interrupt unless the driver suppressed it
 /// (EVENT_IDX `used_event`, or the no-interrupt flag).
-pub fn notify_used(
+pub fn notify_used<M: GuestMemoryBackend>(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &M,
     interrupt: &VirtioInterrupt,
 ) -> Result<(), VirtioError> {
     if queue.needs_notification(mem)? {

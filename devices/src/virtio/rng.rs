@@ -14,7 +14,7 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue};
-use vmm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::{
     device_type, drain_queue, features, ActiveQueues, Persist, VirtioDevice, VirtioDeviceState,
@@ -39,22 +39,22 @@ const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
 pub struct RngState {}
 
 /// What the device holds between DRIVER_OK and reset.
-struct Active {
-    mem: GuestMemoryMmap,
+struct Active<M> {
+    mem: M,
     queue: Queue,
     interrupt: VirtioInterrupt,
 }
 
-/// The virtio entropy device.
-pub struct Rng {
-    active: Option<Active>,
+/// The virtio entropy device, on guest memory of type `M`.
+pub struct Rng<M> {
+    active: Option<Active<M>>,
     /// Random bytes are drawn here, then copied to guest memory: keeps getrandom(2) away from
     /// guest mappings and needs no unsafe pointer arithmetic on them.
     scratch: Vec<u8>,
     bytes_served: u64,
 }
 
-impl fmt::Debug for Rng {
+impl<M> fmt::Debug for Rng<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rng")
             .field("activated", &self.active.is_some())
@@ -63,15 +63,15 @@ impl fmt::Debug for Rng {
     }
 }
 
-impl Default for Rng {
+impl<M: GuestMemoryBackend> Default for Rng<M> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Rng {
+impl<M: GuestMemoryBackend> Rng<M> {
     /// A device waiting for its driver.
-    pub fn new() -> Rng {
+    pub fn new() -> Rng<M> {
         Rng {
             active: None,
             scratch: vec![0; MAX_BYTES_PER_CHAIN],
@@ -101,9 +101,9 @@ impl Rng {
 }
 
 /// Fills the writable descriptors of `chain` with random bytes; returns how many were written.
-fn fill_chain(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+fn fill_chain<M: GuestMemoryBackend>(
+    mem: &M,
+    chain: DescriptorChain<&M>,
     scratch: &mut [u8],
 ) -> Result<u32, VirtioError> {
     let cap = scratch.len().min(MAX_BYTES_PER_CHAIN);
@@ -166,7 +166,7 @@ fn fill_random(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-impl VirtioDevice for Rng {
+impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Rng<M> {
     fn device_type(&self) -> u32 {
         device_type::RNG
     }
@@ -184,7 +184,7 @@ impl VirtioDevice for Rng {
         super::read_config_bytes(&[], offset, data);
     }
 
-    fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
+    fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
         let (mem, [queue], interrupt) = active.into_queues()?;
         self.active = Some(Active {
             mem,
@@ -218,7 +218,7 @@ impl VirtioDevice for Rng {
     }
 }
 
-impl Persist for Rng {
+impl<M> Persist for Rng<M> {
     const KIND: &'static str = "virtio-rng";
     type State = RngState;
 
@@ -236,7 +236,10 @@ mod tests {
     use super::*;
     use crate::virtio::test_utils::{activate, test_memory, TestQueue, DESC_F_NEXT, DESC_F_WRITE};
     use crate::virtio::{interrupt_bits, VirtioDeviceState};
-    use vmm_memory::GuestAddress;
+    use vmm_memory::{GuestAddress, GuestMemoryMmap};
+
+    /// The device on the VMM's memory type (dirty bitmap included).
+    type Rng = super::Rng<GuestMemoryMmap>;
 
     const MEM_SIZE: usize = 0x10_0000;
     const QUEUE_BASE: u64 = 0x1000;
@@ -312,6 +315,30 @@ mod tests {
         assert!(!nonzero(&read(&h.mem, BUF + 0x3000 + 300, 0x100)));
         assert_eq!(h.rng.bytes_served(), 400);
         assert_eq!(h.interrupt.status(), interrupt_bits::USED_BUFFER);
+    }
+
+    #[test]
+    fn works_on_guest_memory_without_a_bitmap() {
+        // Any `GuestMemoryBackend` fits: here vm-memory's mmap memory with no dirty bitmap.
+        let mem: vm_memory::GuestMemoryMmap<()> =
+            vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let mut tq = TestQueue::new(QUEUE_BASE, QUEUE_SIZE);
+        let mut rng = super::Rng::new();
+        let (interrupt, _) = activate(&mut rng, &mem, [&tq], features::VERSION_1).unwrap();
+        let head = tq.add_chain(&mem, &[(BUF, 64, false), (BUF + 0x1000, 128, true)]);
+        rng.process_queue(0).unwrap();
+        assert_eq!(tq.used_idx(&mem), 1);
+        assert_eq!(tq.used_elem(&mem, 0), (u32::from(head), 128));
+        let mut got = [0u8; 128];
+        mem.read_slice(&mut got, GuestAddress(BUF + 0x1000))
+            .unwrap();
+        assert!(nonzero(&got));
+        assert_eq!(rng.bytes_served(), 128);
+        assert_eq!(interrupt.status(), interrupt_bits::USED_BUFFER);
+        assert_eq!(
+            rng.save_state(),
+            VirtioDeviceState::new("virtio-rng", &RngState {}).unwrap()
+        );
     }
 
     #[test]

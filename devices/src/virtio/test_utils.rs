@@ -1,9 +1,11 @@
-//! Building split virtqueues by hand in a real `GuestMemoryMmap`, and activating devices on
-//! them, for tests, fuzz targets and benchmarks (feature `test-utils`). Rings can be filled with
-//! well-formed chains or with raw, hostile descriptors.
+//! Building split virtqueues by hand in guest memory (any [`GuestMemoryBackend`]; a real
+//! [`TestMemory`] by default), and activating devices on them, for tests, fuzz targets and
+//! benchmarks (feature `test-utils`). Rings can be filled with well-formed chains or with raw,
+//! hostile descriptors.
 
 use virtio_queue::{Queue, QueueT};
-use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{ActiveQueues, VirtioDevice, VirtioError, VirtioInterrupt};
 use crate::{EventFd, EventFdTrigger, EFD_NONBLOCK};
@@ -15,9 +17,13 @@ pub const DESC_F_WRITE: u16 = 2;
 /// Descriptor flag: the buffer is an indirect descriptor table.
 pub const DESC_F_INDIRECT: u16 = 4;
 
+/// The guest memory [`test_memory`] builds: mmap-backed with a dirty bitmap, the same type as
+/// vmm-memory's `GuestMemoryMmap`.
+pub type TestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+
 /// Guest memory of `bytes` bytes starting at guest address 0.
-pub fn test_memory(bytes: usize) -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes)]).expect("test guest memory")
+pub fn test_memory(bytes: usize) -> TestMemory {
+    TestMemory::from_ranges(&[(GuestAddress(0), bytes)]).expect("test guest memory")
 }
 
 /// A fresh interrupt line on a non-blocking EventFd, and a duplicate of that EventFd to read the
@@ -30,12 +36,12 @@ pub fn test_interrupt() -> (VirtioInterrupt, EventFd) {
 
 /// What the transport hands a device on DRIVER_OK: `mem`, a ready queue on each of `queues` (in
 /// that order), `interrupt` and `acked_features`.
-pub fn active_queues<'a>(
-    mem: &GuestMemoryMmap,
+pub fn active_queues<'a, M: Clone>(
+    mem: &M,
     queues: impl IntoIterator<Item = &'a TestQueue>,
     interrupt: VirtioInterrupt,
     acked_features: u64,
-) -> ActiveQueues {
+) -> ActiveQueues<M> {
     ActiveQueues {
         mem: mem.clone(),
         queues: queues.into_iter().map(TestQueue::queue).collect(),
@@ -46,12 +52,16 @@ pub fn active_queues<'a>(
 
 /// Activates `device` on `queues` in `mem` with `acked_features`, on a fresh
 /// [`test_interrupt`]; returns that interrupt and its EventFd.
-pub fn activate<'a>(
-    device: &mut dyn VirtioDevice,
-    mem: &GuestMemoryMmap,
+pub fn activate<'a, M, D>(
+    device: &mut D,
+    mem: &M,
     queues: impl IntoIterator<Item = &'a TestQueue>,
     acked_features: u64,
-) -> Result<(VirtioInterrupt, EventFd), VirtioError> {
+) -> Result<(VirtioInterrupt, EventFd), VirtioError>
+where
+    M: GuestMemoryBackend + Clone,
+    D: VirtioDevice<M> + ?Sized,
+{
     let (interrupt, irq) = test_interrupt();
     device.activate(active_queues(
         mem,
@@ -93,7 +103,7 @@ impl TestQueue {
 
     /// [`TestQueue::new`], with the `0x8000` bytes from `base` zeroed first, as a driver sets up
     /// its rings after a reset (no stale index or entry survives).
-    pub fn zeroed(mem: &GuestMemoryMmap, base: u64, size: u16) -> Self {
+    pub fn zeroed<M: GuestMemoryBackend>(mem: &M, base: u64, size: u16) -> Self {
         mem.write_slice(&[0u8; 0x8000], GuestAddress(base))
             .expect("rings in guest memory");
         TestQueue::new(base, size)
@@ -111,9 +121,9 @@ impl TestQueue {
     }
 
     /// Writes descriptor `index` as given (nothing checked: hostile chains welcome).
-    pub fn write_desc(
+    pub fn write_desc<M: GuestMemoryBackend>(
         &self,
-        mem: &GuestMemoryMmap,
+        mem: &M,
         index: u16,
         addr: u64,
         len: u32,
@@ -130,7 +140,7 @@ impl TestQueue {
     }
 
     /// Publishes `head` in the available ring and bumps its index.
-    pub fn push_avail(&mut self, mem: &GuestMemoryMmap, head: u16) {
+    pub fn push_avail<M: GuestMemoryBackend>(&mut self, mem: &M, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
         mem.write_obj(head.to_le(), GuestAddress(self.avail + 4 + 2 * slot))
             .unwrap();
@@ -141,7 +151,11 @@ impl TestQueue {
 
     /// Adds a well-linked chain of `(addr, len, device_writable)` buffers and makes it available.
     /// Returns its head index.
-    pub fn add_chain(&mut self, mem: &GuestMemoryMmap, buffers: &[(u64, u32, bool)]) -> u16 {
+    pub fn add_chain<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        buffers: &[(u64, u32, bool)],
+    ) -> u16 {
         let head = self.next_desc;
         for (i, &(addr, len, writable)) in buffers.iter().enumerate() {
             let index = self.next_desc;
@@ -158,12 +172,12 @@ impl TestQueue {
     }
 
     /// The used ring's index (how many chains the device returned, mod 2^16).
-    pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+    pub fn used_idx<M: GuestMemoryBackend>(&self, mem: &M) -> u16 {
         u16::from_le(mem.read_obj(GuestAddress(self.used + 2)).unwrap())
     }
 
     /// Used ring entry `n`: (descriptor head id, bytes written).
-    pub fn used_elem(&self, mem: &GuestMemoryMmap, n: u16) -> (u32, u32) {
+    pub fn used_elem<M: GuestMemoryBackend>(&self, mem: &M, n: u16) -> (u32, u32) {
         let at = self.used + 4 + 8 * u64::from(n % self.size);
         let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
         let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();

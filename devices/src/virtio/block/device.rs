@@ -6,7 +6,7 @@ use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
 };
 use virtio_queue::Queue;
-use vmm_memory::GuestMemoryMmap;
+use vm_memory::GuestMemoryBackend;
 
 use super::io::{BlockBackend, DiskId, GuestRange};
 use super::persist::BlockState;
@@ -22,8 +22,8 @@ use crate::virtio::{
 const CONFIG_LEN: usize = std::mem::size_of::<virtio_blk_config>();
 
 /// The queue and what it needs, between activation and reset.
-struct Active {
-    mem: GuestMemoryMmap,
+struct Active<M> {
+    mem: M,
     queue: Queue,
     interrupt: VirtioInterrupt,
 }
@@ -33,16 +33,18 @@ struct Active {
 /// The capacity is the backend's size divided by 512, rounded down: a trailing partial sector
 /// is not exposed to the guest (and never written). The size is read once, when the device is
 /// built.
-pub struct Block<B: BlockBackend = RawFile> {
+///
+/// `M` is the guest memory type the device works on (any vm-memory [`GuestMemoryBackend`]).
+pub struct Block<M: GuestMemoryBackend, B: BlockBackend<M> = RawFile> {
     backend: B,
     disk: DiskInfo,
     config_space: [u8; CONFIG_LEN],
-    active: Option<Active>,
+    active: Option<Active<M>>,
     /// Descriptors of the chain being handled; reused so a request allocates nothing.
     scratch: Vec<GuestRange>,
 }
 
-impl<B: BlockBackend> fmt::Debug for Block<B> {
+impl<M: GuestMemoryBackend, B: BlockBackend<M>> fmt::Debug for Block<M, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Block")
             .field("capacity_sectors", &self.disk.capacity_sectors)
@@ -53,10 +55,10 @@ impl<B: BlockBackend> fmt::Debug for Block<B> {
     }
 }
 
-impl Block<RawFile> {
+impl<M: GuestMemoryBackend> Block<M, RawFile> {
     /// Opens the raw image named by `config` (read-write, or read-only when asked); see
     /// [`RawFile::open`].
-    pub fn new(config: BlockConfig) -> Result<Block<RawFile>, BlockError> {
+    pub fn new(config: BlockConfig) -> Result<Block<M, RawFile>, BlockError> {
         // A bad ID fails before the image is opened.
         let id = config.id.as_deref().map(configured_id).transpose()?;
         let backend = RawFile::open(&config.path, config.read_only)?;
@@ -64,15 +66,15 @@ impl Block<RawFile> {
     }
 }
 
-impl<B: BlockBackend> Block<B> {
+impl<M: GuestMemoryBackend, B: BlockBackend<M>> Block<M, B> {
     /// A device on `backend`. `id` is the serial the guest reads with GET_ID (at most 20
     /// bytes); `None` takes the backend's [`BlockBackend::id`].
-    pub fn with_backend(backend: B, id: Option<&str>) -> Result<Block<B>, BlockError> {
+    pub fn with_backend(backend: B, id: Option<&str>) -> Result<Block<M, B>, BlockError> {
         let id = id.map(configured_id).transpose()?;
         Block::build(backend, id)
     }
 
-    fn build(backend: B, id: Option<DiskId>) -> Result<Block<B>, BlockError> {
+    fn build(backend: B, id: Option<DiskId>) -> Result<Block<M, B>, BlockError> {
         let bytes = backend.size();
         let capacity_sectors = bytes / SECTOR_SIZE;
         if capacity_sectors == 0 {
@@ -129,12 +131,13 @@ fn write_le(space: &mut [u8; CONFIG_LEN], offset: usize, bytes: &[u8]) {
     }
 }
 
-/// Serves every request available on the queue. Not generic over the backend: the request
+/// Serves every request available on the queue. Not generic over the backend (only over the
+/// memory type): the request
 /// path is compiled once, here, whatever backend a user plugs in.
-fn serve_queue(
-    active: &mut Active,
+fn serve_queue<M: GuestMemoryBackend>(
+    active: &mut Active<M>,
     disk: &DiskInfo,
-    backend: &mut dyn BlockBackend,
+    backend: &mut dyn BlockBackend<M>,
     scratch: &mut Vec<GuestRange>,
 ) -> Result<(), VirtioError> {
     let Active {
@@ -149,7 +152,11 @@ fn serve_queue(
     })
 }
 
-impl<B: BlockBackend + 'static> VirtioDevice for Block<B> {
+impl<M, B> VirtioDevice<M> for Block<M, B>
+where
+    M: GuestMemoryBackend + Send + 'static,
+    B: BlockBackend<M> + 'static,
+{
     fn device_type(&self) -> u32 {
         device_type::BLOCK
     }
@@ -173,7 +180,7 @@ impl<B: BlockBackend + 'static> VirtioDevice for Block<B> {
         read_config_bytes(&self.config_space, offset, data);
     }
 
-    fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
+    fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
         let (mem, [queue], interrupt) = active.into_queues()?;
         self.active = Some(Active {
             mem,
@@ -210,7 +217,7 @@ impl<B: BlockBackend + 'static> VirtioDevice for Block<B> {
     }
 }
 
-impl<B: BlockBackend + 'static> Persist for Block<B> {
+impl<M: GuestMemoryBackend, B: BlockBackend<M>> Persist for Block<M, B> {
     const KIND: &'static str = "virtio-blk";
     type State = BlockState;
 

@@ -9,8 +9,10 @@
 
 use std::io;
 
-use vm_memory::VolatileSlice;
-use vmm_memory::{Bytes, GuestAddress, GuestBitmapSlice, GuestMemoryBackend, GuestMemoryMmap};
+use std::fmt;
+
+use vm_memory::bitmap::MS;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use super::ID_BYTES;
 
@@ -18,8 +20,9 @@ use super::ID_BYTES;
 pub type DiskId = [u8; ID_BYTES];
 
 /// A piece of guest memory as the host sees it (one guest buffer, or the part of one inside
-/// one memory region): [`GuestBuffers::slices`] yields these for zero-copy I/O.
-pub type GuestSlice<'a> = VolatileSlice<'a, GuestBitmapSlice<'a>>;
+/// one memory region) in guest memory of type `M`, with the memory's bitmap slice (a dirty
+/// bitmap, or `()`): [`GuestBuffers::slices`] yields these for zero-copy I/O.
+pub type GuestSlice<'a, M> = VolatileSlice<'a, MS<'a, M>>;
 
 /// Errors of a backend's I/O. The device answers the guest's request with IOERR whatever the
 /// variant; the variants and [`BlockIoError::transferred`] are for the host (logs, tests) and
@@ -76,7 +79,7 @@ impl BlockIoError {
 /// to and from at byte offsets.
 ///
 /// Object-safe: a device holds its backend either as a concrete type (`Block<RawFile>`, static
-/// dispatch) or as a `Box<dyn BlockBackend>` chosen at run time (an image format picked from a
+/// dispatch) or as a `Box<dyn BlockBackend<M>>` chosen at run time (an image format picked from a
 /// file's header). Implementations may block (the device calls them on the event loop, one
 /// request at a time, as the raw backend does with positional I/O); they must not panic on any
 /// offset or buffer.
@@ -86,7 +89,10 @@ impl BlockIoError {
 /// range lies inside `size()` rounded down to whole sectors, every buffer was checked to be
 /// guest memory, and a write never reaches a backend that says it is
 /// [`read_only`](BlockBackend::read_only) (nor does a flush).
-pub trait BlockBackend: Send {
+///
+/// The trait is generic over the guest memory type `M` of the device; a backend usually serves
+/// any: `impl<M: GuestMemoryBackend> BlockBackend<M> for MyDisk`.
+pub trait BlockBackend<M: GuestMemoryBackend>: Send {
     /// The disk's size in bytes, read once when the device is built: the guest sees it rounded
     /// down to 512-byte sectors. It must not shrink while the device uses the backend.
     fn size(&self) -> u64;
@@ -107,17 +113,17 @@ pub trait BlockBackend: Send {
     /// A backend that writes guest memory through the host addresses of
     /// [`GuestBuffers::slices`] marks the pages dirty itself ([`GuestBuffers::slices_mut`] does);
     /// one that copies with [`GuestBuffers::write_from`] gets that done by vm-memory.
-    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_>) -> Result<(), BlockIoError>;
+    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError>;
 
     /// Writes the guest buffers, in order, to the disk from byte `offset`. Once it returns the
     /// data is what later reads see; it is durable after the next [`BlockBackend::flush`].
-    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_>) -> Result<(), BlockIoError>;
+    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError>;
 
     /// Makes every write that returned durable (VIRTIO_BLK_T_FLUSH).
     fn flush(&mut self) -> Result<(), BlockIoError>;
 }
 
-impl<B: BlockBackend + ?Sized> BlockBackend for Box<B> {
+impl<M: GuestMemoryBackend, B: BlockBackend<M> + ?Sized> BlockBackend<M> for Box<B> {
     fn size(&self) -> u64 {
         (**self).size()
     }
@@ -130,11 +136,11 @@ impl<B: BlockBackend + ?Sized> BlockBackend for Box<B> {
         (**self).id()
     }
 
-    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_>) -> Result<(), BlockIoError> {
+    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
         (**self).read_at(offset, bufs)
     }
 
-    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_>) -> Result<(), BlockIoError> {
+    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
         (**self).write_at(offset, bufs)
     }
 
@@ -153,18 +159,36 @@ pub struct GuestRange {
 }
 
 /// The data of one request: bytes `skip..skip + len` of a run of guest buffers, all of them
-/// guest memory. Copying it is cheap (a few references and numbers); nothing is allocated.
-#[derive(Clone, Copy, Debug)]
-pub struct GuestBuffers<'a> {
-    mem: &'a GuestMemoryMmap,
+/// guest memory of type `M`. Copying it is cheap (a few references and numbers); nothing is
+/// allocated.
+pub struct GuestBuffers<'a, M> {
+    mem: &'a M,
     ranges: &'a [GuestRange],
     skip: u64,
     len: u64,
 }
 
-impl<'a> GuestBuffers<'a> {
+impl<M> Clone for GuestBuffers<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for GuestBuffers<'_, M> {}
+
+impl<M> fmt::Debug for GuestBuffers<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuestBuffers")
+            .field("ranges", &self.ranges)
+            .field("skip", &self.skip)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, M: GuestMemoryBackend> GuestBuffers<'a, M> {
     /// All of `ranges`, in order; `None` when one of them is not entirely guest memory.
-    pub fn new(mem: &'a GuestMemoryMmap, ranges: &'a [GuestRange]) -> Option<Self> {
+    pub fn new(mem: &'a M, ranges: &'a [GuestRange]) -> Option<Self> {
         let in_memory = ranges.iter().all(|r| {
             usize::try_from(r.len)
                 .is_ok_and(|len| GuestMemoryBackend::check_range(mem, r.addr, len))
@@ -228,7 +252,7 @@ impl<'a> GuestBuffers<'a> {
     /// region into the next: what a backend hands the kernel (iovecs) for zero-copy I/O. For
     /// the device to *read* into, use [`GuestBuffers::slices_mut`], which keeps the dirty
     /// bitmap right.
-    pub fn slices(&self) -> impl Iterator<Item = Result<GuestSlice<'a>, BlockIoError>> + 'a {
+    pub fn slices(&self) -> impl Iterator<Item = Result<GuestSlice<'a, M>, BlockIoError>> + 'a {
         let mem = self.mem;
         let mut done = 0u64;
         let mut failed = false;
@@ -257,7 +281,7 @@ impl<'a> GuestBuffers<'a> {
     /// addresses (the kernel's `preadv`, say): each slice's pages are marked dirty in the
     /// memory's bitmap as it is handed out, since such writes bypass vm-memory and diff
     /// snapshots must still see them.
-    pub fn slices_mut(&self) -> impl Iterator<Item = Result<GuestSlice<'a>, BlockIoError>> + 'a {
+    pub fn slices_mut(&self) -> impl Iterator<Item = Result<GuestSlice<'a, M>, BlockIoError>> + 'a {
         use vm_memory::bitmap::Bitmap;
         self.slices().inspect(|slice| {
             if let Ok(slice) = slice {
@@ -322,6 +346,7 @@ impl<'a> GuestBuffers<'a> {
 mod tests {
     use super::*;
     use crate::virtio::test_utils::test_memory;
+    use vmm_memory::GuestMemoryMmap;
 
     fn range(addr: u64, len: u32) -> GuestRange {
         GuestRange {

@@ -23,15 +23,18 @@
 //! ```no_run
 //! use vmm_devices::virtio::block::{Block, BlockConfig, RawFile};
 //!
+//! // The guest memory type the devices work on: any vm-memory `GuestMemoryBackend`.
+//! type Memory = vm_memory::GuestMemoryMmap;
+//!
 //! // A raw image, with the GET_ID serial derived from the file.
-//! let disk = Block::new(BlockConfig {
+//! let disk: Block<Memory> = Block::new(BlockConfig {
 //!     path: "disk.img".into(),
 //!     read_only: false,
 //!     id: None,
 //! })?;
 //! // The same through the backend: any `BlockBackend` fits here.
 //! let backend = RawFile::open("disk.img".as_ref(), true)?;
-//! let ro = Block::with_backend(backend, Some("data-1"))?;
+//! let ro: Block<Memory> = Block::with_backend(backend, Some("data-1"))?;
 //! assert_eq!(disk.capacity_sectors(), ro.capacity_sectors());
 //! # Ok::<(), vmm_devices::virtio::block::BlockError>(())
 //! ```

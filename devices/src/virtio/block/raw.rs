@@ -7,7 +7,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::io::{BlockBackend, BlockIoError, DiskId, GuestBuffers, GuestSlice};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{GuestMemoryBackend, VolatileSlice};
+
+use super::io::{BlockBackend, BlockIoError, DiskId, GuestBuffers};
 use super::{BlockError, ID_BYTES, SECTOR_SIZE};
 
 /// iovecs handed to one `preadv`/`pwritev` call (kept on the stack).
@@ -75,7 +78,7 @@ impl RawFile {
     }
 }
 
-impl BlockBackend for RawFile {
+impl<M: GuestMemoryBackend> BlockBackend<M> for RawFile {
     fn size(&self) -> u64 {
         self.size
     }
@@ -89,11 +92,11 @@ impl BlockBackend for RawFile {
         self.id
     }
 
-    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_>) -> Result<(), BlockIoError> {
+    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
         transfer(&self.file, bufs.slices_mut(), offset, Direction::Read)
     }
 
-    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_>) -> Result<(), BlockIoError> {
+    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
         transfer(&self.file, bufs.slices(), offset, Direction::Write)
     }
 
@@ -130,9 +133,9 @@ enum Direction {
 
 /// Moves the guest memory `slices` to or from the file at byte `offset`, in batches of
 /// `preadv`/`pwritev`. A failure says how many bytes moved before it.
-fn transfer<'a>(
+fn transfer<'a, B: BitmapSlice>(
     file: &File,
-    slices: impl Iterator<Item = Result<GuestSlice<'a>, BlockIoError>>,
+    slices: impl Iterator<Item = Result<VolatileSlice<'a, B>, BlockIoError>>,
     offset: u64,
     direction: Direction,
 ) -> Result<(), BlockIoError> {

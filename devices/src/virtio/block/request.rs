@@ -6,7 +6,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::DescriptorChain;
-use vmm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::io::{BlockBackend, GuestBuffers, GuestRange};
 use super::{DiskInfo, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
@@ -51,7 +51,10 @@ struct ChainLayout<'s> {
 }
 
 impl<'s> ChainLayout<'s> {
-    fn read(chain: DescriptorChain<&GuestMemoryMmap>, scratch: &'s mut Vec<GuestRange>) -> Self {
+    fn read<M: GuestMemoryBackend>(
+        chain: DescriptorChain<&M>,
+        scratch: &'s mut Vec<GuestRange>,
+    ) -> Self {
         scratch.clear();
         let mut count = 0usize;
         let mut first_writable = None;
@@ -86,7 +89,7 @@ impl<'s> ChainLayout<'s> {
 
     /// Where the status byte goes: the chain's last byte, if it is device-writable guest
     /// memory.
-    fn status_addr(&self, mem: &GuestMemoryMmap) -> Option<GuestAddress> {
+    fn status_addr<M: GuestMemoryBackend>(&self, mem: &M) -> Option<GuestAddress> {
         let (last, writable) = self.last?;
         if !writable || last.len == 0 {
             return None;
@@ -97,19 +100,19 @@ impl<'s> ChainLayout<'s> {
 }
 
 /// A well-formed request: its header fields and its data buffers.
-struct Request<'a> {
+struct Request<'a, M> {
     request_type: u32,
     sector: u64,
     /// Device-readable bytes after the header.
-    readable: GuestBuffers<'a>,
+    readable: GuestBuffers<'a, M>,
     /// Device-writable bytes before the status byte.
-    writable: GuestBuffers<'a>,
+    writable: GuestBuffers<'a, M>,
 }
 
-impl<'a> Request<'a> {
+impl<'a, M: GuestMemoryBackend> Request<'a, M> {
     /// The request `layout` describes; `None` (IOERR) when the chain is too long, readable and
     /// writable buffers are mixed, a buffer is outside guest memory or the header is short.
-    fn parse(layout: &ChainLayout<'a>, mem: &'a GuestMemoryMmap) -> Option<Self> {
+    fn parse(layout: &ChainLayout<'a>, mem: &'a M) -> Option<Self> {
         if layout.count > MAX_CHAIN_DESCRIPTORS || layout.readable_after_writable {
             return None;
         }
@@ -131,7 +134,7 @@ impl<'a> Request<'a> {
     }
 
     /// Runs the request on `backend`.
-    fn execute(&self, disk: &DiskInfo, backend: &mut dyn BlockBackend) -> Completion {
+    fn execute(&self, disk: &DiskInfo, backend: &mut dyn BlockBackend<M>) -> Completion {
         match self.request_type {
             VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
                 let write = self.request_type == VIRTIO_BLK_T_OUT;
@@ -204,11 +207,11 @@ impl<'a> Request<'a> {
 
 /// Handles one chain on `backend` and returns the used length to report (bytes written into
 /// the chain). `scratch` holds the chain's descriptors; reusing it, a request allocates nothing.
-pub(super) fn process_chain(
+pub(super) fn process_chain<M: GuestMemoryBackend>(
     disk: &DiskInfo,
-    backend: &mut dyn BlockBackend,
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    backend: &mut dyn BlockBackend<M>,
+    mem: &M,
+    chain: DescriptorChain<&M>,
     scratch: &mut Vec<GuestRange>,
 ) -> u32 {
     let layout = ChainLayout::read(chain, scratch);

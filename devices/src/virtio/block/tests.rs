@@ -22,6 +22,10 @@ use crate::virtio::{
     VirtioInterrupt,
 };
 use crate::EventFd;
+use vm_memory::GuestMemoryBackend;
+
+/// The device on the VMM's memory type (dirty bitmap included).
+type Block<B = RawFile> = super::Block<GuestMemoryMmap, B>;
 
 const MEM_SIZE: usize = 0x10_0000;
 /// Request headers and status bytes: slot `n` has its header at `HDR + 0x100 * n` and its
@@ -871,7 +875,7 @@ impl MemDisk {
     }
 }
 
-impl BlockBackend for MemDisk {
+impl<M: GuestMemoryBackend> BlockBackend<M> for MemDisk {
     fn size(&self) -> u64 {
         self.bytes.len() as u64
     }
@@ -880,7 +884,7 @@ impl BlockBackend for MemDisk {
         self.read_only
     }
 
-    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_>) -> Result<(), BlockIoError> {
+    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
         let len = self.fail_after.unwrap_or(bufs.len()).min(bufs.len());
         bufs.write_from(0, &self.bytes[self.range(offset, len)])?;
         match self.fail_after {
@@ -892,7 +896,7 @@ impl BlockBackend for MemDisk {
         }
     }
 
-    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_>) -> Result<(), BlockIoError> {
+    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
         let range = self.range(offset, bufs.len());
         bufs.read_into(0, &mut self.bytes[range])
     }
@@ -904,7 +908,7 @@ impl BlockBackend for MemDisk {
 }
 
 /// A device on `backend`, activated on a queue.
-fn backend_rig<B: BlockBackend + 'static>(
+fn backend_rig<B: BlockBackend<GuestMemoryMmap> + 'static>(
     backend: B,
     id: Option<&str>,
 ) -> (Block<B>, GuestMemoryMmap, TestQueue) {
@@ -916,9 +920,9 @@ fn backend_rig<B: BlockBackend + 'static>(
 }
 
 /// Submits a request with one data buffer at DATA and runs the queue; returns (status, used len).
-fn submit(
-    block: &mut impl VirtioDevice,
-    mem: &GuestMemoryMmap,
+fn submit<M: GuestMemoryBackend>(
+    block: &mut impl VirtioDevice<M>,
+    mem: &M,
     tq: &mut TestQueue,
     request_type: u32,
     sector: u64,
@@ -940,10 +944,49 @@ fn submit(
 }
 
 #[test]
+fn raw_images_work_on_guest_memory_without_a_bitmap() {
+    // Any `GuestMemoryBackend` fits: vm-memory's mmap memory with no dirty bitmap, through the
+    // zero-copy path of the raw backend (slices with a `()` bitmap).
+    let image = TempImage::new(&vec![0u8; 8 * 512]);
+    let mem: vm_memory::GuestMemoryMmap<()> =
+        vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mut block = super::Block::new(config(&image, false, None)).unwrap();
+    let mut tq = TestQueue::new(0, QUEUE_SIZE);
+    activate(&mut block, &mem, [&tq], features::VERSION_1).unwrap();
+
+    let data = pattern(1024);
+    mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+    let out = submit(
+        &mut block,
+        &mem,
+        &mut tq,
+        VIRTIO_BLK_T_OUT,
+        2,
+        Some((1024, false)),
+    );
+    assert_eq!(out, (S_OK, 1));
+    assert_eq!(image.contents()[2 * 512..4 * 512], data[..]);
+
+    mem.write_slice(&[0u8; 1024], GuestAddress(DATA)).unwrap();
+    let read = submit(
+        &mut block,
+        &mem,
+        &mut tq,
+        VIRTIO_BLK_T_IN,
+        2,
+        Some((1024, true)),
+    );
+    assert_eq!(read, (S_OK, 1025));
+    let mut got = vec![0u8; 1024];
+    mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, data);
+}
+
+#[test]
 fn any_backend_serves_requests_through_the_trait() {
     let disk = pattern(4 * 512 + 100);
     // Boxed: a backend chosen at run time.
-    let backend: Box<dyn BlockBackend> = Box::new(MemDisk::new(disk.clone()));
+    let backend: Box<dyn BlockBackend<GuestMemoryMmap>> = Box::new(MemDisk::new(disk.clone()));
     let (mut block, mem, mut tq) = backend_rig(backend, None);
     assert_eq!(block.capacity_sectors(), 4);
     assert!(!block.read_only());

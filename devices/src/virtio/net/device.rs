@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_bindings::virtio_net as vnet;
 use virtio_queue::Queue;
-use vmm_memory::GuestMemoryMmap;
+use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::epoll::EventSet;
 
 use super::features::{backend_offloads, mergeable_rx, AVAIL_FEATURES, MAX_BUFFER_LEN};
@@ -23,26 +23,26 @@ use crate::virtio::{
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
 
 /// What the device holds between DRIVER_OK and reset.
-struct Active {
-    mem: GuestMemoryMmap,
+struct Active<M> {
+    mem: M,
     rx: Queue,
     tx: Queue,
     interrupt: VirtioInterrupt,
     acked_features: u64,
 }
 
-/// A virtio-net device on a [`NetBackend`] (normally a [`Tap`]).
-pub struct Net {
+/// A virtio-net device on a [`NetBackend`] (normally a [`Tap`]), on guest memory of type `M`.
+pub struct Net<M> {
     backend: Box<dyn NetBackend>,
     mac: [u8; 6],
-    active: Option<Active>,
+    active: Option<Active<M>>,
     /// The receive side: the frame that waits for buffers, and its scratch.
     pub(super) receiver: Receiver,
     tx_buf: Box<[u8]>,
     stats: NetStats,
 }
 
-impl fmt::Debug for Net {
+impl<M> fmt::Debug for Net<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Net")
             .field("backend_fd", &self.backend.as_raw_fd())
@@ -54,10 +54,10 @@ impl fmt::Debug for Net {
     }
 }
 
-impl Net {
+impl<M: GuestMemoryBackend> Net<M> {
     /// A device on `backend` with the MAC address `mac`, taken as given; with `None`, a locally
     /// administered address unique within this process.
-    pub fn new(backend: Box<dyn NetBackend>, mac: Option<[u8; 6]>) -> Net {
+    pub fn new(backend: Box<dyn NetBackend>, mac: Option<[u8; 6]>) -> Net<M> {
         static DEVICES: AtomicU32 = AtomicU32::new(0);
         let mac = mac.unwrap_or_else(|| {
             derived_mac(&format!("net{}", DEVICES.fetch_add(1, Ordering::Relaxed)))
@@ -74,7 +74,7 @@ impl Net {
 
     /// A device on the tap `tap_name` (opened or created, see [`Tap::open`]). Without `mac`,
     /// the address is derived from the tap's name and this process's id.
-    pub fn with_tap(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Net, TapError> {
+    pub fn with_tap(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Net<M>, TapError> {
         let tap = Tap::open(tap_name)?;
         let mac = mac.unwrap_or_else(|| derived_mac(tap.name()));
         Ok(Net::new(Box::new(tap), Some(mac)))
@@ -130,7 +130,7 @@ impl Net {
     }
 }
 
-impl VirtioDevice for Net {
+impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Net<M> {
     fn device_type(&self) -> u32 {
         device_type::NET
     }
@@ -147,7 +147,7 @@ impl VirtioDevice for Net {
         read_config_bytes(&self.config(), offset, data);
     }
 
-    fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
+    fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
         // AVAIL_FEATURES has RING_EVENT_IDX: the queues see what the driver acked.
         let acked_features = active.acked_features & AVAIL_FEATURES;
         let (mem, [rx, tx], interrupt) = active.into_queues()?;
@@ -212,7 +212,7 @@ impl VirtioDevice for Net {
     }
 }
 
-impl Persist for Net {
+impl<M> Persist for Net<M> {
     const KIND: &'static str = "virtio-net";
     type State = NetState;
 

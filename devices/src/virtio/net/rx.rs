@@ -5,7 +5,7 @@ use std::io;
 use std::sync::atomic::{fence, Ordering};
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vmm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::features::{MAX_BUFFER_LEN, MIN_BUFFER_LEN, NET_HDR_LEN, NUM_BUFFERS_OFFSET};
 use super::{NetBackend, NetStats};
@@ -47,9 +47,9 @@ impl Receiver {
 
     /// Moves frames from `backend` into the receive queue `rx` until the backend is empty or
     /// the driver has no buffers left, then raises the interrupt if the driver wants one.
-    pub(super) fn receive(
+    pub(super) fn receive<M: GuestMemoryBackend>(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &M,
         rx: &mut Queue,
         interrupt: &VirtioInterrupt,
         mergeable: bool,
@@ -69,9 +69,9 @@ impl Receiver {
 
     /// The receive loop: the pending frame first, then the backend until `EAGAIN` (the
     /// descriptor is edge-triggered), stopping when the guest has no buffers.
-    fn receive_frames(
+    fn receive_frames<M: GuestMemoryBackend>(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &M,
         rx: &mut Queue,
         mergeable: bool,
         backend: &mut dyn NetBackend,
@@ -155,9 +155,9 @@ enum Placed {
 /// buffers of `chain`, in order, until either runs out; returns the bytes written, or `None`
 /// for a chain the device may not write (a device-readable buffer, a buffer outside guest
 /// memory). Records where the frame's `num_buffers` bytes landed in `num_buffers_at`.
-fn fill_chain(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
+fn fill_chain<M: GuestMemoryBackend>(
+    chain: DescriptorChain<&M>,
+    mem: &M,
     data: &[u8],
     frame_off: usize,
     num_buffers_at: &mut [Option<GuestAddress>; 2],
@@ -189,8 +189,8 @@ fn fill_chain(
 /// Places `frame` (header included) in the receive queue: one chain, or with mergeable buffers
 /// as many as it takes. Used entries of one frame are published together, so the driver never
 /// sees a first buffer whose `num_buffers` counts entries not yet in the used ring.
-fn place_frame(
-    mem: &GuestMemoryMmap,
+fn place_frame<M: GuestMemoryBackend>(
+    mem: &M,
     rx: &mut Queue,
     mergeable: bool,
     frame: &mut [u8],
@@ -251,9 +251,9 @@ fn place_frame(
 }
 
 /// Writes `entries` to the used ring, then moves its index past all of them at once.
-fn publish_used(
+fn publish_used<M: GuestMemoryBackend>(
     rx: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &M,
     entries: &[(u16, u32)],
     published: &mut u32,
 ) -> Result<(), VirtioError> {
@@ -289,8 +289,8 @@ fn publish_used(
 
 /// Whether the driver wants an interrupt for the `published` entries added to the receive
 /// queue since `old_used` (EVENT_IDX's `used_event`, as in virtio 1.2, 2.7.10).
-fn rx_needs_interrupt(
-    mem: &GuestMemoryMmap,
+fn rx_needs_interrupt<M: GuestMemoryBackend>(
+    mem: &M,
     rx: &Queue,
     old_used: u16,
     published: u32,

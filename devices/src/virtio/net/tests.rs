@@ -12,6 +12,9 @@ use crate::virtio::test_utils::{activate, test_memory, TestQueue, DESC_F_NEXT, D
 use crate::virtio::{device_type, features, VirtioDevice, VirtioDeviceState, VirtioError};
 use crate::EventFd;
 
+/// The device on the VMM's memory type (dirty bitmap included).
+type Net = super::Net<GuestMemoryMmap>;
+
 const RX_RING: u64 = 0;
 const TX_RING: u64 = 0x8000;
 const DATA: u64 = 0x10000;

@@ -1,7 +1,7 @@
 //! The transmit path: one chain from the guest becomes one frame on the backend.
 
 use virtio_queue::DescriptorChain;
-use vmm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::features::{MIN_BUFFER_LEN, NET_HDR_LEN};
 use super::{NetBackend, NetStats};
@@ -9,9 +9,9 @@ use super::{NetBackend, NetStats};
 /// Sends the frame in `chain` (header included) to `backend`, through `buf` (at least
 /// [`MAX_BUFFER_LEN`](super::MAX_BUFFER_LEN) bytes). A chain that does not hold a frame, and a
 /// frame the backend cannot take now, are dropped and counted: the guest's TCP resends.
-pub(super) fn transmit_chain(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
+pub(super) fn transmit_chain<M: GuestMemoryBackend>(
+    chain: DescriptorChain<&M>,
+    mem: &M,
     buf: &mut [u8],
     backend: &mut dyn NetBackend,
     stats: &mut NetStats,
@@ -34,9 +34,9 @@ pub(super) fn transmit_chain(
 /// Copies the device-readable buffers of `chain` into `buf`; `None` when they do not fit in it
 /// or one is outside guest memory. Device-writable buffers have no place in a transmit chain
 /// and are skipped.
-fn gather_readable(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
+fn gather_readable<M: GuestMemoryBackend>(
+    chain: DescriptorChain<&M>,
+    mem: &M,
     buf: &mut [u8],
 ) -> Option<usize> {
     let mut filled = 0usize;

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT, Writer};
-use vmm_memory::GuestMemoryMmap;
+use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::virtio::{
@@ -152,28 +152,28 @@ pub struct VsockState {
 }
 
 /// What the device holds between activation and reset.
-struct Active {
-    mem: GuestMemoryMmap,
+struct Active<M> {
+    mem: M,
     rx: Queue,
     tx: Queue,
     event: Queue,
     interrupt: VirtioInterrupt,
 }
 
-/// The virtio-vsock device.
-pub struct Vsock {
+/// The virtio-vsock device, on guest memory of type `M`.
+pub struct Vsock<M> {
     config: VsockConfig,
     /// Device and inode of the socket this device bound, so Drop removes only its own file.
     socket_id: Option<(u64, u64)>,
     muxer: Muxer,
-    active: Option<Active>,
+    active: Option<Active<M>>,
     /// A restore happened: the next activation sends a transport reset.
     restored: bool,
     /// A transport reset event waits for an event buffer.
     reset_event_pending: bool,
 }
 
-impl std::fmt::Debug for Vsock {
+impl<M> std::fmt::Debug for Vsock<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vsock")
             .field("config", &self.config)
@@ -183,10 +183,10 @@ impl std::fmt::Debug for Vsock {
     }
 }
 
-impl Vsock {
+impl<M: GuestMemoryBackend> Vsock<M> {
     /// Checks `config`, binds and listens on `uds_path` (non-blocking). The socket file is
     /// removed when the device is dropped.
-    pub fn new(config: VsockConfig) -> Result<Vsock, VsockError> {
+    pub fn new(config: VsockConfig) -> Result<Vsock<M>, VsockError> {
         if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&config.guest_cid) {
             return Err(VsockError::InvalidCid(config.guest_cid));
         }
@@ -328,7 +328,7 @@ impl Vsock {
     }
 }
 
-impl Drop for Vsock {
+impl<M> Drop for Vsock<M> {
     fn drop(&mut self) {
         let path: &Path = &self.config.uds_path;
         let ours = path.symlink_metadata().ok().map(|m| (m.dev(), m.ino()));
@@ -338,7 +338,7 @@ impl Drop for Vsock {
     }
 }
 
-impl VirtioDevice for Vsock {
+impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Vsock<M> {
     fn device_type(&self) -> u32 {
         device_type::VSOCK
     }
@@ -355,7 +355,7 @@ impl VirtioDevice for Vsock {
         read_config_bytes(&self.config.guest_cid.to_le_bytes(), offset, data);
     }
 
-    fn activate(&mut self, active: ActiveQueues) -> Result<(), VirtioError> {
+    fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
         let (mem, [rx, tx, event], interrupt) = active.into_queues()?;
         self.active = Some(Active {
             mem,
@@ -415,7 +415,7 @@ impl VirtioDevice for Vsock {
     }
 }
 
-impl Persist for Vsock {
+impl<M> Persist for Vsock<M> {
     const KIND: &'static str = "virtio-vsock";
     type State = VsockState;
 

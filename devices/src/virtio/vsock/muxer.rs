@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
-use vmm_memory::GuestBitmapSlice;
-use vmm_memory::GuestMemoryMmap;
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::connection::{
@@ -695,10 +695,10 @@ impl Muxer {
     /// Processes the tx queue. Returns whether chains were used. Stops early (`tx_stalled`)
     /// when the control queue is full, so that answers are never lost while the guest gives
     /// no rx buffers.
-    pub fn process_tx(
+    pub fn process_tx<M: GuestMemoryBackend>(
         &mut self,
         q: &mut Queue,
-        mem: &GuestMemoryMmap,
+        mem: &M,
     ) -> Result<bool, VirtioError> {
         let mut used = false;
         self.tx_stalled = false;
@@ -727,7 +727,7 @@ impl Muxer {
         Ok(used)
     }
 
-    fn guest_packet(&mut self, reader: &mut Reader<'_, GuestBitmapSlice<'_>>) {
+    fn guest_packet<B: BitmapSlice>(&mut self, reader: &mut Reader<'_, B>) {
         let mut raw = [0u8; HEADER_LEN];
         if reader.read_exact(&mut raw).is_err() {
             return; // too short to be a packet: nobody to answer
@@ -842,11 +842,11 @@ impl Muxer {
         self.after_forward(key);
     }
 
-    fn guest_data(
+    fn guest_data<B: BitmapSlice>(
         &mut self,
         key: ConnKey,
         hdr: &PacketHeader,
-        reader: &mut Reader<'_, GuestBitmapSlice<'_>>,
+        reader: &mut Reader<'_, B>,
     ) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
@@ -899,10 +899,10 @@ impl Muxer {
     }
 
     /// Fills rx buffers with what waits for the guest. Returns whether chains were used.
-    pub fn process_rx(
+    pub fn process_rx<M: GuestMemoryBackend>(
         &mut self,
         q: &mut Queue,
-        mem: &GuestMemoryMmap,
+        mem: &M,
     ) -> Result<bool, VirtioError> {
         let mut used = false;
         while self.has_rx_work() {
@@ -938,7 +938,7 @@ impl Muxer {
         Ok(used)
     }
 
-    fn next_packet(&mut self, writer: &mut Writer<'_, GuestBitmapSlice<'_>>) -> Option<u32> {
+    fn next_packet<B: BitmapSlice>(&mut self, writer: &mut Writer<'_, B>) -> Option<u32> {
         if let Some(hdr) = self.control.pop_front() {
             return Some(write_header(writer, &hdr));
         }
@@ -963,7 +963,7 @@ impl Muxer {
     }
 
     /// One packet from connection `key` into `writer`: control first, then host data.
-    fn conn_packet(&mut self, key: ConnKey, writer: &mut Writer<'_, GuestBitmapSlice<'_>>) -> Fill {
+    fn conn_packet<B: BitmapSlice>(&mut self, key: ConnKey, writer: &mut Writer<'_, B>) -> Fill {
         let guest_cid = self.guest_cid;
         let Some(c) = self.conns.get_mut(&key) else {
             return Fill::Nothing;
@@ -1030,7 +1030,7 @@ impl Muxer {
     }
 
     /// The host stream reached EOF: SHUTDOWN to the guest, written into `writer` now.
-    fn host_eof(&mut self, key: ConnKey, writer: &mut Writer<'_, GuestBitmapSlice<'_>>) -> Fill {
+    fn host_eof<B: BitmapSlice>(&mut self, key: ConnKey, writer: &mut Writer<'_, B>) -> Fill {
         let guest_cid = self.guest_cid;
         let Some(c) = self.conns.get_mut(&key) else {
             return Fill::Nothing;
@@ -1054,7 +1054,7 @@ impl Muxer {
 }
 
 /// Writes a header-only packet; returns its length (0 if the buffer refused it).
-fn write_header(writer: &mut Writer<'_, GuestBitmapSlice<'_>>, hdr: &PacketHeader) -> u32 {
+fn write_header<B: BitmapSlice>(writer: &mut Writer<'_, B>, hdr: &PacketHeader) -> u32 {
     if writer.write_all(&hdr.to_bytes()).is_ok() {
         HEADER_LEN as u32
     } else {

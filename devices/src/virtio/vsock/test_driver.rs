@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::tempdir::TempDir;
 
@@ -13,7 +13,9 @@ use super::packet::{op, PacketHeader, HEADER_LEN, TYPE_STREAM};
 use super::{
     Vsock, VsockConfig, BACKEND_TOKEN, EVENT_QUEUE, HOST_CID, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
 };
-use crate::virtio::test_utils::{active_queues, test_interrupt, test_memory, TestQueue};
+use crate::virtio::test_utils::{
+    active_queues, test_interrupt, test_memory, TestMemory, TestQueue,
+};
 use crate::virtio::{features, VirtioDevice, VirtioError, VirtioInterrupt};
 
 const RX_RINGS: u64 = 0x0;
@@ -41,7 +43,7 @@ pub struct RxPacket {
 /// The guest side of one vsock device.
 pub struct GuestDriver {
     /// Guest memory holding the rings and buffers.
-    pub mem: GuestMemoryMmap,
+    pub mem: TestMemory,
     /// Receive queue.
     pub rx: TestQueue,
     /// Transmit queue.
@@ -81,7 +83,11 @@ impl GuestDriver {
     }
 
     /// Activates `dev` on these queues with `acked_features` (VERSION_1 is added).
-    pub fn activate(&self, dev: &mut Vsock, acked_features: u64) -> Result<(), VirtioError> {
+    pub fn activate(
+        &self,
+        dev: &mut Vsock<TestMemory>,
+        acked_features: u64,
+    ) -> Result<(), VirtioError> {
         dev.activate(active_queues(
             &self.mem,
             [&self.rx, &self.tx, &self.event],
@@ -163,7 +169,7 @@ impl GuestDriver {
     /// Queues a packet and notifies the tx queue.
     pub fn send(
         &mut self,
-        dev: &mut Vsock,
+        dev: &mut Vsock<TestMemory>,
         hdr: &PacketHeader,
         data: &[u8],
     ) -> Result<(), VirtioError> {
@@ -174,7 +180,7 @@ impl GuestDriver {
     /// Sends an RW packet with `data`, its `len` set to match.
     pub fn send_data(
         &mut self,
-        dev: &mut Vsock,
+        dev: &mut Vsock<TestMemory>,
         src_port: u32,
         dst_port: u32,
         data: &[u8],
@@ -185,12 +191,12 @@ impl GuestDriver {
     }
 
     /// Notifies the rx queue (after posting buffers).
-    pub fn kick_rx(&self, dev: &mut Vsock) -> Result<(), VirtioError> {
+    pub fn kick_rx(&self, dev: &mut Vsock<TestMemory>) -> Result<(), VirtioError> {
         dev.process_queue(RX_QUEUE)
     }
 
     /// Notifies the event queue.
-    pub fn kick_event(&self, dev: &mut Vsock) -> Result<(), VirtioError> {
+    pub fn kick_event(&self, dev: &mut Vsock<TestMemory>) -> Result<(), VirtioError> {
         dev.process_queue(EVENT_QUEUE)
     }
 
@@ -249,7 +255,7 @@ impl GuestDriver {
     }
 
     /// Lets the device handle what its epoll reports, as the event loop would.
-    pub fn pump(dev: &mut Vsock) -> Result<(), VirtioError> {
+    pub fn pump(dev: &mut Vsock<TestMemory>) -> Result<(), VirtioError> {
         dev.process_backend(BACKEND_TOKEN, EventSet::IN)
     }
 
@@ -277,7 +283,7 @@ pub fn socket_dir() -> SocketDir {
 /// A device for the guest `cid`, listening on `v.sock` in a new [`SocketDir`]. Returns the
 /// directory, the socket's path and the device, in the order to bind them so that the device
 /// is dropped first.
-pub fn device_in_socket_dir(cid: u64) -> (SocketDir, PathBuf, Vsock) {
+pub fn device_in_socket_dir(cid: u64) -> (SocketDir, PathBuf, Vsock<TestMemory>) {
     let dir = socket_dir();
     let uds = dir.path().join("v.sock");
     let dev = Vsock::new(VsockConfig {

@@ -6,7 +6,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vmm_memory::{Bytes, GuestAddress};
+use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::tempdir::TempDir;
 
@@ -16,6 +16,9 @@ use super::*;
 use crate::virtio::test_utils::{active_queues, DESC_F_NEXT};
 
 const CID: u64 = 3;
+
+/// The device on the VMM's memory type (dirty bitmap included).
+type Vsock = super::Vsock<GuestMemoryMmap>;
 
 struct Env {
     _dir: TempDir,
