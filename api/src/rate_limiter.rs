@@ -206,7 +206,10 @@ mod tests {
             ops: Some(bucket(1, None, max)),
         };
         ok.validate().unwrap();
-        assert_eq!(ok.bandwidth.unwrap().tokens_per_second(), Some(1_000_000_000));
+        assert_eq!(
+            ok.bandwidth.unwrap().tokens_per_second(),
+            Some(1_000_000_000)
+        );
         let too_long = RateLimiterConfig {
             bandwidth: None,
             ops: Some(bucket(1, None, max + 1)),

@@ -210,6 +210,13 @@ impl RateLimiter {
     /// it after [`RateLimiter::event_handler`]). A request larger than the bucket passes once
     /// the bucket is full, and blocks the limiter until the debt it leaves is paid.
     pub fn consume(&mut self, tokens: u64, token_type: TokenType) -> bool {
+        if self.blocked {
+            return false;
+        }
+        if self.bucket_mut(token_type).is_none() {
+            // No limit for this kind: no need to read the clock.
+            return true;
+        }
         self.consume_at(tokens, token_type, Instant::now())
     }
 
