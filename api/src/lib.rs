@@ -40,6 +40,7 @@ pub mod device_config;
 mod http;
 mod memory_size;
 mod parse;
+pub mod rate_limiter;
 mod types;
 pub mod vm_config;
 
@@ -57,6 +58,7 @@ pub use device_config::{
 };
 pub use http::{ApiResponse, RequestReader, CONTINUE_RESPONSE, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 pub use parse::{validate_id, MAX_ID_BYTES};
+pub use rate_limiter::{RateLimiterConfig, TokenBucketConfig, MAX_REFILL_TIME_MS};
 pub use types::{
     ActionType, ApiRequest, Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, BootSource,
     CacheType, Drive, EntropyDevice, Fault, Flavor, FullVmConfig, HugePages, InstanceActionInfo,
