@@ -185,10 +185,9 @@ impl Drive {
     pub fn validate(&self) -> Result<(), ApiError> {
         validate_id("drive_id", &self.drive_id)?;
         unsupported_if(self.socket.is_some(), "vhost-user block (socket)")?;
-        unsupported_if(
-            self.rate_limiter.is_some(),
-            "a drive rate limiter (rate_limiter)",
-        )?;
+        if let Some(limiter) = &self.rate_limiter {
+            limiter.validate_as("rate_limiter")?;
+        }
         match &self.path_on_host {
             Some(path) => validate_path("path_on_host", path)?,
             None => {
@@ -230,10 +229,13 @@ impl NetworkInterface {
             }
         }
         unsupported_if(self.mtu.is_some(), "advertising an MTU (mtu)")?;
-        unsupported_if(
-            self.rx_rate_limiter.is_some() || self.tx_rate_limiter.is_some(),
-            "network rate limiters (rx_rate_limiter, tx_rate_limiter)",
-        )
+        if let Some(limiter) = &self.rx_rate_limiter {
+            limiter.validate_as("rx_rate_limiter")?;
+        }
+        if let Some(limiter) = &self.tx_rate_limiter {
+            limiter.validate_as("tx_rate_limiter")?;
+        }
+        Ok(())
     }
 }
 
@@ -246,12 +248,12 @@ impl Vsock {
 }
 
 impl EntropyDevice {
-    /// Checks that no rate limiter is asked for.
+    /// Checks the rate limiter.
     pub fn validate(&self) -> Result<(), ApiError> {
-        unsupported_if(
-            self.rate_limiter.is_some(),
-            "an entropy rate limiter (rate_limiter)",
-        )
+        match &self.rate_limiter {
+            Some(limiter) => limiter.validate_as("rate_limiter"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -523,12 +525,18 @@ pub(crate) fn parse_request(
             if let Some(path) = &drive.path_on_host {
                 validate_path("path_on_host", path)?;
             }
+            if let Some(limiter) = &drive.rate_limiter {
+                limiter.validate_as("rate_limiter")?;
+            }
             ApiRequest::PatchDrive(drive)
         }
         (Endpoint::NetworkInterface(id), "PATCH") => {
             validate_id("iface_id", id)?;
             let iface: PartialNetworkInterface = json(&name("/network-interfaces"), body)?;
             check_ids("iface_id", id, &iface.iface_id)?;
+            for limiter in [&iface.rx_rate_limiter, &iface.tx_rate_limiter].into_iter().flatten() {
+                limiter.validate_as("rate_limiter")?;
+            }
             ApiRequest::PatchNetworkInterface(iface)
         }
         (Endpoint::Root, _) => ApiRequest::GetInstanceInfo,

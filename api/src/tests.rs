@@ -277,8 +277,8 @@ fn drives() {
         ),
         (
             r#"{"drive_id": "x", "path_on_host": "/i", "is_root_device": false,
-                "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#,
-            "rate limiter",
+                "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1, "burst": 1}}}"#,
+            "unknown field `burst`",
         ),
         (
             r#"{"drive_id": "x", "path_on_host": "/i", "is_root_device": true, "partuuid": "a b"}"#,
@@ -338,8 +338,8 @@ fn network_interfaces() {
             "MTU",
         ),
         (
-            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "tx_rate_limiter": {}}"#,
-            "rate limiters",
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "tx_rate_limiter": {"ops": 5}}"#,
+            "invalid type",
         ),
         (
             r#"{"iface_id": "eth0", "host_dev_name": "tap0", "mac": "x"}"#,
@@ -385,11 +385,29 @@ fn vsock_entropy_actions_vm() {
         put("/entropy", "{}").unwrap(),
         ApiRequest::PutEntropy(EntropyDevice::default())
     );
-    refused(
-        put("/entropy", r#"{"rate_limiter": {}}"#),
-        400,
-        "rate limiter",
-    );
+    // Firecracker's shapes: an empty limiter is none, buckets are typed.
+    assert!(put("/entropy", r#"{"rate_limiter": {}}"#).is_ok());
+    let Ok(ApiRequest::PutEntropy(e)) = put(
+        "/entropy",
+        r#"{"rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": 10, "refill_time": 100}}}"#,
+    ) else {
+        panic!("entropy limiter refused")
+    };
+    assert_eq!(e.rate_limiter.unwrap().bandwidth.unwrap().size, 1000);
+    let Ok(ApiRequest::PatchDrive(d)) = patch(
+        "/drives/d1",
+        r#"{"drive_id": "d1", "rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}"#,
+    ) else {
+        panic!("drive patch refused")
+    };
+    assert!(d.path_on_host.is_none() && d.rate_limiter.unwrap().ops.is_some());
+    assert!(matches!(
+        patch(
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#
+        ),
+        Ok(ApiRequest::PatchNetworkInterface(_))
+    ));
 
     for (name, action) in [
         ("InstanceStart", ActionType::InstanceStart),

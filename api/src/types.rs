@@ -8,8 +8,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-// Replaced by the typed token buckets of `crate::rate_limiter` once that lands.
-type RateLimiterConfig = serde_json::Value;
+use crate::rate_limiter::RateLimiterConfig;
 
 /// Firecracker's version whose API and command line this VMM implements in its `firecracker`
 /// mode (`--version`, `GET /version`, `GET /`).
