@@ -718,6 +718,36 @@ pub enum ApiRequest {
 }
 
 impl ApiRequest {
+    /// The method and endpoint, for logs and metrics (`"PUT /drives"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ApiRequest::GetInstanceInfo => "GET /",
+            ApiRequest::GetVersion => "GET /version",
+            ApiRequest::GetVmConfig => "GET /vm/config",
+            ApiRequest::GetMachineConfig => "GET /machine-config",
+            ApiRequest::PutBootSource(_) => "PUT /boot-source",
+            ApiRequest::PutMachineConfig(_) => "PUT /machine-config",
+            ApiRequest::PatchMachineConfig(_) => "PATCH /machine-config",
+            ApiRequest::PutDrive(_) => "PUT /drives",
+            ApiRequest::PutNetworkInterface(_) => "PUT /network-interfaces",
+            ApiRequest::PutVsock(_) => "PUT /vsock",
+            ApiRequest::PutEntropy(_) => "PUT /entropy",
+            ApiRequest::Action(_) => "PUT /actions",
+            ApiRequest::PatchVm(_) => "PATCH /vm",
+            ApiRequest::CreateSnapshot(_) => "PUT /snapshot/create",
+            ApiRequest::LoadSnapshot(_) => "PUT /snapshot/load",
+            ApiRequest::GetBalloon => "GET /balloon",
+            ApiRequest::PutBalloon(_) => "PUT /balloon",
+            ApiRequest::PatchBalloon(_) => "PATCH /balloon",
+            ApiRequest::PutLogger(_) => "PUT /logger",
+            ApiRequest::PutMetrics(_) => "PUT /metrics",
+            ApiRequest::PatchDrive(_) => "PATCH /drives",
+            ApiRequest::PatchNetworkInterface(_) => "PATCH /network-interfaces",
+            ApiRequest::GetBalloonStats => "GET /balloon/statistics",
+            ApiRequest::PatchBalloonStats(_) => "PATCH /balloon/statistics",
+        }
+    }
+
     /// Whether Firecracker accepts this request only before the VM starts: the configuration
     /// requests (`PATCH /balloon` excepted) and `PUT /snapshot/load`. A server answers them
     /// with 400 once the VM runs.

@@ -9,21 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn guest_file(name: &str) -> String {
-    let dir = std::env::var_os("VMM_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/guest"));
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing", path.display());
-    path.to_string_lossy().into_owned()
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmm-api-tests-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::{fault, guest_file, parse_response, scratch};
 
 /// A `vmm` process serving the API; killed on drop.
 struct Vmm {
@@ -119,31 +106,6 @@ impl Drop for Vmm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Parses one HTTP response from the front of `buf`: ((status, body), bytes used).
-fn parse_response(buf: &[u8]) -> Option<((u16, String), usize)> {
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    if buf.len() < head_end + len {
-        return None;
-    }
-    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
-    Some(((status, body), head_end + len))
-}
-
-fn fault(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    v["fault_message"].as_str().unwrap_or_default().to_string()
 }
 
 #[test]

@@ -44,7 +44,11 @@ pub struct ApiServer {
 impl ApiServer {
     /// Listens on `path` (which must not exist, unless it is a stale socket nobody listens
     /// on) and forwards requests to `events`; bodies over `max_body` bytes are refused.
-    pub(crate) fn start(path: &Path, events: Sender<VmEvent>, max_body: usize) -> Result<ApiServer> {
+    pub(crate) fn start(
+        path: &Path,
+        events: Sender<VmEvent>,
+        max_body: usize,
+    ) -> Result<ApiServer> {
         let bind_err = |source| Error::ApiSocket {
             path: path.to_path_buf(),
             source,
@@ -116,14 +120,19 @@ impl Connection {
                     }
                 }
                 Ok(None) => break,
+                // A bad request's framing was understood: answer and keep the connection.
+                Err(response) if !self.reader.should_close() => {
+                    if write_all(&mut self.stream, &response.to_http()).is_err() {
+                        return false;
+                    }
+                }
                 Err(response) => {
                     let _ = write_all(&mut self.stream, &response.to_http_closing());
                     return false;
                 }
             }
         }
-        if self.reader.take_continue() && write_all(&mut self.stream, CONTINUE_RESPONSE).is_err()
-        {
+        if self.reader.take_continue() && write_all(&mut self.stream, CONTINUE_RESPONSE).is_err() {
             return false;
         }
         !self.reader.should_close()
@@ -225,6 +234,7 @@ fn write_all(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
 
 /// Hands one request to the main thread and waits for its answer.
 fn call(events: &Sender<VmEvent>, request: ApiRequest) -> ApiResponse {
+    log::info!("The API server received a {} request.", request.name());
     let (tx, rx) = channel();
     if events.send(VmEvent::Api(Box::new(request), tx)).is_err() {
         return ApiResponse::fault(503, "the VM is shutting down");

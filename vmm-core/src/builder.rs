@@ -63,6 +63,8 @@ pub struct BuiltVm {
     pub(crate) reset: EventFd,
     pub(crate) exits: Arc<BusExitHandler>,
     pub(crate) config: VmConfig,
+    /// The interfaces' API ids, when known (a restored snapshot's); empty otherwise.
+    pub(crate) iface_ids: Vec<String>,
 }
 
 fn open(what: &'static str, path: &Path) -> Result<(File, u64)> {
@@ -283,12 +285,8 @@ impl BuiltVm {
     /// `source` says so, whatever the snapshotted VM did. Nothing runs yet.
     pub fn restore(source: &RestoreSource) -> Result<BuiltVm> {
         let snapshot = source.read_state()?;
-        let (mem_path, mem_diffs, track_dirty_pages) =
-            (&source.mem, &source.mem_diffs, source.track_dirty_pages);
-        let config = &VmConfig {
-            track_dirty_pages,
-            ..snapshot.config.clone()
-        };
+        let (mem_path, mem_diffs) = (&source.mem, &source.mem_diffs);
+        let config = &snapshot.config_for(source)?;
         config.validate()?;
         let opened = virtio_devices::open_devices(config)?;
         let vcpu_count = u8::try_from(snapshot.vcpus.len())
@@ -327,7 +325,9 @@ impl BuiltVm {
             vcpu.restore_state(state)?;
             vcpus.push(vcpu);
         }
-        Ok(machine.into_built(memory, vcpus, None, String::new(), config))
+        let mut built = machine.into_built(memory, vcpus, None, String::new(), config);
+        built.iface_ids = snapshot.iface_ids();
+        Ok(built)
     }
 }
 
@@ -416,6 +416,7 @@ impl Machine {
             reset: self.reset,
             exits: self.exits,
             config: config.clone(),
+            iface_ids: Vec::new(),
         }
     }
 }

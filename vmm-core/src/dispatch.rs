@@ -77,21 +77,21 @@ pub(crate) fn handle_pre_boot(api: &mut ApiConfig, request: ApiRequest) -> PreBo
             Err(e) => ApiResponse::bad_request(&chain(&e)),
         },
         ApiRequest::LoadSnapshot(load) => {
-            if !load.network_overrides.is_empty() || load.vsock_override.is_some() {
-                ApiResponse::bad_request(
-                    "network and vsock overrides on snapshot load are not supported yet",
-                )
-            } else {
-                let source = RestoreSource {
-                    state: load.snapshot_path.into(),
-                    mem: load.mem_file_path.into(),
-                    mem_diffs: Vec::new(),
-                    track_dirty_pages: load.track_dirty_pages,
-                };
-                match BuiltVm::restore(&source) {
-                    Ok(built) => return PreBoot::Restored(Box::new(built), load.resume_vm),
-                    Err(e) => ApiResponse::bad_request(&chain(&e)),
-                }
+            let source = RestoreSource {
+                state: load.snapshot_path.into(),
+                mem: load.mem_file_path.into(),
+                mem_diffs: Vec::new(),
+                track_dirty_pages: load.track_dirty_pages,
+                network_overrides: load
+                    .network_overrides
+                    .into_iter()
+                    .map(|o| (o.iface_id, o.host_dev_name))
+                    .collect(),
+                vsock_override: load.vsock_override.map(Into::into),
+            };
+            match BuiltVm::restore(&source) {
+                Ok(built) => return PreBoot::Restored(Box::new(built), load.resume_vm),
+                Err(e) => ApiResponse::bad_request(&chain(&e)),
             }
         }
         ApiRequest::Action(ActionType::FlushMetrics) => flush_metrics(),

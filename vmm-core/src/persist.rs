@@ -33,6 +33,10 @@ pub struct VmSnapshot {
     pub serial: SerialDeviceState,
     /// Where each RAM region is in the memory file.
     pub memory: MemoryFileLayout,
+    /// The API's `iface_id` of each `config.net` entry, in order (empty in snapshots taken
+    /// before ids were saved: the tap names are the ids then).
+    #[serde(default)]
+    pub iface_ids: Vec<String>,
 }
 
 /// A snapshot to restore: its state file and memory files.
@@ -46,6 +50,46 @@ pub struct RestoreSource {
     pub mem_diffs: Vec<PathBuf>,
     /// Track dirty pages in the restored VM (for diff snapshots of it).
     pub track_dirty_pages: bool,
+    /// Host taps to use instead of the saved ones: (`iface_id`, tap name).
+    pub network_overrides: Vec<(String, String)>,
+    /// A vsock Unix socket path to use instead of the saved one.
+    pub vsock_override: Option<PathBuf>,
+}
+
+impl VmSnapshot {
+    /// The `iface_id` of each network interface (the tap name where none was saved).
+    pub fn iface_ids(&self) -> Vec<String> {
+        if self.iface_ids.len() == self.config.net.len() {
+            return self.iface_ids.clone();
+        }
+        self.config.net.iter().map(|n| n.tap.clone()).collect()
+    }
+
+    /// The configuration to rebuild the devices from: the saved one with `source`'s tap and
+    /// vsock socket overrides, as `PUT /snapshot/load` gives them.
+    pub fn config_for(&self, source: &RestoreSource) -> Result<VmConfig> {
+        let mut config = VmConfig {
+            track_dirty_pages: source.track_dirty_pages,
+            ..self.config.clone()
+        };
+        let ids = self.iface_ids();
+        for (iface_id, tap) in &source.network_overrides {
+            let index = ids.iter().position(|id| id == iface_id).ok_or_else(|| {
+                Error::SnapshotMismatch(format!(
+                    "network override for {iface_id:?}: the snapshot has no such interface \
+                     (it has {ids:?})"
+                ))
+            })?;
+            config.net[index].tap = tap.clone();
+        }
+        if let Some(socket) = &source.vsock_override {
+            let vsock = config.vsock.as_mut().ok_or_else(|| {
+                Error::SnapshotMismatch("vsock override: the snapshot has no vsock device".into())
+            })?;
+            vsock.socket = socket.clone();
+        }
+        Ok(config)
+    }
 }
 
 impl RestoreSource {

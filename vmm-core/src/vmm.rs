@@ -6,8 +6,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use vmm_api::{
-    ApiConfig, ApiRequest, ApiResponse, BalloonUpdate, Flavor, InstanceState,
-    SnapshotCreateParams,
+    ApiConfig, ApiRequest, ApiResponse, BalloonUpdate, Flavor, InstanceState, SnapshotCreateParams,
 };
 use vmm_devices::virtio::balloon::Balloon;
 use vmm_devices::{I8042Wrapper, SerialDevice};
@@ -85,6 +84,7 @@ impl Vmm {
             reset,
             exits,
             config,
+            iface_ids,
             ..
         } = built;
         let interactive = config.serial == SerialMode::Stdio;
@@ -115,6 +115,7 @@ impl Vmm {
             memory,
             _terminal: terminal,
         };
+        vmm.keep_api_view(iface_ids, Flavor::Vmm);
         vmm.threads = Some(VcpuThreads::spawn(vcpus, exits, events_tx, start_paused)?);
         if mode == StartMode::PausedThenResumed {
             vmm.resume()?;
@@ -131,7 +132,7 @@ impl Vmm {
     /// Keeps what the API knew before boot and the VM's configuration cannot hold: the
     /// interfaces' `iface_id`s and who the API says this process is.
     pub(crate) fn keep_api_view(&mut self, iface_ids: Vec<String>, flavor: Flavor) {
-        if iface_ids.len() == self.config.vm.net.len() {
+        if !iface_ids.is_empty() && iface_ids.len() == self.config.vm.net.len() {
             self.config.iface_ids = iface_ids;
         }
         self.config.flavor = flavor;
@@ -197,6 +198,7 @@ impl Vmm {
             None
         };
         let config = self.config.vm.clone();
+        let iface_ids = self.config.iface_ids.clone();
         let written = persist::write_snapshot(params, &self.memory, dirty.as_deref(), |memory| {
             VmSnapshot {
                 config,
@@ -205,6 +207,7 @@ impl Vmm {
                 devices,
                 serial,
                 memory,
+                iface_ids,
             }
         });
         if written.is_err() {

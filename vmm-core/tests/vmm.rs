@@ -172,3 +172,52 @@ fn a_snapshot_for_another_device_set_is_refused() {
     assert!(text.contains("rng7"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `PUT /snapshot/load`'s overrides: the restored VM's vsock listens on the new socket, and an
+/// override naming an interface the snapshot lacks is refused with its name.
+#[test]
+fn snapshot_load_overrides_the_vsock_socket_and_checks_interface_ids() {
+    let dir = scratch("overrides");
+    let first = dir.join("v1.sock");
+    let moved = dir.join("v2.sock");
+    let mut config = config(&dir, "console=ttyS0");
+    config.vsock = Some(vmm_api::VsockConfig {
+        cid: 3,
+        socket: first.clone(),
+    });
+    let mut vmm = Vmm::start(BuiltVm::build(&config).unwrap(), StartMode::Running).unwrap();
+    wait_for_marker(&dir, "GUEST-INIT-OK");
+    vmm.pause().unwrap();
+    vmm.snapshot(&full_snapshot(&dir)).unwrap();
+    vmm.shutdown();
+    let _ = std::fs::remove_file(&first);
+
+    let base = RestoreSource {
+        state: dir.join("vm.state"),
+        mem: dir.join("vm.mem"),
+        ..RestoreSource::default()
+    };
+    let unknown = RestoreSource {
+        network_overrides: vec![("eth9".into(), "tap9".into())],
+        ..base.clone()
+    };
+    let err = BuiltVm::restore(&unknown)
+        .err()
+        .expect("an unknown iface_id");
+    assert!(vmm_core::error_chain(&err).contains("eth9"), "{err}");
+
+    let moved_source = RestoreSource {
+        vsock_override: Some(moved.clone()),
+        ..base
+    };
+    let restored = Vmm::start(BuiltVm::restore(&moved_source).unwrap(), StartMode::Paused).unwrap();
+    assert!(moved.exists(), "the vsock device listens on the override");
+    assert!(!first.exists(), "and not on the saved path");
+    assert_eq!(
+        restored.config().vm.vsock.as_ref().unwrap().socket,
+        moved,
+        "the API's view follows the override"
+    );
+    restored.shutdown();
+    let _ = std::fs::remove_dir_all(dir);
+}
