@@ -3,7 +3,8 @@
 # initramfs.cpio.gz ($VMM_GUEST_DIR, default ../shared/guest from the repository root) followed by a
 # second gzip'd newc cpio archive with
 #   /bin/vsock-tool                          scripts/guest/vsock-tool.c, gcc -static -O2
-#   /tests/{vsockio,nettcp,blkbench,netbench,blkwrite,balloon,diskwrite,busy-gated,count-gated}
+#   /tests/{vsockio,nettcp,blkbench,netbench,blkwrite,balloon,diskwrite,busy-gated,count-gated,
+#   ratelimit,hotdisk}
 #   and /tests/gate.sh (their gate helper)  scripts/guest/tests/*
 # The kernel unpacks concatenated archives in order (later files win), so the shared /init and
 # /tests/* stay as they are and gain these. Rebuilds only when an input (or VMM_GUEST_DIR)
@@ -18,7 +19,7 @@ OUT_DIR="$ROOT/target/test-guest"
 OUT="$OUT_DIR/initramfs.cpio.gz"
 BASE="$GUEST_DIR/initramfs.cpio.gz"
 SRC=scripts/guest/vsock-tool.c
-TESTS=(vsockio nettcp blkbench netbench blkwrite balloon diskwrite busy-gated count-gated gate.sh)
+TESTS=(vsockio nettcp blkbench netbench blkwrite balloon diskwrite busy-gated count-gated ratelimit hotdisk gate.sh)
 
 force=0
 case "${1:-}" in

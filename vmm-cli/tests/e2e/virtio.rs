@@ -28,22 +28,22 @@ pub(crate) fn test_initramfs() -> String {
 }
 
 /// A scratch directory removed at the end of the test.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(name: &str) -> Scratch {
+    pub(crate) fn new(name: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!("vmm-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 
     /// A zero-filled file of `bytes`.
-    fn zeros(&self, name: &str, bytes: u64) -> String {
+    pub(crate) fn zeros(&self, name: &str, bytes: u64) -> String {
         let path = self.path(name);
         std::fs::File::create(&path)
             .unwrap()
@@ -142,13 +142,13 @@ fn virtio_blk_data_disks_ids_read_only_and_flush_durability() {
 }
 
 /// A network namespace with a tap at 169.254.0.1/30, removed (with the tap) on drop.
-struct NetNs {
+pub(crate) struct NetNs {
     name: String,
     servers: Vec<Child>,
 }
 
 impl NetNs {
-    fn new(tap: &str) -> NetNs {
+    pub(crate) fn new(tap: &str) -> NetNs {
         let name = format!("vmm-e2e-{}", std::process::id());
         let ns = NetNs {
             name,
@@ -177,13 +177,13 @@ impl NetNs {
         assert!(status.success(), "ip {}", args.join(" "));
     }
 
-    fn exec_prefix(&self) -> [&str; 4] {
+    pub(crate) fn exec_prefix(&self) -> [&str; 4] {
         ["ip", "netns", "exec", &self.name]
     }
 
     /// Starts a host-echo.py server in the namespace and waits until it listens (Python starts
     /// slowly inside the emulated test host; the guest must not connect before).
-    fn serve(&mut self, args: &[&str]) {
+    pub(crate) fn serve(&mut self, args: &[&str]) {
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/guest/host-echo.py");
         let mut child = Command::new("ip")
