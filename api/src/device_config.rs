@@ -11,6 +11,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::memory_size::{MemorySize, MemorySizeError};
+use crate::rate_limiter::RateLimiterConfig;
+use crate::types::{CacheType, IoEngine};
 
 /// Errors in a device setting.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +146,17 @@ pub struct DiskConfig {
     /// Serial the guest reads with GET_ID (at most 20 bytes).
     #[serde(default)]
     pub id: Option<String>,
+    /// A rate limiter on the disk's requests; `None` limits nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+    /// How guest flushes are treated (Firecracker's `cache_type`; `Unsafe` by default: no
+    /// VIRTIO_BLK_F_FLUSH, flushes acknowledged without fdatasync).
+    #[serde(default)]
+    pub cache_type: CacheType,
+    /// Firecracker's `io_engine`, as configured; `Async` is served by the same synchronous
+    /// engine as `Sync`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<IoEngine>,
 }
 
 impl FromStr for DiskConfig {
@@ -155,6 +168,9 @@ impl FromStr for DiskConfig {
             path: PathBuf::new(),
             read_only: false,
             id: None,
+            rate_limiter: None,
+            cache_type: CacheType::default(),
+            io_engine: None,
         };
         for (key, value) in key_values(FLAG, text, &["path", "read_only", "id"])? {
             match key {
@@ -192,6 +208,12 @@ pub struct NetConfig {
     /// Guest MAC; derived from the tap name when absent.
     #[serde(default)]
     pub mac: Option<String>,
+    /// A rate limiter on the frames delivered to the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// A rate limiter on the frames the guest sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl FromStr for NetConfig {
@@ -202,6 +224,8 @@ impl FromStr for NetConfig {
         let mut net = NetConfig {
             tap: String::new(),
             mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         };
         for (key, value) in key_values(FLAG, text, &["tap", "mac"])? {
             match key {
