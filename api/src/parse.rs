@@ -119,9 +119,9 @@ fn validate_machine_extras(
     )?;
     match cpu_template {
         None | Some("None") => Ok(()),
-        Some(template) if CPU_TEMPLATES.contains(&template) => Err(ApiError::Unsupported(
-            format!("CPU template {template:?} (only \"None\" is implemented)"),
-        )),
+        Some(template) if CPU_TEMPLATES.contains(&template) => Err(ApiError::Unsupported(format!(
+            "CPU template {template:?} (only \"None\" is implemented)"
+        ))),
         Some(template) => Err(invalid(
             "cpu_template",
             format!("{template:?} is not one of {}", CPU_TEMPLATES.join(", ")),
@@ -534,7 +534,10 @@ pub(crate) fn parse_request(
             validate_id("iface_id", id)?;
             let iface: PartialNetworkInterface = json(&name("/network-interfaces"), body)?;
             check_ids("iface_id", id, &iface.iface_id)?;
-            for limiter in [&iface.rx_rate_limiter, &iface.tx_rate_limiter].into_iter().flatten() {
+            for limiter in [&iface.rx_rate_limiter, &iface.tx_rate_limiter]
+                .into_iter()
+                .flatten()
+            {
                 limiter.validate_as("rate_limiter")?;
             }
             ApiRequest::PatchNetworkInterface(iface)

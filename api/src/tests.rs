@@ -227,8 +227,14 @@ fn machine_config() {
     };
     assert!(!m.smt && !m.track_dirty_pages);
     assert!(matches!(
-        put("/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 128, "smt": true}"#),
-        Ok(ApiRequest::PutMachineConfig(MachineConfig { smt: true, .. }))
+        put(
+            "/machine-config",
+            r#"{"vcpu_count": 2, "mem_size_mib": 128, "smt": true}"#
+        ),
+        Ok(ApiRequest::PutMachineConfig(MachineConfig {
+            smt: true,
+            ..
+        }))
     ));
 }
 
@@ -587,7 +593,11 @@ fn balloon() {
 fn unknown_paths_and_wrong_methods() {
     refused(get("/nope"), 400, "\"/nope\"");
     refused(get("/mmds"), 400, "metadata service");
-    refused(put("/mmds/config", r#"{"network_interfaces": ["1"]}"#), 400, "not supported");
+    refused(
+        put("/mmds/config", r#"{"network_interfaces": ["1"]}"#),
+        400,
+        "not supported",
+    );
     refused(get("/boot-source/"), 400, "no such endpoint");
     refused(get("relative"), 400, "no such endpoint");
     refused(get("/boot-source"), 405, "PUT");
@@ -595,7 +605,11 @@ fn unknown_paths_and_wrong_methods() {
     refused(one(&http_get("DELETE", "/")), 405, "GET");
     refused(one(&http_get("HEAD", "/vm/config")), 405, "HEAD");
     refused(patch("/boot-source", "{}"), 405, "PATCH");
-    refused(patch("/drives/x", DRIVE), 400, "unknown field `is_root_device`");
+    refused(
+        patch("/drives/x", DRIVE),
+        400,
+        "unknown field `is_root_device`",
+    );
     // The method is checked before the body...
     refused(one(&http("PUT", "/", "not json")), 405, "PUT");
     // ...but a PUT without a length is refused from its head: its framing is unknown.
@@ -848,7 +862,11 @@ fn expect_continue() {
 #[test]
 fn responses() {
     let text = |r: &ApiResponse| String::from_utf8(r.to_http()).unwrap();
-    let ok = ApiResponse::ok_json(&InstanceInfo::new("vm0", InstanceState::NotStarted, Flavor::Vmm));
+    let ok = ApiResponse::ok_json(&InstanceInfo::new(
+        "vm0",
+        InstanceState::NotStarted,
+        Flavor::Vmm,
+    ));
     assert_eq!(ok.status, 200);
     let t = text(&ok);
     assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");
@@ -1289,9 +1307,10 @@ fn rate_limiters_cache_type_and_io_engine_are_configured_and_reported() {
         })
     );
 
-    let entropy: EntropyDevice =
-        serde_json::from_str(r#"{"rate_limiter": {"bandwidth": {"size": 64, "one_time_burst": 7, "refill_time": 100}}}"#)
-            .unwrap();
+    let entropy: EntropyDevice = serde_json::from_str(
+        r#"{"rate_limiter": {"bandwidth": {"size": 64, "one_time_burst": 7, "refill_time": 100}}}"#,
+    )
+    .unwrap();
     api.apply(&ApiRequest::PutEntropy(entropy)).unwrap();
     assert!(api.vm.rng);
     assert_eq!(api.vm.rng_rate_limiter, Some(limiter(64)));
@@ -1303,8 +1322,14 @@ fn rate_limiters_cache_type_and_io_engine_are_configured_and_reported() {
         v["drives"][0]["rate_limiter"],
         serde_json::json!({"bandwidth": {"size": 4096, "one_time_burst": 7, "refill_time": 100}})
     );
-    assert_eq!(v["network-interfaces"][0]["rx_rate_limiter"]["bandwidth"]["size"], 1000);
-    assert_eq!(v["network-interfaces"][0]["tx_rate_limiter"]["ops"]["size"], 10);
+    assert_eq!(
+        v["network-interfaces"][0]["rx_rate_limiter"]["bandwidth"]["size"],
+        1000
+    );
+    assert_eq!(
+        v["network-interfaces"][0]["tx_rate_limiter"]["ops"]["size"],
+        10
+    );
     assert_eq!(v["entropy"]["rate_limiter"]["bandwidth"]["size"], 64);
 
     // The config round-trips through JSON, and old config files (without the new keys) parse.

@@ -9,8 +9,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::device_config::{BalloonConfig, DeviceConfigError, DiskConfig, NetConfig, VsockConfig};
-use crate::rate_limiter::RateLimiterConfig;
 pub use crate::memory_size::{MemorySize, MemorySizeError};
+use crate::rate_limiter::RateLimiterConfig;
 
 /// The kernel command line used when the configuration gives none: serial console, reboot
 /// through the i8042, reboot on panic, no PCI probing, one UART, an i8042 without aux port or

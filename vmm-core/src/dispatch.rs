@@ -31,9 +31,7 @@ pub(crate) fn handle_running(vmm: &mut Vmm, request: ApiRequest) -> ApiResponse 
         ApiRequest::CreateSnapshot(params) => respond(vmm.snapshot(&params)),
         ApiRequest::PatchBalloon(update) => respond(vmm.set_balloon_target(&update)),
         ApiRequest::PatchDrive(drive) => respond(vmm.update_drive(&drive)),
-        ApiRequest::PatchNetworkInterface(iface) => {
-            respond(vmm.update_network_interface(&iface))
-        }
+        ApiRequest::PatchNetworkInterface(iface) => respond(vmm.update_network_interface(&iface)),
         other if other.pre_boot_only() => ApiResponse::bad_request(
             "this request is only allowed before the VM starts (the VM is running)",
         ),
@@ -132,9 +130,7 @@ fn respond(result: Result<()>) -> ApiResponse {
             | Error::NoBalloon
             | Error::UnknownDevice { .. }
             | Error::Disk { .. }),
-        ) => {
-            ApiResponse::bad_request(&chain(&e))
-        }
+        ) => ApiResponse::bad_request(&chain(&e)),
         Err(e) => ApiResponse::internal_error(&chain(&e)),
     }
 }

@@ -128,7 +128,11 @@ pub fn configure(path: &Path) -> io::Result<()> {
 
 /// Records the process start times the jailer passes (`--start-time-us`,
 /// `--start-time-cpu-us`, `--parent-cpu-time-us`) as Firecracker's startup-time gauges.
-pub fn set_process_start(start_us: Option<u64>, start_cpu_us: Option<u64>, parent_cpu_us: Option<u64>) {
+pub fn set_process_start(
+    start_us: Option<u64>,
+    start_cpu_us: Option<u64>,
+    parent_cpu_us: Option<u64>,
+) {
     let m = metrics();
     if let Some(start) = start_us {
         m.process_startup_time_us
@@ -161,10 +165,7 @@ fn process_cpu_us() -> u64 {
 pub fn snapshot() -> Value {
     let m = metrics();
     let mut line = Map::new();
-    line.insert(
-        "utc_timestamp_ms".into(),
-        json!(wall_clock_us() / 1_000),
-    );
+    line.insert("utc_timestamp_ms".into(), json!(wall_clock_us() / 1_000));
     line.insert(
         "api_server".into(),
         json!({

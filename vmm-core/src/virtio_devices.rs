@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_devices::virtio::balloon::{Balloon, BalloonConfig as BalloonDeviceConfig};
 use vmm_devices::rate_limiter::{BucketParams, BucketUpdate, RateLimiter};
+use vmm_devices::virtio::balloon::{Balloon, BalloonConfig as BalloonDeviceConfig};
 use vmm_devices::virtio::block::{Block, BlockConfig, CacheType};
 use vmm_devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use vmm_devices::virtio::net::Net;
@@ -176,9 +176,8 @@ pub(crate) fn rate_limiter(config: Option<&vmm_api::RateLimiterConfig>) -> Resul
 pub(crate) fn bucket_updates(
     config: Option<&vmm_api::RateLimiterConfig>,
 ) -> (BucketUpdate, BucketUpdate) {
-    let update = |bucket: Option<&vmm_api::TokenBucketConfig>| {
-        BucketUpdate::from(bucket.map(bucket_params))
-    };
+    let update =
+        |bucket: Option<&vmm_api::TokenBucketConfig>| BucketUpdate::from(bucket.map(bucket_params));
     match config {
         Some(c) => (update(c.bandwidth.as_ref()), update(c.ops.as_ref())),
         None => (BucketUpdate::None, BucketUpdate::None),

@@ -263,9 +263,7 @@ impl Vmm {
             .disk
             .iter()
             .enumerate()
-            .position(|(i, d)| {
-                d.id.clone().unwrap_or_else(|| format!("disk{i}")) == patch.drive_id
-            })
+            .position(|(i, d)| d.id.clone().unwrap_or_else(|| format!("disk{i}")) == patch.drive_id)
             .ok_or_else(unknown)?;
         let read_only = self.config.vm.disk[index].read_only;
         let backend = match &patch.path_on_host {

@@ -185,7 +185,9 @@ fn update_drive_swaps_the_image_and_the_limits_and_the_snapshot_follows() {
     std::fs::write(&image, vec![0u8; 16 * 512]).unwrap();
     let mut config = config(&dir, "console=ttyS0");
     config.disk = vec![
-        format!("path={},id=drive_0", empty.display()).parse().unwrap(),
+        format!("path={},id=drive_0", empty.display())
+            .parse()
+            .unwrap(),
         format!("path={},id=drive_1,read_only=on", empty1.display())
             .parse()
             .unwrap(),
@@ -205,9 +207,15 @@ fn update_drive_swaps_the_image_and_the_limits_and_the_snapshot_follows() {
     vmm.update_drive(&patch).unwrap();
     let disk = &vmm.config().vm.disk[0];
     assert_eq!(disk.path, image);
-    assert_eq!(disk.rate_limiter.and_then(|l| l.ops).map(|b| b.size), Some(100));
+    assert_eq!(
+        disk.rate_limiter.and_then(|l| l.ops).map(|b| b.size),
+        Some(100)
+    );
     let shown = serde_json::to_value(vmm.config().to_firecracker()).unwrap();
-    assert_eq!(shown["drives"][0]["path_on_host"], image.to_string_lossy().as_ref());
+    assert_eq!(
+        shown["drives"][0]["path_on_host"],
+        image.to_string_lossy().as_ref()
+    );
     // A bucket of size 0 removes it; a bucket left out stays.
     let patch: vmm_api::PartialDrive = serde_json::from_str(
         r#"{"drive_id": "drive_0", "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}"#,
@@ -228,7 +236,10 @@ fn update_drive_swaps_the_image_and_the_limits_and_the_snapshot_follows() {
         dir.join("missing.img").display()
     ))
     .unwrap();
-    assert!(matches!(vmm.update_drive(&missing), Err(Error::Disk { .. })));
+    assert!(matches!(
+        vmm.update_drive(&missing),
+        Err(Error::Disk { .. })
+    ));
     assert_eq!(vmm.config().vm.disk[1].path, empty1);
     let iface: vmm_api::PartialNetworkInterface =
         serde_json::from_str(r#"{"iface_id": "eth9"}"#).unwrap();

@@ -528,8 +528,10 @@ where
     M: GuestMemoryBackend,
     F: FnMut(DescriptorChain<&M>) -> Result<u32, VirtioError>,
 {
-    drain_queue_limited(queue, mem, interrupt, |chain| handle(chain).map(Served::Used))
-        .map(|_| ())
+    drain_queue_limited(queue, mem, interrupt, |chain| {
+        handle(chain).map(Served::Used)
+    })
+    .map(|_| ())
 }
 
 /// What a [`drain_queue_limited`] handler did with one chain.

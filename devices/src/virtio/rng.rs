@@ -564,8 +564,7 @@ mod tests {
         use crate::rate_limiter::{BucketParams, BucketUpdate, RateLimiter};
         let mut h = harness(features::VERSION_1);
         // 1000 bytes per hour: requests of 600 and 400 bytes fit, the next 100 do not.
-        let limiter =
-            RateLimiter::new(Some(BucketParams::new(1000, 0, 3_600_000)), None).unwrap();
+        let limiter = RateLimiter::new(Some(BucketParams::new(1000, 0, 3_600_000)), None).unwrap();
         h.rng.set_rate_limiter(limiter);
         let fd = h.rng.backend_fds()[0].fd;
         let heads: Vec<u16> = [(0u64, 600u32), (1, 400), (2, 100), (3, 100)]
@@ -597,5 +596,4 @@ mod tests {
         }
         assert_eq!(h.rng.bytes_served(), 1200);
     }
-
 }

@@ -15,8 +15,7 @@ use super::persist::BlockState;
 use super::raw::RawFile;
 use super::request::{process_chain, MAX_CHAIN_DESCRIPTORS};
 use super::{
-    configured_id, BlockConfig, BlockError, CacheType, DiskInfo, QUEUE_SIZE, SECTOR_SIZE,
-    SEG_MAX,
+    configured_id, BlockConfig, BlockError, CacheType, DiskInfo, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX,
 };
 use crate::virtio::{
     device_type, drain_queue_limited, features, limiter_fd, read_config_bytes, ActiveQueues,

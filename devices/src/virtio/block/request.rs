@@ -11,8 +11,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_rate_limiter::RateLimiter;
 
 use super::io::{BlockBackend, GuestBuffers, GuestRange};
-use crate::virtio::{consume_request, Served};
 use super::{DiskInfo, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
+use crate::virtio::{consume_request, Served};
 
 /// Length of the request header: type (u32), reserved (u32), sector (u64).
 pub(super) const HEADER_LEN: usize = 16;

@@ -739,7 +739,12 @@ fn open_errors_name_the_problem() {
 
     // Shorter than a sector: an empty disk, not an error.
     let image = TempImage::new(&[0u8; 511]);
-    assert_eq!(Block::new(cfg(image.path(), None)).unwrap().capacity_sectors(), 0);
+    assert_eq!(
+        Block::new(cfg(image.path(), None))
+            .unwrap()
+            .capacity_sectors(),
+        0
+    );
 
     let image = TempImage::new(&[0u8; 512]);
     let long = "x".repeat(21);
@@ -1155,14 +1160,19 @@ fn wait_readable(fd: std::os::fd::RawFd) {
 /// A bucket that never refills within a test.
 const HOUR_MS: u64 = 3_600_000;
 
-fn limiter(bandwidth: Option<(u64, u64)>, ops: Option<(u64, u64)>) -> crate::rate_limiter::RateLimiter {
+fn limiter(
+    bandwidth: Option<(u64, u64)>,
+    ops: Option<(u64, u64)>,
+) -> crate::rate_limiter::RateLimiter {
     use crate::rate_limiter::{BucketParams, RateLimiter};
     let params = |(size, refill)| BucketParams::new(size, 0, refill);
     RateLimiter::new(bandwidth.map(params), ops.map(params)).unwrap()
 }
 
 /// The limiter's descriptor, through the device's backend fds.
-fn limiter_fd_of<B: BlockBackend<GuestMemoryMmap> + 'static>(block: &Block<B>) -> std::os::fd::RawFd {
+fn limiter_fd_of<B: BlockBackend<GuestMemoryMmap> + 'static>(
+    block: &Block<B>,
+) -> std::os::fd::RawFd {
     let fds = block.backend_fds();
     let fd = fds.iter().find(|b| b.token == RATE_LIMITER_TOKEN).unwrap();
     assert_eq!(fd.fd, std::os::fd::AsRawFd::as_raw_fd(block.rate_limiter()));
@@ -1210,7 +1220,11 @@ fn a_throttled_queue_serves_nothing_until_the_timer_fires_and_keeps_the_order() 
         .unwrap();
     assert_eq!(r.tq.used_idx(&r.mem), 4);
     for (i, head) in heads.iter().enumerate() {
-        assert_eq!(r.tq.used_elem(&r.mem, i as u16).0, u32::from(*head), "in order");
+        assert_eq!(
+            r.tq.used_elem(&r.mem, i as u16).0,
+            u32::from(*head),
+            "in order"
+        );
         assert_eq!(r.status_of(i as u64), S_OK);
         let slot = i as u64;
         assert_eq!(
@@ -1229,12 +1243,22 @@ fn a_refilling_limiter_eventually_serves_everything_in_order() {
     r.block.set_rate_limiter(limiter(Some((512, 10)), None));
     let fd = limiter_fd_of(&r.block);
     let heads: Vec<u16> = (0..6)
-        .map(|slot| r.request_in(slot, VIRTIO_BLK_T_IN, slot, &[(DATA + 0x1000 * slot, 512, true)]))
+        .map(|slot| {
+            r.request_in(
+                slot,
+                VIRTIO_BLK_T_IN,
+                slot,
+                &[(DATA + 0x1000 * slot, 512, true)],
+            )
+        })
         .collect();
     r.run();
     let mut wakeups = 0;
     while r.tq.used_idx(&r.mem) < 6 {
-        assert!(r.block.rate_limiter().is_blocked(), "stopped only when throttled");
+        assert!(
+            r.block.rate_limiter().is_blocked(),
+            "stopped only when throttled"
+        );
         wait_readable(fd);
         r.block
             .process_backend(RATE_LIMITER_TOKEN, vmm_sys_util::epoll::EventSet::IN)
@@ -1252,9 +1276,15 @@ fn a_refilling_limiter_eventually_serves_everything_in_order() {
 fn a_bandwidth_limit_lets_exactly_the_requests_that_fit_through() {
     let mut r = rig(&pattern(16 * 512));
     // 2 KiB per hour: reads of 1024, 512 and 512 bytes fit, the next 512 does not.
-    r.block.set_rate_limiter(limiter(Some((2048, HOUR_MS)), None));
+    r.block
+        .set_rate_limiter(limiter(Some((2048, HOUR_MS)), None));
     for (slot, len) in [(0u64, 1024u32), (1, 512), (2, 512), (3, 512), (4, 512)] {
-        r.request_in(slot, VIRTIO_BLK_T_IN, 0, &[(DATA + 0x1000 * slot, len, true)]);
+        r.request_in(
+            slot,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[(DATA + 0x1000 * slot, len, true)],
+        );
     }
     r.run();
     assert_eq!(r.tq.used_idx(&r.mem), 3);
@@ -1264,7 +1294,12 @@ fn a_bandwidth_limit_lets_exactly_the_requests_that_fit_through() {
     r.block
         .set_rate_limiter(limiter(Some((1024, HOUR_MS)), Some((3, HOUR_MS))));
     for slot in 0..3 {
-        r.request_in(slot, VIRTIO_BLK_T_IN, 0, &[(DATA + 0x1000 * slot, 512, true)]);
+        r.request_in(
+            slot,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[(DATA + 0x1000 * slot, 512, true)],
+        );
     }
     r.run();
     assert_eq!(r.tq.used_idx(&r.mem), 2);
@@ -1290,7 +1325,10 @@ fn swapping_the_backend_updates_the_capacity_and_tells_the_driver() {
     r.request(VIRTIO_BLK_T_IN, 20, &[(DATA, 512, true)]);
     r.run();
     assert_eq!(r.status(), S_OK);
-    assert_eq!(r.read_guest(DATA, 512), pattern(32 * 512)[20 * 512..21 * 512]);
+    assert_eq!(
+        r.read_guest(DATA, 512),
+        pattern(32 * 512)[20 * 512..21 * 512]
+    );
 
     // Swapping to an empty image: capacity 0, reads fail cleanly.
     let empty = TempImage::new(&[]);
