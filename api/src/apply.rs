@@ -513,7 +513,7 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
             uds_path: v.socket.to_string_lossy().into_owned(),
             vsock_id: None,
         }),
-        entropy: config.rng.then(|| EntropyDevice {
+        entropy: config.rng.then_some(EntropyDevice {
             rate_limiter: config.rng_rate_limiter,
         }),
     }

@@ -277,7 +277,6 @@ mod firecracker;
 mod fleet;
 
 /// One line: the error and every cause, joined by ": ".
-
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     vmm_core::error_chain(error)
 }
