@@ -179,6 +179,9 @@ pub fn apply_drive(config: &mut VmConfig, drive: &Drive) -> Result<(), ApiError>
         path: PathBuf::from(path),
         read_only,
         id: Some(drive.drive_id.clone()),
+        rate_limiter: drive.rate_limiter,
+        cache_type: drive.cache_type.unwrap_or_default(),
+        io_engine: drive.io_engine,
     };
     if let Some(index) = existing {
         config.disk.remove(index);
@@ -219,6 +222,7 @@ pub fn apply_vsock(config: &mut VmConfig, vsock: &Vsock) -> Result<(), ApiError>
 pub fn apply_entropy(config: &mut VmConfig, entropy: &EntropyDevice) -> Result<(), ApiError> {
     entropy.validate()?;
     config.rng = true;
+    config.rng_rate_limiter = entropy.rate_limiter;
     Ok(())
 }
 
@@ -335,6 +339,8 @@ impl ApiConfig {
         let net = NetConfig {
             tap: iface.host_dev_name.clone(),
             mac: iface.guest_mac.clone(),
+            rx_rate_limiter: iface.rx_rate_limiter,
+            tx_rate_limiter: iface.tx_rate_limiter,
         };
         match existing {
             Some(i) => self.vm.net[i] = net,
@@ -460,9 +466,9 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
                     .filter(|_| is_root)
                     .and_then(|r| r.strip_prefix("PARTUUID="))
                     .map(str::to_string),
-                cache_type: None,
-                io_engine: None,
-                rate_limiter: None,
+                cache_type: Some(disk.cache_type),
+                io_engine: Some(disk.io_engine.unwrap_or(IoEngine::Sync)),
+                rate_limiter: disk.rate_limiter,
                 socket: None,
             }
         })
@@ -475,8 +481,8 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
             host_dev_name: net.tap.clone(),
             guest_mac: net.mac.clone(),
             mtu: None,
-            rx_rate_limiter: None,
-            tx_rate_limiter: None,
+            rx_rate_limiter: net.rx_rate_limiter,
+            tx_rate_limiter: net.tx_rate_limiter,
         })
         .collect();
     FullVmConfig {
@@ -507,6 +513,8 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
             uds_path: v.socket.to_string_lossy().into_owned(),
             vsock_id: None,
         }),
-        entropy: config.rng.then(EntropyDevice::default),
+        entropy: config.rng.then_some(EntropyDevice {
+            rate_limiter: config.rng_rate_limiter,
+        }),
     }
 }

@@ -11,6 +11,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::memory_size::{MemorySize, MemorySizeError};
+use crate::rate_limiter::RateLimiterConfig;
+use crate::types::{CacheType, IoEngine};
 
 /// Errors in a device setting.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +146,22 @@ pub struct DiskConfig {
     /// Serial the guest reads with GET_ID (at most 20 bytes).
     #[serde(default)]
     pub id: Option<String>,
+    /// A rate limiter on the disk's requests; `None` limits nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+    /// How guest flushes are treated (Firecracker's `cache_type`). `vmm run --disk` and JSON
+    /// config files honour flushes (`Writeback`) unless `cache=unsafe` says otherwise; a drive
+    /// configured through the API without `cache_type` is `Unsafe`, Firecracker's default.
+    #[serde(default = "writeback")]
+    pub cache_type: CacheType,
+    /// Firecracker's `io_engine`, as configured; `Async` is served by the same synchronous
+    /// engine as `Sync`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<IoEngine>,
+}
+
+fn writeback() -> CacheType {
+    CacheType::Writeback
 }
 
 impl FromStr for DiskConfig {
@@ -155,11 +173,27 @@ impl FromStr for DiskConfig {
             path: PathBuf::new(),
             read_only: false,
             id: None,
+            rate_limiter: None,
+            cache_type: CacheType::Writeback,
+            io_engine: None,
         };
-        for (key, value) in key_values(FLAG, text, &["path", "read_only", "id"])? {
+        for (key, value) in key_values(FLAG, text, &["path", "read_only", "id", "cache"])? {
             match key {
                 "path" => disk.path = PathBuf::from(value),
                 "read_only" => disk.read_only = on_off(FLAG, text, key, value)?,
+                "cache" => {
+                    disk.cache_type = match value {
+                        "writeback" => CacheType::Writeback,
+                        "unsafe" => CacheType::Unsafe,
+                        _ => {
+                            return Err(DeviceConfigError::Syntax {
+                                flag: FLAG,
+                                text: text.to_string(),
+                                why: format!("cache must be writeback or unsafe, not {value:?}"),
+                            })
+                        }
+                    }
+                }
                 _ => disk.id = Some(value.to_string()),
             }
         }
@@ -179,6 +213,9 @@ impl fmt::Display for DiskConfig {
         if let Some(id) = &self.id {
             write!(f, ",id={id}")?;
         }
+        if self.cache_type == CacheType::Unsafe {
+            f.write_str(",cache=unsafe")?;
+        }
         Ok(())
     }
 }
@@ -192,6 +229,12 @@ pub struct NetConfig {
     /// Guest MAC; derived from the tap name when absent.
     #[serde(default)]
     pub mac: Option<String>,
+    /// A rate limiter on the frames delivered to the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// A rate limiter on the frames the guest sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl FromStr for NetConfig {
@@ -202,6 +245,8 @@ impl FromStr for NetConfig {
         let mut net = NetConfig {
             tap: String::new(),
             mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         };
         for (key, value) in key_values(FLAG, text, &["tap", "mac"])? {
             match key {

@@ -1148,9 +1148,9 @@ fn vm_config_in_firecracker_shape() {
         v["drives"],
         serde_json::json!([
             {"drive_id": "rootfs", "path_on_host": "/root.img", "is_root_device": true,
-             "is_read_only": false},
+             "is_read_only": false, "cache_type": "Writeback", "io_engine": "Sync"},
             {"drive_id": "disk1", "path_on_host": "/d.img", "is_root_device": false,
-             "is_read_only": true}
+             "is_read_only": true, "cache_type": "Writeback", "io_engine": "Sync"}
         ])
     );
     assert_eq!(
@@ -1264,4 +1264,97 @@ fn arbitrary_bytes_in_arbitrary_chunks() {
             assert!(reader.buffered() <= input.len());
         }
     }
+}
+
+#[test]
+fn rate_limiters_cache_type_and_io_engine_are_configured_and_reported() {
+    let limiter = |size: u64| RateLimiterConfig {
+        bandwidth: Some(TokenBucketConfig {
+            size,
+            one_time_burst: Some(7),
+            refill_time: 100,
+        }),
+        ops: None,
+    };
+    let mut api = ApiConfig::new(VmConfig::default());
+    let drive: Drive = serde_json::from_str(
+        r#"{"drive_id": "data", "path_on_host": "/d.img", "is_root_device": false,
+            "cache_type": "Writeback", "io_engine": "Async",
+            "rate_limiter": {"bandwidth": {"size": 4096, "one_time_burst": 7, "refill_time": 100}}}"#,
+    )
+    .unwrap();
+    api.apply(&ApiRequest::PutDrive(drive)).unwrap();
+    let disk = &api.vm.disk[0];
+    assert_eq!(disk.rate_limiter, Some(limiter(4096)));
+    assert_eq!(disk.cache_type, CacheType::Writeback);
+    assert_eq!(disk.io_engine, Some(IoEngine::Async));
+
+    let iface: NetworkInterface = serde_json::from_str(
+        r#"{"iface_id": "eth0", "host_dev_name": "tap0",
+            "rx_rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": 7, "refill_time": 100}},
+            "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}"#,
+    )
+    .unwrap();
+    api.apply(&ApiRequest::PutNetworkInterface(iface)).unwrap();
+    let net = &api.vm.net[0];
+    assert_eq!(net.rx_rate_limiter, Some(limiter(1000)));
+    assert_eq!(
+        net.tx_rate_limiter.and_then(|l| l.ops),
+        Some(TokenBucketConfig {
+            size: 10,
+            one_time_burst: None,
+            refill_time: 1000
+        })
+    );
+
+    let entropy: EntropyDevice = serde_json::from_str(
+        r#"{"rate_limiter": {"bandwidth": {"size": 64, "one_time_burst": 7, "refill_time": 100}}}"#,
+    )
+    .unwrap();
+    api.apply(&ApiRequest::PutEntropy(entropy)).unwrap();
+    assert!(api.vm.rng);
+    assert_eq!(api.vm.rng_rate_limiter, Some(limiter(64)));
+
+    let v = serde_json::to_value(api.to_firecracker()).unwrap();
+    assert_eq!(v["drives"][0]["cache_type"], "Writeback");
+    assert_eq!(v["drives"][0]["io_engine"], "Async");
+    assert_eq!(
+        v["drives"][0]["rate_limiter"],
+        serde_json::json!({"bandwidth": {"size": 4096, "one_time_burst": 7, "refill_time": 100}})
+    );
+    assert_eq!(
+        v["network-interfaces"][0]["rx_rate_limiter"]["bandwidth"]["size"],
+        1000
+    );
+    assert_eq!(
+        v["network-interfaces"][0]["tx_rate_limiter"]["ops"]["size"],
+        10
+    );
+    assert_eq!(v["entropy"]["rate_limiter"]["bandwidth"]["size"], 64);
+
+    // The config round-trips through JSON, and old config files (without the new keys) parse.
+    let text = serde_json::to_string(&api.vm).unwrap();
+    assert_eq!(serde_json::from_str::<VmConfig>(&text).unwrap(), api.vm);
+    let old: VmConfig = serde_json::from_str(
+        r#"{"disk": [{"path": "/d.img"}], "net": [{"tap": "tap0"}], "rng": true}"#,
+    )
+    .unwrap();
+    // Config files and --disk honour flushes unless they say cache=unsafe.
+    assert_eq!(old.disk[0].cache_type, CacheType::Writeback);
+    let flag: crate::DiskConfig = "path=/d,cache=unsafe".parse().unwrap();
+    assert_eq!(flag.cache_type, CacheType::Unsafe);
+    assert!("path=/d,cache=fast".parse::<crate::DiskConfig>().is_err());
+    assert_eq!(old.disk[0].rate_limiter, None);
+    assert_eq!(old.net[0].rx_rate_limiter, None);
+    assert_eq!(old.rng_rate_limiter, None);
+    assert!(old.rng);
+    // A drive PUT without a cache type is Unsafe, and reported so.
+    let plain: Drive = serde_json::from_str(
+        r#"{"drive_id": "p", "path_on_host": "/p.img", "is_root_device": false}"#,
+    )
+    .unwrap();
+    api.apply(&ApiRequest::PutDrive(plain)).unwrap();
+    let v = serde_json::to_value(api.to_firecracker()).unwrap();
+    assert_eq!(v["drives"][1]["cache_type"], "Unsafe");
+    assert_eq!(v["drives"][1]["io_engine"], "Sync");
 }

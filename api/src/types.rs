@@ -138,18 +138,20 @@ pub struct MachineConfigUpdate {
     pub cpu_template: Option<String>,
 }
 
-/// A drive's host caching strategy. Accepted and reported; this VMM's virtio-blk always
-/// makes the guest's flushes durable on the host (fdatasync), as `Writeback` does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A drive's host caching strategy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CacheType {
-    /// Firecracker's default.
+    /// Firecracker's default: VIRTIO_BLK_F_FLUSH is not offered and the guest's flushes are
+    /// acknowledged without syncing the image.
+    #[default]
     Unsafe,
-    /// Flushes reach the host's disk.
+    /// VIRTIO_BLK_F_FLUSH is offered and the guest's flushes reach the host's disk
+    /// (fdatasync).
     Writeback,
 }
 
-/// A drive's I/O engine. Accepted and reported; this VMM does synchronous I/O.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A drive's I/O engine. Accepted and reported; this VMM does synchronous I/O for both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum IoEngine {
     /// Blocking reads and writes.
     Sync,
@@ -180,7 +182,7 @@ pub struct Drive {
     /// I/O engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
-    /// A rate limiter (not supported: must be absent or null).
+    /// A rate limiter on the drive's requests (bytes and operations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
     /// A vhost-user socket (not supported: must be absent or null).
@@ -202,10 +204,10 @@ pub struct NetworkInterface {
     /// An MTU to advertise (not supported: must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
-    /// A receive rate limiter (not supported: must be absent or null).
+    /// A rate limiter on the frames delivered to the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiterConfig>,
-    /// A transmit rate limiter (not supported: must be absent or null).
+    /// A rate limiter on the frames the guest sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
@@ -229,7 +231,7 @@ pub struct Vsock {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntropyDevice {
-    /// A rate limiter (not supported: must be absent or null).
+    /// A rate limiter on the random bytes (and requests) the guest gets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::device_config::{BalloonConfig, DeviceConfigError, DiskConfig, NetConfig, VsockConfig};
 pub use crate::memory_size::{MemorySize, MemorySizeError};
+use crate::rate_limiter::RateLimiterConfig;
 
 /// The kernel command line used when the configuration gives none: serial console, reboot
 /// through the i8042, reboot on panic, no PCI probing, one UART, an i8042 without aux port or
@@ -195,6 +196,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// A virtio-rng device fed from the host's getrandom.
     pub rng: bool,
+    /// A rate limiter on the virtio-rng device (Firecracker's entropy `rate_limiter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng_rate_limiter: Option<RateLimiterConfig>,
     /// A virtio-balloon device.
     pub balloon: Option<BalloonConfig>,
     /// Track the guest memory pages written since the last snapshot (KVM's dirty log and the
@@ -227,6 +231,7 @@ impl Default for VmConfig {
             net: Vec::new(),
             vsock: None,
             rng: false,
+            rng_rate_limiter: None,
             balloon: None,
             track_dirty_pages: false,
             smt: false,

@@ -46,6 +46,9 @@ pub mod serial;
 pub mod trigger;
 pub mod virtio;
 
+/// The token-bucket rate limiter the block, net and rng devices take (re-exported).
+pub use vmm_rate_limiter as rate_limiter;
+
 pub use bus::{Bus, BusDevice};
 pub use i8042::{I8042Wrapper, I8042_PORT_BASE, I8042_PORT_LEN};
 pub use serial::{InputRoom, SerialDevice, SerialDeviceState, SERIAL_PORT_BASE, SERIAL_PORT_LEN};

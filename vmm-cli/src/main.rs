@@ -192,8 +192,9 @@ struct RunArgs {
     /// ELF kernel entry: auto (PVH when the kernel has the note), linux64 or pvh.
     #[arg(long, value_name = "ENTRY")]
     elf_entry: Option<ElfEntry>,
-    /// virtio-blk disk on a raw image: path=FILE[,read_only=on][,id=NAME] (repeatable; the
-    /// first is /dev/vda).
+    /// virtio-blk disk on a raw image: path=FILE[,read_only=on][,id=NAME][,cache=unsafe]
+    /// (repeatable; the first is /dev/vda). Guest flushes reach the host's disk unless
+    /// cache=unsafe.
     #[arg(long, value_name = "SPEC")]
     disk: Vec<DiskConfig>,
     /// virtio-net device on a tap (attached, or created for the VM's lifetime):

@@ -30,6 +30,8 @@ pub(crate) fn handle_running(vmm: &mut Vmm, request: ApiRequest) -> ApiResponse 
         }
         ApiRequest::CreateSnapshot(params) => respond(vmm.snapshot(&params)),
         ApiRequest::PatchBalloon(update) => respond(vmm.set_balloon_target(&update)),
+        ApiRequest::PatchDrive(drive) => respond(vmm.update_drive(&drive)),
+        ApiRequest::PatchNetworkInterface(iface) => respond(vmm.update_network_interface(&iface)),
         other if other.pre_boot_only() => ApiResponse::bad_request(
             "this request is only allowed before the VM starts (the VM is running)",
         ),
@@ -122,9 +124,13 @@ fn respond(result: Result<()>) -> ApiResponse {
     match result {
         Ok(()) => ApiResponse::no_content(),
         Err(Error::Request(e)) => ApiResponse::from(e),
-        Err(e @ (Error::NotPaused | Error::DirtyTrackingOff | Error::NoBalloon)) => {
-            ApiResponse::bad_request(&chain(&e))
-        }
+        Err(
+            e @ (Error::NotPaused
+            | Error::DirtyTrackingOff
+            | Error::NoBalloon
+            | Error::UnknownDevice { .. }
+            | Error::Disk { .. }),
+        ) => ApiResponse::bad_request(&chain(&e)),
         Err(e) => ApiResponse::internal_error(&chain(&e)),
     }
 }

@@ -136,6 +136,20 @@ pub enum Error {
     /// Telling the balloon device its new target.
     #[error("balloon device")]
     Balloon(#[source] vmm_devices::virtio::VirtioError),
+    /// A PATCH names a drive or network interface the VM does not have.
+    #[error("no {kind} with id {id:?} is configured")]
+    UnknownDevice {
+        /// "drive" or "network interface".
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// Telling the guest that a drive's image changed (its config-change interrupt).
+    #[error("cannot signal the drive's new size to the guest")]
+    DriveSwap(#[source] vmm_devices::virtio::VirtioError),
+    /// A device's rate limiter could not be created or changed.
+    #[error("rate limiter")]
+    RateLimiter(#[source] vmm_devices::rate_limiter::Error),
     /// A request whose settings the configuration refuses (e.g. a balloon larger than RAM).
     #[error(transparent)]
     Request(vmm_api::ApiError),

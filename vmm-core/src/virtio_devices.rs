@@ -5,8 +5,9 @@
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_devices::rate_limiter::{BucketParams, BucketUpdate, RateLimiter};
 use vmm_devices::virtio::balloon::{Balloon, BalloonConfig as BalloonDeviceConfig};
-use vmm_devices::virtio::block::{Block, BlockConfig};
+use vmm_devices::virtio::block::{Block, BlockConfig, CacheType};
 use vmm_devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use vmm_devices::virtio::net::Net;
 use vmm_devices::virtio::rng::Rng;
@@ -66,7 +67,7 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
     }
     let mut devices = Vec::with_capacity(config.virtio_device_count());
     for (index, disk) in config.disk.iter().enumerate() {
-        let block = Block::new(BlockConfig {
+        let block: Block<GuestMemoryMmap> = Block::new(BlockConfig {
             path: disk.path.clone(),
             read_only: disk.read_only,
             id: disk.id.clone(),
@@ -75,6 +76,20 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
             path: disk.path.clone(),
             source,
         })?;
+        let mut block = block;
+        block.set_cache_type(match disk.cache_type {
+            vmm_api::CacheType::Unsafe => CacheType::Unsafe,
+            vmm_api::CacheType::Writeback => CacheType::Writeback,
+        });
+        block.set_rate_limiter(rate_limiter(disk.rate_limiter.as_ref())?);
+        if disk.io_engine == Some(vmm_api::IoEngine::Async) {
+            static ASYNC_NOTED: std::sync::Once = std::sync::Once::new();
+            ASYNC_NOTED.call_once(|| {
+                log::info!(
+                    "io_engine \"Async\" is served by the synchronous block engine (same results, no io_uring)"
+                );
+            });
+        }
         devices.push(OpenedDevice {
             id: format!("blk{index}"),
             name: format!("virtio-blk {}", disk.path.display()),
@@ -82,10 +97,15 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         });
     }
     for (index, net) in config.net.iter().enumerate() {
-        let device = Net::with_tap(&net.tap, net.mac_bytes()).map_err(|source| Error::Net {
-            tap: net.tap.clone(),
-            source,
-        })?;
+        let mut device: Net<GuestMemoryMmap> =
+            Net::with_tap(&net.tap, net.mac_bytes()).map_err(|source| Error::Net {
+                tap: net.tap.clone(),
+                source,
+            })?;
+        device.set_rate_limiters(
+            rate_limiter(net.rx_rate_limiter.as_ref())?,
+            rate_limiter(net.tx_rate_limiter.as_ref())?,
+        );
         devices.push(OpenedDevice {
             id: format!("net{index}"),
             name: format!("virtio-net {}", net.tap),
@@ -111,7 +131,11 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         devices.push(OpenedDevice {
             id: "rng".into(),
             name: "virtio-rng".into(),
-            device: Box::new(Rng::new()),
+            device: Box::new({
+                let mut rng: Rng<GuestMemoryMmap> = Rng::new();
+                rng.set_rate_limiter(rate_limiter(config.rng_rate_limiter.as_ref())?);
+                rng
+            }),
         });
     }
     if let Some(balloon) = &config.balloon {
@@ -126,6 +150,38 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         });
     }
     Ok(devices)
+}
+
+/// A configured bucket as the limiter's parameters.
+fn bucket_params(bucket: &vmm_api::TokenBucketConfig) -> BucketParams {
+    BucketParams::new(
+        bucket.size,
+        bucket.one_time_burst_or_zero(),
+        bucket.refill_time,
+    )
+}
+
+/// The rate limiter a device's configuration asks for (unlimited for `None`).
+pub(crate) fn rate_limiter(config: Option<&vmm_api::RateLimiterConfig>) -> Result<RateLimiter> {
+    let config = config.copied().unwrap_or_default();
+    RateLimiter::new(
+        config.bandwidth.as_ref().map(bucket_params),
+        config.ops.as_ref().map(bucket_params),
+    )
+    .map_err(Error::RateLimiter)
+}
+
+/// A PATCH body's limiter as updates of the running one's `(bandwidth, ops)` buckets: an
+/// absent bucket is left alone, one with size or refill time 0 is removed.
+pub(crate) fn bucket_updates(
+    config: Option<&vmm_api::RateLimiterConfig>,
+) -> (BucketUpdate, BucketUpdate) {
+    let update =
+        |bucket: Option<&vmm_api::TokenBucketConfig>| BucketUpdate::from(bucket.map(bucket_params));
+    match config {
+        Some(c) => (update(c.bandwidth.as_ref()), update(c.ops.as_ref())),
+        None => (BucketUpdate::None, BucketUpdate::None),
+    }
 }
 
 /// A device on the VM's MMIO bus.

@@ -6,9 +6,12 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use vmm_api::{
-    ApiConfig, ApiRequest, ApiResponse, BalloonUpdate, Flavor, InstanceState, SnapshotCreateParams,
+    ApiConfig, ApiRequest, ApiResponse, BalloonUpdate, Flavor, InstanceState, PartialDrive,
+    PartialNetworkInterface, RateLimiterConfig, SnapshotCreateParams,
 };
 use vmm_devices::virtio::balloon::Balloon;
+use vmm_devices::virtio::block::{Block, RawFile};
+use vmm_devices::virtio::net::Net;
 use vmm_devices::{I8042Wrapper, SerialDevice};
 use vmm_memory::GuestMemoryMmap;
 use vmm_vcpu::Vm;
@@ -240,6 +243,97 @@ impl Vmm {
         Err(Error::NoBalloon)
     }
 
+    /// The attached device `id` ("blk0", "net1"), locked, as a `T`.
+    fn with_device<T: 'static, R>(&self, id: &str, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let device = self.virtio.iter().find(|d| d.id == id)?;
+        let mut transport = crate::lock(&device.transport);
+        let typed = transport.device_mut().as_any_mut().downcast_mut::<T>()?;
+        Some(f(typed))
+    }
+
+    /// Changes a drive of the running VM (`PATCH /drives/{id}`): a new `path_on_host` is
+    /// opened (read-only if the drive is), becomes the disk's backend and its size the disk's
+    /// capacity, and the guest gets a config-change interrupt to re-read it; a `rate_limiter`
+    /// changes the buckets it names (a bucket with size or refill time 0 is removed, one left
+    /// out is unchanged). Nothing changes when the new file cannot be opened.
+    pub fn update_drive(&mut self, patch: &PartialDrive) -> Result<()> {
+        let unknown = || Error::UnknownDevice {
+            kind: "drive",
+            id: patch.drive_id.clone(),
+        };
+        let index = self
+            .config
+            .vm
+            .disk
+            .iter()
+            .enumerate()
+            .position(|(i, d)| d.id.clone().unwrap_or_else(|| format!("disk{i}")) == patch.drive_id)
+            .ok_or_else(unknown)?;
+        let read_only = self.config.vm.disk[index].read_only;
+        let backend = match &patch.path_on_host {
+            Some(path) => {
+                let path = std::path::PathBuf::from(path);
+                Some(
+                    RawFile::open(&path, read_only)
+                        .map_err(|source| Error::Disk { path, source })?,
+                )
+            }
+            None => None,
+        };
+        let (bandwidth, ops) = virtio_devices::bucket_updates(patch.rate_limiter.as_ref());
+        self.with_device(
+            &format!("blk{index}"),
+            |block: &mut Block<GuestMemoryMmap>| -> Result<()> {
+                block
+                    .update_rate_limiter(bandwidth, ops)
+                    .map_err(Error::RateLimiter)?;
+                if let Some(backend) = backend {
+                    block.swap_backend(backend).map_err(Error::DriveSwap)?;
+                }
+                Ok(())
+            },
+        )
+        .ok_or_else(unknown)??;
+        let disk = &mut self.config.vm.disk[index];
+        if let Some(path) = &patch.path_on_host {
+            disk.path = path.into();
+        }
+        merge_limiter(&mut disk.rate_limiter, patch.rate_limiter.as_ref());
+        Ok(())
+    }
+
+    /// Changes a network interface's rate limiters on the running VM
+    /// (`PATCH /network-interfaces/{id}`), with the same bucket semantics as
+    /// [`Vmm::update_drive`].
+    pub fn update_network_interface(&mut self, patch: &PartialNetworkInterface) -> Result<()> {
+        let unknown = || Error::UnknownDevice {
+            kind: "network interface",
+            id: patch.iface_id.clone(),
+        };
+        let config = &self.config;
+        let index = (0..config.vm.net.len())
+            .find(|&i| {
+                config
+                    .iface_ids
+                    .get(i)
+                    .unwrap_or(&config.vm.net[i].tap)
+                    .as_str()
+                    == patch.iface_id
+            })
+            .ok_or_else(unknown)?;
+        let rx = virtio_devices::bucket_updates(patch.rx_rate_limiter.as_ref());
+        let tx = virtio_devices::bucket_updates(patch.tx_rate_limiter.as_ref());
+        self.with_device(&format!("net{index}"), |net: &mut Net<GuestMemoryMmap>| {
+            net.update_rate_limiters(rx, tx)
+        })
+        .ok_or_else(unknown)?
+        .map_err(Error::RateLimiter)?;
+        let net = &mut self.config.vm.net[index];
+        merge_limiter(&mut net.rx_rate_limiter, patch.rx_rate_limiter.as_ref());
+        merge_limiter(&mut net.tx_rate_limiter, patch.tx_rate_limiter.as_ref());
+        Ok(())
+    }
+
     /// Waits for the VM to end: the guest's reset or shutdown, a fatal vCPU exit, a failed
     /// thread, or a termination signal. API requests that arrive meanwhile are answered by
     /// `on_request`.
@@ -287,6 +381,24 @@ impl Vmm {
             .filter_map(|vcpu| Some((vcpu.index(), vcpu.fd().get_regs().ok()?.rip)))
             .collect()
     }
+}
+
+/// Applies a PATCH body's limiter to the configured one: buckets left out stay, buckets with
+/// size or refill time 0 go, others replace what was there.
+fn merge_limiter(config: &mut Option<RateLimiterConfig>, patch: Option<&RateLimiterConfig>) {
+    let Some(patch) = patch else {
+        return;
+    };
+    let mut merged = config.unwrap_or_default();
+    for (slot, bucket) in [
+        (&mut merged.bandwidth, patch.bandwidth),
+        (&mut merged.ops, patch.ops),
+    ] {
+        if let Some(bucket) = bucket {
+            *slot = bucket.is_enabled().then_some(bucket);
+        }
+    }
+    *config = (merged != RateLimiterConfig::default()).then_some(merged);
 }
 
 impl Drop for Vmm {

@@ -173,6 +173,96 @@ fn a_snapshot_for_another_device_set_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn update_drive_swaps_the_image_and_the_limits_and_the_snapshot_follows() {
+    let dir = scratch("update-drive");
+    // Zero-length placeholders (as Kata configures them) are valid, empty drives.
+    let empty = dir.join("drive_0");
+    std::fs::write(&empty, b"").unwrap();
+    let empty1 = dir.join("drive_1");
+    std::fs::write(&empty1, b"").unwrap();
+    let image = dir.join("data.img");
+    std::fs::write(&image, vec![0u8; 16 * 512]).unwrap();
+    let mut config = config(&dir, "console=ttyS0");
+    config.disk = vec![
+        format!("path={},id=drive_0", empty.display())
+            .parse()
+            .unwrap(),
+        format!("path={},id=drive_1,read_only=on", empty1.display())
+            .parse()
+            .unwrap(),
+    ];
+    let limiter: vmm_api::RateLimiterConfig =
+        serde_json::from_str(r#"{"bandwidth": {"size": 1048576, "refill_time": 100}}"#).unwrap();
+    config.rng_rate_limiter = Some(limiter);
+    let built = BuiltVm::build(&config).unwrap();
+    let mut vmm = Vmm::start(built, StartMode::Paused).unwrap();
+
+    let patch: vmm_api::PartialDrive = serde_json::from_str(&format!(
+        r#"{{"drive_id": "drive_0", "path_on_host": "{}",
+            "rate_limiter": {{"ops": {{"size": 100, "refill_time": 1000}}}}}}"#,
+        image.display()
+    ))
+    .unwrap();
+    vmm.update_drive(&patch).unwrap();
+    let disk = &vmm.config().vm.disk[0];
+    assert_eq!(disk.path, image);
+    assert_eq!(
+        disk.rate_limiter.and_then(|l| l.ops).map(|b| b.size),
+        Some(100)
+    );
+    let shown = serde_json::to_value(vmm.config().to_firecracker()).unwrap();
+    assert_eq!(
+        shown["drives"][0]["path_on_host"],
+        image.to_string_lossy().as_ref()
+    );
+    // A bucket of size 0 removes it; a bucket left out stays.
+    let patch: vmm_api::PartialDrive = serde_json::from_str(
+        r#"{"drive_id": "drive_0", "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}"#,
+    )
+    .unwrap();
+    vmm.update_drive(&patch).unwrap();
+    assert_eq!(vmm.config().vm.disk[0].rate_limiter, None);
+
+    // Unknown drives and missing files are refused, and change nothing.
+    let unknown: vmm_api::PartialDrive =
+        serde_json::from_str(r#"{"drive_id": "nope", "path_on_host": "/x"}"#).unwrap();
+    assert!(matches!(
+        vmm.update_drive(&unknown),
+        Err(Error::UnknownDevice { .. })
+    ));
+    let missing: vmm_api::PartialDrive = serde_json::from_str(&format!(
+        r#"{{"drive_id": "drive_1", "path_on_host": "{}"}}"#,
+        dir.join("missing.img").display()
+    ))
+    .unwrap();
+    assert!(matches!(
+        vmm.update_drive(&missing),
+        Err(Error::Disk { .. })
+    ));
+    assert_eq!(vmm.config().vm.disk[1].path, empty1);
+    let iface: vmm_api::PartialNetworkInterface =
+        serde_json::from_str(r#"{"iface_id": "eth9"}"#).unwrap();
+    assert!(matches!(
+        vmm.update_network_interface(&iface),
+        Err(Error::UnknownDevice { .. })
+    ));
+
+    // The snapshot holds the new image, so the restore finds the capacity the guest saw.
+    vmm.snapshot(&full_snapshot(&dir)).unwrap();
+    vmm.shutdown();
+    let source = RestoreSource {
+        state: dir.join("vm.state"),
+        mem: dir.join("vm.mem"),
+        ..RestoreSource::default()
+    };
+    let restored = BuiltVm::restore(&source).unwrap();
+    let vmm = Vmm::start(restored, StartMode::Paused).unwrap();
+    assert_eq!(vmm.config().vm.disk[0].path, image);
+    vmm.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `PUT /snapshot/load`'s overrides: the restored VM's vsock listens on the new socket, and an
 /// override naming an interface the snapshot lacks is refused with its name.
 #[test]

@@ -29,7 +29,7 @@ pub mod vsock;
 pub use net::tap;
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -37,6 +37,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryBackend;
+use vmm_rate_limiter::{RateLimiter, TokenType};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::EventFdTrigger;
@@ -527,15 +528,52 @@ where
     M: GuestMemoryBackend,
     F: FnMut(DescriptorChain<&M>) -> Result<u32, VirtioError>,
 {
+    drain_queue_limited(queue, mem, interrupt, |chain| {
+        handle(chain).map(Served::Used)
+    })
+    .map(|_| ())
+}
+
+/// What a [`drain_queue_limited`] handler did with one chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// Served: the chain goes to the used ring with this length (bytes written into it).
+    Used(u32),
+    /// Not served now (a rate limiter is blocked): the chain goes back to the available ring,
+    /// where it is the next one popped, and the queue is left alone until the device retries.
+    Throttled,
+}
+
+/// [`drain_queue`] for a device that may have to stop: when `handle` answers
+/// [`Served::Throttled`], the chain is put back (`go_to_previous_position`, so no request is
+/// lost or reordered), the loop stops and `Ok(true)` is returned; the device retries when its
+/// rate limiter's timer fires. Chains used before that still raise the interrupt.
+pub fn drain_queue_limited<M, F>(
+    queue: &mut Queue,
+    mem: &M,
+    interrupt: &VirtioInterrupt,
+    mut handle: F,
+) -> Result<bool, VirtioError>
+where
+    M: GuestMemoryBackend,
+    F: FnMut(DescriptorChain<&M>) -> Result<Served, VirtioError>,
+{
     let mut used_any = false;
     let mut idle_passes = 0;
-    loop {
+    let mut throttled = false;
+    'outer: loop {
         queue.disable_notification(mem)?;
         let mut handled_any = false;
         while let Some(chain) = pop_valid_chain(queue, mem)? {
             let head = chain.head_index();
-            let len = handle(chain)?;
-            queue.add_used(mem, head, len)?;
+            match handle(chain)? {
+                Served::Used(len) => queue.add_used(mem, head, len)?,
+                Served::Throttled => {
+                    queue.go_to_previous_position();
+                    throttled = true;
+                    break 'outer;
+                }
+            }
             used_any = true;
             handled_any = true;
         }
@@ -550,7 +588,31 @@ where
     if used_any {
         notify_used(queue, mem, interrupt)?;
     }
-    Ok(())
+    Ok(throttled)
+}
+
+/// Takes one operation and `bytes` bytes from `limiter` for one request: `false` (nothing
+/// taken, the limiter blocked until its timer fires) when either is not there. An operation
+/// refused its bytes is given back.
+pub fn consume_request(limiter: &mut RateLimiter, bytes: u64) -> bool {
+    if !limiter.consume(1, TokenType::Ops) {
+        return false;
+    }
+    if !limiter.consume(bytes, TokenType::Bytes) {
+        limiter.manual_replenish(1, TokenType::Ops);
+        return false;
+    }
+    true
+}
+
+/// The rate limiter's descriptor as a [`BackendFd`] with `token`: readable when a blocked
+/// period ends (call [`RateLimiter::event_handler`], then retry the queue).
+pub fn limiter_fd(limiter: &RateLimiter, token: u32) -> BackendFd {
+    BackendFd {
+        fd: limiter.as_raw_fd(),
+        events: EventSet::IN,
+        token,
+    }
 }
 
 /// After a device used buffers of `queue`: raises the interrupt unless the driver suppressed it

@@ -5,6 +5,10 @@
 //! pool is initialised (long before a VMM runs) it never blocks and never runs dry, so a guest
 //! cannot starve the host or other guests of entropy by asking for a lot of it.
 //!
+//! Rate limiting ([`Rng::set_rate_limiter`]): each request costs one operation and the bytes
+//! it asks for (its writable length, at most [`MAX_BYTES_PER_CHAIN`]); a refused request stays
+//! at the head of the queue until the limiter's timerfd fires.
+//!
 //! Hostile drivers: only device-writable descriptors are filled, at most
 //! [`MAX_BYTES_PER_CHAIN`] bytes per chain; readable descriptors are skipped; a descriptor
 //! outside guest memory ends its chain, which is returned with the bytes written before it.
@@ -16,10 +20,16 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestMemoryBackend};
 
+use vmm_rate_limiter::{BucketUpdate, RateLimiter};
+use vmm_sys_util::epoll::EventSet;
+
 use super::{
-    device_type, drain_queue, features, ActiveQueues, Persist, VirtioDevice, VirtioDeviceState,
-    VirtioError, VirtioInterrupt,
+    consume_request, device_type, drain_queue_limited, features, limiter_fd, ActiveQueues,
+    BackendFd, Persist, Served, VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
 };
+
+/// The token of the rate limiter's descriptor in [`VirtioDevice::backend_fds`].
+pub const RATE_LIMITER_TOKEN: u32 = 1;
 
 /// Size of the request queue offered to the driver.
 pub const QUEUE_SIZE: u16 = 256;
@@ -52,6 +62,10 @@ pub struct Rng<M> {
     /// guest mappings and needs no unsafe pointer arithmetic on them.
     scratch: Vec<u8>,
     bytes_served: u64,
+    /// Requests pass it first; unlimited by default.
+    rate_limiter: RateLimiter,
+    /// Times the queue stopped because the rate limiter was blocked.
+    throttled: u64,
 }
 
 impl<M> fmt::Debug for Rng<M> {
@@ -76,7 +90,34 @@ impl<M: GuestMemoryBackend> Rng<M> {
             active: None,
             scratch: vec![0; MAX_BYTES_PER_CHAIN],
             bytes_served: 0,
+            rate_limiter: RateLimiter::default(),
+            throttled: 0,
         }
+    }
+
+    /// Replaces the rate limiter. Call it before the event loop polls the device's
+    /// [`VirtioDevice::backend_fds`]; later, use [`Rng::update_rate_limiter`].
+    pub fn set_rate_limiter(&mut self, limiter: RateLimiter) {
+        self.rate_limiter = limiter;
+    }
+
+    /// The rate limiter.
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.rate_limiter
+    }
+
+    /// Changes the rate limiter's buckets at run time (see [`RateLimiter::update_buckets`]).
+    pub fn update_rate_limiter(
+        &mut self,
+        bandwidth: BucketUpdate,
+        ops: BucketUpdate,
+    ) -> Result<(), vmm_rate_limiter::Error> {
+        self.rate_limiter.update_buckets(bandwidth, ops)
+    }
+
+    /// How many times the queue stopped because the rate limiter was blocked.
+    pub fn throttled_count(&self) -> u64 {
+        self.throttled
     }
 
     /// Random bytes handed to the guest since the device was created.
@@ -92,11 +133,24 @@ impl<M: GuestMemoryBackend> Rng<M> {
         let mem = &active.mem;
         let scratch = &mut self.scratch;
         let bytes_served = &mut self.bytes_served;
-        drain_queue(&mut active.queue, mem, &active.interrupt, |chain| {
+        let limiter = &mut self.rate_limiter;
+        let throttled = drain_queue_limited(&mut active.queue, mem, &active.interrupt, |chain| {
+            let asked: u64 = chain
+                .clone()
+                .writable()
+                .map(|desc| u64::from(desc.len()))
+                .sum();
+            if !consume_request(limiter, asked.min(MAX_BYTES_PER_CHAIN as u64)) {
+                return Ok(Served::Throttled);
+            }
             let written = fill_chain(mem, chain, scratch)?;
             *bytes_served = bytes_served.saturating_add(u64::from(written));
-            Ok(written)
-        })
+            Ok(Served::Used(written))
+        })?;
+        if throttled {
+            self.throttled += 1;
+        }
+        Ok(())
     }
 }
 
@@ -207,6 +261,17 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Rng<M> {
             return Ok(());
         }
         self.process_requests()
+    }
+
+    fn backend_fds(&self) -> Vec<BackendFd> {
+        vec![limiter_fd(&self.rate_limiter, RATE_LIMITER_TOKEN)]
+    }
+
+    fn process_backend(&mut self, token: u32, _events: EventSet) -> Result<(), VirtioError> {
+        if token == RATE_LIMITER_TOKEN && self.rate_limiter.event_handler().is_ok() {
+            return self.process_requests();
+        }
+        Ok(())
     }
 
     fn save_state(&self) -> VirtioDeviceState {
@@ -492,5 +557,43 @@ mod tests {
         .unwrap();
         let err = other.restore_state(&wrong).unwrap_err();
         assert!(err.to_string().contains("virtio-balloon"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_limit_serves_the_requests_that_fit_then_the_rest_after_the_timer() {
+        use crate::rate_limiter::{BucketParams, BucketUpdate, RateLimiter};
+        let mut h = harness(features::VERSION_1);
+        // 1000 bytes per hour: requests of 600 and 400 bytes fit, the next 100 do not.
+        let limiter = RateLimiter::new(Some(BucketParams::new(1000, 0, 3_600_000)), None).unwrap();
+        h.rng.set_rate_limiter(limiter);
+        let fd = h.rng.backend_fds()[0].fd;
+        let heads: Vec<u16> = [(0u64, 600u32), (1, 400), (2, 100), (3, 100)]
+            .iter()
+            .map(|&(i, len)| h.tq.add_chain(&h.mem, &[(BUF + 0x1000 * i, len, true)]))
+            .collect();
+        h.rng.process_queue(0).unwrap();
+        assert_eq!(h.tq.used_idx(&h.mem), 2);
+        assert_eq!(h.rng.bytes_served(), 1000);
+        assert!(!nonzero(&read(&h.mem, BUF + 0x2000, 100)), "not served");
+        assert_eq!(h.rng.throttled_count(), 1);
+
+        h.rng
+            .update_rate_limiter(BucketUpdate::Disabled, BucketUpdate::None)
+            .unwrap();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one valid, exclusively borrowed pollfd; 60 s is an upper bound only.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 60_000) }, 1);
+        h.rng
+            .process_backend(RATE_LIMITER_TOKEN, EventSet::IN)
+            .unwrap();
+        assert_eq!(h.tq.used_idx(&h.mem), 4);
+        for (i, head) in heads.iter().enumerate() {
+            assert_eq!(h.tq.used_elem(&h.mem, i as u16).0, u32::from(*head));
+        }
+        assert_eq!(h.rng.bytes_served(), 1200);
     }
 }

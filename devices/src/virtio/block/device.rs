@@ -7,16 +7,24 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryBackend;
+use vmm_rate_limiter::{BucketUpdate, RateLimiter};
+use vmm_sys_util::epoll::EventSet;
 
 use super::io::{BlockBackend, DiskId, GuestRange};
 use super::persist::BlockState;
 use super::raw::RawFile;
 use super::request::{process_chain, MAX_CHAIN_DESCRIPTORS};
-use super::{configured_id, BlockConfig, BlockError, DiskInfo, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
-use crate::virtio::{
-    device_type, drain_queue, features, read_config_bytes, ActiveQueues, Persist, VirtioDevice,
-    VirtioDeviceState, VirtioError, VirtioInterrupt,
+use super::{
+    configured_id, BlockConfig, BlockError, CacheType, DiskInfo, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX,
 };
+use crate::virtio::{
+    device_type, drain_queue_limited, features, limiter_fd, read_config_bytes, ActiveQueues,
+    BackendFd, Persist, VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
+};
+
+/// The token of the rate limiter's descriptor in
+/// [`VirtioDevice::backend_fds`](crate::virtio::VirtioDevice::backend_fds).
+pub const RATE_LIMITER_TOKEN: u32 = 1;
 
 /// Size of the config space (the whole `struct virtio_blk_config`).
 const CONFIG_LEN: usize = std::mem::size_of::<virtio_blk_config>();
@@ -42,6 +50,10 @@ pub struct Block<M: GuestMemoryBackend, B: BlockBackend<M> = RawFile> {
     active: Option<Active<M>>,
     /// Descriptors of the chain being handled; reused so a request allocates nothing.
     scratch: Vec<GuestRange>,
+    /// Requests pass it first; unlimited by default.
+    rate_limiter: RateLimiter,
+    /// Times the queue stopped because the rate limiter was blocked.
+    throttled: u64,
 }
 
 impl<M: GuestMemoryBackend, B: BlockBackend<M>> fmt::Debug for Block<M, B> {
@@ -51,6 +63,7 @@ impl<M: GuestMemoryBackend, B: BlockBackend<M>> fmt::Debug for Block<M, B> {
             .field("read_only", &self.disk.read_only)
             .field("id", &self.disk.id_string())
             .field("activated", &self.active.is_some())
+            .field("throttled", &self.throttled)
             .finish_non_exhaustive()
     }
 }
@@ -75,23 +88,17 @@ impl<M: GuestMemoryBackend, B: BlockBackend<M>> Block<M, B> {
     }
 
     fn build(backend: B, id: Option<DiskId>) -> Result<Block<M, B>, BlockError> {
-        let bytes = backend.size();
-        let capacity_sectors = bytes / SECTOR_SIZE;
-        if capacity_sectors == 0 {
-            return Err(BlockError::BackendTooSmall { bytes });
-        }
+        // A backend shorter than a sector is an empty disk: every read and write fails.
+        let capacity_sectors = backend.size() / SECTOR_SIZE;
         let disk = DiskInfo {
             capacity_sectors,
             read_only: backend.read_only(),
             id: id.unwrap_or_else(|| backend.id()),
+            writeback: true,
         };
 
         let mut config_space = [0u8; CONFIG_LEN];
-        write_le(
-            &mut config_space,
-            std::mem::offset_of!(virtio_blk_config, capacity),
-            &capacity_sectors.to_le_bytes(),
-        );
+        write_capacity(&mut config_space, capacity_sectors);
         // size_max stays 0: VIRTIO_BLK_F_SIZE_MAX is not offered, segments may be any size.
         write_le(
             &mut config_space,
@@ -105,7 +112,66 @@ impl<M: GuestMemoryBackend, B: BlockBackend<M>> Block<M, B> {
             config_space,
             active: None,
             scratch: Vec::with_capacity(MAX_CHAIN_DESCRIPTORS),
+            rate_limiter: RateLimiter::unlimited().map_err(BlockError::RateLimiter)?,
+            throttled: 0,
         })
+    }
+
+    /// Sets how the guest's flushes are treated (before the driver negotiates features: the
+    /// choice decides whether VIRTIO_BLK_F_FLUSH is offered). The default is
+    /// [`CacheType::Writeback`].
+    pub fn set_cache_type(&mut self, cache_type: CacheType) {
+        self.disk.writeback = cache_type == CacheType::Writeback;
+    }
+
+    /// The cache type ([`Block::set_cache_type`]).
+    pub fn cache_type(&self) -> CacheType {
+        if self.disk.writeback {
+            CacheType::Writeback
+        } else {
+            CacheType::Unsafe
+        }
+    }
+
+    /// Replaces the rate limiter. Call it before the event loop polls the device's
+    /// [`VirtioDevice::backend_fds`] (they include the limiter's descriptor); later, change
+    /// the buckets with [`Block::update_rate_limiter`] instead.
+    pub fn set_rate_limiter(&mut self, limiter: RateLimiter) {
+        self.rate_limiter = limiter;
+    }
+
+    /// The rate limiter.
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.rate_limiter
+    }
+
+    /// Changes the rate limiter's buckets at run time (Firecracker's PATCH semantics, see
+    /// [`RateLimiter::update_buckets`]); its descriptor stays the same.
+    pub fn update_rate_limiter(
+        &mut self,
+        bandwidth: BucketUpdate,
+        ops: BucketUpdate,
+    ) -> Result<(), vmm_rate_limiter::Error> {
+        self.rate_limiter.update_buckets(bandwidth, ops)
+    }
+
+    /// How many times the queue stopped because the rate limiter was blocked.
+    pub fn throttled_count(&self) -> u64 {
+        self.throttled
+    }
+
+    /// Serves the disk from `backend` from now on (a drive's `path_on_host` changed): the
+    /// capacity becomes the new backend's size (an empty one is fine), the read-only setting
+    /// and the GET_ID serial the guest already saw stay, and an active driver gets a
+    /// config-change interrupt so that it re-reads the capacity. Returns the old backend.
+    pub fn swap_backend(&mut self, backend: B) -> Result<B, VirtioError> {
+        let old = std::mem::replace(&mut self.backend, backend);
+        self.disk.capacity_sectors = self.backend.size() / SECTOR_SIZE;
+        write_capacity(&mut self.config_space, self.disk.capacity_sectors);
+        if let Some(active) = &self.active {
+            active.interrupt.signal_config_change()?;
+        }
+        Ok(old)
     }
 
     /// The disk's size in 512-byte sectors (the backend's size rounded down).
@@ -124,6 +190,15 @@ impl<M: GuestMemoryBackend, B: BlockBackend<M>> Block<M, B> {
     }
 }
 
+/// Writes the capacity (in sectors) into the config space.
+fn write_capacity(space: &mut [u8; CONFIG_LEN], capacity_sectors: u64) {
+    write_le(
+        space,
+        std::mem::offset_of!(virtio_blk_config, capacity),
+        &capacity_sectors.to_le_bytes(),
+    );
+}
+
 /// Writes `bytes` at `offset` of the config space (offsets are from `virtio_blk_config`).
 fn write_le(space: &mut [u8; CONFIG_LEN], offset: usize, bytes: &[u8]) {
     if let Some(dst) = space.get_mut(offset..offset + bytes.len()) {
@@ -131,15 +206,16 @@ fn write_le(space: &mut [u8; CONFIG_LEN], offset: usize, bytes: &[u8]) {
     }
 }
 
-/// Serves every request available on the queue. Not generic over the backend (only over the
-/// memory type): the request
-/// path is compiled once, here, whatever backend a user plugs in.
+/// Serves every request available on the queue, up to the first one the rate limiter refuses;
+/// `Ok(true)` when it stopped there. Not generic over the backend (only over the memory type):
+/// the request path is compiled once, here, whatever backend a user plugs in.
 fn serve_queue<M: GuestMemoryBackend>(
     active: &mut Active<M>,
     disk: &DiskInfo,
     backend: &mut dyn BlockBackend<M>,
     scratch: &mut Vec<GuestRange>,
-) -> Result<(), VirtioError> {
+    limiter: &mut RateLimiter,
+) -> Result<bool, VirtioError> {
     let Active {
         mem,
         queue,
@@ -147,8 +223,8 @@ fn serve_queue<M: GuestMemoryBackend>(
     } = active;
     // A broken available index is fatal (the transport sets DEVICE_NEEDS_RESET); heads past
     // the table are dropped.
-    drain_queue(queue, mem, interrupt, |chain| {
-        Ok(process_chain(disk, backend, mem, chain, scratch))
+    drain_queue_limited(queue, mem, interrupt, |chain| {
+        Ok(process_chain(disk, backend, mem, chain, scratch, limiter))
     })
 }
 
@@ -166,10 +242,10 @@ where
     }
 
     fn device_features(&self) -> u64 {
-        let mut f = features::VERSION_1
-            | features::RING_EVENT_IDX
-            | (1 << VIRTIO_BLK_F_FLUSH)
-            | (1 << VIRTIO_BLK_F_SEG_MAX);
+        let mut f = features::VERSION_1 | features::RING_EVENT_IDX | (1 << VIRTIO_BLK_F_SEG_MAX);
+        if self.disk.writeback {
+            f |= 1 << VIRTIO_BLK_F_FLUSH;
+        }
         if self.disk.read_only {
             f |= 1 << VIRTIO_BLK_F_RO;
         }
@@ -205,7 +281,30 @@ where
         if index != 0 {
             return Ok(());
         }
-        serve_queue(active, &self.disk, &mut self.backend, &mut self.scratch)
+        let throttled = serve_queue(
+            active,
+            &self.disk,
+            &mut self.backend,
+            &mut self.scratch,
+            &mut self.rate_limiter,
+        )?;
+        if throttled {
+            self.throttled += 1;
+        }
+        Ok(())
+    }
+
+    fn backend_fds(&self) -> Vec<BackendFd> {
+        vec![limiter_fd(&self.rate_limiter, RATE_LIMITER_TOKEN)]
+    }
+
+    fn process_backend(&mut self, token: u32, _events: EventSet) -> Result<(), VirtioError> {
+        // A spurious wake-up (the limiter is not blocked, or its timer has not expired) changes
+        // nothing; otherwise the blocked period is over and the queue is served again.
+        if token == RATE_LIMITER_TOKEN && self.rate_limiter.event_handler().is_ok() {
+            return self.process_queue(0);
+        }
+        Ok(())
     }
 
     fn save_state(&self) -> VirtioDeviceState {

@@ -52,7 +52,7 @@ use std::path::PathBuf;
 
 use virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES;
 
-pub use device::Block;
+pub use device::{Block, RATE_LIMITER_TOKEN};
 pub use io::{BlockBackend, BlockIoError, DiskId, GuestBuffers, GuestRange, GuestSlice};
 pub use persist::BlockState;
 pub use raw::RawFile;
@@ -107,7 +107,8 @@ pub enum BlockError {
         /// The image.
         path: PathBuf,
     },
-    /// The image holds less than one whole sector.
+    /// The image holds less than one whole sector. Not returned any more: such an image is an
+    /// empty disk (capacity 0); kept so that matches on it still compile.
     #[error("disk image {} is {bytes} bytes long, less than one 512-byte sector", path.display())]
     TooSmall {
         /// The image.
@@ -115,13 +116,16 @@ pub enum BlockError {
         /// Its size.
         bytes: u64,
     },
-    /// A backend (other than a raw image, which says [`BlockError::TooSmall`]) holds less than
-    /// one whole sector.
+    /// A backend holds less than one whole sector. Not returned any more: such a backend is an
+    /// empty disk (capacity 0); kept so that matches on it still compile.
     #[error("disk backend is {bytes} bytes long, less than one 512-byte sector")]
     BackendTooSmall {
         /// Its size.
         bytes: u64,
     },
+    /// The rate limiter's timerfd could not be created.
+    #[error("cannot create the disk's rate limiter")]
+    RateLimiter(#[source] vmm_rate_limiter::Error),
     /// The configured ID does not fit the 20 bytes of GET_ID.
     #[error("disk id {id:?} is {len} bytes long, more than the 20 bytes virtio-blk allows")]
     IdTooLong {
@@ -139,6 +143,22 @@ struct DiskInfo {
     capacity_sectors: u64,
     read_only: bool,
     id: DiskId,
+    /// [`CacheType::Writeback`]: flushes reach the backend (and VIRTIO_BLK_F_FLUSH is
+    /// offered).
+    writeback: bool,
+}
+
+/// How the device treats the guest's cache flushes (Firecracker's drive `cache_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheType {
+    /// VIRTIO_BLK_F_FLUSH is not offered and a FLUSH request is acknowledged without syncing
+    /// the backend: writes are durable only when the host's page cache writes them back
+    /// (Firecracker's default; fine for disposable disks).
+    Unsafe,
+    /// VIRTIO_BLK_F_FLUSH is offered and a FLUSH request syncs the backend (`fdatasync` for a
+    /// raw image): what the guest flushed survives a host crash. The device's default.
+    #[default]
+    Writeback,
 }
 
 impl DiskInfo {

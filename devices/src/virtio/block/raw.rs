@@ -11,7 +11,7 @@ use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{GuestMemoryBackend, VolatileSlice};
 
 use super::io::{BlockBackend, BlockIoError, DiskId, GuestBuffers};
-use super::{BlockError, ID_BYTES, SECTOR_SIZE};
+use super::{BlockError, ID_BYTES};
 
 /// iovecs handed to one `preadv`/`pwritev` call (kept on the stack).
 const IOV_BATCH: usize = 16;
@@ -33,7 +33,7 @@ pub struct RawFile {
 
 impl RawFile {
     /// Opens the image at `path`, read-write or read-only. It must exist (it is never created,
-    /// truncated or grown), be a regular file or a block device, and hold at least one sector.
+    /// truncated or grown) and be a regular file or a block device; it may be empty.
     pub fn open(path: &Path, read_only: bool) -> Result<RawFile, BlockError> {
         let mut file = OpenOptions::new()
             .read(true)
@@ -56,13 +56,9 @@ impl RawFile {
         }
         // st_size is 0 for block devices; seeking to the end works for both kinds. Positional
         // I/O never uses the file offset, so leaving it there is harmless.
+        // Any size is fine: an image shorter than a sector is an empty disk (capacity 0), as
+        // the zero-length placeholder drives some orchestrators configure are.
         let size = file.seek(SeekFrom::End(0)).map_err(inspect)?;
-        if size < SECTOR_SIZE {
-            return Err(BlockError::TooSmall {
-                path: path.to_path_buf(),
-                bytes: size,
-            });
-        }
         Ok(RawFile {
             file,
             path: path.to_path_buf(),

@@ -8,8 +8,11 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use vmm_rate_limiter::RateLimiter;
+
 use super::io::{BlockBackend, GuestBuffers, GuestRange};
 use super::{DiskInfo, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
+use crate::virtio::{consume_request, Served};
 
 /// Length of the request header: type (u32), reserved (u32), sector (u64).
 pub(super) const HEADER_LEN: usize = 16;
@@ -133,6 +136,16 @@ impl<'a, M: GuestMemoryBackend> Request<'a, M> {
         })
     }
 
+    /// The data bytes the request moves (what a rate limiter's bandwidth bucket is charged):
+    /// the data of a read or a write, 0 for the other types.
+    fn data_bytes(&self) -> u64 {
+        match self.request_type {
+            VIRTIO_BLK_T_IN => self.writable.len(),
+            VIRTIO_BLK_T_OUT => self.readable.len(),
+            _ => 0,
+        }
+    }
+
     /// Runs the request on `backend`.
     fn execute(&self, disk: &DiskInfo, backend: &mut dyn BlockBackend<M>) -> Completion {
         match self.request_type {
@@ -176,8 +189,9 @@ impl<'a, M: GuestMemoryBackend> Request<'a, M> {
                 }
             }
             VIRTIO_BLK_T_FLUSH => {
-                // Nothing of ours to make durable on a read-only disk.
-                if disk.read_only {
+                // Nothing of ours to make durable on a read-only disk; with the `Unsafe` cache
+                // type flushes are acknowledged without syncing (Firecracker's default).
+                if disk.read_only || !disk.writeback {
                     return ok(0);
                 }
                 match backend.flush() {
@@ -206,28 +220,37 @@ impl<'a, M: GuestMemoryBackend> Request<'a, M> {
 }
 
 /// Handles one chain on `backend` and returns the used length to report (bytes written into
-/// the chain). `scratch` holds the chain's descriptors; reusing it, a request allocates nothing.
+/// the chain), or [`Served::Throttled`] when `limiter` refuses the request (one operation and
+/// its data bytes): then nothing was done and the chain is to be retried later. Malformed
+/// chains are answered without being charged. `scratch` holds the chain's descriptors; reusing
+/// it, a request allocates nothing.
 pub(super) fn process_chain<M: GuestMemoryBackend>(
     disk: &DiskInfo,
     backend: &mut dyn BlockBackend<M>,
     mem: &M,
     chain: DescriptorChain<&M>,
     scratch: &mut Vec<GuestRange>,
-) -> u32 {
+    limiter: &mut RateLimiter,
+) -> Served {
     let layout = ChainLayout::read(chain, scratch);
     // The status is the chain's last byte; without a writable one in guest memory there is
     // nowhere to answer, so the chain goes back untouched.
     let Some(status_addr) = layout.status_addr(mem) else {
-        return 0;
+        return Served::Used(0);
     };
     let done = match Request::parse(&layout, mem) {
-        Some(request) => request.execute(disk, backend),
+        Some(request) => {
+            if !consume_request(limiter, request.data_bytes()) {
+                return Served::Throttled;
+            }
+            request.execute(disk, backend)
+        }
         None => IOERR,
     };
     // The status byte is in guest memory (checked above); a failure here cannot happen, but if
     // it did, claiming nothing was written is the honest answer.
-    match mem.write_obj(done.status as u8, status_addr) {
+    Served::Used(match mem.write_obj(done.status as u8, status_addr) {
         Ok(()) => done.written.saturating_add(1),
         Err(_) => 0,
-    }
+    })
 }

@@ -737,9 +737,14 @@ fn open_errors_name_the_problem() {
         BlockError::Open { .. } | BlockError::NotFileOrBlockDevice { .. }
     ));
 
+    // Shorter than a sector: an empty disk, not an error.
     let image = TempImage::new(&[0u8; 511]);
-    let e = Block::new(cfg(image.path(), None)).unwrap_err();
-    assert!(matches!(e, BlockError::TooSmall { bytes: 511, .. }), "{e}");
+    assert_eq!(
+        Block::new(cfg(image.path(), None))
+            .unwrap()
+            .capacity_sectors(),
+        0
+    );
 
     let image = TempImage::new(&[0u8; 512]);
     let long = "x".repeat(21);
@@ -1133,12 +1138,246 @@ fn read_only_backends_see_no_writes_or_flushes() {
 }
 
 #[test]
-fn backend_smaller_than_a_sector_or_bad_id_is_refused() {
-    let e = Block::with_backend(MemDisk::new(vec![0; 511]), None).unwrap_err();
-    assert!(
-        matches!(e, BlockError::BackendTooSmall { bytes: 511 }),
-        "{e}"
-    );
+fn backend_smaller_than_a_sector_is_empty_and_a_bad_id_is_refused() {
+    let block = Block::with_backend(MemDisk::new(vec![0; 511]), None).unwrap();
+    assert_eq!(block.capacity_sectors(), 0);
     let e = Block::with_backend(MemDisk::new(vec![0; 512]), Some(&"z".repeat(21))).unwrap_err();
     assert!(matches!(e, BlockError::IdTooLong { len: 21, .. }), "{e}");
+}
+
+/// Waits (an upper bound only, never a timing assertion) until `fd` is readable.
+fn wait_readable(fd: std::os::fd::RawFd) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one valid, exclusively borrowed pollfd for at most 60 seconds.
+    let n = unsafe { libc::poll(&mut pfd, 1, 60_000) };
+    assert_eq!(n, 1, "the rate limiter's timer did not fire within 60 s");
+}
+
+/// A bucket that never refills within a test.
+const HOUR_MS: u64 = 3_600_000;
+
+fn limiter(
+    bandwidth: Option<(u64, u64)>,
+    ops: Option<(u64, u64)>,
+) -> crate::rate_limiter::RateLimiter {
+    use crate::rate_limiter::{BucketParams, RateLimiter};
+    let params = |(size, refill)| BucketParams::new(size, 0, refill);
+    RateLimiter::new(bandwidth.map(params), ops.map(params)).unwrap()
+}
+
+/// The limiter's descriptor, through the device's backend fds.
+fn limiter_fd_of<B: BlockBackend<GuestMemoryMmap> + 'static>(
+    block: &Block<B>,
+) -> std::os::fd::RawFd {
+    let fds = block.backend_fds();
+    let fd = fds.iter().find(|b| b.token == RATE_LIMITER_TOKEN).unwrap();
+    assert_eq!(fd.fd, std::os::fd::AsRawFd::as_raw_fd(block.rate_limiter()));
+    fd.fd
+}
+
+#[test]
+fn a_throttled_queue_serves_nothing_until_the_timer_fires_and_keeps_the_order() {
+    use crate::rate_limiter::BucketUpdate;
+    let disk = pattern(8 * 512);
+    let mut r = rig(&disk);
+    // One operation, never refilled within the test.
+    r.block.set_rate_limiter(limiter(None, Some((1, HOUR_MS))));
+    let fd = limiter_fd_of(&r.block);
+    let heads: Vec<u16> = (0..4)
+        .map(|slot| {
+            r.request_in(
+                slot,
+                VIRTIO_BLK_T_IN,
+                slot,
+                &[(DATA + 0x1000 * slot, 512, true)],
+            )
+        })
+        .collect();
+    r.run();
+    assert_eq!(r.tq.used_idx(&r.mem), 1, "only the first request passes");
+    assert_eq!(r.status_of(0), S_OK);
+    assert!(r.block.rate_limiter().is_blocked());
+    assert_eq!(r.block.throttled_count(), 1);
+    // Blocked: neither a notify nor a spurious limiter event serves anything.
+    r.run();
+    r.block
+        .process_backend(RATE_LIMITER_TOKEN, vmm_sys_util::epoll::EventSet::IN)
+        .unwrap();
+    assert_eq!(r.tq.used_idx(&r.mem), 1);
+    assert_eq!(r.status_of(1), 0xee, "untouched while throttled");
+
+    // A PATCH that lifts the limit re-arms the timer; when it fires, the rest is served.
+    r.block
+        .update_rate_limiter(BucketUpdate::None, BucketUpdate::Disabled)
+        .unwrap();
+    wait_readable(fd);
+    r.block
+        .process_backend(RATE_LIMITER_TOKEN, vmm_sys_util::epoll::EventSet::IN)
+        .unwrap();
+    assert_eq!(r.tq.used_idx(&r.mem), 4);
+    for (i, head) in heads.iter().enumerate() {
+        assert_eq!(
+            r.tq.used_elem(&r.mem, i as u16).0,
+            u32::from(*head),
+            "in order"
+        );
+        assert_eq!(r.status_of(i as u64), S_OK);
+        let slot = i as u64;
+        assert_eq!(
+            r.read_guest(DATA + 0x1000 * slot, 512),
+            disk[i * 512..(i + 1) * 512]
+        );
+    }
+    assert!(!r.block.rate_limiter().is_blocked());
+}
+
+#[test]
+fn a_refilling_limiter_eventually_serves_everything_in_order() {
+    let disk = pattern(8 * 512);
+    let mut r = rig(&disk);
+    // 512 bytes per 10 ms: every read after the first waits for the refill.
+    r.block.set_rate_limiter(limiter(Some((512, 10)), None));
+    let fd = limiter_fd_of(&r.block);
+    let heads: Vec<u16> = (0..6)
+        .map(|slot| {
+            r.request_in(
+                slot,
+                VIRTIO_BLK_T_IN,
+                slot,
+                &[(DATA + 0x1000 * slot, 512, true)],
+            )
+        })
+        .collect();
+    r.run();
+    let mut wakeups = 0;
+    while r.tq.used_idx(&r.mem) < 6 {
+        assert!(
+            r.block.rate_limiter().is_blocked(),
+            "stopped only when throttled"
+        );
+        wait_readable(fd);
+        r.block
+            .process_backend(RATE_LIMITER_TOKEN, vmm_sys_util::epoll::EventSet::IN)
+            .unwrap();
+        wakeups += 1;
+        assert!(wakeups <= 6, "each wake-up serves at least one request");
+    }
+    for (i, head) in heads.iter().enumerate() {
+        assert_eq!(r.tq.used_elem(&r.mem, i as u16).0, u32::from(*head));
+        assert_eq!(r.status_of(i as u64), S_OK);
+    }
+}
+
+#[test]
+fn a_bandwidth_limit_lets_exactly_the_requests_that_fit_through() {
+    let mut r = rig(&pattern(16 * 512));
+    // 2 KiB per hour: reads of 1024, 512 and 512 bytes fit, the next 512 does not.
+    r.block
+        .set_rate_limiter(limiter(Some((2048, HOUR_MS)), None));
+    for (slot, len) in [(0u64, 1024u32), (1, 512), (2, 512), (3, 512), (4, 512)] {
+        r.request_in(
+            slot,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[(DATA + 0x1000 * slot, len, true)],
+        );
+    }
+    r.run();
+    assert_eq!(r.tq.used_idx(&r.mem), 3);
+    assert_eq!(r.status_of(3), 0xee);
+    // The refused request's operation was given back: an ops bucket sees only three.
+    let mut r = rig(&pattern(16 * 512));
+    r.block
+        .set_rate_limiter(limiter(Some((1024, HOUR_MS)), Some((3, HOUR_MS))));
+    for slot in 0..3 {
+        r.request_in(
+            slot,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[(DATA + 0x1000 * slot, 512, true)],
+        );
+    }
+    r.run();
+    assert_eq!(r.tq.used_idx(&r.mem), 2);
+    let ops = r.block.rate_limiter().ops().unwrap();
+    assert_eq!(ops.budget(), 1, "the refused read gave its operation back");
+}
+
+#[test]
+fn swapping_the_backend_updates_the_capacity_and_tells_the_driver() {
+    let mut r = rig(&pattern(8 * 512));
+    assert_eq!(r.block.capacity_sectors(), 8);
+    let bigger = TempImage::new(&pattern(32 * 512));
+    let backend = RawFile::open(bigger.path(), false).unwrap();
+    let old = r.block.swap_backend(backend).unwrap();
+    assert_eq!(old.path(), r.image.path());
+    assert_eq!(r.block.capacity_sectors(), 32);
+    let mut cap = [0u8; 8];
+    r.block.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 32);
+    assert_ne!(r.interrupt.status() & interrupt_bits::CONFIG_CHANGE, 0);
+    assert_eq!(r.interrupts(), 1);
+    // Reads now come from the new image, past the old end too.
+    r.request(VIRTIO_BLK_T_IN, 20, &[(DATA, 512, true)]);
+    r.run();
+    assert_eq!(r.status(), S_OK);
+    assert_eq!(
+        r.read_guest(DATA, 512),
+        pattern(32 * 512)[20 * 512..21 * 512]
+    );
+
+    // Swapping to an empty image: capacity 0, reads fail cleanly.
+    let empty = TempImage::new(&[]);
+    r.block
+        .swap_backend(RawFile::open(empty.path(), false).unwrap())
+        .unwrap();
+    assert_eq!(r.block.capacity_sectors(), 0);
+    r.block.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 0);
+    r.request(VIRTIO_BLK_T_IN, 0, &[(DATA, 512, true)]);
+    r.run();
+    assert_eq!(r.status(), S_IOERR);
+}
+
+#[test]
+fn a_zero_length_image_is_an_empty_disk() {
+    let mut r = rig(&[]);
+    assert_eq!(r.block.capacity_sectors(), 0);
+    let mut cap = [0xffu8; 8];
+    r.block.read_config(0, &mut cap);
+    assert_eq!(cap, [0; 8]);
+    r.request(VIRTIO_BLK_T_IN, 0, &[(DATA, 512, true)]);
+    r.run();
+    assert_eq!(r.status(), S_IOERR);
+    r.request(VIRTIO_BLK_T_OUT, 0, &[(DATA, 512, false)]);
+    r.run();
+    assert_eq!(r.status(), S_IOERR);
+    assert!(r.image.contents().is_empty(), "never grown");
+    r.request(VIRTIO_BLK_T_FLUSH, 0, &[]);
+    r.run();
+    assert_eq!(r.status(), S_OK);
+    // Its state round-trips.
+    let state = r.block.save_state();
+    r.block.restore_state(&state).unwrap();
+}
+
+#[test]
+fn unsafe_cache_type_offers_no_flush_and_does_not_sync() {
+    let mut block = Block::with_backend(MemDisk::new(vec![0; 1024]), None).unwrap();
+    assert_eq!(block.cache_type(), CacheType::Writeback);
+    assert_ne!(block.device_features() & (1 << VIRTIO_BLK_F_FLUSH), 0);
+    block.set_cache_type(CacheType::Unsafe);
+    assert_eq!(block.device_features() & (1 << VIRTIO_BLK_F_FLUSH), 0);
+    let mem = test_memory(MEM_SIZE);
+    let mut tq = TestQueue::new(0, QUEUE_SIZE);
+    activate(&mut block, &mem, [&tq], features::VERSION_1).unwrap();
+    assert_eq!(
+        submit(&mut block, &mem, &mut tq, VIRTIO_BLK_T_FLUSH, 0, None),
+        (S_OK, 1)
+    );
+    assert_eq!(block.backend().flushes, 0, "acknowledged without syncing");
 }

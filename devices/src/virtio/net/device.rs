@@ -14,11 +14,15 @@ use super::persist::NetState;
 use super::rx::Receiver;
 use super::tap::{Tap, TapError};
 use super::tx::transmit_chain;
-use super::{NetBackend, NetStats, BACKEND_TOKEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
-use crate::virtio::{
-    device_type, drain_queue, read_config_bytes, ActiveQueues, BackendFd, Persist, VirtioDevice,
-    VirtioDeviceState, VirtioError, VirtioInterrupt,
+use super::{
+    NetBackend, NetStats, BACKEND_TOKEN, QUEUE_SIZE, RX_QUEUE, RX_RATE_LIMITER_TOKEN, TX_QUEUE,
+    TX_RATE_LIMITER_TOKEN,
 };
+use crate::virtio::{
+    device_type, drain_queue_limited, limiter_fd, read_config_bytes, ActiveQueues, BackendFd,
+    Persist, VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
+};
+use vmm_rate_limiter::{BucketUpdate, RateLimiter};
 
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
 
@@ -40,6 +44,12 @@ pub struct Net<M> {
     pub(super) receiver: Receiver,
     tx_buf: Box<[u8]>,
     stats: NetStats,
+    /// Gates frames into the guest; unlimited by default.
+    rx_limiter: RateLimiter,
+    /// Gates frames from the guest; unlimited by default.
+    tx_limiter: RateLimiter,
+    /// Times the transmit queue stopped because its rate limiter was blocked.
+    tx_throttled: u64,
 }
 
 impl<M> fmt::Debug for Net<M> {
@@ -69,7 +79,40 @@ impl<M: GuestMemoryBackend> Net<M> {
             receiver: Receiver::new(),
             tx_buf: vec![0; MAX_BUFFER_LEN].into_boxed_slice(),
             stats: NetStats::default(),
+            rx_limiter: RateLimiter::default(),
+            tx_limiter: RateLimiter::default(),
+            tx_throttled: 0,
         }
+    }
+
+    /// Replaces the receive and transmit rate limiters. Call it before the event loop polls
+    /// the device's [`VirtioDevice::backend_fds`] (they include the limiters' descriptors);
+    /// later, change the buckets with [`Net::update_rate_limiters`].
+    pub fn set_rate_limiters(&mut self, rx: RateLimiter, tx: RateLimiter) {
+        self.rx_limiter = rx;
+        self.tx_limiter = tx;
+    }
+
+    /// The receive and transmit rate limiters.
+    pub fn rate_limiters(&self) -> (&RateLimiter, &RateLimiter) {
+        (&self.rx_limiter, &self.tx_limiter)
+    }
+
+    /// Changes the limiters' buckets at run time (Firecracker's PATCH semantics, see
+    /// [`RateLimiter::update_buckets`]): `(bandwidth, ops)` for receive, then for transmit.
+    pub fn update_rate_limiters(
+        &mut self,
+        rx: (BucketUpdate, BucketUpdate),
+        tx: (BucketUpdate, BucketUpdate),
+    ) -> Result<(), vmm_rate_limiter::Error> {
+        self.rx_limiter.update_buckets(rx.0, rx.1)?;
+        self.tx_limiter.update_buckets(tx.0, tx.1)
+    }
+
+    /// How many times receiving and transmitting (in that order) stopped because the rate
+    /// limiter was blocked.
+    pub fn throttled_counts(&self) -> (u64, u64) {
+        (self.receiver.throttled, self.tx_throttled)
     }
 
     /// A device on the tap `tap_name` (opened or created, see [`Tap::open`]). Without `mac`,
@@ -107,10 +150,14 @@ impl<M: GuestMemoryBackend> Net<M> {
         };
         let mem = &active.mem;
         let (buf, backend, stats) = (&mut self.tx_buf, self.backend.as_mut(), &mut self.stats);
-        drain_queue(&mut active.tx, mem, &active.interrupt, |chain| {
-            transmit_chain(chain, mem, buf, backend, stats);
-            Ok(0)
-        })
+        let limiter = &mut self.tx_limiter;
+        let throttled = drain_queue_limited(&mut active.tx, mem, &active.interrupt, |chain| {
+            Ok(transmit_chain(chain, mem, buf, backend, stats, limiter))
+        })?;
+        if throttled {
+            self.tx_throttled += 1;
+        }
+        Ok(())
     }
 
     /// Moves frames from the backend into the receive queue until the backend is empty or the
@@ -126,6 +173,7 @@ impl<M: GuestMemoryBackend> Net<M> {
             mergeable_rx(active.acked_features),
             self.backend.as_mut(),
             &mut self.stats,
+            &mut self.rx_limiter,
         )
     }
 }
@@ -189,18 +237,26 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Net<M> {
     }
 
     fn backend_fds(&self) -> Vec<BackendFd> {
-        vec![BackendFd {
-            fd: self.backend.as_raw_fd(),
-            events: EventSet::IN | EventSet::EDGE_TRIGGERED,
-            token: BACKEND_TOKEN,
-        }]
+        vec![
+            BackendFd {
+                fd: self.backend.as_raw_fd(),
+                events: EventSet::IN | EventSet::EDGE_TRIGGERED,
+                token: BACKEND_TOKEN,
+            },
+            limiter_fd(&self.rx_limiter, RX_RATE_LIMITER_TOKEN),
+            limiter_fd(&self.tx_limiter, TX_RATE_LIMITER_TOKEN),
+        ]
     }
 
     fn process_backend(&mut self, token: u32, _events: EventSet) -> Result<(), VirtioError> {
-        if token != BACKEND_TOKEN {
-            return Ok(());
+        // A limiter's wake-up that is spurious (not blocked, timer not expired) changes
+        // nothing; otherwise its queue is served again.
+        match token {
+            BACKEND_TOKEN => self.process_rx(),
+            RX_RATE_LIMITER_TOKEN if self.rx_limiter.event_handler().is_ok() => self.process_rx(),
+            TX_RATE_LIMITER_TOKEN if self.tx_limiter.event_handler().is_ok() => self.process_tx(),
+            _ => Ok(()),
         }
-        self.process_rx()
     }
 
     fn save_state(&self) -> VirtioDeviceState {

@@ -19,6 +19,12 @@
 //! reading; the next receive-queue notify continues. Frames larger than the buffers the driver
 //! gives are dropped, and counted ([`Net::stats`]).
 //!
+//! Rate limiting ([`Net::set_rate_limiters`]): each frame costs one operation and its length
+//! (header included) on the limiter of its direction. A refused transmit chain stays at the
+//! head of the transmit queue; a refused received frame waits in the device. Either is retried
+//! when that limiter's timerfd (in [`VirtioDevice::backend_fds`](crate::virtio::VirtioDevice))
+//! fires.
+//!
 //! The pieces: `device` (the [`Net`] device: config space, activation, the two queues),
 //! `features` (feature bits, the backend offloads they turn on, header and frame sizes), `rx`
 //! and `tx` (the two data paths), `mac` (addresses), `persist` (snapshot state), [`tap`] (the
@@ -56,6 +62,10 @@ pub const QUEUE_SIZE: u16 = 256;
 /// The token of the backend descriptor in
 /// [`VirtioDevice::backend_fds`](crate::virtio::VirtioDevice::backend_fds).
 pub const BACKEND_TOKEN: u32 = 0;
+/// The token of the receive rate limiter's descriptor.
+pub const RX_RATE_LIMITER_TOKEN: u32 = 1;
+/// The token of the transmit rate limiter's descriptor.
+pub const TX_RATE_LIMITER_TOKEN: u32 = 2;
 
 /// The host end of the network card: something that moves whole frames, each starting with
 /// the 12-byte virtio-net header, and keeps frame boundaries (a tap, a `SOCK_SEQPACKET`

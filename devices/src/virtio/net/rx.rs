@@ -9,7 +9,8 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::features::{MAX_BUFFER_LEN, MIN_BUFFER_LEN, NET_HDR_LEN, NUM_BUFFERS_OFFSET};
 use super::{NetBackend, NetStats};
-use crate::virtio::{pop_chain, VirtioError, VirtioInterrupt};
+use crate::virtio::{consume_request, pop_chain, VirtioError, VirtioInterrupt};
+use vmm_rate_limiter::RateLimiter;
 
 /// Receive retries in a row that find too few buffers while the driver keeps adding some; past
 /// it the device waits for the next notification (a working driver makes progress long before).
@@ -24,6 +25,11 @@ pub(super) struct Receiver {
     pending: Option<usize>,
     /// Chains (head, bytes written) that hold the frame being received.
     chains: Vec<(u16, u32)>,
+    /// The pending frame already passed the receive rate limiter (it is not charged again
+    /// when it waits for buffers).
+    admitted: bool,
+    /// Times receiving stopped because the rate limiter was blocked.
+    pub(super) throttled: u64,
 }
 
 impl Receiver {
@@ -32,6 +38,8 @@ impl Receiver {
             buf: vec![0; MAX_BUFFER_LEN + 1].into_boxed_slice(),
             pending: None,
             chains: Vec::new(),
+            admitted: false,
+            throttled: 0,
         }
     }
 
@@ -43,10 +51,14 @@ impl Receiver {
     /// Drops the frame that waits (reset, restore).
     pub(super) fn drop_pending(&mut self) {
         self.pending = None;
+        self.admitted = false;
     }
 
     /// Moves frames from `backend` into the receive queue `rx` until the backend is empty or
     /// the driver has no buffers left, then raises the interrupt if the driver wants one.
+    /// Each frame passes `limiter` first (one operation and its length, header included);
+    /// when it refuses, the frame waits in the device until the limiter's timer fires.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn receive<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
@@ -55,10 +67,12 @@ impl Receiver {
         mergeable: bool,
         backend: &mut dyn NetBackend,
         stats: &mut NetStats,
+        limiter: &mut RateLimiter,
     ) -> Result<(), VirtioError> {
         let old_used = rx.next_used();
         let mut published = 0u32;
-        let result = self.receive_frames(mem, rx, mergeable, backend, stats, &mut published);
+        let result =
+            self.receive_frames(mem, rx, mergeable, backend, stats, limiter, &mut published);
         let notified = if published > 0 && rx_needs_interrupt(mem, rx, old_used, published)? {
             interrupt.signal_used_queue()
         } else {
@@ -68,7 +82,9 @@ impl Receiver {
     }
 
     /// The receive loop: the pending frame first, then the backend until `EAGAIN` (the
-    /// descriptor is edge-triggered), stopping when the guest has no buffers.
+    /// descriptor is edge-triggered), stopping when the guest has no buffers or the rate
+    /// limiter is blocked.
+    #[allow(clippy::too_many_arguments)]
     fn receive_frames<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
@@ -76,12 +92,15 @@ impl Receiver {
         mergeable: bool,
         backend: &mut dyn NetBackend,
         stats: &mut NetStats,
+        limiter: &mut RateLimiter,
         published: &mut u32,
     ) -> Result<(), VirtioError> {
         let Receiver {
             buf: rx_buf,
             pending: rx_pending,
             chains,
+            admitted,
+            throttled,
         } = self;
         rx.disable_notification(mem)?;
         let mut retries = 0u32;
@@ -110,15 +129,25 @@ impl Receiver {
                 continue;
             }
             *rx_pending = Some(len);
+            if !*admitted {
+                if !consume_request(limiter, len as u64) {
+                    // The frame waits here; the limiter's timer brings the device back.
+                    *throttled += 1;
+                    return Ok(());
+                }
+                *admitted = true;
+            }
             match place_frame(mem, rx, mergeable, frame, chains, published)? {
                 Placed::Delivered => {
                     *rx_pending = None;
+                    *admitted = false;
                     retries = 0;
                     stats.rx_frames += 1;
                     stats.rx_bytes += (len - NET_HDR_LEN) as u64;
                 }
                 Placed::TooLarge => {
                     *rx_pending = None;
+                    *admitted = false;
                     stats.rx_dropped += 1;
                 }
                 Placed::BadChain => {}

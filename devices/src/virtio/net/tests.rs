@@ -445,8 +445,13 @@ fn config_space_and_features() {
     assert_eq!(f & bit(vnet::VIRTIO_NET_F_CTRL_VQ), 0);
     assert_eq!(f & bit(vnet::VIRTIO_NET_F_MQ), 0);
     let fds = net.backend_fds();
-    assert_eq!(fds.len(), 1);
+    assert_eq!(fds.len(), 3, "the backend and the two rate limiters");
     assert_eq!(fds[0].events, EventSet::IN | EventSet::EDGE_TRIGGERED);
+    assert_eq!(fds[0].token, BACKEND_TOKEN);
+    assert_eq!(
+        (fds[1].token, fds[2].token),
+        (RX_RATE_LIMITER_TOKEN, TX_RATE_LIMITER_TOKEN)
+    );
 }
 
 #[test]
@@ -559,4 +564,110 @@ fn state_saved_by_earlier_versions_still_loads() {
         serde_json::to_string(&net.save_state()).unwrap(),
         r#"{"kind":"virtio-net","state":{"mac":[2,0,0,0,0,9]}}"#
     );
+}
+
+/// Waits (an upper bound only, never a timing assertion) until `fd` is readable.
+fn wait_readable(fd: std::os::fd::RawFd) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one valid, exclusively borrowed pollfd for at most 60 seconds.
+    let n = unsafe { libc::poll(&mut pfd, 1, 60_000) };
+    assert_eq!(n, 1, "the rate limiter's timer did not fire within 60 s");
+}
+
+/// A limiter of `ops` operations that does not refill within a test.
+fn ops_limiter(ops: u64) -> crate::rate_limiter::RateLimiter {
+    use crate::rate_limiter::{BucketParams, RateLimiter};
+    RateLimiter::new(None, Some(BucketParams::new(ops, 0, 3_600_000))).unwrap()
+}
+
+fn limiter_fd(h: &Harness, token: u32) -> std::os::fd::RawFd {
+    h.net
+        .backend_fds()
+        .iter()
+        .find(|b| b.token == token)
+        .expect("the limiter's descriptor is polled")
+        .fd
+}
+
+#[test]
+fn tx_throttled_chains_wait_in_the_queue_and_leave_in_order() {
+    use crate::rate_limiter::BucketUpdate;
+    let mut h = Harness::new(ALL);
+    h.net.set_rate_limiters(ops_limiter(1000), ops_limiter(2));
+    let fd = limiter_fd(&h, TX_RATE_LIMITER_TOKEN);
+    let frames: Vec<Vec<u8>> = (0..4).map(|i| frame(60, i)).collect();
+    for (i, f) in frames.iter().enumerate() {
+        let at = DATA + 0x1000 * i as u64;
+        h.mem.write_slice(f, GuestAddress(at)).unwrap();
+        h.txq.add_chain(&h.mem, &[(at, f.len() as u32, false)]);
+    }
+    h.net.process_queue(TX_QUEUE).unwrap();
+    assert_eq!(h.txq.used_idx(&h.mem), 2);
+    assert_eq!(h.peer_frame().unwrap(), frames[0]);
+    assert_eq!(h.peer_frame().unwrap(), frames[1]);
+    assert_eq!(h.peer_frame(), None);
+    assert_eq!(h.net.throttled_counts(), (0, 1));
+    h.net.process_queue(TX_QUEUE).unwrap();
+    assert_eq!(h.txq.used_idx(&h.mem), 2, "nothing while blocked");
+
+    h.net
+        .update_rate_limiters(
+            (BucketUpdate::None, BucketUpdate::None),
+            (BucketUpdate::None, BucketUpdate::Disabled),
+        )
+        .unwrap();
+    wait_readable(fd);
+    h.net
+        .process_backend(TX_RATE_LIMITER_TOKEN, EventSet::IN)
+        .unwrap();
+    assert_eq!(h.txq.used_idx(&h.mem), 4);
+    assert_eq!(h.peer_frame().unwrap(), frames[2]);
+    assert_eq!(h.peer_frame().unwrap(), frames[3]);
+    assert_eq!(h.net.stats().tx_frames, 4);
+}
+
+#[test]
+fn rx_throttled_frames_wait_in_the_device_and_arrive_in_order() {
+    use crate::rate_limiter::BucketUpdate;
+    let mut h = Harness::new(NO_MRG);
+    h.net.set_rate_limiters(ops_limiter(1), ops_limiter(1000));
+    let fd = limiter_fd(&h, RX_RATE_LIMITER_TOKEN);
+    for i in 0..3u64 {
+        h.rxq.add_chain(
+            &h.mem,
+            &[(DATA + 0x1000 * i, (NET_HDR_LEN + 1514) as u32, true)],
+        );
+    }
+    let frames: Vec<Vec<u8>> = (0..3).map(|i| frame(100, 10 + i)).collect();
+    for f in &frames {
+        h.peer.write_frame(f).unwrap();
+    }
+    h.net.process_backend(BACKEND_TOKEN, EventSet::IN).unwrap();
+    assert_eq!(h.rxq.used_idx(&h.mem), 1);
+    assert_eq!(h.net.throttled_counts(), (1, 0));
+    // A receive-queue notify does not get past the limiter either.
+    h.net.process_queue(RX_QUEUE).unwrap();
+    assert_eq!(h.rxq.used_idx(&h.mem), 1);
+
+    h.net
+        .update_rate_limiters(
+            (BucketUpdate::None, BucketUpdate::Disabled),
+            (BucketUpdate::None, BucketUpdate::None),
+        )
+        .unwrap();
+    wait_readable(fd);
+    h.net
+        .process_backend(RX_RATE_LIMITER_TOKEN, EventSet::IN)
+        .unwrap();
+    assert_eq!(h.rxq.used_idx(&h.mem), 3);
+    for (i, f) in frames.iter().enumerate() {
+        let at = DATA + 0x1000 * i as u64;
+        assert_eq!(h.read(at + NET_HDR_LEN as u64, 100), f[NET_HDR_LEN..]);
+    }
+    let s = h.net.stats();
+    assert_eq!((s.rx_frames, s.rx_dropped), (3, 0));
 }

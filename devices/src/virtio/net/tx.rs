@@ -5,19 +5,27 @@ use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::features::{MIN_BUFFER_LEN, NET_HDR_LEN};
 use super::{NetBackend, NetStats};
+use crate::virtio::{consume_request, Served};
+use vmm_rate_limiter::RateLimiter;
 
 /// Sends the frame in `chain` (header included) to `backend`, through `buf` (at least
 /// [`MAX_BUFFER_LEN`](super::MAX_BUFFER_LEN) bytes). A chain that does not hold a frame, and a
-/// frame the backend cannot take now, are dropped and counted: the guest's TCP resends.
+/// frame the backend cannot take now, are dropped and counted: the guest's TCP resends. A
+/// frame `limiter` refuses (one operation and its length, header included) is not sent:
+/// [`Served::Throttled`], and the chain is retried later.
 pub(super) fn transmit_chain<M: GuestMemoryBackend>(
     chain: DescriptorChain<&M>,
     mem: &M,
     buf: &mut [u8],
     backend: &mut dyn NetBackend,
     stats: &mut NetStats,
-) {
+    limiter: &mut RateLimiter,
+) -> Served {
     match gather_readable(chain, mem, buf) {
         Some(len) if len >= MIN_BUFFER_LEN => {
+            if !consume_request(limiter, len as u64) {
+                return Served::Throttled;
+            }
             let frame = buf.get(..len).unwrap_or_default();
             match backend.write_frame(frame) {
                 Ok(_) => {
@@ -29,6 +37,7 @@ pub(super) fn transmit_chain<M: GuestMemoryBackend>(
         }
         _ => stats.tx_dropped += 1,
     }
+    Served::Used(0)
 }
 
 /// Copies the device-readable buffers of `chain` into `buf`; `None` when they do not fit in it
