@@ -1,5 +1,6 @@
-//! Per-vCPU CPUID from KVM's supported CPUID: APIC ids and topology (one socket, one thread per
-//! core, `vcpu_count` cores), the hypervisor bit, and nothing the VMM cannot back.
+//! Per-vCPU CPUID from KVM's supported CPUID: APIC ids and topology (one socket of
+//! `vcpu_count` logical processors, one or two threads per core), the hypervisor bit, and
+//! nothing the VMM cannot back.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -25,16 +26,74 @@ fn apic_id_bits(count: u8) -> u32 {
     32 - (count - 1).leading_zeros()
 }
 
-/// Rewrites `cpuid` (KVM's supported CPUID) for vCPU `index` of `vcpu_count`.
-pub fn normalize(cpuid: &mut CpuId, index: u8, vcpu_count: u8) {
-    let apic_id = u32::from(index);
-    let count = u32::from(vcpu_count.max(1));
-    for entry in cpuid.as_mut_slice() {
-        normalize_entry(entry, apic_id, count, apic_id_bits(vcpu_count));
+/// The processor topology the guest sees: `vcpus` logical processors in one socket, paired as
+/// the two threads of a core when `smt` (Firecracker's `smt`), else one thread per core. APIC
+/// ids are the vCPU indexes, so with SMT vCPUs 2k and 2k+1 are the threads of core k.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuTopology {
+    /// Logical processors (vCPUs).
+    pub vcpus: u8,
+    /// Two threads per core instead of one.
+    pub smt: bool,
+}
+
+impl From<u8> for CpuTopology {
+    /// `vcpus` single-threaded cores.
+    fn from(vcpus: u8) -> CpuTopology {
+        CpuTopology { vcpus, smt: false }
     }
 }
 
-fn normalize_entry(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_bits: u32) {
+impl CpuTopology {
+    /// Threads per core: 2 with SMT (and more than one vCPU), else 1.
+    pub fn threads_per_core(self) -> u32 {
+        if self.smt && self.vcpus > 1 {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// Rewrites `cpuid` (KVM's supported CPUID) for vCPU `index` of `topology` (a vCPU count
+/// converts into single-threaded cores).
+pub fn normalize(cpuid: &mut CpuId, index: u8, topology: impl Into<CpuTopology>) {
+    let topology = topology.into();
+    let shape = Shape {
+        apic_id: u32::from(index),
+        count: u32::from(topology.vcpus.max(1)),
+        threads: topology.threads_per_core(),
+    };
+    for entry in cpuid.as_mut_slice() {
+        normalize_entry(entry, &shape);
+    }
+}
+
+/// What one vCPU's CPUID says about where it sits.
+struct Shape {
+    apic_id: u32,
+    /// Logical processors in the package.
+    count: u32,
+    /// Threads per core (1 or 2).
+    threads: u32,
+}
+
+impl Shape {
+    /// Bits of the APIC id that number the thread within its core.
+    fn thread_bits(&self) -> u32 {
+        self.threads - 1
+    }
+
+    /// Bits of the APIC id below the package level (thread and core).
+    fn package_bits(&self) -> u32 {
+        // Every APIC id 0..count must fit, and the core level sits above the thread bits.
+        apic_id_bits(u8::try_from(self.count).unwrap_or(u8::MAX)).max(self.thread_bits())
+    }
+}
+
+fn normalize_entry(entry: &mut kvm_cpuid_entry2, shape: &Shape) {
+    let (apic_id, count, threads) = (shape.apic_id, shape.count, shape.threads);
+    let core_bits = shape.package_bits();
     match entry.function {
         LEAF_FEATURES => {
             // EBX: APIC id in 31:24, logical processors per package in 23:16, CLFLUSH 8 qwords.
@@ -50,11 +109,11 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_
         }
         LEAF_CACHE_PARAMS => {
             // EAX 31:26: cores per package - 1; 25:14: threads sharing this cache - 1
-            // (one per core, except the shared last level).
+            // (a core's threads, except the shared last level).
             let level = (entry.eax >> 5) & 0x7;
-            let sharing = if level >= 3 { count - 1 } else { 0 };
+            let sharing = if level >= 3 { count - 1 } else { threads - 1 };
             entry.eax &= 0x3fff;
-            entry.eax |= ((count - 1) & 0x3f) << 26;
+            entry.eax |= ((count / threads - 1) & 0x3f) << 26;
             entry.eax |= (sharing & 0xfff) << 14;
         }
         LEAF_PMU => {
@@ -68,8 +127,8 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_
             entry.edx = apic_id;
             match entry.index {
                 0 => {
-                    entry.eax = 0; // one thread per core
-                    entry.ebx = 1;
+                    entry.eax = shape.thread_bits();
+                    entry.ebx = threads;
                     entry.ecx = (LEVEL_SMT << 8) | entry.index;
                 }
                 1 => {
@@ -90,7 +149,9 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_
         }
         LEAF_AMD_EXT_APIC => {
             entry.eax = apic_id;
-            entry.ebx &= !0xff00; // one thread per compute unit
+            // EBX 15:8: threads per compute unit - 1; 7:0: the compute unit's id.
+            entry.ebx &= !0xffff;
+            entry.ebx |= ((threads - 1) << 8) | ((apic_id >> shape.thread_bits()) & 0xff);
             entry.ecx &= !0x700; // one node
         }
         _ => {}
@@ -207,5 +268,31 @@ mod tests {
         for n in 1..=254u8 {
             assert!(u32::from(n - 1) < (1 << apic_id_bits(n)));
         }
+    }
+
+    #[test]
+    fn smt_pairs_vcpus_as_the_threads_of_a_core() {
+        let smt = CpuTopology { vcpus: 4, smt: true };
+        assert_eq!(smt.threads_per_core(), 2);
+        assert_eq!(CpuTopology { vcpus: 1, smt: true }.threads_per_core(), 1);
+        for index in 0..4u8 {
+            let mut cpuid = sample();
+            normalize(&mut cpuid, index, smt);
+            let thread = find(&cpuid, LEAF_EXT_TOPOLOGY, 0);
+            assert_eq!((thread.eax, thread.ebx), (1, 2), "APIC id bit 0 is the thread");
+            assert_eq!(thread.ecx >> 8, LEVEL_SMT);
+            let core = find(&cpuid, LEAF_EXT_TOPOLOGY, 1);
+            assert_eq!((core.eax, core.ebx), (2, 4), "4 logical processors, 2 id bits");
+            let cache = find(&cpuid, LEAF_CACHE_PARAMS, 3);
+            assert_eq!(cache.eax >> 26, 1, "two cores");
+            let amd = find(&cpuid, LEAF_AMD_EXT_APIC, 0);
+            assert_eq!((amd.ebx >> 8) & 0xff, 1, "two threads per compute unit");
+            assert_eq!(amd.ebx & 0xff, u32::from(index / 2), "compute unit id");
+        }
+        // Without SMT nothing changes from a plain vCPU count.
+        let (mut a, mut b) = (sample(), sample());
+        normalize(&mut a, 1, 4u8);
+        normalize(&mut b, 1, CpuTopology { vcpus: 4, smt: false });
+        assert_eq!(a.as_slice(), b.as_slice());
     }
 }

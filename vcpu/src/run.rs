@@ -178,10 +178,10 @@ impl Vcpu {
         vm: &Vm,
         mem: &M,
         boot: Option<BootEntry>,
-        vcpu_count: u8,
+        topology: impl Into<cpuid::CpuTopology>,
     ) -> Result<()> {
         let mut cpuid = vm.supported_cpuid().clone();
-        cpuid::normalize(&mut cpuid, self.index, vcpu_count);
+        cpuid::normalize(&mut cpuid, self.index, topology);
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(kvm_err("KVM_SET_CPUID2"))?;

@@ -265,10 +265,14 @@ impl BuiltVm {
                 boot_params: boot.zero_page_start,
             },
         };
+        let topology = vmm_vcpu::cpuid::CpuTopology {
+            vcpus: vcpu_count,
+            smt: config.smt,
+        };
         let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
         for index in 0..vcpu_count {
             let vcpu = vm.create_vcpu(index)?;
-            vcpu.configure(vm, &memory, (index == 0).then_some(entry), vcpu_count)?;
+            vcpu.configure(vm, &memory, (index == 0).then_some(entry), topology)?;
             vcpus.push(vcpu);
         }
         let cmdline = cmdline
