@@ -208,6 +208,10 @@ pub struct VmConfig {
     /// topology the guest sees (Firecracker's `smt`).
     #[serde(default)]
     pub smt: bool,
+    /// Firecracker's boot timer: a device at `layout::BOOT_TIMER_START` to which the guest
+    /// writes 123 when it has booted; the VMM logs the time it took.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub boot_timer: bool,
 }
 
 impl Default for VmConfig {
@@ -235,6 +239,7 @@ impl Default for VmConfig {
             balloon: None,
             track_dirty_pages: false,
             smt: false,
+            boot_timer: false,
         }
     }
 }

@@ -64,6 +64,8 @@ pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 /// Where RAM continues above the gap.
 pub const RAM_ABOVE_4G_START: u64 = MMIO_GAP_END;
+/// Firecracker's boot timer (`--boot-timer`): the page just below the virtio-mmio window.
+pub const BOOT_TIMER_START: u64 = VIRTIO_MMIO_START - 0x1000;
 /// Start of the virtio-mmio device window inside the gap.
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 /// Bytes of MMIO space each virtio-mmio device gets.

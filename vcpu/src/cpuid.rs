@@ -272,17 +272,35 @@ mod tests {
 
     #[test]
     fn smt_pairs_vcpus_as_the_threads_of_a_core() {
-        let smt = CpuTopology { vcpus: 4, smt: true };
+        let smt = CpuTopology {
+            vcpus: 4,
+            smt: true,
+        };
         assert_eq!(smt.threads_per_core(), 2);
-        assert_eq!(CpuTopology { vcpus: 1, smt: true }.threads_per_core(), 1);
+        assert_eq!(
+            CpuTopology {
+                vcpus: 1,
+                smt: true
+            }
+            .threads_per_core(),
+            1
+        );
         for index in 0..4u8 {
             let mut cpuid = sample();
             normalize(&mut cpuid, index, smt);
             let thread = find(&cpuid, LEAF_EXT_TOPOLOGY, 0);
-            assert_eq!((thread.eax, thread.ebx), (1, 2), "APIC id bit 0 is the thread");
+            assert_eq!(
+                (thread.eax, thread.ebx),
+                (1, 2),
+                "APIC id bit 0 is the thread"
+            );
             assert_eq!(thread.ecx >> 8, LEVEL_SMT);
             let core = find(&cpuid, LEAF_EXT_TOPOLOGY, 1);
-            assert_eq!((core.eax, core.ebx), (2, 4), "4 logical processors, 2 id bits");
+            assert_eq!(
+                (core.eax, core.ebx),
+                (2, 4),
+                "4 logical processors, 2 id bits"
+            );
             let cache = find(&cpuid, LEAF_CACHE_PARAMS, 3);
             assert_eq!(cache.eax >> 26, 1, "two cores");
             let amd = find(&cpuid, LEAF_AMD_EXT_APIC, 0);
@@ -292,7 +310,14 @@ mod tests {
         // Without SMT nothing changes from a plain vCPU count.
         let (mut a, mut b) = (sample(), sample());
         normalize(&mut a, 1, 4u8);
-        normalize(&mut b, 1, CpuTopology { vcpus: 4, smt: false });
+        normalize(
+            &mut b,
+            1,
+            CpuTopology {
+                vcpus: 4,
+                smt: false,
+            },
+        );
         assert_eq!(a.as_slice(), b.as_slice());
     }
 }

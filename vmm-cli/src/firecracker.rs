@@ -58,7 +58,8 @@ pub struct FirecrackerArgs {
     /// Path to a file or named pipe for the metrics.
     #[arg(long, value_name = "PATH")]
     metrics_path: Option<PathBuf>,
-    /// Log how long the guest took to boot when it writes 123 to the boot timer.
+    /// Log how long the guest took to boot once it writes 123 to the boot timer (MMIO
+    /// 0xcffff000, the page below the virtio-mmio window).
     #[arg(long)]
     boot_timer: bool,
     /// Disable seccomp filtering (this VMM installs no filter yet: the flag changes nothing).
@@ -225,6 +226,7 @@ fn run(args: FirecrackerArgs) -> Result<ExitCode, FcError> {
     if let Some(path) = &args.config_file {
         apply_config_file(&mut api, path)?;
     }
+    api.vm.boot_timer = args.boot_timer;
     let reason = if args.no_api {
         vmm_core::run_vm(&api.vm)
     } else {

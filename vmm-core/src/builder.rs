@@ -387,6 +387,14 @@ unsafe fn machine(
         pio,
     } = LegacyDevices::attach(&vm, config, serial_state)?;
     let mut mmio = Bus::new();
+    if config.boot_timer {
+        let timer = Arc::new(Mutex::new(vmm_devices::BootTimer::new()));
+        mmio.insert(
+            timer,
+            vmm_memory::layout::BOOT_TIMER_START,
+            vmm_devices::boot_timer::BOOT_TIMER_LEN,
+        )?;
+    }
     let virtio = virtio_devices::attach_devices(opened, &vm, memory, &mut mmio)?;
     Ok(Machine {
         vm,
