@@ -252,7 +252,7 @@ impl BuiltVm {
         if crate::pvm::is_pvm_host()
             && (kernel_size > TINY_KERNEL_BYTES || kernel.protocol != BootProtocol::Pvh)
         {
-            eprintln!("vmm: warning: {}", crate::pvm::PVM_EXPLANATION);
+            log::warn!("warning: {}", crate::pvm::PVM_EXPLANATION);
         }
 
         let entry = match kernel.protocol {

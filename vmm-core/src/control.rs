@@ -102,7 +102,7 @@ fn run_to_end(mut vmm: Vmm) -> Result<ShutdownReason> {
     if let Ok(ShutdownReason::Signal(_)) = outcome {
         // Where each vCPU was tells whether a stuck guest was idle or spinning.
         for (index, rip) in stopped_at {
-            eprintln!("vmm: vCPU {index} stopped at RIP {rip:#x}");
+            log::warn!("vCPU {index} stopped at RIP {rip:#x}");
         }
     }
     outcome

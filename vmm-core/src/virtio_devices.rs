@@ -288,7 +288,7 @@ impl VirtioSubscriber {
     fn add_backend(&self, ops: &mut EventOps) {
         for b in &self.backend {
             if let Err(e) = ops.add(Events::with_data_raw(b.fd, BACKEND | b.token, b.events)) {
-                eprintln!("vmm: cannot poll a virtio backend: {e:?}");
+                log::error!("cannot poll a virtio backend: {e:?}");
             }
         }
     }
@@ -311,12 +311,12 @@ impl MutEventSubscriber for VirtioSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         for (index, event) in self.queue_events.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(event, index as u32, EventSet::IN)) {
-                eprintln!("vmm: cannot poll virtio queue {index}: {e:?}");
+                log::error!("cannot poll virtio queue {index}: {e:?}");
             }
         }
         self.add_backend(ops);
         if let Err(e) = ops.add(Events::with_data(&self.wake, WAKE, EventSet::IN)) {
-            eprintln!("vmm: cannot poll a virtio wake event: {e:?}");
+            log::error!("cannot poll a virtio wake event: {e:?}");
         }
     }
 
