@@ -421,6 +421,13 @@ pub fn restore_state<P: Persist>(
 }
 
 /// Serializable form of one queue's state (virtio-queue's `QueueState`, which has no serde).
+///
+/// Not rust-vmm's `virtio-queue-ser`: its newest release (0.14) is built on virtio-queue 0.17,
+/// whose `QueueState` is another type than the 0.18 one these devices use (0.18 splits a
+/// descriptor that crosses guest memory regions instead of failing it), and it brings
+/// `versionize` (unmaintained, on syn 1 and bincode 1) for a nine-field struct. When a release
+/// on virtio-queue 0.18 appears, this type can become a thin `From` over it: the fields are
+/// the same.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueSnapshot {
     /// Maximum size offered by the device.
