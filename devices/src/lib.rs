@@ -42,6 +42,7 @@
 
 pub mod bus;
 pub mod i8042;
+pub mod metrics;
 pub mod serial;
 pub mod trigger;
 pub mod virtio;

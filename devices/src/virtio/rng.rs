@@ -11,8 +11,11 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::EntropyMetrics;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestMemoryBackend};
 
@@ -51,14 +54,14 @@ pub struct Rng<M> {
     /// Random bytes are drawn here, then copied to guest memory: keeps getrandom(2) away from
     /// guest mappings and needs no unsafe pointer arithmetic on them.
     scratch: Vec<u8>,
-    bytes_served: u64,
+    metrics: Arc<EntropyMetrics>,
 }
 
 impl<M> fmt::Debug for Rng<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rng")
             .field("activated", &self.active.is_some())
-            .field("bytes_served", &self.bytes_served)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -75,13 +78,19 @@ impl<M: GuestMemoryBackend> Rng<M> {
         Rng {
             active: None,
             scratch: vec![0; MAX_BYTES_PER_CHAIN],
-            bytes_served: 0,
+            metrics: Arc::default(),
         }
     }
 
     /// Random bytes handed to the guest since the device was created.
     pub fn bytes_served(&self) -> u64 {
-        self.bytes_served
+        self.metrics.entropy_bytes.get()
+    }
+
+    /// The device's counters (bytes served, requests, failures), shared with whoever reports
+    /// them.
+    pub fn metrics(&self) -> Arc<EntropyMetrics> {
+        self.metrics.clone()
     }
 
     fn process_requests(&mut self) -> Result<(), VirtioError> {
@@ -91,10 +100,11 @@ impl<M: GuestMemoryBackend> Rng<M> {
         };
         let mem = &active.mem;
         let scratch = &mut self.scratch;
-        let bytes_served = &mut self.bytes_served;
+        let metrics = &*self.metrics;
         drain_queue(&mut active.queue, mem, &active.interrupt, |chain| {
-            let written = fill_chain(mem, chain, scratch)?;
-            *bytes_served = bytes_served.saturating_add(u64::from(written));
+            let written = fill_chain(mem, chain, scratch)
+                .inspect_err(|_| metrics.host_rng_fails.inc())?;
+            metrics.entropy_bytes.add(u64::from(written));
             Ok(written)
         })
     }
@@ -185,7 +195,9 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Rng<M> {
     }
 
     fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
-        let (mem, [queue], interrupt) = active.into_queues()?;
+        let (mem, [queue], interrupt) = active
+            .into_queues()
+            .inspect_err(|_| self.metrics.activate_fails.inc())?;
         self.active = Some(Active {
             mem,
             queue,
@@ -206,7 +218,9 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Rng<M> {
         if index != 0 {
             return Ok(());
         }
+        self.metrics.entropy_event_count.inc();
         self.process_requests()
+            .inspect_err(|_| self.metrics.entropy_event_fails.inc())
     }
 
     fn save_state(&self) -> VirtioDeviceState {

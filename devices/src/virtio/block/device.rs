@@ -1,6 +1,7 @@
 //! The virtio-blk device: feature bits, config space, activation and the request queue.
 
 use std::fmt;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
@@ -13,6 +14,7 @@ use super::persist::BlockState;
 use super::raw::RawFile;
 use super::request::{process_chain, MAX_CHAIN_DESCRIPTORS};
 use super::{configured_id, BlockConfig, BlockError, DiskInfo, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
+use crate::metrics::BlockMetrics;
 use crate::virtio::{
     device_type, drain_queue, features, read_config_bytes, ActiveQueues, Persist, VirtioDevice,
     VirtioDeviceState, VirtioError, VirtioInterrupt,
@@ -42,6 +44,7 @@ pub struct Block<M: GuestMemoryBackend, B: BlockBackend<M> = RawFile> {
     active: Option<Active<M>>,
     /// Descriptors of the chain being handled; reused so a request allocates nothing.
     scratch: Vec<GuestRange>,
+    metrics: Arc<BlockMetrics>,
 }
 
 impl<M: GuestMemoryBackend, B: BlockBackend<M>> fmt::Debug for Block<M, B> {
@@ -105,6 +108,7 @@ impl<M: GuestMemoryBackend, B: BlockBackend<M>> Block<M, B> {
             config_space,
             active: None,
             scratch: Vec::with_capacity(MAX_CHAIN_DESCRIPTORS),
+            metrics: Arc::default(),
         })
     }
 
@@ -116,6 +120,12 @@ impl<M: GuestMemoryBackend, B: BlockBackend<M>> Block<M, B> {
     /// Whether the disk is read-only (VIRTIO_BLK_F_RO offered).
     pub fn read_only(&self) -> bool {
         self.disk.read_only
+    }
+
+    /// The device's counters (bytes and requests served, failures), shared with whoever
+    /// reports them.
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.metrics.clone()
     }
 
     /// The backend the device serves.
@@ -139,6 +149,7 @@ fn serve_queue<M: GuestMemoryBackend>(
     disk: &DiskInfo,
     backend: &mut dyn BlockBackend<M>,
     scratch: &mut Vec<GuestRange>,
+    metrics: &BlockMetrics,
 ) -> Result<(), VirtioError> {
     let Active {
         mem,
@@ -147,9 +158,18 @@ fn serve_queue<M: GuestMemoryBackend>(
     } = active;
     // A broken available index is fatal (the transport sets DEVICE_NEEDS_RESET); heads past
     // the table are dropped.
-    drain_queue(queue, mem, interrupt, |chain| {
-        Ok(process_chain(disk, backend, mem, chain, scratch))
-    })
+    let mut handled = 0u64;
+    let result = drain_queue(queue, mem, interrupt, |chain| {
+        handled += 1;
+        Ok(process_chain(disk, backend, mem, chain, scratch, metrics))
+    });
+    if handled == 0 {
+        metrics.no_avail_buffer.inc();
+    }
+    if result.is_err() {
+        metrics.event_fails.inc();
+    }
+    result
 }
 
 impl<M, B> VirtioDevice<M> for Block<M, B>
@@ -181,7 +201,9 @@ where
     }
 
     fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
-        let (mem, [queue], interrupt) = active.into_queues()?;
+        let (mem, [queue], interrupt) = active
+            .into_queues()
+            .inspect_err(|_| self.metrics.activate_fails.inc())?;
         self.active = Some(Active {
             mem,
             queue,
@@ -205,7 +227,14 @@ where
         if index != 0 {
             return Ok(());
         }
-        serve_queue(active, &self.disk, &mut self.backend, &mut self.scratch)
+        self.metrics.queue_event_count.inc();
+        serve_queue(
+            active,
+            &self.disk,
+            &mut self.backend,
+            &mut self.scratch,
+            &self.metrics,
+        )
     }
 
     fn save_state(&self) -> VirtioDeviceState {

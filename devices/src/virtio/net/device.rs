@@ -1,6 +1,7 @@
 //! The virtio-net device: config space, activation, and the two queues.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_bindings::virtio_net as vnet;
@@ -15,6 +16,7 @@ use super::rx::Receiver;
 use super::tap::{Tap, TapError};
 use super::tx::transmit_chain;
 use super::{NetBackend, NetStats, BACKEND_TOKEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use crate::metrics::NetMetrics;
 use crate::virtio::{
     device_type, drain_queue, read_config_bytes, ActiveQueues, BackendFd, Persist, VirtioDevice,
     VirtioDeviceState, VirtioError, VirtioInterrupt,
@@ -39,7 +41,7 @@ pub struct Net<M> {
     /// The receive side: the frame that waits for buffers, and its scratch.
     pub(super) receiver: Receiver,
     tx_buf: Box<[u8]>,
-    stats: NetStats,
+    metrics: Arc<NetMetrics>,
 }
 
 impl<M> fmt::Debug for Net<M> {
@@ -49,7 +51,7 @@ impl<M> fmt::Debug for Net<M> {
             .field("mac", &format_mac(&self.mac))
             .field("activated", &self.active.is_some())
             .field("rx_pending", &self.receiver.pending())
-            .field("stats", &self.stats)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -68,7 +70,7 @@ impl<M: GuestMemoryBackend> Net<M> {
             active: None,
             receiver: Receiver::new(),
             tx_buf: vec![0; MAX_BUFFER_LEN].into_boxed_slice(),
-            stats: NetStats::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -87,7 +89,21 @@ impl<M: GuestMemoryBackend> Net<M> {
 
     /// Frame counters since the device was built.
     pub fn stats(&self) -> NetStats {
-        self.stats
+        let m = &self.metrics;
+        NetStats {
+            tx_frames: m.tx_packets_count.get(),
+            tx_bytes: m.tx_bytes_count.get(),
+            tx_dropped: m.tx_malformed_frames.get() + m.tx_fails.get(),
+            rx_frames: m.rx_packets_count.get(),
+            rx_bytes: m.rx_bytes_count.get(),
+            rx_dropped: m.rx_fails.get(),
+        }
+    }
+
+    /// The device's counters (frames and bytes each way, failures), shared with whoever
+    /// reports them.
+    pub fn metrics(&self) -> Arc<NetMetrics> {
+        self.metrics.clone()
     }
 
     fn config(&self) -> [u8; 10] {
@@ -106,11 +122,17 @@ impl<M: GuestMemoryBackend> Net<M> {
             return Ok(());
         };
         let mem = &active.mem;
-        let (buf, backend, stats) = (&mut self.tx_buf, self.backend.as_mut(), &mut self.stats);
-        drain_queue(&mut active.tx, mem, &active.interrupt, |chain| {
-            transmit_chain(chain, mem, buf, backend, stats);
+        let (buf, backend, metrics) = (&mut self.tx_buf, self.backend.as_mut(), &*self.metrics);
+        let mut sent = 0u64;
+        let result = drain_queue(&mut active.tx, mem, &active.interrupt, |chain| {
+            sent += 1;
+            transmit_chain(chain, mem, buf, backend, metrics);
             Ok(0)
-        })
+        });
+        if sent == 0 {
+            metrics.no_tx_avail_buffer.inc();
+        }
+        result
     }
 
     /// Moves frames from the backend into the receive queue until the backend is empty or the
@@ -125,7 +147,7 @@ impl<M: GuestMemoryBackend> Net<M> {
             &active.interrupt,
             mergeable_rx(active.acked_features),
             self.backend.as_mut(),
-            &mut self.stats,
+            &self.metrics,
         )
     }
 }
@@ -150,10 +172,13 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Net<M> {
     fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
         // AVAIL_FEATURES has RING_EVENT_IDX: the queues see what the driver acked.
         let acked_features = active.acked_features & AVAIL_FEATURES;
-        let (mem, [rx, tx], interrupt) = active.into_queues()?;
+        let metrics = self.metrics.clone();
+        let failed = move |_: &VirtioError| metrics.activate_fails.inc();
+        let (mem, [rx, tx], interrupt) = active.into_queues().inspect_err(&failed)?;
         self.backend
             .set_offload(backend_offloads(acked_features))
-            .map_err(VirtioError::Backend)?;
+            .map_err(VirtioError::Backend)
+            .inspect_err(&failed)?;
         self.receiver.drop_pending();
         self.active = Some(Active {
             mem,
@@ -165,7 +190,8 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Net<M> {
         // Frames that reached the backend before now already raised their edge: take them.
         // If that fails the device stays inactive, as if activation had never happened.
         let taken = self.process_rx();
-        if taken.is_err() {
+        if let Err(e) = &taken {
+            failed(e);
             self.active = None;
         }
         taken
@@ -181,11 +207,21 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Net<M> {
     }
 
     fn process_queue(&mut self, index: usize) -> Result<(), VirtioError> {
-        match index {
-            RX_QUEUE => self.process_rx(),
-            TX_QUEUE => self.process_tx(),
+        let result = match index {
+            RX_QUEUE => {
+                self.metrics.rx_queue_event_count.inc();
+                self.process_rx()
+            }
+            TX_QUEUE => {
+                self.metrics.tx_queue_event_count.inc();
+                self.process_tx()
+            }
             _ => Ok(()),
+        };
+        if result.is_err() {
+            self.metrics.event_fails.inc();
         }
+        result
     }
 
     fn backend_fds(&self) -> Vec<BackendFd> {
@@ -200,7 +236,9 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Net<M> {
         if token != BACKEND_TOKEN {
             return Ok(());
         }
+        self.metrics.rx_tap_event_count.inc();
         self.process_rx()
+            .inspect_err(|_| self.metrics.event_fails.inc())
     }
 
     fn save_state(&self) -> VirtioDeviceState {

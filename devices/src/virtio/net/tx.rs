@@ -4,7 +4,8 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::features::{MIN_BUFFER_LEN, NET_HDR_LEN};
-use super::{NetBackend, NetStats};
+use super::NetBackend;
+use crate::metrics::NetMetrics;
 
 /// Sends the frame in `chain` (header included) to `backend`, through `buf` (at least
 /// [`MAX_BUFFER_LEN`](super::MAX_BUFFER_LEN) bytes). A chain that does not hold a frame, and a
@@ -14,20 +15,24 @@ pub(super) fn transmit_chain<M: GuestMemoryBackend>(
     mem: &M,
     buf: &mut [u8],
     backend: &mut dyn NetBackend,
-    stats: &mut NetStats,
+    metrics: &NetMetrics,
 ) {
     match gather_readable(chain, mem, buf) {
         Some(len) if len >= MIN_BUFFER_LEN => {
             let frame = buf.get(..len).unwrap_or_default();
             match backend.write_frame(frame) {
                 Ok(_) => {
-                    stats.tx_frames += 1;
-                    stats.tx_bytes += (len - NET_HDR_LEN) as u64;
+                    metrics.tx_count.inc();
+                    metrics.tx_packets_count.inc();
+                    metrics.tx_bytes_count.add((len - NET_HDR_LEN) as u64);
                 }
-                Err(_) => stats.tx_dropped += 1,
+                Err(_) => {
+                    metrics.tap_write_fails.inc();
+                    metrics.tx_fails.inc();
+                }
             }
         }
-        _ => stats.tx_dropped += 1,
+        _ => metrics.tx_malformed_frames.inc(),
     }
 }
 
