@@ -133,9 +133,7 @@ impl SerialDevice {
         };
         let uart = Serial::from_state(&s, interrupt, InputRoom::default(), out)
             .map_err(|_| Error::SerialState)?;
-        Ok(SerialDevice {
-            uart,
-        })
+        Ok(SerialDevice { uart })
     }
 
     /// A UART that raises `interrupt` and writes the guest's output to `out`.

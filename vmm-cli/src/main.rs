@@ -48,7 +48,11 @@ enum Command {
     /// Invoking this binary under the name `firecracker` does the same.
     Firecracker {
         /// Firecracker's flags.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
         args: Vec<std::ffi::OsString>,
     },
 }
@@ -289,7 +293,10 @@ fn main() -> ExitCode {
     // The library crates' records (a virtio device that needs a reset, ...) go to stderr as
     // `vmm: ...`, warnings and errors only; nothing is read from the environment (the VMM
     // may run jailed).
-    vmm_core::logger::init(vmm_core::logger::LogStyle::Vmm, vmm_api::DEFAULT_INSTANCE_ID);
+    vmm_core::logger::init(
+        vmm_core::logger::LogStyle::Vmm,
+        vmm_api::DEFAULT_INSTANCE_ID,
+    );
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(mut args) => {

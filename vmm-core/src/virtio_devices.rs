@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_devices::metrics::DeviceMetrics;
 use vmm_devices::virtio::balloon::{Balloon, BalloonConfig as BalloonDeviceConfig};
 use vmm_devices::virtio::block::{Block, BlockConfig};
 use vmm_devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
@@ -57,6 +58,8 @@ pub(crate) struct OpenedDevice {
     /// "virtio-blk /path", for messages.
     pub name: String,
     pub device: Box<dyn VirtioDevice<GuestMemoryMmap>>,
+    /// Its metrics group ("block", "net", ...) and counters.
+    pub metrics: (&'static str, Arc<dyn DeviceMetrics>),
 }
 
 /// Opens every device the config names, in slot order: disks, nets, vsock, rng, balloon.
@@ -78,6 +81,7 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         devices.push(OpenedDevice {
             id: format!("blk{index}"),
             name: format!("virtio-blk {}", disk.path.display()),
+            metrics: ("block", block.metrics()),
             device: Box::new(block),
         });
     }
@@ -89,6 +93,7 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         devices.push(OpenedDevice {
             id: format!("net{index}"),
             name: format!("virtio-net {}", net.tap),
+            metrics: ("net", device.metrics()),
             device: Box::new(device),
         });
     }
@@ -104,25 +109,30 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         devices.push(OpenedDevice {
             id: "vsock".into(),
             name: format!("virtio-vsock {}", vsock.socket.display()),
+            metrics: ("vsock", device.metrics()),
             device: Box::new(device),
         });
     }
     if config.rng {
+        let rng = Rng::<GuestMemoryMmap>::new();
         devices.push(OpenedDevice {
             id: "rng".into(),
             name: "virtio-rng".into(),
-            device: Box::new(Rng::new()),
+            metrics: ("entropy", rng.metrics()),
+            device: Box::new(rng),
         });
     }
     if let Some(balloon) = &config.balloon {
         let target_pages = balloon_pages(balloon.target);
+        let device = Balloon::new(BalloonDeviceConfig {
+            target_pages,
+            deflate_on_oom: balloon.deflate_on_oom,
+        });
         devices.push(OpenedDevice {
             id: "balloon".into(),
             name: "virtio-balloon".into(),
-            device: Box::new(Balloon::new(BalloonDeviceConfig {
-                target_pages,
-                deflate_on_oom: balloon.deflate_on_oom,
-            })),
+            metrics: ("balloon", device.metrics()),
+            device: Box::new(device),
         });
     }
     Ok(devices)
@@ -142,6 +152,8 @@ pub struct AttachedDevice {
     queue_events: Vec<EventFd>,
     /// Wakes the device's subscriber after a resume, to re-poll parked backend fds.
     wake: EventFd,
+    /// Its metrics group ("block", "net", ...) and counters.
+    pub(crate) metrics: (&'static str, Arc<dyn DeviceMetrics>),
 }
 
 impl AttachedDevice {
@@ -181,7 +193,13 @@ pub(crate) fn attach_devices(
     mmio: &mut Bus,
 ) -> Result<Vec<AttachedDevice>> {
     let mut attached = Vec::with_capacity(opened.len());
-    for (index, OpenedDevice { id, name, device }) in opened.into_iter().enumerate() {
+    for (index, opened) in opened.into_iter().enumerate() {
+        let OpenedDevice {
+            id,
+            name,
+            device,
+            metrics,
+        } = opened;
         let slot = slot(index)
             .ok_or(vmm_api::DeviceConfigError::TooManyDevices {
                 count: index + 1,
@@ -207,6 +225,7 @@ pub(crate) fn attach_devices(
             transport,
             queue_events,
             wake: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
+            metrics,
         });
     }
     Ok(attached)

@@ -102,8 +102,8 @@ impl<M: GuestMemoryBackend> Rng<M> {
         let scratch = &mut self.scratch;
         let metrics = &*self.metrics;
         drain_queue(&mut active.queue, mem, &active.interrupt, |chain| {
-            let written = fill_chain(mem, chain, scratch)
-                .inspect_err(|_| metrics.host_rng_fails.inc())?;
+            let written =
+                fill_chain(mem, chain, scratch).inspect_err(|_| metrics.host_rng_fails.inc())?;
             metrics.entropy_bytes.add(u64::from(written));
             Ok(written)
         })

@@ -1,8 +1,8 @@
 //! The virtio-net device: config space, activation, and the two queues.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use virtio_bindings::virtio_net as vnet;
 use virtio_queue::Queue;
