@@ -62,8 +62,8 @@ pub use types::{
     CacheType, Drive, EntropyDevice, Fault, Flavor, FullVmConfig, HugePages, InstanceActionInfo,
     InstanceInfo, InstanceState, IoEngine, LogLevel, Logger, MachineConfig, MachineConfigUpdate,
     MemoryBackend, MemoryBackendType, Metrics, NetworkInterface, NetworkOverride, PartialDrive,
-    PartialNetworkInterface, SnapshotCreateParams, SnapshotLoad, SnapshotLoadParams, SnapshotType,
-    VersionInfo, VmState, VmStateUpdate, Vsock, VsockOverride, FIRECRACKER_VERSION,
+    PartialNetworkInterface, SnapshotCreateParams, SnapshotLoad, SnapshotLoadParams,
+    SnapshotType, VersionInfo, VmState, VmStateUpdate, Vsock, VsockOverride, FIRECRACKER_VERSION,
 };
 pub use vm_config::{
     ConfigError, ElfEntry, MemorySize, MemorySizeError, SerialMode, VmConfig, DEFAULT_CMDLINE,

@@ -119,9 +119,9 @@ fn validate_machine_extras(
     )?;
     match cpu_template {
         None | Some("None") => Ok(()),
-        Some(template) if CPU_TEMPLATES.contains(&template) => Err(ApiError::Unsupported(format!(
-            "CPU template {template:?} (only \"None\" is implemented)"
-        ))),
+        Some(template) if CPU_TEMPLATES.contains(&template) => Err(ApiError::Unsupported(
+            format!("CPU template {template:?} (only \"None\" is implemented)"),
+        )),
         Some(template) => Err(invalid(
             "cpu_template",
             format!("{template:?} is not one of {}", CPU_TEMPLATES.join(", ")),

@@ -227,14 +227,8 @@ fn machine_config() {
     };
     assert!(!m.smt && !m.track_dirty_pages);
     assert!(matches!(
-        put(
-            "/machine-config",
-            r#"{"vcpu_count": 2, "mem_size_mib": 128, "smt": true}"#
-        ),
-        Ok(ApiRequest::PutMachineConfig(MachineConfig {
-            smt: true,
-            ..
-        }))
+        put("/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 128, "smt": true}"#),
+        Ok(ApiRequest::PutMachineConfig(MachineConfig { smt: true, .. }))
     ));
 }
 
@@ -575,11 +569,7 @@ fn balloon() {
 fn unknown_paths_and_wrong_methods() {
     refused(get("/nope"), 400, "\"/nope\"");
     refused(get("/mmds"), 400, "metadata service");
-    refused(
-        put("/mmds/config", r#"{"network_interfaces": ["1"]}"#),
-        400,
-        "not supported",
-    );
+    refused(put("/mmds/config", r#"{"network_interfaces": ["1"]}"#), 400, "not supported");
     refused(get("/boot-source/"), 400, "no such endpoint");
     refused(get("relative"), 400, "no such endpoint");
     refused(get("/boot-source"), 405, "PUT");
@@ -587,11 +577,7 @@ fn unknown_paths_and_wrong_methods() {
     refused(one(&http_get("DELETE", "/")), 405, "GET");
     refused(one(&http_get("HEAD", "/vm/config")), 405, "HEAD");
     refused(patch("/boot-source", "{}"), 405, "PATCH");
-    refused(
-        patch("/drives/x", DRIVE),
-        400,
-        "unknown field `is_root_device`",
-    );
+    refused(patch("/drives/x", DRIVE), 400, "unknown field `is_root_device`");
     // The method is checked before the body...
     refused(one(&http("PUT", "/", "not json")), 405, "PUT");
     // ...but a PUT without a length is refused from its head: its framing is unknown.
@@ -844,11 +830,7 @@ fn expect_continue() {
 #[test]
 fn responses() {
     let text = |r: &ApiResponse| String::from_utf8(r.to_http()).unwrap();
-    let ok = ApiResponse::ok_json(&InstanceInfo::new(
-        "vm0",
-        InstanceState::NotStarted,
-        Flavor::Vmm,
-    ));
+    let ok = ApiResponse::ok_json(&InstanceInfo::new("vm0", InstanceState::NotStarted, Flavor::Vmm));
     assert_eq!(ok.status, 200);
     let t = text(&ok);
     assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");

@@ -12,7 +12,8 @@ use clap::Parser;
 use serde::Deserialize;
 use vmm_api::{
     ApiConfig, ApiRequest, Balloon, BootSource, Drive, EntropyDevice, Flavor, LogLevel, Logger,
-    MachineConfig, Metrics, NetworkInterface, VmConfig, Vsock, FIRECRACKER_VERSION, MAX_BODY_BYTES,
+    MachineConfig, Metrics, NetworkInterface, VmConfig, Vsock, FIRECRACKER_VERSION,
+    MAX_BODY_BYTES,
 };
 use vmm_core::logger::{self, LogStyle};
 
@@ -372,18 +373,12 @@ mod tests {
         assert_eq!(api.vm.disk[1].id.as_deref(), Some("drive_0"));
         assert_eq!(api.iface_ids, ["eth0"]);
         assert!(api.vm.rng && api.vm.vsock.is_some() && api.vm.balloon.is_some());
-        std::fs::write(
-            &file,
-            r#"{"boot-source": {"kernel_image_path": "/k"}, "mmds-config": {}}"#,
-        )
-        .unwrap();
+        std::fs::write(&file, r#"{"boot-source": {"kernel_image_path": "/k"}, "mmds-config": {}}"#)
+            .unwrap();
         let error = apply_config_file(&mut api, &file).unwrap_err().to_string();
         assert!(error.contains("MMDS"), "{error}");
-        std::fs::write(
-            &file,
-            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1}}"#,
-        )
-        .unwrap();
+        std::fs::write(&file, r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1}}"#)
+            .unwrap();
         let error = apply_config_file(&mut api, &file).unwrap_err().to_string();
         assert!(error.contains("boot-source"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();

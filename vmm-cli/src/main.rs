@@ -48,11 +48,7 @@ enum Command {
     /// Invoking this binary under the name `firecracker` does the same.
     Firecracker {
         /// Firecracker's flags.
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<std::ffi::OsString>,
     },
 }
@@ -277,7 +273,6 @@ mod firecracker;
 mod fleet;
 
 /// One line: the error and every cause, joined by ": ".
-
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     vmm_core::error_chain(error)
 }
@@ -293,10 +288,7 @@ fn main() -> ExitCode {
     // The library crates' records (a virtio device that needs a reset, ...) go to stderr as
     // `vmm: ...`, warnings and errors only; nothing is read from the environment (the VMM
     // may run jailed).
-    vmm_core::logger::init(
-        vmm_core::logger::LogStyle::Vmm,
-        vmm_api::DEFAULT_INSTANCE_ID,
-    );
+    vmm_core::logger::init(vmm_core::logger::LogStyle::Vmm, vmm_api::DEFAULT_INSTANCE_ID);
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(mut args) => {

@@ -44,11 +44,7 @@ pub struct ApiServer {
 impl ApiServer {
     /// Listens on `path` (which must not exist, unless it is a stale socket nobody listens
     /// on) and forwards requests to `events`; bodies over `max_body` bytes are refused.
-    pub(crate) fn start(
-        path: &Path,
-        events: Sender<VmEvent>,
-        max_body: usize,
-    ) -> Result<ApiServer> {
+    pub(crate) fn start(path: &Path, events: Sender<VmEvent>, max_body: usize) -> Result<ApiServer> {
         let bind_err = |source| Error::ApiSocket {
             path: path.to_path_buf(),
             source,
@@ -126,7 +122,8 @@ impl Connection {
                 }
             }
         }
-        if self.reader.take_continue() && write_all(&mut self.stream, CONTINUE_RESPONSE).is_err() {
+        if self.reader.take_continue() && write_all(&mut self.stream, CONTINUE_RESPONSE).is_err()
+        {
             return false;
         }
         !self.reader.should_close()

@@ -36,7 +36,7 @@ pub(crate) fn lock<T: ?Sized>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGu
 }
 
 pub use builder::BuiltVm;
-pub use control::{restore_vm, run_api_config, run_vm, run_with_api, ApiOptions};
+pub use control::{restore_vm, run_vm, run_api_config, run_with_api, ApiOptions};
 pub use error::{chain as error_chain, Error, Result};
 pub use events::ShutdownReason;
 pub use persist::{merge_diff_snapshot, RestoreSource, VmSnapshot};
