@@ -1,5 +1,8 @@
 //! The vCPU exit handler: port and MMIO exits go to the two buses.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
 use vmm_devices::metrics::DeviceMetrics;
 use vmm_devices::Bus;
 use vmm_vcpu::ExitHandler;
@@ -49,12 +52,39 @@ impl std::fmt::Debug for BusExitHandler {
     }
 }
 
-/// The buses' unclaimed accesses, reported as extra keys of the `vmm` metrics group.
-impl DeviceMetrics for BusExitHandler {
+/// The buses' unclaimed accesses, reported as extra keys of the `vmm` metrics group. Holds
+/// the buses weakly (they hold the devices, which must go when the VM does); once they are
+/// gone it reports the last totals it saw.
+#[derive(Debug)]
+pub(crate) struct UnclaimedAccesses {
+    buses: Weak<BusExitHandler>,
+    last: [AtomicU64; 2],
+}
+
+impl UnclaimedAccesses {
+    pub(crate) fn new(buses: &Arc<BusExitHandler>) -> UnclaimedAccesses {
+        UnclaimedAccesses {
+            buses: Arc::downgrade(buses),
+            last: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+}
+
+impl DeviceMetrics for UnclaimedAccesses {
     fn totals(&self) -> Vec<(&'static str, u64)> {
+        if let Some(buses) = self.buses.upgrade() {
+            self.last[0].store(buses.pio.unclaimed_accesses(), Ordering::Relaxed);
+            self.last[1].store(buses.mmio.unclaimed_accesses(), Ordering::Relaxed);
+        }
         vec![
-            ("unclaimed_pio_accesses", self.pio.unclaimed_accesses()),
-            ("unclaimed_mmio_accesses", self.mmio.unclaimed_accesses()),
+            (
+                "unclaimed_pio_accesses",
+                self.last[0].load(Ordering::Relaxed),
+            ),
+            (
+                "unclaimed_mmio_accesses",
+                self.last[1].load(Ordering::Relaxed),
+            ),
         ]
     }
 }

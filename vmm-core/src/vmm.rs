@@ -52,8 +52,8 @@ pub struct Vmm {
     unsaved_dirty: Option<Vec<Vec<u64>>>,
     /// Writes a metrics line every minute while the VM runs.
     _metrics_flush: Option<crate::metrics::PeriodicFlush>,
-    /// The buses, for their unclaimed accesses in the metrics.
-    exits: Arc<crate::exits::BusExitHandler>,
+    /// The buses' unclaimed accesses, for the metrics.
+    unclaimed: Arc<crate::exits::UnclaimedAccesses>,
     /// Declared after everything that points into guest memory or uses the VM fd.
     vm: Vm,
     memory: GuestMemoryMmap,
@@ -121,7 +121,7 @@ impl Vmm {
                     None
                 }
             },
-            exits: exits.clone(),
+            unclaimed: Arc::new(crate::exits::UnclaimedAccesses::new(&exits)),
             vm,
             memory,
             _terminal: terminal,
@@ -201,7 +201,7 @@ impl Vmm {
         sources.push(Registration {
             group: "vmm",
             id: None,
-            counters: self.exits.clone(),
+            counters: self.unclaimed.clone(),
         });
         crate::metrics::register(sources);
     }
