@@ -10,10 +10,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 
 use vm_superio::{I8042Device, Trigger};
 
 use crate::bus::BusDevice;
+use crate::metrics::I8042Metrics;
 use crate::trigger::EventFdTrigger;
 
 /// The i8042's base on the port-I/O bus (0x60, the data port).
@@ -89,7 +91,7 @@ pub struct I8042Wrapper {
     pending: Option<u8>,
     last_was_command: bool,
     output: VecDeque<u8>,
-    reset_errors: u64,
+    metrics: Arc<I8042Metrics>,
 }
 
 impl fmt::Debug for I8042Wrapper {
@@ -98,7 +100,7 @@ impl fmt::Debug for I8042Wrapper {
             .field("ctr", &self.ctr)
             .field("pending", &self.pending)
             .field("output", &self.output)
-            .field("reset_errors", &self.reset_errors)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -114,7 +116,7 @@ impl I8042Wrapper {
             pending: None,
             last_was_command: false,
             output: VecDeque::new(),
-            reset_errors: 0,
+            metrics: Arc::default(),
         }
     }
 
@@ -140,7 +142,13 @@ impl I8042Wrapper {
 
     /// Times firing the reset trigger failed.
     pub fn reset_errors(&self) -> u64 {
-        self.reset_errors
+        self.metrics.error_count.get()
+    }
+
+    /// The controller's counters (register reads and writes, resets), shared with whoever
+    /// reports them.
+    pub fn metrics(&self) -> Arc<I8042Metrics> {
+        self.metrics.clone()
     }
 
     fn status(&self) -> u8 {
@@ -170,12 +178,13 @@ impl I8042Wrapper {
     }
 
     fn reset(&mut self) {
+        self.metrics.reset_count.inc();
         if self
             .device
             .write(COMMAND_OFFSET as u8, CMD_RESET_CPU)
             .is_err()
         {
-            self.reset_errors += 1;
+            self.metrics.error_count.inc();
         }
     }
 
@@ -231,17 +240,32 @@ impl I8042Wrapper {
 impl BusDevice for I8042Wrapper {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (offset, data) {
-            (DATA_OFFSET, [byte]) => *byte = self.output.pop_front().unwrap_or(0),
-            (COMMAND_OFFSET, [byte]) => *byte = self.status(),
-            (_, data) => data.fill(0xff),
+            (DATA_OFFSET, [byte]) => {
+                self.metrics.read_count.inc();
+                *byte = self.output.pop_front().unwrap_or(0);
+            }
+            (COMMAND_OFFSET, [byte]) => {
+                self.metrics.read_count.inc();
+                *byte = self.status();
+            }
+            (_, data) => {
+                self.metrics.missed_read_count.inc();
+                data.fill(0xff);
+            }
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         match (offset, data) {
-            (DATA_OFFSET, &[value]) => self.data(value),
-            (COMMAND_OFFSET, &[value]) => self.command(value),
-            _ => {}
+            (DATA_OFFSET, &[value]) => {
+                self.metrics.write_count.inc();
+                self.data(value);
+            }
+            (COMMAND_OFFSET, &[value]) => {
+                self.metrics.write_count.inc();
+                self.command(value);
+            }
+            _ => self.metrics.missed_write_count.inc(),
         }
     }
 }
@@ -266,6 +290,27 @@ mod tests {
         let mut data = [0xaau8];
         dev.read(offset, &mut data);
         data[0]
+    }
+
+    #[test]
+    fn metrics_count_accesses_and_resets() {
+        let (mut dev, _evt) = i8042();
+        let m = dev.metrics();
+        read(&mut dev, COMMAND_OFFSET);
+        read(&mut dev, 1);
+        dev.write(COMMAND_OFFSET, &[0xfe]);
+        dev.write(COMMAND_OFFSET, &[0xfe, 0]);
+        assert_eq!(
+            (m.read_count.get(), m.missed_read_count.get()),
+            (1, 1),
+            "reads"
+        );
+        assert_eq!(
+            (m.write_count.get(), m.missed_write_count.get()),
+            (1, 1),
+            "writes"
+        );
+        assert_eq!(m.reset_count.get(), 1);
     }
 
     #[test]

@@ -43,6 +43,7 @@
 pub mod boot_timer;
 pub mod bus;
 pub mod i8042;
+pub mod metrics;
 pub mod serial;
 pub mod trigger;
 pub mod virtio;

@@ -2,13 +2,14 @@
 
 use std::fmt;
 use std::io::Write;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use vm_superio::serial::{Error as SerialError, SerialEvents};
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::metrics::SerialMetrics;
 use crate::trigger::EventFdTrigger;
 use crate::Error;
 
@@ -20,16 +21,24 @@ pub const SERIAL_PORT_LEN: u64 = 8;
 type Uart = Serial<EventFdTrigger, InputRoom, Box<dyn Write + Send>>;
 
 /// Tells whoever feeds host input that the guest has emptied the receive FIFO: input held back
-/// while the FIFO was full can go in now, without polling for room.
+/// while the FIFO was full can go in now, without polling for room. Also counts the UART's
+/// events in its [`SerialMetrics`].
 #[derive(Debug, Default)]
 pub struct InputRoom {
     event: OnceLock<EventFd>,
+    metrics: Arc<SerialMetrics>,
 }
 
 impl SerialEvents for InputRoom {
-    fn buffer_read(&self) {}
-    fn out_byte(&self) {}
-    fn tx_lost_byte(&self) {}
+    fn buffer_read(&self) {
+        self.metrics.read_count.inc();
+    }
+    fn out_byte(&self) {
+        self.metrics.write_count.inc();
+    }
+    fn tx_lost_byte(&self) {
+        self.metrics.missed_write_count.inc();
+    }
     fn in_buffer_empty(&self) {
         if let Some(event) = self.event.get() {
             // A full counter already means "there is room": nothing is lost.
@@ -49,16 +58,14 @@ impl SerialEvents for InputRoom {
 /// the guest; [`lost_output_bytes`](Self::lost_output_bytes) counts them.
 pub struct SerialDevice {
     uart: Uart,
-    lost_output_bytes: u64,
-    interrupt_errors: u64,
 }
 
 impl fmt::Debug for SerialDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SerialDevice")
             .field("input_capacity", &self.input_capacity())
-            .field("lost_output_bytes", &self.lost_output_bytes)
-            .field("interrupt_errors", &self.interrupt_errors)
+            .field("lost_output_bytes", &self.lost_output_bytes())
+            .field("interrupt_errors", &self.interrupt_errors())
             .finish_non_exhaustive()
     }
 }
@@ -126,19 +133,13 @@ impl SerialDevice {
         };
         let uart = Serial::from_state(&s, interrupt, InputRoom::default(), out)
             .map_err(|_| Error::SerialState)?;
-        Ok(SerialDevice {
-            uart,
-            lost_output_bytes: 0,
-            interrupt_errors: 0,
-        })
+        Ok(SerialDevice { uart })
     }
 
     /// A UART that raises `interrupt` and writes the guest's output to `out`.
     pub fn new(interrupt: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
         SerialDevice {
             uart: Serial::with_events(interrupt, InputRoom::default(), out),
-            lost_output_bytes: 0,
-            interrupt_errors: 0,
         }
     }
 
@@ -153,7 +154,7 @@ impl SerialDevice {
             Ok(n) => Ok(n),
             Err(SerialError::FullFifo) => Ok(0),
             Err(SerialError::Trigger(e)) | Err(SerialError::IOError(e)) => {
-                self.interrupt_errors += 1;
+                self.uart.events().metrics.error_count.inc();
                 Err(Error::Interrupt(e))
             }
         }
@@ -177,12 +178,18 @@ impl SerialDevice {
 
     /// Output bytes the guest sent that the output `Write` refused.
     pub fn lost_output_bytes(&self) -> u64 {
-        self.lost_output_bytes
+        self.uart.events().metrics.missed_write_count.get()
     }
 
     /// Times raising the interrupt failed.
     pub fn interrupt_errors(&self) -> u64 {
-        self.interrupt_errors
+        self.uart.events().metrics.error_count.get()
+    }
+
+    /// The UART's counters (bytes the guest wrote out and read in, lost output bytes,
+    /// interrupt failures), shared with whoever reports them.
+    pub fn metrics(&self) -> Arc<SerialMetrics> {
+        self.uart.events().metrics.clone()
     }
 
     /// The register `offset` names, if the access is a single byte within the UART.
@@ -208,8 +215,9 @@ impl BusDevice for SerialDevice {
         };
         match self.uart.write(reg, data[0]) {
             Ok(()) => {}
-            Err(SerialError::IOError(_)) => self.lost_output_bytes += 1,
-            Err(SerialError::Trigger(_)) => self.interrupt_errors += 1,
+            // Counted as lost by the UART's events (`tx_lost_byte`).
+            Err(SerialError::IOError(_)) => {}
+            Err(SerialError::Trigger(_)) => self.uart.events().metrics.error_count.inc(),
             Err(SerialError::FullFifo) => {}
         }
     }
@@ -281,6 +289,27 @@ pub(crate) mod tests {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn metrics_count_bytes_out_lost_and_in() {
+        let (mut dev, _evt, _out) = serial();
+        let m = dev.metrics();
+        for &b in b"abc" {
+            dev.write(THR, &[b]);
+        }
+        dev.write(SCR, &[1]);
+        assert_eq!(m.write_count.get(), 3, "only bytes sent out count");
+        assert_eq!(dev.enqueue_input(b"xy").unwrap(), 2);
+        read(&mut dev, RBR);
+        assert_eq!(m.read_count.get(), 1);
+        assert_eq!(m.missed_write_count.get(), 0);
+
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut broken = SerialDevice::new(EventFdTrigger::new(irq), Box::new(Broken));
+        broken.write(THR, b"z");
+        assert_eq!(broken.metrics().missed_write_count.get(), 1);
+        assert_eq!(broken.lost_output_bytes(), 1);
     }
 
     #[test]

@@ -260,10 +260,20 @@ fn go_sdk_sequence_on_one_connection() {
     let info = wait_for_state(&mut conn, "Running");
     assert_eq!(info["app_name"], "Firecracker");
 
-    // Kata places vCPU threads in cgroups by these names.
-    let names = fc.thread_names();
-    for want in ["fc_vcpu 0", "fc_vcpu 1", "fc_api"] {
-        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    // Kata places vCPU threads in cgroups by these names. A new thread names itself once it
+    // runs, so the names are awaited (an upper bound only).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let names = fc.thread_names();
+        let missing: Vec<&str> = ["fc_vcpu 0", "fc_vcpu 1", "fc_api"]
+            .into_iter()
+            .filter(|want| !names.iter().any(|n| n == want))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{missing:?} not in {names:?}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 
     // The configuration reads back in Firecracker's shape, ids kept.

@@ -288,6 +288,11 @@ impl BuiltVm {
     /// in theirs. The restored VM tracks dirty pages (for diff snapshots of its own) when
     /// `source` says so, whatever the snapshotted VM did. Nothing runs yet.
     pub fn restore(source: &RestoreSource) -> Result<BuiltVm> {
+        let gauge = &crate::metrics::metrics().latencies_us.vmm_load_snapshot;
+        crate::metrics::timed(gauge, || BuiltVm::restore_from(source))
+    }
+
+    fn restore_from(source: &RestoreSource) -> Result<BuiltVm> {
         let snapshot = source.read_state()?;
         let (mem_path, mem_diffs) = (&source.mem, &source.mem_diffs);
         let config = &snapshot.config_for(source)?;

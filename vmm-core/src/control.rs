@@ -67,7 +67,10 @@ pub fn run_api_config(mut api: ApiConfig, options: &ApiOptions) -> Result<Shutdo
             Start::Boot(built) => (*built, StartMode::Running),
             Start::Restored(built, true) => (*built, StartMode::PausedThenResumed),
             Start::Restored(built, false) => (*built, StartMode::Paused),
-            Start::Signal(signal) => return Ok(ShutdownReason::Signal(signal)),
+            Start::Signal(signal) => {
+                crate::metrics::flush_at_exit();
+                return Ok(ShutdownReason::Signal(signal));
+            }
         }
     };
     let mut vmm = Vmm::start_with_events(built, mode, events_tx, events_rx)?;
@@ -97,8 +100,12 @@ pub fn restore_vm(
 
 /// Answers the API until the VM ends, then shuts it down.
 fn run_to_end(mut vmm: Vmm) -> Result<ShutdownReason> {
-    let outcome = vmm.wait_for_end(dispatch::handle_running);
+    let outcome = vmm.wait_for_end(|vmm, request| {
+        counted(&request.clone(), || dispatch::handle_running(vmm, request))
+    });
     let stopped_at = vmm.shutdown();
+    // The last line: what happened since the previous one, however the VM ended.
+    crate::metrics::flush_at_exit();
     if let Ok(ShutdownReason::Signal(_)) = outcome {
         // Where each vCPU was tells whether a stuck guest was idle or spinning.
         for (index, rip) in stopped_at {
@@ -106,6 +113,17 @@ fn run_to_end(mut vmm: Vmm) -> Result<ShutdownReason> {
         }
     }
     outcome
+}
+
+/// Answers a request with `answer` and counts it in the metrics.
+fn counted(
+    request: &vmm_api::ApiRequest,
+    answer: impl FnOnce() -> vmm_api::ApiResponse,
+) -> vmm_api::ApiResponse {
+    let started = std::time::Instant::now();
+    let response = answer();
+    crate::metrics::record_api_request(request, response.status, started.elapsed());
+    response
 }
 
 /// What ended the wait for configuration.
@@ -123,7 +141,15 @@ fn wait_for_configuration(api: &mut ApiConfig, events: &Receiver<VmEvent>) -> Re
             Ok(_) => continue,
             Err(_) => return Err(Error::EventChannelLost),
         };
-        match dispatch::handle_pre_boot(api, request) {
+        let kind = request.clone();
+        let mut status = 204;
+        let started = std::time::Instant::now();
+        let outcome = dispatch::handle_pre_boot(api, request);
+        if let PreBoot::Answer(response) = &outcome {
+            status = response.status;
+        }
+        crate::metrics::record_api_request(&kind, status, started.elapsed());
+        match outcome {
             PreBoot::Answer(response) => {
                 let _ = reply.send(response);
             }

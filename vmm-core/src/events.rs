@@ -100,6 +100,14 @@ extern "C" fn on_termination_signal(
     _: *mut libc::c_void,
 ) {
     TERMINATION_SIGNAL.store(num, Ordering::SeqCst);
+    // Async-signal-safe: a static (no lazy initialisation) and an atomic add.
+    let signals = &crate::metrics::metrics().signals;
+    match num {
+        libc::SIGTERM => signals.sigterm.inc(),
+        libc::SIGINT => signals.sigint.inc(),
+        libc::SIGHUP => signals.sighup.inc(),
+        _ => {}
+    }
     let fd = SIGNAL_EVENT_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         let one: u64 = 1;

@@ -229,10 +229,14 @@ fn spawn_one(
                         }
                     }
                     Ok(result) => {
+                        if result.is_err() {
+                            crate::metrics::metrics().vcpu.failures.inc();
+                        }
                         let _ = events.send(VmEvent::Vcpu(result));
                         break;
                     }
                     Err(_) => {
+                        crate::metrics::metrics().vcpu.failures.inc();
                         let _ = events.send(VmEvent::VcpuPanicked(index));
                         break;
                     }

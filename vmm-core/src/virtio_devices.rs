@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_devices::metrics::DeviceMetrics;
 use vmm_devices::rate_limiter::{BucketParams, BucketUpdate, RateLimiter};
 use vmm_devices::virtio::balloon::{Balloon, BalloonConfig as BalloonDeviceConfig};
 use vmm_devices::virtio::block::{Block, BlockConfig, CacheType};
@@ -58,6 +59,8 @@ pub(crate) struct OpenedDevice {
     /// "virtio-blk /path", for messages.
     pub name: String,
     pub device: Box<dyn VirtioDevice<GuestMemoryMmap>>,
+    /// Its metrics group ("block", "net", ...) and counters.
+    pub metrics: (&'static str, Arc<dyn DeviceMetrics>),
 }
 
 /// Opens every device the config names, in slot order: disks, nets, vsock, rng, balloon.
@@ -93,6 +96,7 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         devices.push(OpenedDevice {
             id: format!("blk{index}"),
             name: format!("virtio-blk {}", disk.path.display()),
+            metrics: ("block", block.metrics()),
             device: Box::new(block),
         });
     }
@@ -109,6 +113,7 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         devices.push(OpenedDevice {
             id: format!("net{index}"),
             name: format!("virtio-net {}", net.tap),
+            metrics: ("net", device.metrics()),
             device: Box::new(device),
         });
     }
@@ -124,29 +129,31 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         devices.push(OpenedDevice {
             id: "vsock".into(),
             name: format!("virtio-vsock {}", vsock.socket.display()),
+            metrics: ("vsock", device.metrics()),
             device: Box::new(device),
         });
     }
     if config.rng {
+        let mut rng = Rng::<GuestMemoryMmap>::new();
+        rng.set_rate_limiter(rate_limiter(config.rng_rate_limiter.as_ref())?);
         devices.push(OpenedDevice {
             id: "rng".into(),
             name: "virtio-rng".into(),
-            device: Box::new({
-                let mut rng: Rng<GuestMemoryMmap> = Rng::new();
-                rng.set_rate_limiter(rate_limiter(config.rng_rate_limiter.as_ref())?);
-                rng
-            }),
+            metrics: ("entropy", rng.metrics()),
+            device: Box::new(rng),
         });
     }
     if let Some(balloon) = &config.balloon {
         let target_pages = balloon_pages(balloon.target);
+        let device = Balloon::new(BalloonDeviceConfig {
+            target_pages,
+            deflate_on_oom: balloon.deflate_on_oom,
+        });
         devices.push(OpenedDevice {
             id: "balloon".into(),
             name: "virtio-balloon".into(),
-            device: Box::new(Balloon::new(BalloonDeviceConfig {
-                target_pages,
-                deflate_on_oom: balloon.deflate_on_oom,
-            })),
+            metrics: ("balloon", device.metrics()),
+            device: Box::new(device),
         });
     }
     Ok(devices)
@@ -198,6 +205,8 @@ pub struct AttachedDevice {
     queue_events: Vec<EventFd>,
     /// Wakes the device's subscriber after a resume, to re-poll parked backend fds.
     wake: EventFd,
+    /// Its metrics group ("block", "net", ...) and counters.
+    pub(crate) metrics: (&'static str, Arc<dyn DeviceMetrics>),
 }
 
 impl AttachedDevice {
@@ -237,7 +246,13 @@ pub(crate) fn attach_devices(
     mmio: &mut Bus,
 ) -> Result<Vec<AttachedDevice>> {
     let mut attached = Vec::with_capacity(opened.len());
-    for (index, OpenedDevice { id, name, device }) in opened.into_iter().enumerate() {
+    for (index, opened) in opened.into_iter().enumerate() {
+        let OpenedDevice {
+            id,
+            name,
+            device,
+            metrics,
+        } = opened;
         let slot = slot(index)
             .ok_or(vmm_api::DeviceConfigError::TooManyDevices {
                 count: index + 1,
@@ -263,6 +278,7 @@ pub(crate) fn attach_devices(
             transport,
             queue_events,
             wake: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
+            metrics,
         });
     }
     Ok(attached)

@@ -53,6 +53,10 @@ pub struct Vmm {
     config: ApiConfig,
     /// Dirty pages read for a snapshot that failed, to be part of the next one.
     unsaved_dirty: Option<Vec<Vec<u64>>>,
+    /// Writes a metrics line every minute while the VM runs.
+    _metrics_flush: Option<crate::metrics::PeriodicFlush>,
+    /// The buses' unclaimed accesses, for the metrics.
+    unclaimed: Arc<crate::exits::UnclaimedAccesses>,
     /// Declared after everything that points into guest memory or uses the VM fd.
     vm: Vm,
     memory: GuestMemoryMmap,
@@ -114,11 +118,20 @@ impl Vmm {
             i8042,
             config: ApiConfig::new(config),
             unsaved_dirty: None,
+            _metrics_flush: match crate::metrics::PeriodicFlush::start() {
+                Ok(flush) => Some(flush),
+                Err(e) => {
+                    log::warn!("no periodic metrics: {e}");
+                    None
+                }
+            },
+            unclaimed: Arc::new(crate::exits::UnclaimedAccesses::new(&exits)),
             vm,
             memory,
             _terminal: terminal,
         };
         vmm.keep_api_view(iface_ids, Flavor::Vmm);
+        vmm.register_metrics();
         vmm.threads = Some(VcpuThreads::spawn(vcpus, exits, events_tx, start_paused)?);
         if mode == StartMode::PausedThenResumed {
             vmm.resume()?;
@@ -139,6 +152,63 @@ impl Vmm {
             self.config.iface_ids = iface_ids;
         }
         self.config.flavor = flavor;
+        self.register_metrics();
+    }
+
+    /// Hands the devices' counters to the metrics, named by drive and interface ids.
+    fn register_metrics(&self) {
+        use crate::metrics::Registration;
+        let (mut disks, mut nets) = (0usize, 0usize);
+        let mut sources = Vec::with_capacity(self.virtio.len() + 3);
+        for device in &self.virtio {
+            let (group, counters) = &device.metrics;
+            let id = match *group {
+                "block" => {
+                    let index = disks;
+                    disks += 1;
+                    let disk = self.config.vm.disk.get(index);
+                    Some(
+                        disk.and_then(|d| d.id.clone())
+                            .unwrap_or_else(|| format!("disk{index}")),
+                    )
+                }
+                "net" => {
+                    let index = nets;
+                    nets += 1;
+                    let tap = self.config.vm.net.get(index).map(|n| n.tap.clone());
+                    Some(
+                        self.config
+                            .iface_ids
+                            .get(index)
+                            .cloned()
+                            .or(tap)
+                            .unwrap_or_else(|| device.id.clone()),
+                    )
+                }
+                _ => None,
+            };
+            sources.push(Registration {
+                group,
+                id,
+                counters: counters.clone(),
+            });
+        }
+        sources.push(Registration {
+            group: "uart",
+            id: None,
+            counters: crate::lock(&self.serial).metrics(),
+        });
+        sources.push(Registration {
+            group: "i8042",
+            id: None,
+            counters: crate::lock(&self.i8042).metrics(),
+        });
+        sources.push(Registration {
+            group: "vmm",
+            id: None,
+            counters: self.unclaimed.clone(),
+        });
+        crate::metrics::register(sources);
     }
 
     /// Whether the guest runs or is paused.
@@ -157,20 +227,26 @@ impl Vmm {
     /// Stops every vCPU (each leaves KVM_RUN and parks), then the device queues. Pausing a
     /// paused VM does nothing.
     pub fn pause(&mut self) -> Result<()> {
-        self.threads().pause()?;
-        for device in &self.virtio {
-            device.set_paused(true);
-        }
-        Ok(())
+        let gauge = &crate::metrics::metrics().latencies_us.vmm_pause_vm;
+        crate::metrics::timed(gauge, || {
+            self.threads().pause()?;
+            for device in &self.virtio {
+                device.set_paused(true);
+            }
+            Ok(())
+        })
     }
 
     /// Restarts the device queues, then the vCPUs. Resuming a running VM does nothing.
     pub fn resume(&mut self) -> Result<()> {
-        for device in &self.virtio {
-            device.set_paused(false);
-        }
-        self.threads().resume();
-        Ok(())
+        let gauge = &crate::metrics::metrics().latencies_us.vmm_resume_vm;
+        crate::metrics::timed(gauge, || {
+            for device in &self.virtio {
+                device.set_paused(false);
+            }
+            self.threads().resume();
+            Ok(())
+        })
     }
 
     /// Presses Ctrl+Alt+Del on the i8042 keyboard (a guest that listens reboots or powers off).
@@ -181,6 +257,15 @@ impl Vmm {
     /// Writes a snapshot of the paused VM: the memory file (all of RAM, or for a `Diff` the
     /// pages written since the previous snapshot), then the state file.
     pub fn snapshot(&mut self, params: &SnapshotCreateParams) -> Result<()> {
+        let latencies = &crate::metrics::metrics().latencies_us;
+        let gauge = match params.snapshot_type {
+            vmm_api::SnapshotType::Full => &latencies.vmm_full_create_snapshot,
+            vmm_api::SnapshotType::Diff => &latencies.vmm_diff_create_snapshot,
+        };
+        crate::metrics::timed(gauge, || self.write_snapshot(params))
+    }
+
+    fn write_snapshot(&mut self, params: &SnapshotCreateParams) -> Result<()> {
         let tracking = self.config.vm.track_dirty_pages;
         let paused = self.state() == InstanceState::Paused;
         persist::check_snapshot_request(params.snapshot_type, tracking, paused)?;

@@ -20,8 +20,11 @@
 //! which is fine since deflate does nothing on the host).
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::BalloonMetrics;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -109,6 +112,7 @@ pub struct Balloon<M> {
     target_pages: u32,
     actual_pages: u32,
     stats: BalloonStats,
+    metrics: Arc<BalloonMetrics>,
     host_page_size: usize,
     active: Option<Active<M>>,
 }
@@ -139,6 +143,7 @@ impl<M: GuestMemoryBackend> Balloon<M> {
             target_pages: config.target_pages,
             actual_pages: 0,
             stats: BalloonStats::default(),
+            metrics: Arc::default(),
             host_page_size,
             active: None,
         }
@@ -169,6 +174,12 @@ impl<M: GuestMemoryBackend> Balloon<M> {
         self.stats
     }
 
+    /// The device's counters (inflate and deflate requests, failures), shared with whoever
+    /// reports them.
+    pub fn metrics(&self) -> Arc<BalloonMetrics> {
+        self.metrics.clone()
+    }
+
     fn config_bytes(&self) -> [u8; CONFIG_SIZE as usize] {
         let mut c = [0u8; CONFIG_SIZE as usize];
         let (num_pages, actual) = c.split_at_mut(4);
@@ -190,15 +201,19 @@ impl<M: GuestMemoryBackend> Balloon<M> {
         };
         let host_page_size = self.host_page_size;
         let stats = &mut self.stats;
+        let metrics = &*self.metrics;
         drain_queue(queue, mem, &active.interrupt, |chain| {
             if inflate {
+                metrics.inflate_count.inc();
                 inflate_chain(mem, chain, host_page_size, stats);
             } else {
+                metrics.deflate_count.inc();
                 deflate_chain(chain, stats);
             }
             // The balloon never writes into the buffers.
             Ok(0)
         })
+        .inspect_err(|_| metrics.event_fails.inc())
     }
 }
 
@@ -444,7 +459,9 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Balloon<M> {
     }
 
     fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
-        let (mem, [inflate, deflate], interrupt) = active.into_queues()?;
+        let (mem, [inflate, deflate], interrupt) = active
+            .into_queues()
+            .inspect_err(|_| self.metrics.activate_fails.inc())?;
         self.active = Some(Active {
             mem,
             inflate,

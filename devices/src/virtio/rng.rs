@@ -15,8 +15,11 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::EntropyMetrics;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestMemoryBackend};
 
@@ -61,7 +64,7 @@ pub struct Rng<M> {
     /// Random bytes are drawn here, then copied to guest memory: keeps getrandom(2) away from
     /// guest mappings and needs no unsafe pointer arithmetic on them.
     scratch: Vec<u8>,
-    bytes_served: u64,
+    metrics: Arc<EntropyMetrics>,
     /// Requests pass it first; unlimited by default.
     rate_limiter: RateLimiter,
     /// Times the queue stopped because the rate limiter was blocked.
@@ -72,7 +75,7 @@ impl<M> fmt::Debug for Rng<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rng")
             .field("activated", &self.active.is_some())
-            .field("bytes_served", &self.bytes_served)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -89,7 +92,7 @@ impl<M: GuestMemoryBackend> Rng<M> {
         Rng {
             active: None,
             scratch: vec![0; MAX_BYTES_PER_CHAIN],
-            bytes_served: 0,
+            metrics: Arc::default(),
             rate_limiter: RateLimiter::default(),
             throttled: 0,
         }
@@ -122,7 +125,13 @@ impl<M: GuestMemoryBackend> Rng<M> {
 
     /// Random bytes handed to the guest since the device was created.
     pub fn bytes_served(&self) -> u64 {
-        self.bytes_served
+        self.metrics.entropy_bytes.get()
+    }
+
+    /// The device's counters (bytes served, requests, failures), shared with whoever reports
+    /// them.
+    pub fn metrics(&self) -> Arc<EntropyMetrics> {
+        self.metrics.clone()
     }
 
     fn process_requests(&mut self) -> Result<(), VirtioError> {
@@ -132,7 +141,7 @@ impl<M: GuestMemoryBackend> Rng<M> {
         };
         let mem = &active.mem;
         let scratch = &mut self.scratch;
-        let bytes_served = &mut self.bytes_served;
+        let metrics = &*self.metrics;
         let limiter = &mut self.rate_limiter;
         let throttled = drain_queue_limited(&mut active.queue, mem, &active.interrupt, |chain| {
             let asked: u64 = chain
@@ -143,12 +152,14 @@ impl<M: GuestMemoryBackend> Rng<M> {
             if !consume_request(limiter, asked.min(MAX_BYTES_PER_CHAIN as u64)) {
                 return Ok(Served::Throttled);
             }
-            let written = fill_chain(mem, chain, scratch)?;
-            *bytes_served = bytes_served.saturating_add(u64::from(written));
+            let written =
+                fill_chain(mem, chain, scratch).inspect_err(|_| metrics.host_rng_fails.inc())?;
+            metrics.entropy_bytes.add(u64::from(written));
             Ok(Served::Used(written))
         })?;
         if throttled {
             self.throttled += 1;
+            metrics.entropy_rate_limiter_throttled.inc();
         }
         Ok(())
     }
@@ -239,7 +250,9 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Rng<M> {
     }
 
     fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
-        let (mem, [queue], interrupt) = active.into_queues()?;
+        let (mem, [queue], interrupt) = active
+            .into_queues()
+            .inspect_err(|_| self.metrics.activate_fails.inc())?;
         self.active = Some(Active {
             mem,
             queue,
@@ -260,7 +273,9 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Rng<M> {
         if index != 0 {
             return Ok(());
         }
+        self.metrics.entropy_event_count.inc();
         self.process_requests()
+            .inspect_err(|_| self.metrics.entropy_event_fails.inc())
     }
 
     fn backend_fds(&self) -> Vec<BackendFd> {
@@ -269,6 +284,7 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Rng<M> {
 
     fn process_backend(&mut self, token: u32, _events: EventSet) -> Result<(), VirtioError> {
         if token == RATE_LIMITER_TOKEN && self.rate_limiter.event_handler().is_ok() {
+            self.metrics.rate_limiter_event_count.inc();
             return self.process_requests();
         }
         Ok(())

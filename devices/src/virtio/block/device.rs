@@ -1,6 +1,7 @@
 //! The virtio-blk device: feature bits, config space, activation and the request queue.
 
 use std::fmt;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
@@ -17,6 +18,7 @@ use super::request::{process_chain, MAX_CHAIN_DESCRIPTORS};
 use super::{
     configured_id, BlockConfig, BlockError, CacheType, DiskInfo, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX,
 };
+use crate::metrics::BlockMetrics;
 use crate::virtio::{
     device_type, drain_queue_limited, features, limiter_fd, read_config_bytes, ActiveQueues,
     BackendFd, Persist, VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
@@ -54,6 +56,7 @@ pub struct Block<M: GuestMemoryBackend, B: BlockBackend<M> = RawFile> {
     rate_limiter: RateLimiter,
     /// Times the queue stopped because the rate limiter was blocked.
     throttled: u64,
+    metrics: Arc<BlockMetrics>,
 }
 
 impl<M: GuestMemoryBackend, B: BlockBackend<M>> fmt::Debug for Block<M, B> {
@@ -114,6 +117,7 @@ impl<M: GuestMemoryBackend, B: BlockBackend<M>> Block<M, B> {
             scratch: Vec::with_capacity(MAX_CHAIN_DESCRIPTORS),
             rate_limiter: RateLimiter::unlimited().map_err(BlockError::RateLimiter)?,
             throttled: 0,
+            metrics: Arc::default(),
         })
     }
 
@@ -184,6 +188,12 @@ impl<M: GuestMemoryBackend, B: BlockBackend<M>> Block<M, B> {
         self.disk.read_only
     }
 
+    /// The device's counters (bytes and requests served, failures), shared with whoever
+    /// reports them.
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.metrics.clone()
+    }
+
     /// The backend the device serves.
     pub fn backend(&self) -> &B {
         &self.backend
@@ -215,6 +225,7 @@ fn serve_queue<M: GuestMemoryBackend>(
     backend: &mut dyn BlockBackend<M>,
     scratch: &mut Vec<GuestRange>,
     limiter: &mut RateLimiter,
+    metrics: &BlockMetrics,
 ) -> Result<bool, VirtioError> {
     let Active {
         mem,
@@ -223,9 +234,20 @@ fn serve_queue<M: GuestMemoryBackend>(
     } = active;
     // A broken available index is fatal (the transport sets DEVICE_NEEDS_RESET); heads past
     // the table are dropped.
-    drain_queue_limited(queue, mem, interrupt, |chain| {
-        Ok(process_chain(disk, backend, mem, chain, scratch, limiter))
-    })
+    let mut handled = 0u64;
+    let result = drain_queue_limited(queue, mem, interrupt, |chain| {
+        handled += 1;
+        Ok(process_chain(
+            disk, backend, mem, chain, scratch, limiter, metrics,
+        ))
+    });
+    if handled == 0 {
+        metrics.no_avail_buffer.inc();
+    }
+    if result.is_err() {
+        metrics.event_fails.inc();
+    }
+    result
 }
 
 impl<M, B> VirtioDevice<M> for Block<M, B>
@@ -257,7 +279,9 @@ where
     }
 
     fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
-        let (mem, [queue], interrupt) = active.into_queues()?;
+        let (mem, [queue], interrupt) = active
+            .into_queues()
+            .inspect_err(|_| self.metrics.activate_fails.inc())?;
         self.active = Some(Active {
             mem,
             queue,
@@ -281,12 +305,14 @@ where
         if index != 0 {
             return Ok(());
         }
+        self.metrics.queue_event_count.inc();
         let throttled = serve_queue(
             active,
             &self.disk,
             &mut self.backend,
             &mut self.scratch,
             &mut self.rate_limiter,
+            &self.metrics,
         )?;
         if throttled {
             self.throttled += 1;
@@ -302,6 +328,7 @@ where
         // A spurious wake-up (the limiter is not blocked, or its timer has not expired) changes
         // nothing; otherwise the blocked period is over and the queue is served again.
         if token == RATE_LIMITER_TOKEN && self.rate_limiter.event_handler().is_ok() {
+            self.metrics.rate_limiter_event_count.inc();
             return self.process_queue(0);
         }
         Ok(())

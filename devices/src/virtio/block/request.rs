@@ -8,6 +8,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::metrics::BlockMetrics;
 use vmm_rate_limiter::RateLimiter;
 
 use super::io::{BlockBackend, GuestBuffers, GuestRange};
@@ -147,7 +148,16 @@ impl<'a, M: GuestMemoryBackend> Request<'a, M> {
     }
 
     /// Runs the request on `backend`.
-    fn execute(&self, disk: &DiskInfo, backend: &mut dyn BlockBackend<M>) -> Completion {
+    fn execute(
+        &self,
+        disk: &DiskInfo,
+        backend: &mut dyn BlockBackend<M>,
+        metrics: &BlockMetrics,
+    ) -> Completion {
+        let invalid = || {
+            metrics.invalid_reqs_count.inc();
+            IOERR
+        };
         match self.request_type {
             VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
                 let write = self.request_type == VIRTIO_BLK_T_OUT;
@@ -160,35 +170,50 @@ impl<'a, M: GuestMemoryBackend> Request<'a, M> {
                 // not whole sectors, or a range past the end (or past u64) all fail the same
                 // way.
                 if !stray.is_empty() || (write && disk.read_only) {
-                    return IOERR;
+                    return invalid();
                 }
                 if data.len() % SECTOR_SIZE != 0 {
-                    return IOERR;
+                    return invalid();
                 }
                 let Some(offset) = self.sector.checked_mul(SECTOR_SIZE) else {
-                    return IOERR;
+                    return invalid();
                 };
                 match offset.checked_add(data.len()) {
                     Some(end) if end <= disk.capacity_bytes() => {}
-                    _ => return IOERR,
+                    _ => return invalid(),
                 }
                 if write {
                     match backend.write_at(offset, data) {
-                        Ok(()) => ok(0),
-                        Err(_) => IOERR,
+                        Ok(()) => {
+                            metrics.write_count.inc();
+                            metrics.write_bytes.add(data.len());
+                            ok(0)
+                        }
+                        Err(_) => {
+                            metrics.execute_fails.inc();
+                            IOERR
+                        }
                     }
                 } else {
                     let done = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
                     match backend.read_at(offset, data) {
-                        Ok(()) => ok(done(data.len())),
-                        Err(e) => Completion {
-                            status: VIRTIO_BLK_S_IOERR,
-                            written: done(e.transferred()),
-                        },
+                        Ok(()) => {
+                            metrics.read_count.inc();
+                            metrics.read_bytes.add(data.len());
+                            ok(done(data.len()))
+                        }
+                        Err(e) => {
+                            metrics.execute_fails.inc();
+                            Completion {
+                                status: VIRTIO_BLK_S_IOERR,
+                                written: done(e.transferred()),
+                            }
+                        }
                     }
                 }
             }
             VIRTIO_BLK_T_FLUSH => {
+                metrics.flush_count.inc();
                 // Nothing of ours to make durable on a read-only disk; with the `Unsafe` cache
                 // type flushes are acknowledged without syncing (Firecracker's default).
                 if disk.read_only || !disk.writeback {
@@ -196,7 +221,10 @@ impl<'a, M: GuestMemoryBackend> Request<'a, M> {
                 }
                 match backend.flush() {
                     Ok(()) => ok(0),
-                    Err(_) => IOERR,
+                    Err(_) => {
+                        metrics.execute_fails.inc();
+                        IOERR
+                    }
                 }
             }
             VIRTIO_BLK_T_GET_ID => {
@@ -211,10 +239,13 @@ impl<'a, M: GuestMemoryBackend> Request<'a, M> {
                     Err(_) => IOERR,
                 }
             }
-            _ => Completion {
-                status: VIRTIO_BLK_S_UNSUPP,
-                written: 0,
-            },
+            _ => {
+                metrics.invalid_reqs_count.inc();
+                Completion {
+                    status: VIRTIO_BLK_S_UNSUPP,
+                    written: 0,
+                }
+            }
         }
     }
 }
@@ -231,21 +262,27 @@ pub(super) fn process_chain<M: GuestMemoryBackend>(
     chain: DescriptorChain<&M>,
     scratch: &mut Vec<GuestRange>,
     limiter: &mut RateLimiter,
+    metrics: &BlockMetrics,
 ) -> Served {
     let layout = ChainLayout::read(chain, scratch);
     // The status is the chain's last byte; without a writable one in guest memory there is
     // nowhere to answer, so the chain goes back untouched.
     let Some(status_addr) = layout.status_addr(mem) else {
+        metrics.invalid_reqs_count.inc();
         return Served::Used(0);
     };
     let done = match Request::parse(&layout, mem) {
         Some(request) => {
             if !consume_request(limiter, request.data_bytes()) {
+                metrics.rate_limiter_throttled_events.inc();
                 return Served::Throttled;
             }
-            request.execute(disk, backend)
+            request.execute(disk, backend, metrics)
         }
-        None => IOERR,
+        None => {
+            metrics.invalid_reqs_count.inc();
+            IOERR
+        }
     };
     // The status byte is in guest memory (checked above); a failure here cannot happen, but if
     // it did, claiming nothing was written is the honest answer.

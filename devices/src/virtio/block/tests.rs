@@ -1381,3 +1381,44 @@ fn unsafe_cache_type_offers_no_flush_and_does_not_sync() {
     );
     assert_eq!(block.backend().flushes, 0, "acknowledged without syncing");
 }
+
+#[test]
+fn metrics_count_exactly_the_bytes_and_requests_served() {
+    let disk = pattern(8 * 512);
+    let mut r = rig(&disk);
+    let m = r.block.metrics();
+    r.request(
+        VIRTIO_BLK_T_IN,
+        3,
+        &[(DATA, 512, true), (DATA + 0x1000, 1024, true)],
+    );
+    r.run();
+    assert_eq!(r.status(), S_OK);
+    assert_eq!(m.read_bytes.get(), 1536);
+    assert_eq!(m.read_count.get(), 1);
+    assert_eq!(m.queue_event_count.get(), 1);
+
+    r.request(VIRTIO_BLK_T_OUT, 0, &[(DATA, 1024, false)]);
+    r.run();
+    r.request(VIRTIO_BLK_T_FLUSH, 0, &[]);
+    r.run();
+    // Past the end: invalid, nothing moved.
+    r.request(VIRTIO_BLK_T_IN, 8, &[(DATA, 512, true)]);
+    r.run();
+    assert_eq!(r.status(), S_IOERR);
+    r.request(0xff, 0, &[]);
+    r.run();
+    // A notification with nothing on the queue.
+    r.run();
+
+    assert_eq!(m.read_bytes.get(), 1536, "a failed read reads nothing");
+    assert_eq!(m.read_count.get(), 1);
+    assert_eq!(m.write_bytes.get(), 1024);
+    assert_eq!(m.write_count.get(), 1);
+    assert_eq!(m.flush_count.get(), 1);
+    assert_eq!(m.invalid_reqs_count.get(), 2);
+    assert_eq!(m.execute_fails.get(), 0);
+    assert_eq!(m.queue_event_count.get(), 6);
+    assert_eq!(m.no_avail_buffer.get(), 1);
+    assert_eq!(m.activate_fails.get(), 0);
+}

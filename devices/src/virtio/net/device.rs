@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use virtio_bindings::virtio_net as vnet;
 use virtio_queue::Queue;
@@ -18,6 +19,7 @@ use super::{
     NetBackend, NetStats, BACKEND_TOKEN, QUEUE_SIZE, RX_QUEUE, RX_RATE_LIMITER_TOKEN, TX_QUEUE,
     TX_RATE_LIMITER_TOKEN,
 };
+use crate::metrics::NetMetrics;
 use crate::virtio::{
     device_type, drain_queue_limited, limiter_fd, read_config_bytes, ActiveQueues, BackendFd,
     Persist, VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
@@ -43,7 +45,7 @@ pub struct Net<M> {
     /// The receive side: the frame that waits for buffers, and its scratch.
     pub(super) receiver: Receiver,
     tx_buf: Box<[u8]>,
-    stats: NetStats,
+    metrics: Arc<NetMetrics>,
     /// Gates frames into the guest; unlimited by default.
     rx_limiter: RateLimiter,
     /// Gates frames from the guest; unlimited by default.
@@ -59,7 +61,7 @@ impl<M> fmt::Debug for Net<M> {
             .field("mac", &format_mac(&self.mac))
             .field("activated", &self.active.is_some())
             .field("rx_pending", &self.receiver.pending())
-            .field("stats", &self.stats)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -78,7 +80,7 @@ impl<M: GuestMemoryBackend> Net<M> {
             active: None,
             receiver: Receiver::new(),
             tx_buf: vec![0; MAX_BUFFER_LEN].into_boxed_slice(),
-            stats: NetStats::default(),
+            metrics: Arc::default(),
             rx_limiter: RateLimiter::default(),
             tx_limiter: RateLimiter::default(),
             tx_throttled: 0,
@@ -130,7 +132,21 @@ impl<M: GuestMemoryBackend> Net<M> {
 
     /// Frame counters since the device was built.
     pub fn stats(&self) -> NetStats {
-        self.stats
+        let m = &self.metrics;
+        NetStats {
+            tx_frames: m.tx_packets_count.get(),
+            tx_bytes: m.tx_bytes_count.get(),
+            tx_dropped: m.tx_malformed_frames.get() + m.tx_fails.get(),
+            rx_frames: m.rx_packets_count.get(),
+            rx_bytes: m.rx_bytes_count.get(),
+            rx_dropped: m.rx_fails.get(),
+        }
+    }
+
+    /// The device's counters (frames and bytes each way, failures), shared with whoever
+    /// reports them.
+    pub fn metrics(&self) -> Arc<NetMetrics> {
+        self.metrics.clone()
     }
 
     fn config(&self) -> [u8; 10] {
@@ -149,13 +165,19 @@ impl<M: GuestMemoryBackend> Net<M> {
             return Ok(());
         };
         let mem = &active.mem;
-        let (buf, backend, stats) = (&mut self.tx_buf, self.backend.as_mut(), &mut self.stats);
+        let (buf, backend, metrics) = (&mut self.tx_buf, self.backend.as_mut(), &*self.metrics);
         let limiter = &mut self.tx_limiter;
-        let throttled = drain_queue_limited(&mut active.tx, mem, &active.interrupt, |chain| {
-            Ok(transmit_chain(chain, mem, buf, backend, stats, limiter))
-        })?;
-        if throttled {
+        let mut sent = 0u64;
+        let result = drain_queue_limited(&mut active.tx, mem, &active.interrupt, |chain| {
+            sent += 1;
+            Ok(transmit_chain(chain, mem, buf, backend, metrics, limiter))
+        });
+        if sent == 0 {
+            metrics.no_tx_avail_buffer.inc();
+        }
+        if result? {
             self.tx_throttled += 1;
+            metrics.tx_rate_limiter_throttled.inc();
         }
         Ok(())
     }
@@ -172,7 +194,7 @@ impl<M: GuestMemoryBackend> Net<M> {
             &active.interrupt,
             mergeable_rx(active.acked_features),
             self.backend.as_mut(),
-            &mut self.stats,
+            &self.metrics,
             &mut self.rx_limiter,
         )
     }
@@ -198,10 +220,13 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Net<M> {
     fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
         // AVAIL_FEATURES has RING_EVENT_IDX: the queues see what the driver acked.
         let acked_features = active.acked_features & AVAIL_FEATURES;
-        let (mem, [rx, tx], interrupt) = active.into_queues()?;
+        let metrics = self.metrics.clone();
+        let failed = move |_: &VirtioError| metrics.activate_fails.inc();
+        let (mem, [rx, tx], interrupt) = active.into_queues().inspect_err(&failed)?;
         self.backend
             .set_offload(backend_offloads(acked_features))
-            .map_err(VirtioError::Backend)?;
+            .map_err(VirtioError::Backend)
+            .inspect_err(&failed)?;
         self.receiver.drop_pending();
         self.active = Some(Active {
             mem,
@@ -213,7 +238,8 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Net<M> {
         // Frames that reached the backend before now already raised their edge: take them.
         // If that fails the device stays inactive, as if activation had never happened.
         let taken = self.process_rx();
-        if taken.is_err() {
+        if let Err(e) = &taken {
+            failed(e);
             self.active = None;
         }
         taken
@@ -229,11 +255,21 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Net<M> {
     }
 
     fn process_queue(&mut self, index: usize) -> Result<(), VirtioError> {
-        match index {
-            RX_QUEUE => self.process_rx(),
-            TX_QUEUE => self.process_tx(),
+        let result = match index {
+            RX_QUEUE => {
+                self.metrics.rx_queue_event_count.inc();
+                self.process_rx()
+            }
+            TX_QUEUE => {
+                self.metrics.tx_queue_event_count.inc();
+                self.process_tx()
+            }
             _ => Ok(()),
+        };
+        if result.is_err() {
+            self.metrics.event_fails.inc();
         }
+        result
     }
 
     fn backend_fds(&self) -> Vec<BackendFd> {
@@ -251,12 +287,22 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Net<M> {
     fn process_backend(&mut self, token: u32, _events: EventSet) -> Result<(), VirtioError> {
         // A limiter's wake-up that is spurious (not blocked, timer not expired) changes
         // nothing; otherwise its queue is served again.
-        match token {
-            BACKEND_TOKEN => self.process_rx(),
-            RX_RATE_LIMITER_TOKEN if self.rx_limiter.event_handler().is_ok() => self.process_rx(),
-            TX_RATE_LIMITER_TOKEN if self.tx_limiter.event_handler().is_ok() => self.process_tx(),
+        let result = match token {
+            BACKEND_TOKEN => {
+                self.metrics.rx_tap_event_count.inc();
+                self.process_rx()
+            }
+            RX_RATE_LIMITER_TOKEN if self.rx_limiter.event_handler().is_ok() => {
+                self.metrics.rx_event_rate_limiter_count.inc();
+                self.process_rx()
+            }
+            TX_RATE_LIMITER_TOKEN if self.tx_limiter.event_handler().is_ok() => {
+                self.metrics.tx_rate_limiter_event_count.inc();
+                self.process_tx()
+            }
             _ => Ok(()),
-        }
+        };
+        result.inspect_err(|_| self.metrics.event_fails.inc())
     }
 
     fn save_state(&self) -> VirtioDeviceState {

@@ -8,7 +8,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::features::{MAX_BUFFER_LEN, MIN_BUFFER_LEN, NET_HDR_LEN, NUM_BUFFERS_OFFSET};
-use super::{NetBackend, NetStats};
+use super::NetBackend;
+use crate::metrics::NetMetrics;
 use crate::virtio::{consume_request, pop_chain, VirtioError, VirtioInterrupt};
 use vmm_rate_limiter::RateLimiter;
 
@@ -66,13 +67,20 @@ impl Receiver {
         interrupt: &VirtioInterrupt,
         mergeable: bool,
         backend: &mut dyn NetBackend,
-        stats: &mut NetStats,
+        metrics: &NetMetrics,
         limiter: &mut RateLimiter,
     ) -> Result<(), VirtioError> {
         let old_used = rx.next_used();
         let mut published = 0u32;
-        let result =
-            self.receive_frames(mem, rx, mergeable, backend, stats, limiter, &mut published);
+        let result = self.receive_frames(
+            mem,
+            rx,
+            mergeable,
+            backend,
+            metrics,
+            limiter,
+            &mut published,
+        );
         let notified = if published > 0 && rx_needs_interrupt(mem, rx, old_used, published)? {
             interrupt.signal_used_queue()
         } else {
@@ -91,7 +99,7 @@ impl Receiver {
         rx: &mut Queue,
         mergeable: bool,
         backend: &mut dyn NetBackend,
-        stats: &mut NetStats,
+        metrics: &NetMetrics,
         limiter: &mut RateLimiter,
         published: &mut u32,
     ) -> Result<(), VirtioError> {
@@ -114,18 +122,21 @@ impl Receiver {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(VirtioError::Backend(e)),
+                    Err(e) => {
+                        metrics.tap_read_fails.inc();
+                        return Err(VirtioError::Backend(e));
+                    }
                 },
             };
             // A read that filled the whole buffer may have been cut short.
             let Some(frame) = rx_buf.get_mut(..len).filter(|_| len <= MAX_BUFFER_LEN) else {
                 *rx_pending = None;
-                stats.rx_dropped += 1;
+                metrics.rx_fails.inc();
                 continue;
             };
             if len < MIN_BUFFER_LEN {
                 *rx_pending = None;
-                stats.rx_dropped += 1;
+                metrics.rx_fails.inc();
                 continue;
             }
             *rx_pending = Some(len);
@@ -142,16 +153,18 @@ impl Receiver {
                     *rx_pending = None;
                     *admitted = false;
                     retries = 0;
-                    stats.rx_frames += 1;
-                    stats.rx_bytes += (len - NET_HDR_LEN) as u64;
+                    metrics.rx_count.inc();
+                    metrics.rx_packets_count.inc();
+                    metrics.rx_bytes_count.add((len - NET_HDR_LEN) as u64);
                 }
                 Placed::TooLarge => {
                     *rx_pending = None;
                     *admitted = false;
-                    stats.rx_dropped += 1;
+                    metrics.rx_fails.inc();
                 }
                 Placed::BadChain => {}
                 Placed::NoBuffers { start } => {
+                    metrics.no_rx_avail_buffer.inc();
                     // Ask for a notify once the driver adds a buffer past those seen (with
                     // EVENT_IDX that is `avail_event` = where the ring ran dry), then give the
                     // chains taken back. If buffers came meanwhile, try again now.

@@ -109,6 +109,10 @@ fn tx_frame_reaches_the_peer_header_included() {
     assert_eq!(h.interrupts(), 1);
     let s = h.net.stats();
     assert_eq!((s.tx_frames, s.tx_bytes, s.tx_dropped), (1, 60, 0));
+    let m = h.net.metrics();
+    assert_eq!(m.tx_packets_count.get(), 1);
+    assert_eq!(m.tx_bytes_count.get(), 60);
+    assert_eq!(m.tx_queue_event_count.get(), 1);
 }
 
 #[test]

@@ -4,7 +4,8 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::features::{MIN_BUFFER_LEN, NET_HDR_LEN};
-use super::{NetBackend, NetStats};
+use super::NetBackend;
+use crate::metrics::NetMetrics;
 use crate::virtio::{consume_request, Served};
 use vmm_rate_limiter::RateLimiter;
 
@@ -18,7 +19,7 @@ pub(super) fn transmit_chain<M: GuestMemoryBackend>(
     mem: &M,
     buf: &mut [u8],
     backend: &mut dyn NetBackend,
-    stats: &mut NetStats,
+    metrics: &NetMetrics,
     limiter: &mut RateLimiter,
 ) -> Served {
     match gather_readable(chain, mem, buf) {
@@ -29,13 +30,17 @@ pub(super) fn transmit_chain<M: GuestMemoryBackend>(
             let frame = buf.get(..len).unwrap_or_default();
             match backend.write_frame(frame) {
                 Ok(_) => {
-                    stats.tx_frames += 1;
-                    stats.tx_bytes += (len - NET_HDR_LEN) as u64;
+                    metrics.tx_count.inc();
+                    metrics.tx_packets_count.inc();
+                    metrics.tx_bytes_count.add((len - NET_HDR_LEN) as u64);
                 }
-                Err(_) => stats.tx_dropped += 1,
+                Err(_) => {
+                    metrics.tap_write_fails.inc();
+                    metrics.tx_fails.inc();
+                }
             }
         }
-        _ => stats.tx_dropped += 1,
+        _ => metrics.tx_malformed_frames.inc(),
     }
     Served::Used(0)
 }

@@ -33,6 +33,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,7 @@ use virtio_queue::{Queue, QueueT, Writer};
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::epoll::EventSet;
 
+use crate::metrics::VsockMetrics;
 use crate::virtio::{
     device_type, features, notify_used, pop_chain, read_config_bytes, ActiveQueues, BackendFd,
     Persist, VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
@@ -243,6 +245,12 @@ impl<M: GuestMemoryBackend> Vsock<M> {
         self.muxer.pending_stream_count()
     }
 
+    /// The device's counters (packets and bytes each way, connections, failures), shared with
+    /// whoever reports them.
+    pub fn metrics(&self) -> Arc<VsockMetrics> {
+        self.muxer.metrics.clone()
+    }
+
     /// Packets for the guest dropped because their queue was full.
     pub fn dropped_control_packets(&self) -> u64 {
         self.muxer.dropped_control
@@ -356,7 +364,10 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Vsock<M> {
     }
 
     fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
-        let (mem, [rx, tx, event], interrupt) = active.into_queues()?;
+        let metrics = self.muxer.metrics.clone();
+        let (mem, [rx, tx, event], interrupt) = active
+            .into_queues()
+            .inspect_err(|_| metrics.activate_fails.inc())?;
         self.active = Some(Active {
             mem,
             rx,
@@ -365,10 +376,12 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Vsock<M> {
             interrupt,
         });
         if std::mem::take(&mut self.restored) {
-            self.send_transport_reset()?;
+            self.send_transport_reset()
+                .inspect_err(|_| metrics.activate_fails.inc())?;
         }
         // The driver may have queued packets before DRIVER_OK.
         self.kick(true)
+            .inspect_err(|_| metrics.activate_fails.inc())
     }
 
     fn reset(&mut self) {
@@ -382,12 +395,23 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Vsock<M> {
     }
 
     fn process_queue(&mut self, index: usize) -> Result<(), VirtioError> {
-        match index {
-            RX_QUEUE => self.kick(false),
-            TX_QUEUE => self.kick(true),
-            EVENT_QUEUE => self.deliver_event(),
-            _ => Ok(()),
+        let metrics = self.muxer.metrics.clone();
+        let (result, fails) = match index {
+            RX_QUEUE => {
+                metrics.rx_queue_event_count.inc();
+                (self.kick(false), &metrics.rx_queue_event_fails)
+            }
+            TX_QUEUE => {
+                metrics.tx_queue_event_count.inc();
+                (self.kick(true), &metrics.tx_queue_event_fails)
+            }
+            EVENT_QUEUE => (self.deliver_event(), &metrics.ev_queue_event_fails),
+            _ => return Ok(()),
+        };
+        if result.is_err() {
+            fails.inc();
         }
+        result
     }
 
     fn backend_fds(&self) -> Vec<BackendFd> {
@@ -402,8 +426,11 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Vsock<M> {
         if token != BACKEND_TOKEN {
             return Ok(());
         }
-        self.muxer.handle_events(self.active.is_some())?;
-        self.kick(false)
+        let metrics = self.muxer.metrics.clone();
+        self.muxer
+            .handle_events(self.active.is_some())
+            .and_then(|()| self.kick(false))
+            .inspect_err(|_| metrics.muxer_event_fails.inc())
     }
 
     fn save_state(&self) -> VirtioDeviceState {

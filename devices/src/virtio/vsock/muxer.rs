@@ -14,6 +14,7 @@ use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
@@ -30,6 +31,7 @@ use super::{
     BUF_ALLOC, CREDIT_UPDATE_THRESHOLD, HOST_CID, MAX_CONNECTIONS, MAX_CONNECT_LINE,
     MAX_CONTROL_PACKETS, MAX_PENDING_STREAMS, MAX_PKT_PAYLOAD,
 };
+use crate::metrics::VsockMetrics;
 use crate::virtio::{pop_chain, VirtioError};
 
 /// Epoll token of the listener.
@@ -89,6 +91,8 @@ pub(crate) struct Muxer {
     pub connect_timeout: Duration,
     /// How long a closing connection may take to flush or to get the guest's RST.
     pub close_timeout: Duration,
+    /// The device's counters.
+    pub metrics: Arc<VsockMetrics>,
 }
 
 impl std::fmt::Debug for Muxer {
@@ -150,6 +154,7 @@ impl Muxer {
             line_timeout: super::LINE_TIMEOUT,
             connect_timeout: super::CONNECT_TIMEOUT,
             close_timeout: super::CLOSE_TIMEOUT,
+            metrics: Arc::default(),
         })
     }
 
@@ -190,6 +195,7 @@ impl Muxer {
     /// Closes every connection without telling the guest (a transport reset tells it).
     pub fn drop_connections(&mut self) {
         for (_, c) in self.conns.drain() {
+            self.metrics.conns_removed.inc();
             if c.registered {
                 unwatch(&self.epoll, c.stream.as_raw_fd());
             }
@@ -253,6 +259,10 @@ impl Muxer {
     /// Closes a connection's stream and forgets it; with `rst`, tells the guest.
     fn kill(&mut self, key: ConnKey, rst: bool) {
         if let Some(c) = self.conns.remove(&key) {
+            self.metrics.conns_removed.inc();
+            if rst {
+                self.metrics.conns_killed.inc();
+            }
             if c.registered {
                 unwatch(&self.epoll, c.stream.as_raw_fd());
             }
@@ -509,6 +519,7 @@ impl Muxer {
         c.registered = true;
         c.pending = pending::REQUEST;
         self.conns.insert(key, c);
+        self.metrics.conns_added.inc();
         self.conn_tokens.insert(token, key);
         let timeout = self.connect_timeout;
         self.set_deadline(key, timeout);
@@ -599,6 +610,7 @@ impl Muxer {
                 }
                 Err(e) if would_block(&e) => break,
                 Err(_) => {
+                    self.metrics.tx_flush_fails.inc();
                     failed = true;
                     break;
                 }
@@ -732,6 +744,7 @@ impl Muxer {
         if reader.read_exact(&mut raw).is_err() {
             return; // too short to be a packet: nobody to answer
         }
+        self.metrics.tx_packets_count.inc();
         let hdr = PacketHeader::from_bytes(&raw);
         if hdr.src_cid != self.guest_cid {
             return; // spoofed source: an answer would go to the wrong socket
@@ -793,6 +806,7 @@ impl Muxer {
         c.interest = interest;
         c.pending = pending::RESPONSE;
         self.conns.insert(key, c);
+        self.metrics.conns_added.inc();
         self.conn_tokens.insert(token, key);
         self.mark_rx_ready(key);
     }
@@ -873,12 +887,14 @@ impl Muxer {
             self.kill(key, true);
             return;
         }
+        self.metrics.tx_bytes_count.add(len as u64);
         let mut written = 0;
         if c.tx_buf.is_empty() {
             match send_nosignal(&c.stream, data) {
                 Ok(n) => written = n.min(len),
                 Err(e) if would_block(&e) => {}
                 Err(_) => {
+                    self.metrics.tx_write_fails.inc();
                     self.kill(key, true);
                     return;
                 }
@@ -926,6 +942,9 @@ impl Muxer {
             };
             match self.next_packet(&mut writer) {
                 Some(len) => {
+                    if len > 0 {
+                        self.metrics.rx_packets_count.inc();
+                    }
                     q.add_used(mem, head, len)?;
                     used = true;
                 }
@@ -997,6 +1016,7 @@ impl Muxer {
                 // Out of the epoll, nothing more will come: same as EOF.
                 Err(e) if would_block(&e) => break 0,
                 Err(_) => {
+                    self.metrics.rx_read_fails.inc();
                     self.kill(key, true);
                     return Fill::Nothing;
                 }
@@ -1016,6 +1036,7 @@ impl Muxer {
         // n <= MAX_PKT_PAYLOAD, which fits u32.
         hdr.len = n as u32;
         c.rx_cnt = c.rx_cnt.wrapping_add(hdr.len);
+        self.metrics.rx_bytes_count.add(u64::from(hdr.len));
         c.fwd_cnt_sent = c.fwd_cnt;
         // Any packet carries our fwd_cnt, so a pending CREDIT_UPDATE is answered by this one.
         c.pending &= !pending::CREDIT_UPDATE;
