@@ -232,6 +232,7 @@ pub fn apply_balloon(config: &mut VmConfig, balloon: &Balloon) -> Result<(), Api
     config.balloon = Some(BalloonConfig {
         target: mib_to_size("amount_mib", balloon.amount_mib)?,
         deflate_on_oom: balloon.deflate_on_oom,
+        stats_polling_interval_s: balloon.stats_polling_interval_s.unwrap_or(0),
     });
     Ok(())
 }
@@ -489,7 +490,7 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
         balloon: config.balloon.as_ref().map(|b| Balloon {
             amount_mib: b.target.0 / MIB,
             deflate_on_oom: b.deflate_on_oom,
-            stats_polling_interval_s: None,
+            stats_polling_interval_s: Some(b.stats_polling_interval_s).filter(|&s| s > 0),
             free_page_hinting: None,
             free_page_reporting: None,
         }),

@@ -353,6 +353,14 @@ pub struct BalloonConfig {
     /// Let the guest deflate when it runs out of memory.
     #[serde(default)]
     pub deflate_on_oom: bool,
+    /// Seconds between two requests for the guest's memory statistics (0: no statistics;
+    /// Firecracker's `stats_polling_interval_s`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stats_polling_interval_s: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn zero_size() -> MemorySize {
@@ -368,7 +376,7 @@ impl FromStr for BalloonConfig {
         if text.is_empty() || text == "on" {
             return Ok(balloon);
         }
-        for (key, value) in key_values(FLAG, text, &["target", "deflate_on_oom"])? {
+        for (key, value) in key_values(FLAG, text, &["target", "deflate_on_oom", "stats_s"])? {
             match key {
                 "target" => {
                     balloon.target =
@@ -379,6 +387,14 @@ impl FromStr for BalloonConfig {
                                 text: text.to_string(),
                                 why: e.to_string(),
                             })?
+                }
+                "stats_s" => {
+                    balloon.stats_polling_interval_s =
+                        value.parse().map_err(|_| DeviceConfigError::Syntax {
+                            flag: FLAG,
+                            text: text.to_string(),
+                            why: format!("stats_s must be a number of seconds, not {value:?}"),
+                        })?
                 }
                 _ => balloon.deflate_on_oom = on_off(FLAG, text, key, value)?,
             }
@@ -392,6 +408,9 @@ impl fmt::Display for BalloonConfig {
         write!(f, "target={}", self.target)?;
         if self.deflate_on_oom {
             f.write_str(",deflate_on_oom=on")?;
+        }
+        if self.stats_polling_interval_s > 0 {
+            write!(f, ",stats_s={}", self.stats_polling_interval_s)?;
         }
         Ok(())
     }

@@ -258,13 +258,9 @@ impl EntropyDevice {
 }
 
 impl Balloon {
-    /// Checks the size and that no statistics, hinting or reporting is asked for.
+    /// Checks the size and that no hinting or reporting is asked for.
     pub fn validate(&self) -> Result<(), ApiError> {
         validate_mib("amount_mib", self.amount_mib)?;
-        unsupported_if(
-            self.stats_polling_interval_s.is_some_and(|s| s != 0),
-            "balloon statistics (stats_polling_interval_s)",
-        )?;
         unsupported_if(
             self.free_page_hinting == Some(true),
             "free page hinting (free_page_hinting)",

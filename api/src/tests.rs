@@ -565,13 +565,25 @@ fn balloon() {
         400,
         "deflate_on_oom",
     );
-    refused(
+    assert!(matches!(
         put(
             "/balloon",
             r#"{"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#,
         ),
-        400,
-        "statistics",
+        Ok(ApiRequest::PutBalloon(Balloon {
+            stats_polling_interval_s: Some(1),
+            ..
+        }))
+    ));
+    assert!(matches!(
+        patch("/balloon/statistics", r#"{"stats_polling_interval_s": 5}"#),
+        Ok(ApiRequest::PatchBalloonStats(BalloonStatsUpdate {
+            stats_polling_interval_s: 5
+        }))
+    ));
+    assert_eq!(
+        get("/balloon/statistics").unwrap(),
+        ApiRequest::GetBalloonStats
     );
     refused(
         put(

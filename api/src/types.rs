@@ -244,9 +244,9 @@ pub struct Balloon {
     pub amount_mib: u64,
     /// Let the guest take pages back when it runs out of memory.
     pub deflate_on_oom: bool,
-    /// Statistics polling interval (not supported: must be absent or 0).
+    /// Seconds between requests for the guest's memory statistics; 0 or absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats_polling_interval_s: Option<u64>,
+    pub stats_polling_interval_s: Option<u32>,
     /// Free page hinting (not supported: must be absent or false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub free_page_hinting: Option<bool>,
@@ -578,7 +578,7 @@ pub struct PartialNetworkInterface {
 #[serde(deny_unknown_fields)]
 pub struct BalloonStatsUpdate {
     /// Seconds between two statistics requests to the guest.
-    pub stats_polling_interval_s: u64,
+    pub stats_polling_interval_s: u32,
 }
 
 /// `GET /balloon/statistics` response: the balloon's size and the guest's latest memory

@@ -54,6 +54,7 @@ fn inflate(c: &mut Criterion, name: &str, pfns: &[u32]) {
     let mut balloon = Balloon::new(BalloonConfig {
         target_pages: 0,
         deflate_on_oom: false,
+        stats_polling_interval_s: 0,
     });
     activate(&mut balloon, &mem, [&inflate_q, &deflate_q], ACKED).expect("activate balloon");
     let len = bytes.len() as u32;

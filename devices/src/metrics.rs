@@ -241,7 +241,7 @@ counters! {
         activate_fails,
         /// Inflate requests (chains) handled.
         inflate_count,
-        /// Statistics updates from the guest: 0 (no statistics queue).
+        /// Statistics buffers the driver sent.
         stats_updates_count,
         /// Statistics updates that failed: 0.
         stats_update_fails,

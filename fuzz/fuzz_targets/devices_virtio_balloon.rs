@@ -164,6 +164,7 @@ fuzz_target!(|data: &[u8]| {
         balloon: Balloon::new(BalloonConfig {
             target_pages: target,
             deflate_on_oom,
+            stats_polling_interval_s: 0,
         }),
         tqs: QUEUE_BASES.map(|b| TestQueue::new(b, size)),
         used_seen: [0; 2],
@@ -309,6 +310,7 @@ fuzz_target!(|data: &[u8]| {
                     let mut fresh = Balloon::new(BalloonConfig {
                         target_pages: 0,
                         deflate_on_oom,
+                        stats_polling_interval_s: 0,
                     });
                     fresh.restore_state(&state).expect("restore");
                     assert_eq!(fresh.save_state(), state);

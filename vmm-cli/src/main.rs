@@ -207,7 +207,8 @@ struct RunArgs {
     /// virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
-    /// virtio-balloon device: [target=SIZE][,deflate_on_oom=on].
+    /// virtio-balloon device: [target=SIZE][,deflate_on_oom=on][,stats_s=SECONDS] (stats_s:
+    /// ask the guest for memory statistics that often; `GET /balloon/statistics`).
     #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
     balloon: Option<BalloonConfig>,
     /// Serve the control API (Firecracker-compatible HTTP) on this Unix socket. Without

@@ -247,6 +247,11 @@ fn go_sdk_sequence_on_one_connection() {
         ),
         (
             "PUT",
+            "/balloon".into(),
+            r#"{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1}"#.into(),
+        ),
+        (
+            "PUT",
             "/actions".into(),
             r#"{"action_type": "InstanceStart"}"#.into(),
         ),
@@ -303,6 +308,26 @@ fn go_sdk_sequence_on_one_connection() {
         text.lines()
             .any(|l| l.contains("[gosdk-vm-1:fc_api:INFO] The API server received a PUT /actions")),
         "{text}"
+    );
+    // The balloon's statistics (the tiny guest has no balloon driver: sizes only).
+    let r = conn.call("GET", "/balloon/statistics", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let stats: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(stats["target_pages"], 0);
+    assert_eq!(stats["actual_mib"], 0);
+    no_content(
+        conn.call(
+            "PATCH",
+            "/balloon/statistics",
+            Some(r#"{"stats_polling_interval_s": 5}"#),
+        ),
+        "PATCH /balloon/statistics",
+    );
+    let r = conn.call("GET", "/balloon", None);
+    assert!(
+        r.body.contains(r#""stats_polling_interval_s":5"#),
+        "{}",
+        r.body
     );
     // Pause and resume stay 204 on the same connection.
     no_content(

@@ -30,6 +30,13 @@ pub(crate) fn handle_running(vmm: &mut Vmm, request: ApiRequest) -> ApiResponse 
         }
         ApiRequest::CreateSnapshot(params) => respond(vmm.snapshot(&params)),
         ApiRequest::PatchBalloon(update) => respond(vmm.set_balloon_target(&update)),
+        ApiRequest::GetBalloonStats => match vmm.balloon_stats() {
+            Ok(stats) => ApiResponse::ok_json(&stats),
+            Err(e) => respond(Err(e)),
+        },
+        ApiRequest::PatchBalloonStats(update) => {
+            respond(vmm.set_balloon_stats_interval(update.stats_polling_interval_s))
+        }
         ApiRequest::PatchDrive(drive) => respond(vmm.update_drive(&drive)),
         ApiRequest::PatchNetworkInterface(iface) => respond(vmm.update_network_interface(&iface)),
         other if other.pre_boot_only() => ApiResponse::bad_request(
@@ -128,6 +135,7 @@ fn respond(result: Result<()>) -> ApiResponse {
             e @ (Error::NotPaused
             | Error::DirtyTrackingOff
             | Error::NoBalloon
+            | Error::BalloonStatsOff
             | Error::UnknownDevice { .. }
             | Error::Disk { .. }),
         ) => ApiResponse::bad_request(&chain(&e)),

@@ -133,6 +133,10 @@ pub enum Error {
     /// A balloon operation on a VM without a balloon device.
     #[error("no balloon device is configured")]
     NoBalloon,
+    /// Balloon statistics asked for, and no statistics interval configured (they cannot be
+    /// switched on or off after boot).
+    #[error("balloon statistics are not enabled (set stats_polling_interval_s before boot)")]
+    BalloonStatsOff,
     /// Telling the balloon device its new target.
     #[error("balloon device")]
     Balloon(#[source] vmm_devices::virtio::VirtioError),

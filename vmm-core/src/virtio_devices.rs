@@ -148,6 +148,7 @@ pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
         let device = Balloon::new(BalloonDeviceConfig {
             target_pages,
             deflate_on_oom: balloon.deflate_on_oom,
+            stats_polling_interval_s: balloon.stats_polling_interval_s,
         });
         devices.push(OpenedDevice {
             id: "balloon".into(),

@@ -328,6 +328,56 @@ impl Vmm {
         Err(Error::NoBalloon)
     }
 
+    /// `GET /balloon/statistics`: the balloon's size and the guest's latest memory
+    /// statistics. Refused when no balloon or no statistics interval is configured.
+    pub fn balloon_stats(&self) -> Result<vmm_api::BalloonStats> {
+        let report = self
+            .with_device("balloon", |b: &mut Balloon<GuestMemoryMmap>| {
+                (b.stats_polling_interval_s() > 0).then(|| {
+                    let (target, actual) = (b.target_pages(), b.actual_pages());
+                    let g = b.guest_stats();
+                    // 4 KiB balloon pages: 256 to the MiB.
+                    vmm_api::BalloonStats {
+                        target_pages: target,
+                        actual_pages: actual,
+                        target_mib: target / 256,
+                        actual_mib: actual / 256,
+                        swap_in: g.swap_in,
+                        swap_out: g.swap_out,
+                        major_faults: g.major_faults,
+                        minor_faults: g.minor_faults,
+                        free_memory: g.free_memory,
+                        total_memory: g.total_memory,
+                        available_memory: g.available_memory,
+                        disk_caches: g.disk_caches,
+                        hugetlb_allocations: g.hugetlb_allocations,
+                        hugetlb_failures: g.hugetlb_failures,
+                        oom_kill: g.oom_kill,
+                        alloc_stall: g.alloc_stall,
+                        async_scan: g.async_scan,
+                        direct_scan: g.direct_scan,
+                        async_reclaim: g.async_reclaim,
+                        direct_reclaim: g.direct_reclaim,
+                    }
+                })
+            })
+            .ok_or(Error::NoBalloon)?;
+        report.ok_or(Error::BalloonStatsOff)
+    }
+
+    /// `PATCH /balloon/statistics`: a new polling interval, with a statistics request at once.
+    pub fn set_balloon_stats_interval(&mut self, secs: u32) -> Result<()> {
+        self.with_device("balloon", |b: &mut Balloon<GuestMemoryMmap>| {
+            b.set_stats_polling_interval(secs)
+        })
+        .ok_or(Error::NoBalloon)?
+        .map_err(|_| Error::BalloonStatsOff)?;
+        if let Some(balloon) = self.config.vm.balloon.as_mut() {
+            balloon.stats_polling_interval_s = secs;
+        }
+        Ok(())
+    }
+
     /// The attached device `id` ("blk0", "net1"), locked, as a `T`.
     fn with_device<T: 'static, R>(&self, id: &str, f: impl FnOnce(&mut T) -> R) -> Option<R> {
         let device = self.virtio.iter().find(|d| d.id == id)?;

@@ -15,23 +15,34 @@
 //! and the used ring is ever changed, and the PFNs one chain can name are bounded
 //! ([`MAX_PFNS_PER_CHAIN`]).
 //!
-//! Not implemented: the statistics queue, free page hinting and free page reporting, page
-//! poisoning and MUST_TELL_HOST (not offered, so the driver may reuse deflated pages at once,
-//! which is fine since deflate does nothing on the host).
+//! Statistics (VIRTIO_BALLOON_F_STATS_VQ, offered when a polling interval is configured): the
+//! driver puts one buffer of `(tag: u16, value: u64)` entries on the third queue; the device
+//! keeps the latest values and holds the buffer, and every interval (a timerfd in the event
+//! loop) hands it back used, which asks the driver for fresh values. A driver that sends
+//! garbage gets its entries ignored: only whole entries with known tags are kept.
+//!
+//! Not implemented: free page hinting and free page reporting, page poisoning and
+//! MUST_TELL_HOST (not offered, so the driver may reuse deflated pages at once, which is fine
+//! since deflate does nothing on the host).
 
 use std::fmt;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::BalloonMetrics;
-use virtio_queue::{DescriptorChain, Queue};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
+
 use super::{
-    device_type, drain_queue, features, ActiveQueues, Persist, VirtioDevice, VirtioDeviceState,
-    VirtioError, VirtioInterrupt,
+    device_type, drain_queue, features, notify_used, pop_valid_chain, ActiveQueues, BackendFd,
+    Persist, VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
 };
 
 /// Size of each of the two queues.
@@ -40,6 +51,12 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const INFLATE_QUEUE: usize = 0;
 /// Index of the deflate queue.
 pub const DEFLATE_QUEUE: usize = 1;
+/// Index of the statistics queue (present when statistics are configured).
+pub const STATS_QUEUE: usize = 2;
+/// VIRTIO_BALLOON_F_STATS_VQ.
+pub const F_STATS_VQ: u64 = 1 << 1;
+/// The token of the statistics timer in [`VirtioDevice::backend_fds`].
+pub const STATS_TIMER_TOKEN: u32 = 1;
 /// Feature bit: the driver may deflate the balloon when the guest runs out of memory.
 pub const F_DEFLATE_ON_OOM: u64 = 1 << 2;
 /// The balloon's page size; PFNs count these whatever the guest or host page size.
@@ -50,7 +67,11 @@ pub const BALLOON_PAGE_SIZE: u64 = 4096;
 pub const MAX_PFNS_PER_CHAIN: u64 = 1 << 12;
 
 const PFN_SHIFT: u32 = 12;
-const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
+const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE];
+/// Bytes of one statistics entry: a little-endian u16 tag and u64 value, packed.
+const STAT_ENTRY_LEN: usize = 10;
+/// Statistics entries read from one buffer at most (the spec defines 16 tags).
+const MAX_STAT_ENTRIES: usize = 64;
 /// Config space: `num_pages` (le32, read-only for the driver) then `actual` (le32).
 const ACTUAL_OFFSET: u64 = 4;
 const CONFIG_SIZE: u64 = 8;
@@ -67,6 +88,72 @@ pub struct BalloonConfig {
     /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM: the guest may take pages back under memory
     /// pressure instead of going out of memory.
     pub deflate_on_oom: bool,
+    /// Seconds between two statistics requests to the guest; 0: no statistics queue.
+    pub stats_polling_interval_s: u32,
+}
+
+/// The guest's memory statistics as its driver last reported them (virtio 1.2, 5.5.6.3);
+/// `None` for what it never reported. Memory amounts are in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestMemoryStats {
+    /// Memory swapped in (VIRTIO_BALLOON_S_SWAP_IN).
+    pub swap_in: Option<u64>,
+    /// Memory swapped out.
+    pub swap_out: Option<u64>,
+    /// Major page faults.
+    pub major_faults: Option<u64>,
+    /// Minor page faults.
+    pub minor_faults: Option<u64>,
+    /// Memory not used for anything.
+    pub free_memory: Option<u64>,
+    /// Memory the guest has.
+    pub total_memory: Option<u64>,
+    /// Memory available to new programs without swapping.
+    pub available_memory: Option<u64>,
+    /// Page cache that can be dropped at once.
+    pub disk_caches: Option<u64>,
+    /// Successful hugetlb allocations.
+    pub hugetlb_allocations: Option<u64>,
+    /// Failed hugetlb allocations.
+    pub hugetlb_failures: Option<u64>,
+    /// OOM killer runs.
+    pub oom_kill: Option<u64>,
+    /// Allocation stalls.
+    pub alloc_stall: Option<u64>,
+    /// Memory scanned asynchronously.
+    pub async_scan: Option<u64>,
+    /// Memory scanned directly.
+    pub direct_scan: Option<u64>,
+    /// Memory reclaimed asynchronously.
+    pub async_reclaim: Option<u64>,
+    /// Memory reclaimed directly.
+    pub direct_reclaim: Option<u64>,
+}
+
+impl GuestMemoryStats {
+    /// Records one entry; an unknown tag is ignored.
+    fn set(&mut self, tag: u16, value: u64) {
+        let slot = match tag {
+            0 => &mut self.swap_in,
+            1 => &mut self.swap_out,
+            2 => &mut self.major_faults,
+            3 => &mut self.minor_faults,
+            4 => &mut self.free_memory,
+            5 => &mut self.total_memory,
+            6 => &mut self.available_memory,
+            7 => &mut self.disk_caches,
+            8 => &mut self.hugetlb_allocations,
+            9 => &mut self.hugetlb_failures,
+            10 => &mut self.oom_kill,
+            11 => &mut self.alloc_stall,
+            12 => &mut self.async_scan,
+            13 => &mut self.direct_scan,
+            14 => &mut self.async_reclaim,
+            15 => &mut self.direct_reclaim,
+            _ => return,
+        };
+        *slot = Some(value);
+    }
 }
 
 /// What the balloon did since it was created (counts survive a device reset and a snapshot).
@@ -96,6 +183,12 @@ pub struct BalloonState {
     pub deflate_on_oom: bool,
     /// The counters.
     pub stats: BalloonStats,
+    /// The statistics buffer the device held (its head index), to hand back after a restore.
+    #[serde(default)]
+    pub stats_head: Option<u16>,
+    /// The guest's latest statistics.
+    #[serde(default)]
+    pub guest_stats: GuestMemoryStats,
 }
 
 /// What the device holds between DRIVER_OK and reset.
@@ -103,6 +196,8 @@ struct Active<M> {
     mem: M,
     inflate: Queue,
     deflate: Queue,
+    /// The statistics queue, when statistics are configured.
+    stats: Option<Queue>,
     interrupt: VirtioInterrupt,
 }
 
@@ -115,6 +210,13 @@ pub struct Balloon<M> {
     metrics: Arc<BalloonMetrics>,
     host_page_size: usize,
     active: Option<Active<M>>,
+    /// Seconds between statistics requests; 0 when statistics are off.
+    stats_interval_s: u32,
+    /// Fires every `stats_interval_s` while the driver is active.
+    stats_timer: Option<TimerFd>,
+    /// The statistics buffer the driver gave and the device holds (its head index).
+    stats_head: Option<u16>,
+    guest_stats: GuestMemoryStats,
 }
 
 impl<M> fmt::Debug for Balloon<M> {
@@ -146,7 +248,99 @@ impl<M: GuestMemoryBackend> Balloon<M> {
             metrics: Arc::default(),
             host_page_size,
             active: None,
+            stats_interval_s: config.stats_polling_interval_s,
+            stats_timer: None,
+            stats_head: None,
+            guest_stats: GuestMemoryStats::default(),
         }
+    }
+
+    /// Seconds between statistics requests (0: statistics are off).
+    pub fn stats_polling_interval_s(&self) -> u32 {
+        self.stats_interval_s
+    }
+
+    /// The guest's latest memory statistics.
+    pub fn guest_stats(&self) -> GuestMemoryStats {
+        self.guest_stats
+    }
+
+    /// Changes the statistics interval at run time and asks for statistics at once.
+    /// Statistics cannot be switched on or off after the device was built (the queue is part
+    /// of what the driver negotiated): `secs` must be non-zero, and statistics configured.
+    pub fn set_stats_polling_interval(&mut self, secs: u32) -> Result<(), VirtioError> {
+        if self.stats_interval_s == 0 || secs == 0 {
+            return Err(VirtioError::StateMismatch(
+                "balloon statistics cannot be switched on or off after boot".into(),
+            ));
+        }
+        self.stats_interval_s = secs;
+        self.arm_stats_timer(Duration::from_nanos(1))?;
+        Ok(())
+    }
+
+    /// Arms the statistics timer: first in `first`, then every interval.
+    fn arm_stats_timer(&mut self, first: Duration) -> Result<(), VirtioError> {
+        let interval = Duration::from_secs(u64::from(self.stats_interval_s));
+        if let Some(timer) = &mut self.stats_timer {
+            timer
+                .reset(first, Some(interval))
+                .map_err(|e| VirtioError::Backend(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the statistics the driver sent and keeps its buffer until the next request.
+    fn process_stats(&mut self) -> Result<(), VirtioError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let Some(queue) = active.stats.as_mut() else {
+            return Ok(());
+        };
+        let mem = &active.mem;
+        while let Some(chain) = pop_valid_chain(queue, mem)? {
+            // A driver that sends a second buffer gets the first one back.
+            if let Some(old) = self.stats_head.replace(chain.head_index()) {
+                queue.add_used(mem, old, 0)?;
+                notify_used(queue, mem, &active.interrupt)?;
+            }
+            let mut bytes = Vec::new();
+            for desc in chain.readable() {
+                let room = MAX_STAT_ENTRIES * STAT_ENTRY_LEN - bytes.len();
+                let len = (desc.len() as usize).min(room);
+                let start = bytes.len();
+                bytes.resize(start + len, 0);
+                if mem.read_slice(&mut bytes[start..], desc.addr()).is_err() {
+                    bytes.truncate(start);
+                }
+            }
+            for entry in bytes.chunks_exact(STAT_ENTRY_LEN) {
+                let tag = u16::from_le_bytes([entry[0], entry[1]]);
+                let mut value = [0u8; 8];
+                value.copy_from_slice(&entry[2..]);
+                self.guest_stats.set(tag, u64::from_le_bytes(value));
+            }
+            self.metrics.stats_updates_count.inc();
+        }
+        Ok(())
+    }
+
+    /// The interval passed: hands the held statistics buffer back, which asks the driver for
+    /// new values.
+    fn request_stats(&mut self) -> Result<(), VirtioError> {
+        if let Some(timer) = &mut self.stats_timer {
+            // Nonblocking: a wake-up without an expiry reads nothing.
+            let _ = timer.wait();
+        }
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let (Some(queue), Some(head)) = (active.stats.as_mut(), self.stats_head.take()) else {
+            return Ok(());
+        };
+        queue.add_used(&active.mem, head, 0)?;
+        notify_used(queue, &active.mem, &active.interrupt)
     }
 
     /// Sets the number of 4 KiB pages the host wants the guest to give up, and tells the
@@ -425,13 +619,20 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Balloon<M> {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+        if self.stats_interval_s > 0 {
+            &QUEUE_SIZES
+        } else {
+            &QUEUE_SIZES[..2]
+        }
     }
 
     fn device_features(&self) -> u64 {
         let mut f = features::VERSION_1 | features::RING_EVENT_IDX;
         if self.deflate_on_oom {
             f |= F_DEFLATE_ON_OOM;
+        }
+        if self.stats_interval_s > 0 {
+            f |= F_STATS_VQ;
         }
         f
     }
@@ -459,15 +660,41 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Balloon<M> {
     }
 
     fn activate(&mut self, active: ActiveQueues<M>) -> Result<(), VirtioError> {
-        let (mem, [inflate, deflate], interrupt) = active
-            .into_queues()
-            .inspect_err(|_| self.metrics.activate_fails.inc())?;
+        let (mem, inflate, deflate, stats, interrupt) = if self.stats_interval_s > 0 {
+            let (mem, [inflate, deflate, stats], interrupt) = active
+                .into_queues()
+                .inspect_err(|_| self.metrics.activate_fails.inc())?;
+            (mem, inflate, deflate, Some(stats), interrupt)
+        } else {
+            let (mem, [inflate, deflate], interrupt) = active
+                .into_queues()
+                .inspect_err(|_| self.metrics.activate_fails.inc())?;
+            (mem, inflate, deflate, None, interrupt)
+        };
+        if stats.is_some() && self.stats_timer.is_none() {
+            let timer = TimerFd::new().map_err(|e| VirtioError::Backend(e.into()))?;
+            // SAFETY: fcntl on a descriptor this device owns, changing only its file flags.
+            let nonblocking = unsafe {
+                let flags = libc::fcntl(timer.as_raw_fd(), libc::F_GETFL);
+                flags >= 0
+                    && libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+            };
+            if !nonblocking {
+                return Err(VirtioError::Backend(std::io::Error::last_os_error()));
+            }
+            self.stats_timer = Some(timer);
+        }
         self.active = Some(Active {
             mem,
             inflate,
             deflate,
+            stats,
             interrupt,
         });
+        if self.stats_interval_s > 0 {
+            let interval = Duration::from_secs(u64::from(self.stats_interval_s));
+            self.arm_stats_timer(interval)?;
+        }
         Ok(())
     }
 
@@ -475,6 +702,28 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Balloon<M> {
         // A reset driver starts with an empty balloon; the host's target stays.
         self.active = None;
         self.actual_pages = 0;
+        self.stats_head = None;
+        if let Some(timer) = &mut self.stats_timer {
+            let _ = timer.clear();
+        }
+    }
+
+    fn backend_fds(&self) -> Vec<BackendFd> {
+        self.stats_timer
+            .iter()
+            .map(|timer| BackendFd {
+                fd: timer.as_raw_fd(),
+                events: EventSet::IN,
+                token: STATS_TIMER_TOKEN,
+            })
+            .collect()
+    }
+
+    fn process_backend(&mut self, token: u32, _events: EventSet) -> Result<(), VirtioError> {
+        if token == STATS_TIMER_TOKEN {
+            self.request_stats()?;
+        }
+        Ok(())
     }
 
     fn is_activated(&self) -> bool {
@@ -482,6 +731,9 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Balloon<M> {
     }
 
     fn process_queue(&mut self, index: usize) -> Result<(), VirtioError> {
+        if index == STATS_QUEUE {
+            return self.process_stats();
+        }
         self.process(index)
     }
 
@@ -504,6 +756,8 @@ impl<M> Persist for Balloon<M> {
             actual_pages: self.actual_pages,
             deflate_on_oom: self.deflate_on_oom,
             stats: self.stats,
+            stats_head: self.stats_head,
+            guest_stats: self.guest_stats,
         }
     }
 
@@ -517,6 +771,8 @@ impl<M> Persist for Balloon<M> {
         self.target_pages = state.target_pages;
         self.actual_pages = state.actual_pages;
         self.stats = state.stats;
+        self.stats_head = state.stats_head;
+        self.guest_stats = state.guest_stats;
         Ok(())
     }
 }
@@ -568,6 +824,7 @@ mod tests {
             BalloonConfig {
                 target_pages: 100,
                 deflate_on_oom: false,
+                stats_polling_interval_s: 0,
             },
         )
     }
@@ -668,6 +925,7 @@ mod tests {
             BalloonConfig {
                 target_pages: 0,
                 deflate_on_oom: false,
+                stats_polling_interval_s: 0,
             },
         );
         h.mem
@@ -768,6 +1026,7 @@ mod tests {
         let mut b = Balloon::new(BalloonConfig {
             target_pages: 0x1234_5678,
             deflate_on_oom: false,
+            stats_polling_interval_s: 0,
         });
         let mut data = [0u8; 8];
         b.read_config(0, &mut data);
@@ -802,6 +1061,7 @@ mod tests {
         let mut b = Balloon::new(BalloonConfig {
             target_pages: 1,
             deflate_on_oom: false,
+            stats_polling_interval_s: 0,
         });
         b.set_target_pages(2).unwrap();
         assert_eq!(b.target_pages(), 2);
@@ -823,10 +1083,12 @@ mod tests {
         let off = Balloon::new(BalloonConfig {
             target_pages: 0,
             deflate_on_oom: false,
+            stats_polling_interval_s: 0,
         });
         let on = Balloon::new(BalloonConfig {
             target_pages: 0,
             deflate_on_oom: true,
+            stats_polling_interval_s: 0,
         });
         assert_eq!(off.device_features(), base);
         assert_eq!(on.device_features(), base | F_DEFLATE_ON_OOM);
@@ -855,6 +1117,7 @@ mod tests {
         let mut b = Balloon::new(BalloonConfig {
             target_pages: 0,
             deflate_on_oom: false,
+            stats_polling_interval_s: 0,
         });
         let inflate = TestQueue::new(INFLATE_BASE, QUEUE_SIZE);
         let err = activate(&mut b, &mem, [&inflate], features::VERSION_1).unwrap_err();
@@ -881,6 +1144,7 @@ mod tests {
         let mut restored = Balloon::new(BalloonConfig {
             target_pages: 0,
             deflate_on_oom: false,
+            stats_polling_interval_s: 0,
         });
         restored.restore_state(&back).unwrap();
         assert_eq!(restored.target_pages(), 77);
@@ -892,6 +1156,7 @@ mod tests {
         let mut other = Balloon::new(BalloonConfig {
             target_pages: 0,
             deflate_on_oom: true,
+            stats_polling_interval_s: 0,
         });
         let err = other.restore_state(&back).unwrap_err();
         assert!(err.to_string().contains("deflate_on_oom"), "{err}");
@@ -902,5 +1167,100 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("virtio-rng"), "{err}");
+    }
+
+    /// Waits (an upper bound only) until `fd` is readable.
+    fn wait_readable(fd: std::os::fd::RawFd) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one valid, exclusively borrowed pollfd for at most 60 seconds.
+        let n = unsafe { libc::poll(&mut pfd, 1, 60_000) };
+        assert_eq!(n, 1, "the statistics timer did not fire within 60 s");
+    }
+
+    #[test]
+    fn the_statistics_queue_keeps_the_guests_values_and_asks_again_on_its_timer() {
+        const STATS_BASE: u64 = 0x4_0000;
+        const STATS_BUF: u64 = 0x5_0000;
+        let mem = test_memory(MEM_SIZE);
+        let inflate = TestQueue::new(INFLATE_BASE, QUEUE_SIZE);
+        let deflate = TestQueue::new(DEFLATE_BASE, QUEUE_SIZE);
+        let mut stats_q = TestQueue::new(STATS_BASE, QUEUE_SIZE);
+        let mut balloon: Balloon = Balloon::new(BalloonConfig {
+            target_pages: 512,
+            deflate_on_oom: false,
+            stats_polling_interval_s: 3600,
+        });
+        assert_ne!(balloon.device_features() & F_STATS_VQ, 0);
+        assert_eq!(balloon.queue_max_sizes().len(), 3);
+        let acked = features::VERSION_1 | F_STATS_VQ;
+        activate(&mut balloon, &mem, [&inflate, &deflate, &stats_q], acked).unwrap();
+
+        // The driver's buffer: free memory, total memory, an unknown tag, a torn entry.
+        let mut buf = Vec::new();
+        for (tag, value) in [(4u16, 1000u64), (5, 64 << 20), (99, 7)] {
+            buf.extend_from_slice(&tag.to_le_bytes());
+            buf.extend_from_slice(&value.to_le_bytes());
+        }
+        buf.extend_from_slice(&[6, 0, 1]);
+        mem.write_slice(&buf, GuestAddress(STATS_BUF)).unwrap();
+        let head = stats_q.add_chain(&mem, &[(STATS_BUF, buf.len() as u32, false)]);
+        balloon.process_queue(STATS_QUEUE).unwrap();
+        let g = balloon.guest_stats();
+        assert_eq!(g.free_memory, Some(1000));
+        assert_eq!(g.total_memory, Some(64 << 20));
+        assert_eq!(g.available_memory, None, "a torn entry is ignored");
+        assert_eq!(stats_q.used_idx(&mem), 0, "the buffer is held");
+        assert_eq!(balloon.metrics().stats_updates_count.get(), 1);
+
+        // A new interval asks at once: the timer fires and the buffer goes back.
+        let fds = balloon.backend_fds();
+        let timer = fds
+            .iter()
+            .find(|f| f.token == STATS_TIMER_TOKEN)
+            .unwrap()
+            .fd;
+        balloon.set_stats_polling_interval(1800).unwrap();
+        wait_readable(timer);
+        balloon
+            .process_backend(STATS_TIMER_TOKEN, EventSet::IN)
+            .unwrap();
+        assert_eq!(stats_q.used_idx(&mem), 1);
+        assert_eq!(stats_q.used_elem(&mem, 0).0, u32::from(head));
+        // Nothing held: another wake-up returns nothing.
+        balloon
+            .process_backend(STATS_TIMER_TOKEN, EventSet::IN)
+            .unwrap();
+        assert_eq!(stats_q.used_idx(&mem), 1);
+        assert!(
+            balloon.set_stats_polling_interval(0).is_err(),
+            "cannot switch off"
+        );
+
+        // The held buffer and the values survive a snapshot.
+        let head2 = stats_q.add_chain(&mem, &[(STATS_BUF, 10, false)]);
+        balloon.process_queue(STATS_QUEUE).unwrap();
+        let state = balloon.save();
+        assert_eq!(state.stats_head, Some(head2));
+        let mut restored: Balloon = Balloon::new(BalloonConfig {
+            target_pages: 0,
+            deflate_on_oom: false,
+            stats_polling_interval_s: 1800,
+        });
+        restored.restore(state).unwrap();
+        assert_eq!(restored.guest_stats().total_memory, Some(64 << 20));
+
+        // Without an interval there is no statistics queue to switch on later.
+        let mut off: Balloon = Balloon::new(BalloonConfig {
+            target_pages: 0,
+            deflate_on_oom: false,
+            stats_polling_interval_s: 0,
+        });
+        assert_eq!(off.device_features() & F_STATS_VQ, 0);
+        assert_eq!(off.queue_max_sizes().len(), 2);
+        assert!(off.set_stats_polling_interval(5).is_err());
     }
 }
