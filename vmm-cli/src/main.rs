@@ -55,6 +55,17 @@ enum Command {
         )]
         args: Vec<std::ffi::OsString>,
     },
+    /// Build a jail and exec a VMM in it, as Firecracker's jailer does (`vmm jail --help`).
+    /// Invoking this binary under the name `jailer` does the same.
+    Jail {
+        /// The jailer's flags.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -276,6 +287,7 @@ impl RunArgs {
 
 mod client;
 mod firecracker;
+mod jailer;
 mod fleet;
 
 /// One line: the error and every cause, joined by ": ".
@@ -290,6 +302,12 @@ fn main() -> ExitCode {
     }
     if argv.get(1).is_some_and(|a| a == "firecracker") {
         return firecracker::main(argv[1..].to_vec());
+    }
+    if jailer::invoked_as_jailer(argv.first()) {
+        return jailer::main(argv);
+    }
+    if argv.get(1).is_some_and(|a| a == "jail") {
+        return jailer::main(argv[1..].to_vec());
     }
     // The library crates' records (a virtio device that needs a reset, ...) go to stderr as
     // `vmm: ...`, warnings and errors only; nothing is read from the environment (the VMM
@@ -351,6 +369,7 @@ fn main() -> ExitCode {
         }) => return client::snapshot_load(&client.api_sock, &snapshot, &mem, resume),
         Command::Fleet(command) => return fleet::main(command),
         Command::Firecracker { .. } => unreachable!("handled before parsing"),
+        Command::Jail { .. } => unreachable!("handled before parsing"),
     };
     match result {
         Ok(reason) => {
