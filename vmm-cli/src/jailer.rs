@@ -254,7 +254,10 @@ fn validate(args: JailerArgs) -> Result<Jail, JailError> {
         ));
     }
     if base.exists() && !base.is_dir() {
-        return invalid(format!("--chroot-base-dir {}: not a directory", base.display()));
+        return invalid(format!(
+            "--chroot-base-dir {}: not a directory",
+            base.display()
+        ));
     }
     let chroot_dir = base.join(&exec_name).join(&args.id).join("root");
     cstr(&chroot_dir)?;
@@ -384,9 +387,21 @@ impl Jail {
         // What is needed from the host's / before the pivot: device numbers and /dev/null.
         let devices = [
             ("/dev/kvm", host_device("/dev/kvm", Some((10, 232))), true),
-            ("/dev/net/tun", host_device("/dev/net/tun", Some((10, 200))), true),
-            ("/dev/urandom", host_device("/dev/urandom", Some((1, 9))), false),
-            ("/dev/userfaultfd", host_device("/dev/userfaultfd", None), false),
+            (
+                "/dev/net/tun",
+                host_device("/dev/net/tun", Some((10, 200))),
+                true,
+            ),
+            (
+                "/dev/urandom",
+                host_device("/dev/urandom", Some((1, 9))),
+                false,
+            ),
+            (
+                "/dev/userfaultfd",
+                host_device("/dev/userfaultfd", None),
+                false,
+            ),
         ];
         let dev_null = if self.daemonize {
             Some(step(
@@ -420,10 +435,11 @@ impl Jail {
             parent_cpu_us += clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
             fork_and_leave_parent()?;
             for fd in 0..3 {
-                // SAFETY: dup2 onto the standard descriptors, from one this function owns.
-                check(unsafe { libc::dup2(dev_null.as_raw_fd(), fd) }.into(), || {
-                    "redirect stdio to /dev/null".into()
-                })?;
+                check(
+                    // SAFETY: dup2 onto the standard descriptors, from one this function owns.
+                    unsafe { libc::dup2(dev_null.as_raw_fd(), fd) }.into(),
+                    || "redirect stdio to /dev/null".into(),
+                )?;
             }
             drop(dev_null);
             parent_cpu_us += clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
@@ -621,9 +637,9 @@ impl Jail {
         check(unsafe { libc::unshare(libc::CLONE_NEWNS) }.into(), || {
             "unshare the mount namespace".into()
         })?;
-        // SAFETY: the strings are NUL-terminated and live through the call; NULLs are allowed
-        // for the source, type and data of a propagation change.
         check(
+            // SAFETY: the strings are NUL-terminated and live through the call; NULLs are allowed
+            // for the source, type and data of a propagation change.
             unsafe {
                 libc::mount(
                     std::ptr::null(),
@@ -636,9 +652,9 @@ impl Jail {
             .into(),
             || "make every mount private".into(),
         )?;
-        // SAFETY: as above; a bind mount of the jail root onto itself makes it a mount point,
-        // as pivot_root wants.
         check(
+            // SAFETY: as above; a bind mount of the jail root onto itself makes it a mount point,
+            // as pivot_root wants.
             unsafe {
                 libc::mount(
                     root.as_ptr(),
@@ -658,13 +674,13 @@ impl Jail {
         if !old_root.exists() {
             step(fs::create_dir(old_root), || "create old_root".into())?;
         }
-        // SAFETY: both paths are NUL-terminated literals.
         check(
+            // SAFETY: both paths are NUL-terminated literals.
             unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c"old_root".as_ptr()) },
             || format!("pivot_root into {}", self.chroot_dir.display()),
         )?;
-        // SAFETY: as above.
         check(
+            // SAFETY: as above.
             unsafe { libc::umount2(c"old_root".as_ptr(), libc::MNT_DETACH) }.into(),
             || "detach the old root".into(),
         )?;
@@ -700,8 +716,8 @@ impl Jail {
     fn mknod_owned(&self, path: &str, major: u32, minor: u32) -> Result<(), JailError> {
         let c = cstr(Path::new(path))?;
         let _ = fs::remove_file(path);
-        // SAFETY: `c` is NUL-terminated and lives through the call.
         check(
+            // SAFETY: `c` is NUL-terminated and lives through the call.
             unsafe {
                 libc::mknod(
                     c.as_ptr(),
@@ -734,10 +750,11 @@ impl Jail {
                 0,
             )
         };
-        // SAFETY: an empty group list; the pointer is not read.
-        check(unsafe { libc::setgroups(0, std::ptr::null()) }.into(), || {
-            "setgroups([])".into()
-        })?;
+        check(
+            // SAFETY: an empty group list; the pointer is not read.
+            unsafe { libc::setgroups(0, std::ptr::null()) }.into(),
+            || "setgroups([])".into(),
+        )?;
         let (uid, gid) = (self.uid, self.gid);
         // SAFETY: setresgid has no memory effects.
         check(unsafe { libc::setresgid(gid, gid, gid) }.into(), || {
@@ -750,14 +767,14 @@ impl Jail {
         // capset(2) with version 3 headers: two data words, all zero.
         let mut header = [0x2008_0522u32, 0];
         let data = [0u32; 6];
-        // SAFETY: `header` and `data` are the layout capset reads (struct
-        // __user_cap_header_struct and two __user_cap_data_struct).
         check(
+            // SAFETY: `header` and `data` are the layout capset reads (struct
+            // __user_cap_header_struct and two __user_cap_data_struct).
             unsafe { libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) },
             || "clear the capabilities".into(),
         )?;
-        // SAFETY: prctl with integer arguments.
         check(
+            // SAFETY: prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }.into(),
             || "PR_SET_NO_NEW_PRIVS".into(),
         )?;
@@ -793,10 +810,7 @@ fn check_cgroups(jail: &Jail) -> Result<(), JailError> {
     let mounts = step(fs::read_to_string("/proc/mounts"), || {
         "read /proc/mounts".into()
     })?;
-    let controllers = jail
-        .cgroups
-        .iter()
-        .filter_map(|(k, _)| k.split('.').next());
+    let controllers = jail.cgroups.iter().filter_map(|(k, _)| k.split('.').next());
     match jail.cgroup_version {
         CgroupVersion::V1 => {
             for c in controllers {
@@ -813,8 +827,7 @@ fn check_cgroups(jail: &Jail) -> Result<(), JailError> {
                     "--cgroup-version 2: no cgroup2 file system is mounted".into(),
                 ));
             };
-            let available =
-                fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+            let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
             for c in controllers.filter(|c| *c != "cgroup") {
                 if !available.split_whitespace().any(|a| a == c) {
                     return Err(JailError::Invalid(format!(
@@ -830,8 +843,8 @@ fn check_cgroups(jail: &Jail) -> Result<(), JailError> {
 
 fn join_netns(path: &Path) -> Result<(), JailError> {
     let file = step(File::open(path), || format!("open {}", path.display()))?;
-    // SAFETY: `file` is an open descriptor; setns has no memory effects.
     check(
+        // SAFETY: `file` is an open descriptor; setns has no memory effects.
         unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }.into(),
         || format!("join the network namespace {}", path.display()),
     )?;
@@ -911,7 +924,16 @@ mod tests {
     }
 
     fn base_args<'a>(id: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut v = vec!["--id", id, "--exec-file", "/bin/sh", "--uid", "1", "--gid", "1"];
+        let mut v = vec![
+            "--id",
+            id,
+            "--exec-file",
+            "/bin/sh",
+            "--uid",
+            "1",
+            "--gid",
+            "1",
+        ];
         v.extend_from_slice(extra);
         v
     }

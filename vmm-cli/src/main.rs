@@ -287,8 +287,8 @@ impl RunArgs {
 
 mod client;
 mod firecracker;
-mod jailer;
 mod fleet;
+mod jailer;
 
 /// One line: the error and every cause, joined by ": ".
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -64,7 +64,14 @@ fn bad_input_is_one_line_and_creates_nothing() {
         (vec!["--id", &long_id, "--exec-file", exec], "--id"),
         (vec!["--id", "", "--exec-file", exec], "--id"),
         (
-            vec!["--id", "vm", "--exec-file", exec, "--netns", "/var/run/netns/no-such-netns"],
+            vec![
+                "--id",
+                "vm",
+                "--exec-file",
+                exec,
+                "--netns",
+                "/var/run/netns/no-such-netns",
+            ],
             "--netns",
         ),
         (
@@ -76,22 +83,50 @@ fn bad_input_is_one_line_and_creates_nothing() {
             "--cgroup",
         ),
         (
-            vec!["--id", "vm", "--exec-file", exec, "--cgroup", "nosuchctl.max=1"],
+            vec![
+                "--id",
+                "vm",
+                "--exec-file",
+                exec,
+                "--cgroup",
+                "nosuchctl.max=1",
+            ],
             "no cgroup v1 hierarchy has the nosuchctl controller",
         ),
         (
-            vec!["--id", "vm", "--exec-file", exec, "--resource-limit", "nproc=5"],
+            vec![
+                "--id",
+                "vm",
+                "--exec-file",
+                exec,
+                "--resource-limit",
+                "nproc=5",
+            ],
             "--resource-limit",
         ),
         (
-            vec!["--id", "vm", "--exec-file", exec, "--parent-cgroup", "../up"],
+            vec![
+                "--id",
+                "vm",
+                "--exec-file",
+                exec,
+                "--parent-cgroup",
+                "../up",
+            ],
             "--parent-cgroup",
         ),
     ];
     for (i, (args, needle)) in cases.iter().enumerate() {
         let out: Output = jail_command(&dir, i % 2 == 1)
             .args(args)
-            .args(["--uid", "1000", "--gid", "1000", "--chroot-base-dir", base_s])
+            .args([
+                "--uid",
+                "1000",
+                "--gid",
+                "1000",
+                "--chroot-base-dir",
+                base_s,
+            ])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -105,7 +140,16 @@ fn bad_input_is_one_line_and_creates_nothing() {
     }
     // A relative base folder.
     let out = jail_command(&dir, false)
-        .args(["--id", "vm", "--exec-file", exec, "--uid", "1", "--gid", "1"])
+        .args([
+            "--id",
+            "vm",
+            "--exec-file",
+            exec,
+            "--uid",
+            "1",
+            "--gid",
+            "1",
+        ])
         .args(["--chroot-base-dir", "relative/base"])
         .current_dir(&dir)
         .output()
@@ -115,7 +159,10 @@ fn bad_input_is_one_line_and_creates_nothing() {
     assert!(stderr.starts_with("jailer: --chroot-base-dir"), "{stderr}");
     assert!(!dir.join("relative").exists());
     // A missing required flag.
-    let out = jail_command(&dir, true).args(["--id", "vm"]).output().unwrap();
+    let out = jail_command(&dir, true)
+        .args(["--id", "vm"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.starts_with("jailer: "), "{stderr}");
@@ -283,7 +330,12 @@ fn start_jail(dir: &Path, id: &str, netns: &NetNs, extra: &[&str]) -> Jailed {
         .arg("--netns")
         .arg(netns.path())
         .args(["--cgroup-version", version, "--parent-cgroup", &parent])
-        .args(["--cgroup", "pids.max=100", "--resource-limit", "no-file=1024"])
+        .args([
+            "--cgroup",
+            "pids.max=100",
+            "--resource-limit",
+            "no-file=1024",
+        ])
         .args(extra)
         .args(["--", "--api-sock", "/run/fc.sock"])
         .env("SECRET_TEST_VARIABLE", "must not reach the VMM")
@@ -374,7 +426,11 @@ fn check_confinement(jail: &Jailed, id: &str, netns: &NetNs) {
     assert_eq!(jail.status_field("Groups"), "");
     assert_eq!(jail.status_field("NoNewPrivs"), "1");
     for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(u64::from_str_radix(&jail.status_field(caps), 16), Ok(0), "{caps}");
+        assert_eq!(
+            u64::from_str_radix(&jail.status_field(caps), 16),
+            Ok(0),
+            "{caps}"
+        );
     }
     // No environment.
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
@@ -390,7 +446,9 @@ fn check_confinement(jail: &Jailed, id: &str, netns: &NetNs) {
     assert!(
         cgroups.lines().any(|l| {
             let f: Vec<&str> = l.splitn(3, ':').collect();
-            f.len() == 3 && f[2] == want && (f[1].is_empty() || f[1].split(',').any(|c| c == "pids"))
+            f.len() == 3
+                && f[2] == want
+                && (f[1].is_empty() || f[1].split(',').any(|c| c == "pids"))
         }),
         "{cgroups}"
     );
@@ -444,8 +502,7 @@ fn jailed_firecracker_boots_pauses_snapshots_resumes() {
         "InstanceStart",
     );
     wait_for_state(&mut conn, "Running");
-    let info: serde_json::Value =
-        serde_json::from_str(&conn.call("GET", "/", None).body).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&conn.call("GET", "/", None).body).unwrap();
     assert_eq!(info["id"], id.as_str(), "{info}");
     no_content(
         conn.call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)),
@@ -502,7 +559,12 @@ fn daemonized_in_a_new_pid_namespace() {
     );
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", jail.pid)).unwrap();
     let after_comm = stat.rsplit_once(')').unwrap().1;
-    let session: u32 = after_comm.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let session: u32 = after_comm
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
     // SAFETY: getsid has no memory effects.
     assert_ne!(session as i32, unsafe { libc::getsid(0) });
     let null = std::fs::metadata("/dev/null").unwrap().rdev();
