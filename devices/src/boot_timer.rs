@@ -22,7 +22,8 @@ pub struct BootTimer {
     reported: Option<(u64, u64)>,
 }
 
-fn process_cpu_us() -> u64 {
+/// CPU time this process has used, in microseconds (CLOCK_PROCESS_CPUTIME_ID).
+pub fn process_cpu_us() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

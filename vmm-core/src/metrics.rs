@@ -537,15 +537,7 @@ fn wall_clock_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn process_cpu_us() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec, which `now` is.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
-    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
-}
+use vmm_devices::boot_timer::process_cpu_us;
 
 /// The device groups of a line: each key, and its counters' names (listed from an unused set).
 type NamesOf = fn() -> Vec<(&'static str, u64)>;
