@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 mod firecracker;
 #[path = "e2e/fleet.rs"]
 mod fleet;
+#[path = "e2e/jail.rs"]
+mod jail;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/virtio.rs"]
