@@ -190,7 +190,12 @@ fn no_seccomp_and_custom_filters() {
     // --no-seccomp: the hook's syscall is harmless and the guest runs to its end.
     let out = vmm()
         .args(["run", "--serial", "none", "--memory", "64M", "--no-seccomp"])
-        .args(["--kernel", &guest_file("tiny-pvh.elf"), "--cmdline", "test=1"])
+        .args([
+            "--kernel",
+            &guest_file("tiny-pvh.elf"),
+            "--cmdline",
+            "test=1",
+        ])
         .env("VMM_SECCOMP_TEST_VIOLATION", "vcpu")
         .output()
         .unwrap();
@@ -205,9 +210,21 @@ fn no_seccomp_and_custom_filters() {
     )
     .unwrap();
     let out = vmm()
-        .args(["run", "--serial", "none", "--memory", "64M", "--seccomp-filter"])
+        .args([
+            "run",
+            "--serial",
+            "none",
+            "--memory",
+            "64M",
+            "--seccomp-filter",
+        ])
         .arg(&file)
-        .args(["--kernel", &guest_file("tiny-pvh.elf"), "--cmdline", "test=1"])
+        .args([
+            "--kernel",
+            &guest_file("tiny-pvh.elf"),
+            "--cmdline",
+            "test=1",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

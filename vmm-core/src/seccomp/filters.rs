@@ -127,7 +127,11 @@ fn vcpu(r: &mut Rules) {
     // The serial console's output, an i8042 reset, a device's interrupt eventfd.
     r.allow(&[libc::SYS_writev, libc::SYS_read]);
     // A virtio device activated by the guest (DRIVER_OK written from a vCPU) sets up its tap.
-    r.allow_arg(libc::SYS_ioctl, 1, &[tun::TUNSETOFFLOAD, tun::TUNSETVNETHDRSZ]);
+    r.allow_arg(
+        libc::SYS_ioctl,
+        1,
+        &[tun::TUNSETOFFLOAD, tun::TUNSETVNETHDRSZ],
+    );
     // The kick signal's handler (SIGRTMIN, vmm-vcpu's kick_signal) is registered by the
     // first vCPU to run.
     r.allow_arg(
@@ -298,8 +302,8 @@ fn vmm(r: &mut Rules) {
 
 /// The tap ioctls devices make after start.
 mod tun {
-    pub const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD as u64;
-    pub const TUNSETVNETHDRSZ: u64 = libc::TUNSETVNETHDRSZ as u64;
+    pub const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
+    pub const TUNSETVNETHDRSZ: u64 = libc::TUNSETVNETHDRSZ;
 }
 
 /// KVM's ioctl request numbers (linux/kvm.h), computed as the kernel's _IO macros do.
@@ -338,14 +342,14 @@ mod kvm {
     /// What the main thread does on the VM once it runs: a snapshot's VM-wide state and dirty
     /// log, the vCPUs' state read back at shutdown (their last RIP).
     pub const VM_CONTROL: [u64; 8] = [
-        ioc(READ, 0x7c, size_of::<kvm_clock_data>()),       // KVM_GET_CLOCK
-        ioc(READ | WRITE, 0x62, size_of::<kvm_irqchip>()),  // KVM_GET_IRQCHIP
-        ioc(READ, 0x9f, size_of::<kvm_pit_state2>()),       // KVM_GET_PIT2
-        ioc(WRITE, 0x42, size_of::<kvm_dirty_log>()),       // KVM_GET_DIRTY_LOG
+        ioc(READ, 0x7c, size_of::<kvm_clock_data>()), // KVM_GET_CLOCK
+        ioc(READ | WRITE, 0x62, size_of::<kvm_irqchip>()), // KVM_GET_IRQCHIP
+        ioc(READ, 0x9f, size_of::<kvm_pit_state2>()), // KVM_GET_PIT2
+        ioc(WRITE, 0x42, size_of::<kvm_dirty_log>()), // KVM_GET_DIRTY_LOG
         ioc(WRITE, 0x46, size_of::<kvm_userspace_memory_region>()), // KVM_SET_USER_MEMORY_REGION
-        ioc(WRITE, 0x76, size_of::<kvm_irqfd>()),           // KVM_IRQFD
-        ioc(WRITE, 0x79, size_of::<kvm_ioeventfd>()),       // KVM_IOEVENTFD
-        ioc(NONE, 0x03, 0),                                 // KVM_CHECK_EXTENSION
+        ioc(WRITE, 0x76, size_of::<kvm_irqfd>()),     // KVM_IRQFD
+        ioc(WRITE, 0x79, size_of::<kvm_ioeventfd>()), // KVM_IOEVENTFD
+        ioc(NONE, 0x03, 0),                           // KVM_CHECK_EXTENSION
     ];
 }
 

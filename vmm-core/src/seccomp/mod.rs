@@ -189,13 +189,11 @@ fn from_file(path: &Path) -> Result<HashMap<ThreadKind, BpfProgram>, SeccompErro
         path: path.to_path_buf(),
         source,
     })?;
-    let mut map: BpfMap =
-        seccompiler::compile_from_json(std::io::BufReader::new(file), arch()).map_err(
-            |source| SeccompError::Compile {
-                path: Some(path.to_path_buf()),
-                source,
-            },
-        )?;
+    let mut map: BpfMap = seccompiler::compile_from_json(std::io::BufReader::new(file), arch())
+        .map_err(|source| SeccompError::Compile {
+            path: Some(path.to_path_buf()),
+            source,
+        })?;
     let vmm = map.get(ThreadKind::Vmm.key()).cloned();
     ThreadKind::ALL
         .iter()
@@ -297,7 +295,11 @@ fn install_sigsys_handler() -> Result<(), SeccompError> {
 
 /// Writes the thread's line with the syscall number, then ends the process by SIGSYS. Only
 /// async-signal-safe calls: write(2) of a buffer on the stack, and a syscall.
-extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+extern "C" fn on_sigsys(
+    _signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _context: *mut libc::c_void,
+) {
     // SAFETY: for a seccomp SIGSYS the kernel fills siginfo's `_sigsys` member: after
     // si_signo, si_errno, si_code (and padding, 16 bytes) come `void *_call_addr` and
     // `int _syscall`, the int at index 6. `info` points to the kernel's full siginfo.
@@ -377,7 +379,10 @@ mod tests {
         let one = r#"{"mismatch_action": "trap", "match_action": "allow", "filter": [{"syscall": "read"}]}"#;
         std::fs::write(&file, format!(r#"{{"vmm": {one}}}"#)).unwrap();
         let err = from_file(&file).unwrap_err();
-        assert!(matches!(err, SeccompError::Missing { key: "api", .. }), "{err}");
+        assert!(
+            matches!(err, SeccompError::Missing { key: "api", .. }),
+            "{err}"
+        );
         // Firecracker's three kinds are enough: the others take "vmm"'s.
         std::fs::write(
             &file,
