@@ -126,6 +126,15 @@ fn vcpu(r: &mut Rules) {
     r.allow_arg(libc::SYS_ioctl, 1, &kvm::VCPU_THREAD);
     // The serial console's output, an i8042 reset, a device's interrupt eventfd.
     r.allow(&[libc::SYS_writev, libc::SYS_read]);
+    // A device the guest activates or resets (a status write, on a vCPU) arms its timers
+    // (vsock's connection deadlines, balloon statistics) and registers or drops descriptors
+    // (vsock's muxer epoll, its streams).
+    r.allow(&[
+        libc::SYS_timerfd_settime,
+        libc::SYS_timerfd_gettime,
+        libc::SYS_epoll_ctl,
+        libc::SYS_shutdown,
+    ]);
     // A virtio device activated by the guest (DRIVER_OK written from a vCPU) sets up its tap.
     r.allow_arg(
         libc::SYS_ioctl,
