@@ -11,7 +11,10 @@ of the VMM sleeps (seen in /proc, no fixed delay).
 This is the VMM's own cost: the guest does almost nothing. It runs on any /dev/kvm, PVM included.
 
     benches/startup.py [-n 20] [--vmm target/release/vmm] [--qemu qemu-system-x86_64] [--memory-mib 128]
-                       [--no-qemu] [--timeout 30]
+                       [--no-qemu] [--seccomp-compare] [--timeout 30]
+
+--seccomp-compare also runs this VMM with --no-seccomp, alternating with the default (filters
+on), and prints the cost of compiling and applying the per-thread seccomp filters.
 
 Targets (issue: boot foundation): <= 5 ms to the marker, <= 10 ms to exit, <= 256 KiB anonymous.
 They are reported as met / NOT met, never a failure: absolute times depend on the machine. The
@@ -39,6 +42,10 @@ def our_command(args, kernel, test):
     cmd = [args.vmm, "run", "--kernel", kernel, "--memory", f"{args.memory_mib}M", "--vcpus", "1",
            "--cmdline", "test=1" if test else "console=ttyS0"]
     return cmd
+
+
+def no_seccomp_command(args, kernel, test):
+    return our_command(args, kernel, test) + ["--no-seccomp"]
 
 
 def qemu_command(args, kernel, test):
@@ -218,6 +225,8 @@ def main():
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--memory-mib", type=int, default=128)
     parser.add_argument("--no-qemu", action="store_true", help="measure this VMM only")
+    parser.add_argument("--seccomp-compare", action="store_true",
+                        help="also run this VMM with --no-seccomp and compare")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds before one run counts as hung and the script fails (upper bound)")
     args = parser.parse_args()
@@ -227,6 +236,8 @@ def main():
     if not os.path.exists(args.vmm):
         sys.exit(f"startup.py: {args.vmm} not found (cargo build --release)")
     peers = [("vmm", our_command)]
+    if args.seccomp_compare:
+        peers.append(("vmm-no-seccomp", no_seccomp_command))
     if not args.no_qemu:
         peers.append(("qemu-microvm", qemu_command))
     results = {name: {"marker": [], "exit": []} for name, _ in peers}
@@ -259,6 +270,11 @@ def main():
             statistics.median(ours["marker"]) / statistics.median(peer["marker"]),
             statistics.median(ours["exit"]) / statistics.median(peer["exit"]),
             ours["anon"] / max(peer["anon"], 1), ours["rss"] / max(peer["rss"], 1)))
+    if args.seccomp_compare:
+        on, off = results["vmm"], results["vmm-no-seccomp"]
+        print("seccomp filters on minus off (medians): marker {:+.2f} ms  exit {:+.2f} ms  anon {:+d} KiB".format(
+            statistics.median(on["marker"]) - statistics.median(off["marker"]),
+            statistics.median(on["exit"]) - statistics.median(off["exit"]), on["anon"] - off["anon"]))
     r = results["vmm"]
     # Informational only: absolute times depend on the machine, so a target missed is reported,
     # never turned into a failure.

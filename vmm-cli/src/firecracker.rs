@@ -62,10 +62,12 @@ pub struct FirecrackerArgs {
     /// 0xcffff000, the page below the virtio-mmio window).
     #[arg(long)]
     boot_timer: bool,
-    /// Disable seccomp filtering (this VMM installs no filter yet: the flag changes nothing).
+    /// Disable seccomp filtering (by default every thread gets a filter for its kind).
     #[arg(long, conflicts_with = "seccomp_filter")]
     no_seccomp: bool,
-    /// A custom seccomp filter (refused: custom filters come with the sandbox).
+    /// Custom seccomp filters in seccompiler's JSON format (not Firecracker's compiled BPF
+    /// file): "vmm", "api" and "vcpu" filters, and optionally "events", "signals" and
+    /// "metrics" (which default to "vmm"'s).
     #[arg(long, value_name = "FILE")]
     seccomp_filter: Option<PathBuf>,
     /// Largest API request body, in bytes.
@@ -182,11 +184,17 @@ fn run(args: FirecrackerArgs) -> Result<ExitCode, FcError> {
             "--enable-pci: devices are on virtio-mmio only",
         ));
     }
-    if args.seccomp_filter.is_some() {
-        return Err(FcError::Unsupported(
-            "--seccomp-filter: custom seccomp filters are not supported yet",
-        ));
-    }
+    let seccomp = match (&args.seccomp_filter, args.no_seccomp) {
+        (_, true) => vmm_core::SeccompConfig::Disabled,
+        (Some(path), false) => vmm_core::SeccompConfig::File(path.clone()),
+        (None, false) => vmm_core::SeccompConfig::Default,
+    };
+    vmm_core::seccomp::install(&seccomp).map_err(|e| {
+        FcError::Config(
+            args.seccomp_filter.clone().unwrap_or_default(),
+            vmm_core::error_chain(&e),
+        )
+    })?;
     let config = VmConfig {
         id: Some(args.id.clone()),
         ..VmConfig::default()

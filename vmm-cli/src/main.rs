@@ -84,6 +84,28 @@ struct StopArgs {
     timeout: u64,
 }
 
+/// The seccomp flags of `run` and `restore`.
+#[derive(Args, Debug, Default)]
+struct SeccompArgs {
+    /// Run without seccomp filters (by default every thread gets one for its kind).
+    #[arg(long, conflicts_with = "seccomp_filter")]
+    no_seccomp: bool,
+    /// Replace the built-in seccomp filters by the filters in FILE (seccompiler's JSON
+    /// format, one filter per thread kind: vmm, api, vcpu, events, signals, metrics).
+    #[arg(long, value_name = "FILE")]
+    seccomp_filter: Option<PathBuf>,
+}
+
+impl SeccompArgs {
+    fn config(&self) -> vmm_core::SeccompConfig {
+        match (&self.seccomp_filter, self.no_seccomp) {
+            (_, true) => vmm_core::SeccompConfig::Disabled,
+            (Some(path), false) => vmm_core::SeccompConfig::File(path.clone()),
+            (None, false) => vmm_core::SeccompConfig::Default,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 struct RestoreArgs {
     /// The snapshot's state file.
@@ -105,6 +127,8 @@ struct RestoreArgs {
     /// Stay paused after the restore (resume with `vmm resume`).
     #[arg(long)]
     paused: bool,
+    #[command(flatten)]
+    seccomp: SeccompArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,6 +250,8 @@ struct RunArgs {
     /// --kernel the VMM waits to be configured or to load a snapshot through it.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    #[command(flatten)]
+    seccomp: SeccompArgs,
 }
 
 impl RunArgs {
@@ -295,6 +321,14 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     vmm_core::error_chain(error)
 }
 
+/// Sets up the seccomp filters the VM's threads will apply; an error ends `vmm` (exit 1).
+fn install_seccomp(args: &SeccompArgs) -> Result<(), ExitCode> {
+    vmm_core::seccomp::install(&args.config()).map_err(|error| {
+        eprintln!("vmm: error: {}", error_chain(&error));
+        ExitCode::from(1)
+    })
+}
+
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if firecracker::invoked_as_firecracker(argv.first()) {
@@ -320,6 +354,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(mut args) => {
             let api_sock = args.api_sock.take();
+            if let Err(code) = install_seccomp(&args.seccomp) {
+                return code;
+            }
             args.into_config()
                 .map_err(vmm_core::Error::from)
                 .and_then(|config| match api_sock {
@@ -328,6 +365,9 @@ fn main() -> ExitCode {
                 })
         }
         Command::Restore(args) => {
+            if let Err(code) = install_seccomp(&args.seccomp) {
+                return code;
+            }
             let source = vmm_core::RestoreSource {
                 state: args.snapshot,
                 mem: args.mem,

@@ -100,6 +100,8 @@ pub fn restore_vm(
 
 /// Answers the API until the VM ends, then shuts it down.
 fn run_to_end(mut vmm: Vmm) -> Result<ShutdownReason> {
+    // Every other thread runs now; the main thread is confined for the rest of the process.
+    crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm);
     let outcome = vmm.wait_for_end(|vmm, request| {
         counted(&request.clone(), || dispatch::handle_running(vmm, request))
     });

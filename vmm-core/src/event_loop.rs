@@ -244,6 +244,8 @@ fn event_loop(
     if let Some(input) = input {
         manager.add_subscriber(Arc::new(Mutex::new(input)));
     }
+    // Confined once its descriptors are registered, before it serves a device.
+    crate::seccomp::apply(crate::seccomp::ThreadKind::Events);
     while !stop.load(Ordering::SeqCst) {
         manager.run().map_err(to_io)?;
     }

@@ -48,9 +48,14 @@ impl StoppableThread {
     ) -> io::Result<StoppableThread> {
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let stop_thread = stop.clone();
+        let kind_name = name.to_string();
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || body(stop_thread))?;
+            .spawn(move || {
+                // Confined before it serves anything.
+                crate::seccomp::apply_for_thread_name(&kind_name);
+                body(stop_thread)
+            })?;
         Ok(StoppableThread {
             stop,
             thread: Some(thread),

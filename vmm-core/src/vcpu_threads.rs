@@ -213,6 +213,10 @@ fn spawn_one(
     std::thread::Builder::new()
         .name(format!("fc_vcpu {index}"))
         .spawn(move || {
+            // Asked now, while /sys may be read: the answer is kept for an exit's error.
+            vmm_vcpu::is_pvm_host();
+            // Confined before its first KVM_RUN.
+            crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu);
             loop {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     vcpu.run(exits.as_ref())
