@@ -19,6 +19,10 @@ use crate::error::{kvm_err, Error, Result};
 
 /// True when /dev/kvm comes from the kvm_pvm module: KVM without VT-x/AMD-V, which runs guest
 /// supervisor code through its instruction emulator and so cannot run an unmodified kernel.
+///
+/// It asks /sys. In a jail without /sys (the jailer's chroot) it cannot tell and says false:
+/// only the explanation of a PVM emulation failure is lost (the failure itself is still
+/// reported), nothing that a VM needs.
 pub fn is_pvm_host() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
