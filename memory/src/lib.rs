@@ -147,7 +147,7 @@ pub fn host_memory_bytes() -> Option<u64> {
         return None;
     }
     let unit = u64::from(info.mem_unit.max(1));
-    let total = u64::from(info.totalram).checked_add(u64::from(info.totalswap))?;
+    let total = info.totalram.checked_add(info.totalswap)?;
     total.checked_mul(unit)
 }
 

@@ -48,9 +48,16 @@ impl Running {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !path.exists() {
             if let Some(status) = self.child().try_wait().unwrap() {
-                panic!("the VMM ended ({status}) before {} appeared", path.display());
+                panic!(
+                    "the VMM ended ({status}) before {} appeared",
+                    path.display()
+                );
             }
-            assert!(Instant::now() < deadline, "{} never appeared", path.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} never appeared",
+                path.display()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -186,8 +193,7 @@ fn firecracker_runs_in_an_empty_chroot_as_an_unprivileged_user() {
     std::os::unix::fs::chown(root.join("run"), Some(JAIL_ID), Some(JAIL_ID)).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_vmm"), root.join("firecracker")).unwrap();
     std::fs::copy(guest_file("tiny-pvh.elf"), root.join("kernel")).unwrap();
-    std::fs::set_permissions(root.join("kernel"), std::fs::Permissions::from_mode(0o444))
-        .unwrap();
+    std::fs::set_permissions(root.join("kernel"), std::fs::Permissions::from_mode(0o444)).unwrap();
     device_node(&root.join("dev/kvm"), "/dev/kvm", JAIL_ID);
     let listing: Vec<String> = std::fs::read_dir(&root)
         .unwrap()
@@ -225,7 +231,10 @@ fn firecracker_runs_in_an_empty_chroot_as_an_unprivileged_user() {
     let mut conn = Connection::open(&sock);
     for (path, body) in [
         ("/boot-source", r#"{"kernel_image_path": "/kernel"}"#),
-        ("/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#),
+        (
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+        ),
         ("/actions", r#"{"action_type": "InstanceStart"}"#),
     ] {
         let r = conn.call("PUT", path, Some(body));
@@ -363,7 +372,10 @@ fn the_api_socket_is_owner_only_and_serves_only_root_and_its_own_uid() {
         .filter(|l| l.contains("API connection refused"))
         .collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
-    assert!(warnings[0].contains(&format!("uid {OTHER_UID}")), "{stderr}");
+    assert!(
+        warnings[0].contains(&format!("uid {OTHER_UID}")),
+        "{stderr}"
+    );
 
     // With the default mode, another uid cannot even connect.
     let sock = dir.join("owner2.sock");
