@@ -307,6 +307,12 @@ mod tests {
         assert_eq!(args.api_sock, PathBuf::from(DEFAULT_API_SOCK));
         assert_eq!(args.id, "anonymous-instance");
         assert_eq!(args.http_api_max_payload_size, 51200);
+        assert_eq!(args.api_sock_mode, 0o600);
+        assert_eq!(
+            parse(&["--api-sock-mode", "660"]).unwrap().api_sock_mode,
+            0o660
+        );
+        assert!(parse(&["--api-sock-mode", "rw"]).is_err());
         let args = parse(&[
             "--api-sock",
             "/tmp/x.sock",

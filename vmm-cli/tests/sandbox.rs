@@ -71,6 +71,28 @@ impl Running {
     }
 }
 
+/// `cmd.spawn()`, again while the binary is "busy" (ETXTBSY): a copy made by one test stays
+/// open for writing in a child that another test thread forked meanwhile, until that child
+/// execs.
+fn spawn(cmd: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result.unwrap(),
+        }
+    }
+}
+
+/// [`spawn`], waiting for the output.
+fn output(cmd: &mut Command) -> Output {
+    spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))
+        .wait_with_output()
+        .unwrap()
+}
+
 /// The ELF file's program headers and dynamic section say it needs no loader and no shared
 /// library: no PT_INTERP, no DT_NEEDED.
 fn assert_static_elf(path: &Path) {
@@ -210,7 +232,7 @@ fn firecracker_runs_in_an_empty_chroot_as_an_unprivileged_user() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     jailed(&mut cmd, &root, JAIL_ID);
-    let mut vmm = Running(Some(cmd.spawn().unwrap()));
+    let mut vmm = Running(Some(spawn(&mut cmd)));
     let sock = root.join("run/firecracker.socket");
     vmm.wait_for(&sock);
 
@@ -296,12 +318,12 @@ fn status_as(vmm: &Path, sock: &Path, uid: Option<u32>) -> Output {
     if let Some(uid) = uid {
         as_user(&mut cmd, uid);
     }
-    cmd.output().unwrap()
+    output(&mut cmd)
 }
 
 /// `vmm run --api-sock` (waiting to be configured), with `extra` flags.
 fn api_only_vmm(vmm: &Path, sock: &Path, extra: &[&str]) -> Running {
-    let mut child = Running(Some(
+    let mut child = Running(Some(spawn(
         Command::new(vmm)
             .arg("run")
             .arg("--api-sock")
@@ -309,10 +331,8 @@ fn api_only_vmm(vmm: &Path, sock: &Path, extra: &[&str]) -> Running {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    ));
+            .stderr(Stdio::piped()),
+    )));
     child.wait_for(sock);
     child
 }
@@ -336,12 +356,12 @@ fn the_api_socket_is_owner_only_and_serves_only_root_and_its_own_uid() {
     // Still a file that is not a socket is never replaced.
     let file = dir.join("not-a-socket");
     std::fs::write(&file, "keep").unwrap();
-    let out = Command::new(&vmm)
-        .args(["run", "--api-sock"])
-        .arg(&file)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = output(
+        Command::new(&vmm)
+            .args(["run", "--api-sock"])
+            .arg(&file)
+            .stdin(Stdio::null()),
+    );
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("exists"),
