@@ -14,7 +14,7 @@ send N requests of each kind back to back, each waiting for its answer:
 
 and print the median and p99 in microseconds, and our/peer ratios when the peer ran.
 
-    benches/api-latency.py [-n 2000] [--vmm target/release/vmm]
+    benches/api-latency.py [-n 2000] [--vmm target/x86_64-unknown-linux-gnu/release/vmm]
 
 The drive file is a scratch file in a temporary folder. Nothing is asserted: times depend on
 the machine; the script fails only when a request fails.
@@ -107,7 +107,7 @@ def measure(binary, argv0, n, workdir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=2000)
-    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "release", "vmm"))
+    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "vmm"))
     args = parser.parse_args()
     if not os.path.exists(args.vmm):
         sys.exit(f"{args.vmm} is missing: cargo build --release -p vmm-cli")

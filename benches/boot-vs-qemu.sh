@@ -7,7 +7,7 @@
 # test-host run; either ends with an error that says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x target/release/vmm ] || cargo build --release -p vmm-cli
+[ -x target/x86_64-unknown-linux-gnu/release/vmm ] || cargo build --release -p vmm-cli
 if [ -e /sys/module/kvm_pvm ] && [ -z "${TESTHOST:-}" ]; then
     exec "${TESTHOST_DIR:-$(cd .. && pwd)/shared/testhost}/run.sh" -m 2G -c 2 -t "${TESTHOST_TIMEOUT:-3000}" -- \
         python3 benches/boot.py "$@"

@@ -7,7 +7,7 @@ to process exit) and their ratio. Needs a /dev/kvm with hardware virtualization:
 run it through benches/boot-vs-qemu.sh, which runs it inside ../shared/testhost (nested: the
 absolute numbers are the test host's, only the ratio carries over).
 
-    benches/boot.py [-n 10] [--kernel vmlinux|bzImage] [--vcpus 1] [--vmm target/release/vmm]
+    benches/boot.py [-n 10] [--kernel vmlinux|bzImage] [--vcpus 1] [--vmm target/x86_64-unknown-linux-gnu/release/vmm]
                     [--timeout 300]
 
 Each boot is timed to events (the marker line on the console, the process's exit); --timeout is
@@ -32,7 +32,7 @@ def main():
     parser.add_argument("--kernel", default="vmlinux")
     parser.add_argument("--vcpus", type=int, default=1)
     parser.add_argument("--memory-mib", type=int, default=256)
-    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "release", "vmm"))
+    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds before one boot counts as hung and the script fails (upper bound)")

@@ -32,7 +32,7 @@ job() { # name arrival_ms estimate_ms work
 }
 printf '{"jobs": [%s, %s, %s]}\n' "$(job long 0 5000 12)" "$(job short 1000 2500 3)" \
     "$(job medium 2000 3500 6)" > "$work/jobs.json"
-vmm=target/release/vmm
+vmm=target/x86_64-unknown-linux-gnu/release/vmm
 fleet() { # label pattern vmm-fleet-args...: prints the summary lines; on failure, the output
     local label=$1 pattern=$2
     shift 2

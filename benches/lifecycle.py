@@ -19,7 +19,7 @@ The guest touches almost no memory, so snapshot and restore figures are those of
 guest: our memory file skips zero pages (they stay holes in a sparse file) and QEMU's migration
 stream compresses zero pages too. They measure the VMMs' fixed costs, not copying RAM.
 
-    benches/lifecycle.py [-n 10] [--sizes 128,1024] [--vmm target/release/vmm]
+    benches/lifecycle.py [-n 10] [--sizes 128,1024] [--vmm target/x86_64-unknown-linux-gnu/release/vmm]
                          [--qemu qemu-system-x86_64] [--no-qemu] [--timeout 60]
 
 Each run measures a guest sitting in its HLT: after the VMM says the VM runs, the script waits
@@ -428,7 +428,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=10, help="runs per VMM and size")
     parser.add_argument("--sizes", default="128,1024", help="guest sizes in MiB, comma-separated")
-    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "release", "vmm"))
+    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--no-qemu", action="store_true", help="measure this VMM only")
     parser.add_argument("--timeout", type=float, default=TIMEOUT,

@@ -10,7 +10,7 @@ of the VMM sleeps (seen in /proc, no fixed delay).
 
 This is the VMM's own cost: the guest does almost nothing. It runs on any /dev/kvm, PVM included.
 
-    benches/startup.py [-n 20] [--vmm target/release/vmm] [--qemu qemu-system-x86_64] [--memory-mib 128]
+    benches/startup.py [-n 20] [--vmm target/x86_64-unknown-linux-gnu/release/vmm] [--qemu qemu-system-x86_64] [--memory-mib 128]
                        [--no-qemu] [--seccomp-compare] [--timeout 30]
 
 --seccomp-compare also runs this VMM with --no-seccomp, alternating with the default (filters
@@ -221,7 +221,7 @@ def add_mapping(mapping, ram_bytes, anon, rss):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20, help="runs per VMM")
-    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "release", "vmm"))
+    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--memory-mib", type=int, default=128)
     parser.add_argument("--no-qemu", action="store_true", help="measure this VMM only")

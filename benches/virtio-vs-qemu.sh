@@ -4,7 +4,7 @@
 # network namespace and a tap device), inside ../shared/testhost on a PVM host (TESTHOST unset:
 # the script re-runs itself there).
 #   benches/virtio-vs-qemu.sh [virtio_bench.py options: -n 3 --mib 256 --peers vmm,qemu ...]
-# Builds what it needs first, outside the test host: target/release/vmm (only when --peers
+# Builds what it needs first, outside the test host: target/x86_64-unknown-linux-gnu/release/vmm (only when --peers
 # includes vmm) and target/test-guest/initramfs.cpio.gz (scripts/build-test-initramfs.sh).
 # Slow in the test host: one QEMU boot with the default 256 MiB took ~530 s there (net tx
 # ~0.8 MiB/s, rx ~1.6 MiB/s: busybox nc moves 1 KiB per system call, under nested KVM), so the

@@ -187,7 +187,7 @@ def main():
     parser.add_argument("--memory-mib", type=int, default=512)
     parser.add_argument("--kernel", default="vmlinux")
     parser.add_argument("--initrd", default=os.path.join(ROOT, "target", "test-guest", "initramfs.cpio.gz"))
-    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "release", "vmm"))
+    parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--qemu-vhost", action="store_true", help="QEMU's tap with vhost=on (default off)")
     parser.add_argument("--qemu-blk-cache", default="",

@@ -6,7 +6,7 @@
 #
 # Writes DIR/vmlinuz and DIR/initramfs.cpio.gz. Needs Debian 12 (or newer) with apt, and root for
 # installing cpio and for the /dev/console node. Then:
-#   target/release/vmm run --kernel DIR/vmlinuz --initrd DIR/initramfs.cpio.gz --memory 256M
+#   target/x86_64-unknown-linux-gnu/release/vmm run --kernel DIR/vmlinuz --initrd DIR/initramfs.cpio.gz --memory 256M
 # In the guest, `reboot -f` (or leaving the shell) ends the VMM with exit code 0.
 set -euo pipefail
 out="$(realpath -m "${1:-guest}")"

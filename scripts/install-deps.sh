@@ -9,7 +9,8 @@ missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
-# scripts/build-test-initramfs.sh: vsock-tool is built with gcc -static (libc.a is in libc6-dev)
+# scripts/build-test-initramfs.sh: vsock-tool is built with gcc -static (libc.a is in libc6-dev);
+# `vmm` itself is linked static too (crt-static in .cargo/config.toml) and needs the same libc.a
 command -v gcc >/dev/null || missing+=(gcc)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
 command -v cpio >/dev/null || missing+=(cpio)

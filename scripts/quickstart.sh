@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "quickstart: install Rust first (https://rustup.rs)" >&2; exit 1; }
 cargo build --release -p vmm-cli
 [ -f guest/vmlinuz ] && [ -f guest/initramfs.cpio.gz ] || scripts/get-guest.sh guest
-exec target/release/vmm run --kernel guest/vmlinuz --initrd guest/initramfs.cpio.gz --memory 256M "$@"
+exec target/x86_64-unknown-linux-gnu/release/vmm run --kernel guest/vmlinuz --initrd guest/initramfs.cpio.gz --memory 256M "$@"

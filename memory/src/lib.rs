@@ -135,15 +135,20 @@ pub fn validate_size(ram_bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// The host's RAM plus swap in bytes, from /proc/meminfo; `None` if it cannot be read.
+/// The host's RAM plus swap in bytes, from sysinfo(2); `None` if it cannot be read.
+///
+/// sysinfo(2) rather than /proc/meminfo: the VMM may run in a jail without /proc, and the
+/// system call gives the same totals (MemTotal and SwapTotal) without any file.
 pub fn host_memory_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = meminfo.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        kib.checked_mul(1024)
-    };
-    Some(field("MemTotal:")? + field("SwapTotal:").unwrap_or(0))
+    // SAFETY: an all-zero `sysinfo` is a valid value of this plain C struct.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: sysinfo writes one struct sysinfo, which `info` is, and keeps no pointer to it.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    let unit = u64::from(info.mem_unit.max(1));
+    let total = info.totalram.checked_add(info.totalswap)?;
+    total.checked_mul(unit)
 }
 
 /// Creates guest RAM of `ram_bytes` laid out by [`layout::ram_regions`].
@@ -217,6 +222,22 @@ mod tests {
         let err = validate_size(1 << 45).unwrap_err();
         assert!(matches!(err, Error::BeyondHost { .. }), "{err}");
         assert!(err.to_string().contains("MiB"));
+    }
+
+    /// sysinfo(2) gives the totals /proc/meminfo shows (where the test can read it).
+    #[test]
+    fn host_memory_matches_proc_meminfo() {
+        let host = host_memory_bytes().expect("sysinfo");
+        let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+            return;
+        };
+        let kib = |name: &str| -> u64 {
+            let line = meminfo.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        // The kernel fills both from the same counters; allow one page of rounding.
+        let expected = (kib("MemTotal:") + kib("SwapTotal:")) * 1024;
+        assert!(host.abs_diff(expected) <= 4096, "{host} vs {expected}");
     }
 
     #[test]

@@ -515,7 +515,9 @@ pub fn save_memory(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryFileLayou
 
 /// This process's `/proc/self/pagemap`: one 64-bit entry per virtual page, bit 63 "present in
 /// RAM", bit 62 "swapped out". A page with neither was never populated, so it reads as zeros.
-/// (Readable by the process itself; the PFN bits need privileges, these flags do not.)
+/// (Readable by the process itself; the PFN bits need privileges, these flags do not.) In a
+/// jail without /proc there is none: every chunk is then read (slower for a large guest that
+/// touched little of its memory; the file comes out the same).
 struct Pagemap {
     file: File,
     entries: Vec<u8>,

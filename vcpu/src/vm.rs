@@ -20,6 +20,10 @@ use crate::error::{kvm_err, Error, Result};
 /// True when /dev/kvm comes from the kvm_pvm module: KVM without VT-x/AMD-V, which runs guest
 /// supervisor code through its instruction emulator and so cannot run an unmodified kernel.
 /// Looked up once per process and kept (a confined thread may not be able to look).
+///
+/// It asks /sys. In a jail without /sys (the jailer's chroot) it cannot tell and says false:
+/// only the explanation of a PVM emulation failure is lost (the failure itself is still
+/// reported), nothing that a VM needs.
 pub fn is_pvm_host() -> bool {
     static PVM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PVM.get_or_init(|| Path::new("/sys/module/kvm_pvm").exists())

@@ -30,6 +30,10 @@ pub struct FirecrackerArgs {
     /// Path to the API socket.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_API_SOCK)]
     api_sock: PathBuf,
+    /// The API socket file's permissions, in octal (not a Firecracker flag; only root and the
+    /// VMM's own uid are served, whatever they are).
+    #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = crate::parse_socket_mode)]
+    api_sock_mode: u32,
     /// MicroVM unique identifier (letters, digits and '-', at most 64).
     #[arg(long, value_name = "ID", default_value = vmm_api::DEFAULT_INSTANCE_ID)]
     id: String,
@@ -242,6 +246,7 @@ fn run(args: FirecrackerArgs) -> Result<ExitCode, FcError> {
             socket: args.api_sock.clone(),
             max_body: args.http_api_max_payload_size,
             flavor: Flavor::Firecracker,
+            socket_mode: args.api_sock_mode,
         };
         vmm_core::run_api_config(api, &options)
     }
@@ -310,6 +315,12 @@ mod tests {
         assert_eq!(args.api_sock, PathBuf::from(DEFAULT_API_SOCK));
         assert_eq!(args.id, "anonymous-instance");
         assert_eq!(args.http_api_max_payload_size, 51200);
+        assert_eq!(args.api_sock_mode, 0o600);
+        assert_eq!(
+            parse(&["--api-sock-mode", "660"]).unwrap().api_sock_mode,
+            0o660
+        );
+        assert!(parse(&["--api-sock-mode", "rw"]).is_err());
         let args = parse(&[
             "--api-sock",
             "/tmp/x.sock",

@@ -124,6 +124,10 @@ struct RestoreArgs {
     /// Serve the control API on this socket.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// The API socket file's permissions, in octal (only root and the VMM's own uid are
+    /// served, whatever they are).
+    #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = parse_socket_mode)]
+    api_sock_mode: u32,
     /// Stay paused after the restore (resume with `vmm resume`).
     #[arg(long)]
     paused: bool,
@@ -252,6 +256,10 @@ struct RunArgs {
     api_sock: Option<PathBuf>,
     #[command(flatten)]
     seccomp: SeccompArgs,
+    /// The API socket file's permissions, in octal (only root and the VMM's own uid are
+    /// served, whatever they are).
+    #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = parse_socket_mode)]
+    api_sock_mode: u32,
 }
 
 impl RunArgs {
@@ -316,6 +324,17 @@ mod firecracker;
 mod fleet;
 mod jailer;
 
+/// `--api-sock-mode`: file permission bits in octal (`600`, `0600` or `0o600`).
+fn parse_socket_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if !digits.is_empty() && mode <= 0o7777 => Ok(mode),
+        _ => Err(format!(
+            "`{text}` is not a file mode in octal (0000 to 7777, such as 0600)"
+        )),
+    }
+}
+
 /// One line: the error and every cause, joined by ": ".
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     vmm_core::error_chain(error)
@@ -357,10 +376,17 @@ fn main() -> ExitCode {
             if let Err(code) = install_seccomp(&args.seccomp) {
                 return code;
             }
+            let socket_mode = args.api_sock_mode;
             args.into_config()
                 .map_err(vmm_core::Error::from)
                 .and_then(|config| match api_sock {
-                    Some(sock) => vmm_core::run_with_api(config, &sock),
+                    Some(sock) => {
+                        let options = vmm_core::ApiOptions {
+                            socket_mode,
+                            ..vmm_core::ApiOptions::new(&sock)
+                        };
+                        vmm_core::run_api_config(vmm_api::ApiConfig::new(config), &options)
+                    }
                     None => vmm_core::run_vm(&config),
                 })
         }
@@ -375,7 +401,11 @@ fn main() -> ExitCode {
                 track_dirty_pages: args.track_dirty_pages,
                 ..Default::default()
             };
-            vmm_core::restore_vm(&source, args.api_sock.as_deref(), !args.paused)
+            let api = args.api_sock.as_deref().map(|sock| vmm_core::ApiOptions {
+                socket_mode: args.api_sock_mode,
+                ..vmm_core::ApiOptions::new(sock)
+            });
+            vmm_core::restore_vm(&source, api.as_ref(), !args.paused)
         }
         Command::Pause(args) => return client::patch_vm(&args.api_sock, "Paused"),
         Command::Resume(args) => return client::patch_vm(&args.api_sock, "Resumed"),
@@ -431,6 +461,21 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_modes_are_octal() {
+        assert_eq!(parse_socket_mode("0600"), Ok(0o600));
+        assert_eq!(parse_socket_mode("660"), Ok(0o660));
+        assert_eq!(parse_socket_mode("0o666"), Ok(0o666));
+        for bad in ["", "0o", "0800", "rw", "10000", "-600"] {
+            assert!(parse_socket_mode(bad).is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from(["vmm", "run", "--api-sock", "s"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.api_sock_mode, 0o600);
+    }
 
     #[test]
     fn flags_override_the_config_file() {

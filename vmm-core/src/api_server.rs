@@ -8,10 +8,16 @@
 //! [`MAX_CONNECTIONS`] the least recently used connection is closed to make room, so such a
 //! client is never locked out. A malformed or oversized request gets its 4xx answer and the
 //! connection is closed; nothing a client sends reaches the VM unparsed.
+//!
+//! Who may talk to it: the socket file is made with [`DEFAULT_SOCKET_MODE`] (0600, its owner
+//! only) unless the caller asks for another mode, and each client's uid is checked on accept
+//! (SO_PEERCRED): only root and the VMM's own uid are served. Anyone else's connection is
+//! closed at once, with one warning in the log. The check also covers the moment between
+//! bind(2) and chmod(2), when the file still has the umask's mode.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
@@ -32,6 +38,8 @@ pub const API_THREAD_NAME: &str = "fc_api";
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a response write may wait for a client that does not read.
 const WRITE_TIMEOUT_MS: libc::c_int = 5_000;
+/// The API socket file's default permissions: read and write for its owner only.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 
 /// The running API socket; dropping it stops the thread and removes the socket file.
 pub struct ApiServer {
@@ -43,11 +51,13 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Listens on `path` (which must not exist, unless it is a stale socket nobody listens
-    /// on) and forwards requests to `events`; bodies over `max_body` bytes are refused.
+    /// on), with the file's permissions set to `mode`, and forwards requests to `events`;
+    /// bodies over `max_body` bytes are refused.
     pub(crate) fn start(
         path: &Path,
         events: Sender<VmEvent>,
         max_body: usize,
+        mode: u32,
     ) -> Result<ApiServer> {
         let bind_err = |source| Error::ApiSocket {
             path: path.to_path_buf(),
@@ -64,11 +74,21 @@ impl ApiServer {
             std::fs::remove_file(path).map_err(bind_err)?;
         }
         let listener = UnixListener::bind(path).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
+        let ready = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .and_then(|()| listener.set_nonblocking(true));
+        if let Err(e) = ready {
+            let _ = std::fs::remove_file(path);
+            return Err(bind_err(e));
+        }
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let own_uid = unsafe { libc::geteuid() };
         let thread = StoppableThread::spawn(API_THREAD_NAME, move |stop| {
-            serve(listener, &events, &stop, max_body)
+            serve(listener, &events, &stop, max_body, own_uid)
         })
-        .map_err(|e| Error::Thread(API_THREAD_NAME, e))?;
+        .map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            Error::Thread(API_THREAD_NAME, e)
+        })?;
         Ok(ApiServer {
             path: path.to_path_buf(),
             thread: Some(thread),
@@ -139,7 +159,13 @@ impl Connection {
     }
 }
 
-fn serve(listener: UnixListener, events: &Sender<VmEvent>, stop: &EventFd, max_body: usize) {
+fn serve(
+    listener: UnixListener,
+    events: &Sender<VmEvent>,
+    stop: &EventFd,
+    max_body: usize,
+    own_uid: libc::uid_t,
+) {
     let mut connections: Vec<Connection> = Vec::new();
     let mut clock = 0u64;
     loop {
@@ -175,6 +201,10 @@ fn serve(listener: UnixListener, events: &Sender<VmEvent>, stop: &EventFd, max_b
         if polls[1].revents != 0 {
             // Nonblocking: take every client waiting in the backlog.
             while let Ok((stream, _)) = listener.accept() {
+                if let Err(why) = check_peer(&stream, own_uid) {
+                    log::warn!("API connection refused: {why}");
+                    continue; // Dropping the stream closes it.
+                }
                 if stream.set_nonblocking(true).is_err() {
                     continue;
                 }
@@ -190,6 +220,41 @@ fn serve(listener: UnixListener, events: &Sender<VmEvent>, stop: &EventFd, max_b
             }
         }
     }
+}
+
+/// Whether the client on `stream` may use the API: its uid (SO_PEERCRED, as it was when it
+/// connected) is root or `own_uid`, the VMM's. Otherwise, or when the kernel cannot say, why not.
+fn check_peer(stream: &UnixStream, own_uid: libc::uid_t) -> std::result::Result<(), String> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a valid ucred of that size,
+    // and updates `len`; the fd is the live stream's.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(format!(
+            "the client's credentials are unknown (SO_PEERCRED: {})",
+            io::Error::last_os_error()
+        ));
+    }
+    if cred.uid == 0 || cred.uid == own_uid {
+        return Ok(());
+    }
+    Err(format!(
+        "the client (pid {}, uid {}) is neither root nor this VMM's uid {own_uid}",
+        cred.pid, cred.uid
+    ))
 }
 
 /// Closes the connection used longest ago, preferring one without a half-received request.

@@ -6,7 +6,7 @@ use std::sync::mpsc::{channel, Receiver};
 
 use vmm_api::{ApiConfig, Flavor, VmConfig, MAX_BODY_BYTES};
 
-use crate::api_server::ApiServer;
+use crate::api_server::{ApiServer, DEFAULT_SOCKET_MODE};
 use crate::builder::BuiltVm;
 use crate::dispatch::{self, PreBoot};
 use crate::error::{Error, Result};
@@ -29,15 +29,19 @@ pub struct ApiOptions {
     pub max_body: usize,
     /// Who `GET /` and `GET /version` say this process is.
     pub flavor: Flavor,
+    /// The socket file's permissions ([`DEFAULT_SOCKET_MODE`], 0600: its owner only). Whatever
+    /// they are, only root and the VMM's own uid are served.
+    pub socket_mode: u32,
 }
 
 impl ApiOptions {
-    /// `vmm`'s API on `socket` with the default body limit.
+    /// `vmm`'s API on `socket` with the default body limit and socket mode.
     pub fn new(socket: &Path) -> ApiOptions {
         ApiOptions {
             socket: socket.to_path_buf(),
             max_body: MAX_BODY_BYTES,
             flavor: Flavor::Vmm,
+            socket_mode: DEFAULT_SOCKET_MODE,
         }
     }
 }
@@ -53,7 +57,12 @@ pub fn run_with_api(config: VmConfig, api_sock: &Path) -> Result<ShutdownReason>
 /// interfaces' ids), with the API served as `options` say.
 pub fn run_api_config(mut api: ApiConfig, options: &ApiOptions) -> Result<ShutdownReason> {
     let (events_tx, events_rx) = channel();
-    let _server = ApiServer::start(&options.socket, events_tx.clone(), options.max_body)?;
+    let _server = ApiServer::start(
+        &options.socket,
+        events_tx.clone(),
+        options.max_body,
+        options.socket_mode,
+    )?;
     api.flavor = options.flavor;
     let (built, mode) = if api.vm.kernel.is_some() {
         (BuiltVm::build(&api.vm)?, StartMode::Running)
@@ -79,15 +88,23 @@ pub fn run_api_config(mut api: ApiConfig, options: &ApiOptions) -> Result<Shutdo
 }
 
 /// Restores the snapshot `source` in this process and runs it (paused unless `resume`), with
-/// the control API on `api_sock` when given.
+/// the control API served as `api` says when given (its socket, body limit and socket mode;
+/// not its flavor).
 pub fn restore_vm(
     source: &RestoreSource,
-    api_sock: Option<&Path>,
+    api: Option<&ApiOptions>,
     resume: bool,
 ) -> Result<ShutdownReason> {
     let (events_tx, events_rx) = channel();
-    let _server = api_sock
-        .map(|path| ApiServer::start(path, events_tx.clone(), MAX_BODY_BYTES))
+    let _server = api
+        .map(|options| {
+            ApiServer::start(
+                &options.socket,
+                events_tx.clone(),
+                options.max_body,
+                options.socket_mode,
+            )
+        })
         .transpose()?;
     let built = BuiltVm::restore(source)?;
     let mode = if resume {

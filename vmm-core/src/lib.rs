@@ -36,6 +36,7 @@ pub(crate) fn lock<T: ?Sized>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGu
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+pub use api_server::DEFAULT_SOCKET_MODE;
 pub use builder::BuiltVm;
 pub use control::{restore_vm, run_api_config, run_vm, run_with_api, ApiOptions};
 pub use error::{chain as error_chain, Error, Result};

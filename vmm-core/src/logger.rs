@@ -140,6 +140,9 @@ pub fn configure(config: &vmm_api::Logger) -> io::Result<()> {
 }
 
 /// Local wall-clock time as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn`.
+///
+/// The time zone is the C library's: `TZ`, else /etc/localtime. In a jail with neither (no
+/// environment, no /etc) that is UTC, read once and never an error.
 fn timestamp() -> String {
     let mut now = libc::timespec {
         tv_sec: 0,

@@ -28,7 +28,9 @@ impl JailNetNs {
         let ns = JailNetNs(name);
         for args in [
             vec!["link", "set", "lo", "up"],
-            vec!["tuntap", "add", tap, "mode", "tap", "user", "1000", "group", "1000"],
+            vec![
+                "tuntap", "add", tap, "mode", "tap", "user", "1000", "group", "1000",
+            ],
             vec!["addr", "add", "169.254.0.1/30", "dev", tap],
             vec!["link", "set", tap, "up"],
         ] {
@@ -124,6 +126,12 @@ fn jailed_linux_guest_with_every_device_and_seccomp_boots_to_its_markers() {
     }
     vm.expect("GUEST-TEST-DONE", deadline);
     let (code, output) = vm.finish(deadline);
-    assert_eq!(code, 0, "the jailed guest's power-off ends the VMM with 0:\n{output}");
-    assert!(!output.contains("seccomp"), "a filter stopped the VMM:\n{output}");
+    assert_eq!(
+        code, 0,
+        "the jailed guest's power-off ends the VMM with 0:\n{output}"
+    );
+    assert!(
+        !output.contains("seccomp"),
+        "a filter stopped the VMM:\n{output}"
+    );
 }

@@ -162,6 +162,8 @@ fn api(r: &mut Rules) {
     ]);
     // set_nonblocking on each accepted connection.
     r.allow_arg(libc::SYS_ioctl, 1, &[libc::FIONBIO]);
+    // Each client's uid (SO_PEERCRED), checked before it is served.
+    r.allow_arg(libc::SYS_getsockopt, 2, &[libc::SO_PEERCRED as u64]);
 }
 
 /// The event loop: device queues, block files, taps, vsock's Unix sockets, timers.
