@@ -79,27 +79,9 @@ impl ApiClient {
     /// The pid of the process serving the socket (SO_PEERCRED).
     pub fn server_pid(&self) -> Result<i32, ClientError> {
         let stream = self.connect()?;
-        let mut cred = libc::ucred {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into the valid, exclusively borrowed
-        // `cred` of exactly that size, on a socket descriptor owned by `stream`.
-        let rc = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err((self.io())(std::io::Error::last_os_error()));
-        }
-        Ok(cred.pid)
+        peer_credentials(&stream)
+            .map(|cred| cred.pid)
+            .map_err(self.io())
     }
 
     fn connect(&self) -> Result<UnixStream, ClientError> {
@@ -158,4 +140,33 @@ impl ApiClient {
         }
         Ok(ClientResponse { status, body })
     }
+}
+
+/// The pid, uid and gid of the process at the other end of `stream`, as they were when it
+/// connected (SO_PEERCRED). The API server checks clients with it, clients the server.
+pub fn peer_credentials(stream: &UnixStream) -> std::io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the valid, exclusively borrowed `cred`
+    // of exactly that size, and updates `len`; the descriptor is `stream`'s, open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(std::io::Error::other("SO_PEERCRED answered a short ucred"));
+    }
+    Ok(cred)
 }

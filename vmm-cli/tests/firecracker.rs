@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fault, guest_file, scratch, Connection, Response};
+use common::{fault, guest_file, no_content, scratch, wait_for_state, Connection};
 
 /// A path to this build's `vmm` under the name `firecracker` (a symbolic link, as an
 /// installer's link or copy would be).
@@ -81,28 +81,6 @@ impl Drop for Firecracker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A PUT or PATCH that must succeed the way go-sdk's generated client requires: exactly 204,
-/// no body.
-fn no_content(response: Response, what: &str) {
-    assert_eq!(response.status, 204, "{what}: {}", response.body);
-    assert!(response.body.is_empty(), "{what}: 204 with a body");
-}
-
-/// Polls `GET /` on `conn` until the state is `want` (an upper-bound deadline only).
-fn wait_for_state(conn: &mut Connection, want: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let r = conn.call("GET", "/", None);
-        assert_eq!(r.status, 200, "{}", r.body);
-        let info: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        if info["state"] == want {
-            return info;
-        }
-        assert!(Instant::now() < deadline, "never {want}: {info}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

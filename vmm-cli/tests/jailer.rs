@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{guest_file, scratch, Connection, Response};
+use common::{guest_file, no_content, scratch, wait_for_state, Connection};
 
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 const JAIL_UID: u32 = 1000;
@@ -380,25 +380,6 @@ fn start_jail(dir: &Path, id: &str, netns: &NetNs, extra: &[&str]) -> Jailed {
         cgroup_parent: hierarchy.join(&parent),
         cgroup,
         id_dir,
-    }
-}
-
-/// PUT or PATCH that must answer 204.
-fn no_content(r: Response, what: &str) {
-    assert_eq!(r.status, 204, "{what}: {}", r.body);
-}
-
-fn wait_for_state(conn: &mut Connection, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let r = conn.call("GET", "/", None);
-        assert_eq!(r.status, 200, "{}", r.body);
-        let info: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        if info["state"] == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never {want}: {info}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -225,29 +225,8 @@ fn serve(
 /// Whether the client on `stream` may use the API: its uid (SO_PEERCRED, as it was when it
 /// connected) is root or `own_uid`, the VMM's. Otherwise, or when the kernel cannot say, why not.
 fn check_peer(stream: &UnixStream, own_uid: libc::uid_t) -> std::result::Result<(), String> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a valid ucred of that size,
-    // and updates `len`; the fd is the live stream's.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || len as usize != std::mem::size_of::<libc::ucred>() {
-        return Err(format!(
-            "the client's credentials are unknown (SO_PEERCRED: {})",
-            io::Error::last_os_error()
-        ));
-    }
+    let cred = vmm_api::client::peer_credentials(stream)
+        .map_err(|e| format!("the client's credentials are unknown (SO_PEERCRED: {e})"))?;
     if cred.uid == 0 || cred.uid == own_uid {
         return Ok(());
     }

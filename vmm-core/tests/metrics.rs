@@ -2,29 +2,15 @@
 //! on the serial port, then resets through the i8042 when `test=` is on its command line). A
 //! test binary of its own: the metrics are the process's.
 
-use std::path::PathBuf;
+mod common;
+use common::{scratch, tiny_guest};
 
 use vmm_api::{MemorySize, SerialMode, VmConfig};
 use vmm_core::ShutdownReason;
 
-fn tiny_guest() -> PathBuf {
-    let dir = std::env::var_os("VMM_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/guest"));
-    let path = dir.join("tiny-pvh.elf");
-    assert!(
-        path.exists(),
-        "{} is missing: set VMM_GUEST_DIR to the guest image folder",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn the_last_line_counts_what_the_guest_did() {
-    let dir = std::env::temp_dir().join(format!("vmm-core-metrics-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("metrics");
     let metrics = dir.join("metrics.json");
     vmm_core::metrics::configure(&metrics).unwrap();
     let config = VmConfig {

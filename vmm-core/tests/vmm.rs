@@ -2,33 +2,16 @@
 //! with `test=` on its command line it resets the VM through the i8042 instead): start, pause,
 //! resume, snapshots, the balloon target, and a restore in the same process.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{scratch, tiny_guest};
+
+use std::path::Path;
 
 use vmm_api::{
     ApiResponse, BalloonUpdate, InstanceState, MemorySize, SerialMode, SnapshotCreateParams,
     SnapshotType, VmConfig,
 };
 use vmm_core::{BuiltVm, Error, RestoreSource, ShutdownReason, StartMode, Vmm};
-
-fn tiny_guest() -> PathBuf {
-    let dir = std::env::var_os("VMM_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/guest"));
-    let path = dir.join("tiny-pvh.elf");
-    assert!(
-        path.exists(),
-        "{} is missing: set VMM_GUEST_DIR to the guest image folder",
-        path.display()
-    );
-    path
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmm-core-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The tiny guest with 64 MiB, an entropy device and a balloon, its console in `dir/serial`.
 fn config(dir: &Path, cmdline: &str) -> VmConfig {

@@ -781,7 +781,7 @@ impl<M> Persist for Balloon<M> {
 mod tests {
     use super::*;
     use crate::virtio::interrupt_bits;
-    use crate::virtio::test_utils::{activate, test_memory, TestQueue};
+    use crate::virtio::test_utils::{activate, test_memory, wait_readable, TestQueue};
     use vmm_memory::GuestMemoryMmap;
 
     /// The device on the VMM's memory type (dirty bitmap included).
@@ -1167,18 +1167,6 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("virtio-rng"), "{err}");
-    }
-
-    /// Waits (an upper bound only) until `fd` is readable.
-    fn wait_readable(fd: std::os::fd::RawFd) {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polls one valid, exclusively borrowed pollfd for at most 60 seconds.
-        let n = unsafe { libc::poll(&mut pfd, 1, 60_000) };
-        assert_eq!(n, 1, "the statistics timer did not fire within 60 s");
     }
 
     #[test]

@@ -596,13 +596,7 @@ mod tests {
         h.rng
             .update_rate_limiter(BucketUpdate::Disabled, BucketUpdate::None)
             .unwrap();
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polls one valid, exclusively borrowed pollfd; 60 s is an upper bound only.
-        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 60_000) }, 1);
+        crate::virtio::test_utils::wait_readable(fd);
         h.rng
             .process_backend(RATE_LIMITER_TOKEN, EventSet::IN)
             .unwrap();

@@ -17,6 +17,19 @@ pub const DESC_F_WRITE: u16 = 2;
 /// Descriptor flag: the buffer is an indirect descriptor table.
 pub const DESC_F_INDIRECT: u16 = 4;
 
+/// Waits until `fd` is readable (a rate limiter's or a statistics timer that fired), at most
+/// 60 s: an upper bound for a stuck test, never a timing assertion.
+pub fn wait_readable(fd: std::os::fd::RawFd) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one valid, exclusively borrowed pollfd for at most 60 seconds.
+    let n = unsafe { libc::poll(&mut pfd, 1, 60_000) };
+    assert_eq!(n, 1, "the descriptor did not become readable within 60 s");
+}
+
 /// The guest memory [`test_memory`] builds: mmap-backed with a dirty bitmap, the same type as
 /// vmm-memory's `GuestMemoryMmap`.
 pub type TestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;

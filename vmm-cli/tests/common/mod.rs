@@ -161,3 +161,26 @@ impl Connection {
         matches!(self.stream.read(&mut chunk), Ok(0) | Err(_))
     }
 }
+
+/// A PUT or PATCH that must succeed the way go-sdk's generated client requires: exactly 204,
+/// no body.
+pub fn no_content(response: Response, what: &str) {
+    assert_eq!(response.status, 204, "{what}: {}", response.body);
+    assert!(response.body.is_empty(), "{what}: 204 with a body");
+}
+
+/// Polls `GET /` on `conn` until the state is `want` (an upper-bound deadline only); returns
+/// the instance info.
+pub fn wait_for_state(conn: &mut Connection, want: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = conn.call("GET", "/", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let info: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        if info["state"] == want {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "never {want}: {info}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -15,7 +15,7 @@ use super::request::HEADER_LEN;
 use super::*;
 
 use crate::virtio::test_utils::{
-    activate, test_memory, TestQueue, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
+    activate, test_memory, wait_readable, TestQueue, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
 };
 use crate::virtio::{
     device_type, features, interrupt_bits, VirtioDevice, VirtioDeviceState, VirtioError,
@@ -1143,18 +1143,6 @@ fn backend_smaller_than_a_sector_is_empty_and_a_bad_id_is_refused() {
     assert_eq!(block.capacity_sectors(), 0);
     let e = Block::with_backend(MemDisk::new(vec![0; 512]), Some(&"z".repeat(21))).unwrap_err();
     assert!(matches!(e, BlockError::IdTooLong { len: 21, .. }), "{e}");
-}
-
-/// Waits (an upper bound only, never a timing assertion) until `fd` is readable.
-fn wait_readable(fd: std::os::fd::RawFd) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: polls one valid, exclusively borrowed pollfd for at most 60 seconds.
-    let n = unsafe { libc::poll(&mut pfd, 1, 60_000) };
-    assert_eq!(n, 1, "the rate limiter's timer did not fire within 60 s");
 }
 
 /// A bucket that never refills within a test.

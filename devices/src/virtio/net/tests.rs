@@ -8,7 +8,9 @@ use super::features::bit;
 use super::mac::derived_mac;
 use super::tap::offload;
 use super::*;
-use crate::virtio::test_utils::{activate, test_memory, TestQueue, DESC_F_NEXT, DESC_F_WRITE};
+use crate::virtio::test_utils::{
+    activate, test_memory, wait_readable, TestQueue, DESC_F_NEXT, DESC_F_WRITE,
+};
 use crate::virtio::{device_type, features, VirtioDevice, VirtioDeviceState, VirtioError};
 use crate::EventFd;
 
@@ -568,18 +570,6 @@ fn state_saved_by_earlier_versions_still_loads() {
         serde_json::to_string(&net.save_state()).unwrap(),
         r#"{"kind":"virtio-net","state":{"mac":[2,0,0,0,0,9]}}"#
     );
-}
-
-/// Waits (an upper bound only, never a timing assertion) until `fd` is readable.
-fn wait_readable(fd: std::os::fd::RawFd) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: polls one valid, exclusively borrowed pollfd for at most 60 seconds.
-    let n = unsafe { libc::poll(&mut pfd, 1, 60_000) };
-    assert_eq!(n, 1, "the rate limiter's timer did not fire within 60 s");
 }
 
 /// A limiter of `ops` operations that does not refill within a test.
