@@ -33,7 +33,7 @@ use vmm_api::{ApiRequest, ApiResponse, RequestReader, CONTINUE_RESPONSE};
 /// Connections kept open at once; a new one beyond this closes the least recently used.
 pub const MAX_CONNECTIONS: usize = 16;
 /// The API thread's name (Firecracker's, which Kata Containers and others look for).
-pub const API_THREAD_NAME: &str = "fc_api";
+pub const API_THREAD_NAME: &str = crate::thread_names::API;
 /// How long a request may wait for the VM's answer (a snapshot of a large guest takes a while).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a response write may wait for a client that does not read.

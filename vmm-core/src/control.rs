@@ -68,7 +68,7 @@ pub fn run_api_config(mut api: ApiConfig, options: &ApiOptions) -> Result<Shutdo
         (BuiltVm::build(&api.vm)?, StartMode::Running)
     } else {
         let signals = SignalForwarder::start(events_tx.clone())
-            .map_err(|e| Error::Thread("vmm-signals", e))?;
+            .map_err(|e| Error::Thread(crate::thread_names::SIGNALS, e))?;
         let start = wait_for_configuration(&mut api, &events_rx)?;
         // The running VM forwards signals on its own.
         drop(signals);

@@ -196,7 +196,7 @@ impl EventLoop {
             stop: wake.try_clone()?,
         };
         let thread = std::thread::Builder::new()
-            .name("vmm-events".into())
+            .name(crate::thread_names::EVENTS.into())
             .spawn(move || {
                 if let Err(e) = event_loop(
                     input,

@@ -147,7 +147,7 @@ impl SignalForwarder {
             }
         };
         install_termination_handlers();
-        let thread = StoppableThread::spawn("vmm-signals", move |stop| loop {
+        let thread = StoppableThread::spawn(crate::thread_names::SIGNALS, move |stop| loop {
             // A signal that came before this thread polled is in the flag already.
             let signal = TERMINATION_SIGNAL.swap(0, Ordering::SeqCst);
             if signal != 0 && events.send(VmEvent::Signal(signal)).is_err() {

@@ -26,6 +26,7 @@ pub mod seccomp;
 pub mod snapshot;
 mod stoppable;
 mod terminal;
+pub mod thread_names;
 mod vcpu_threads;
 mod virtio_devices;
 mod vmm;

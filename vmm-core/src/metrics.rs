@@ -769,20 +769,25 @@ impl PeriodicFlush {
         use std::os::fd::AsRawFd;
         let mut timer = vmm_sys_util::timerfd::TimerFd::new()?;
         timer.reset(FLUSH_INTERVAL, Some(FLUSH_INTERVAL))?;
-        let thread = crate::stoppable::StoppableThread::spawn("vmm-metrics", move |stop| loop {
-            let ready =
-                crate::stoppable::wait_readable(&[timer.as_raw_fd(), stop.as_raw_fd()], None);
-            if ready.get(1).copied().unwrap_or(true) {
-                return;
-            }
-            if ready.first().copied().unwrap_or(false) {
-                // Expirations missed while a flush was slow count once.
-                let _ = timer.wait();
-                if let Err(e) = flush() {
-                    log::warn!("cannot write the metrics: {e}");
+        let thread =
+            crate::stoppable::StoppableThread::spawn(crate::thread_names::METRICS, move |stop| {
+                loop {
+                    let ready = crate::stoppable::wait_readable(
+                        &[timer.as_raw_fd(), stop.as_raw_fd()],
+                        None,
+                    );
+                    if ready.get(1).copied().unwrap_or(true) {
+                        return;
+                    }
+                    if ready.first().copied().unwrap_or(false) {
+                        // Expirations missed while a flush was slow count once.
+                        let _ = timer.wait();
+                        if let Err(e) = flush() {
+                            log::warn!("cannot write the metrics: {e}");
+                        }
+                    }
                 }
-            }
-        })?;
+            })?;
         Ok(PeriodicFlush { _thread: thread })
     }
 }

@@ -211,7 +211,7 @@ fn spawn_one(
 ) -> Result<JoinHandle<Vcpu>> {
     let index = vcpu.index();
     std::thread::Builder::new()
-        .name(format!("fc_vcpu {index}"))
+        .name(crate::thread_names::vcpu(index))
         .spawn(move || {
             // Asked now, while /sys may be read: the answer is kept for an exit's error.
             vmm_vcpu::is_pvm_host();

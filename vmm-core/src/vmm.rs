@@ -80,7 +80,7 @@ impl Vmm {
     ) -> Result<Vmm> {
         let start_paused = mode != StartMode::Running;
         let signals = SignalForwarder::start(events_tx.clone())
-            .map_err(|e| Error::Thread("vmm-signals", e))?;
+            .map_err(|e| Error::Thread(crate::thread_names::SIGNALS, e))?;
         let BuiltVm {
             memory,
             vm,

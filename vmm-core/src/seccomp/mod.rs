@@ -12,6 +12,7 @@
 
 mod filters;
 
+use crate::thread_names;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -79,10 +80,10 @@ impl ThreadKind {
     /// `StoppableThread` (which know only their name).
     pub(crate) fn of_thread_name(name: &str) -> Option<ThreadKind> {
         match name {
-            crate::api_server::API_THREAD_NAME => Some(ThreadKind::Api),
-            "vmm-signals" => Some(ThreadKind::Signals),
-            "vmm-metrics" => Some(ThreadKind::Metrics),
-            "vmm-events" => Some(ThreadKind::Events),
+            thread_names::API => Some(ThreadKind::Api),
+            thread_names::SIGNALS => Some(ThreadKind::Signals),
+            thread_names::METRICS => Some(ThreadKind::Metrics),
+            thread_names::EVENTS => Some(ThreadKind::Events),
             _ => None,
         }
     }
