@@ -18,7 +18,7 @@
 //! policy's.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use super::jobs::Capacity;
 use super::FleetError;
@@ -85,6 +85,30 @@ pub trait Policy: Send {
     /// jobs in any order (ineligible ones are ignored); the result's order is the policy's
     /// order of preference.
     fn select(&mut self, now_ms: u64, jobs: &[JobView], capacity: Capacity) -> Vec<usize>;
+
+    /// Whether the policy keeps its own queue and answers [`Policy::decide`]: then a caller may
+    /// tell it about arrivals ([`Policy::arrive`]), ended jobs ([`Policy::leave`]) and paused
+    /// jobs ([`Policy::restate`]) and ask [`Policy::decide`] with only the running jobs, which
+    /// costs O(log n) per job started or preempted instead of the O(n) of `select`. A caller
+    /// uses one way or the other for a whole run, never both on one policy object. All the
+    /// built-in policies do; the default is `false`.
+    fn incremental(&self) -> bool {
+        false
+    }
+    /// Incremental use: `job` has arrived (it is eligible from now on).
+    fn arrive(&mut self, _job: &JobView) {}
+    /// Incremental use: job `id` ended (Done or Failed); unknown ids are ignored.
+    fn leave(&mut self, _id: usize) {}
+    /// Incremental use: a job that is not running has a new view (the remaining estimate of a
+    /// job the caller paused later than the decision); unknown ids are ignored.
+    fn restate(&mut self, _job: &JobView) {}
+    /// Incremental use: the same answer as `select` over all arrived, unended jobs, given only
+    /// the views of the jobs running now (the others are the policy's queue: arrived and not
+    /// left). The caller then runs exactly the answer. Only called when `incremental()`.
+    fn decide(&mut self, now_ms: u64, running: &[JobView], capacity: Capacity) -> Vec<usize> {
+        let _ = (now_ms, capacity);
+        running.iter().map(|job| job.id).collect()
+    }
 }
 
 /// Builds a policy by name: `fcfs`, `sjf`, `srtf` or `rr` (which needs a quantum of at least
@@ -128,9 +152,13 @@ impl Room {
 
     /// Takes the job's share when it fits.
     fn take(&mut self, job: &JobView) -> bool {
-        if job.vcpus <= self.cpus && job.memory_bytes <= self.memory {
-            self.cpus -= job.vcpus;
-            self.memory -= job.memory_bytes;
+        self.take_parts(job.vcpus, job.memory_bytes)
+    }
+
+    fn take_parts(&mut self, vcpus: u64, memory: u64) -> bool {
+        if vcpus <= self.cpus && memory <= self.memory {
+            self.cpus -= vcpus;
+            self.memory -= memory;
             true
         } else {
             false
@@ -139,8 +167,12 @@ impl Room {
 
     /// Takes the job's share whether or not it fits (jobs kept running).
     fn force(&mut self, job: &JobView) {
-        self.cpus = self.cpus.saturating_sub(job.vcpus);
-        self.memory = self.memory.saturating_sub(job.memory_bytes);
+        self.force_parts(job.vcpus, job.memory_bytes);
+    }
+
+    fn force_parts(&mut self, vcpus: u64, memory: u64) {
+        self.cpus = self.cpus.saturating_sub(vcpus);
+        self.memory = self.memory.saturating_sub(memory);
     }
 }
 
@@ -199,6 +231,7 @@ fn non_preemptive(
 #[derive(Debug, Default)]
 pub struct Fcfs {
     scratch: Vec<Reverse<(Key, usize)>>,
+    ready: Ready,
 }
 
 impl Policy for Fcfs {
@@ -216,6 +249,22 @@ impl Policy for Fcfs {
             (j.arrival_ms, j.id as u64, 0, 0)
         })
     }
+    fn incremental(&self) -> bool {
+        true
+    }
+    fn arrive(&mut self, job: &JobView) {
+        arrive_keyed(&mut self.ready, job, fcfs_key);
+    }
+    fn leave(&mut self, id: usize) {
+        self.ready.leave(id);
+    }
+    fn restate(&mut self, job: &JobView) {
+        restate_keyed(&mut self.ready, job, fcfs_key);
+    }
+    fn decide(&mut self, _now_ms: u64, running: &[JobView], capacity: Capacity) -> Vec<usize> {
+        self.ready
+            .decide_non_preemptive(running, capacity, fcfs_key)
+    }
 }
 
 /// Shortest job first: the waiting job with the shortest estimate (then arrival, then id) starts
@@ -223,6 +272,7 @@ impl Policy for Fcfs {
 #[derive(Debug, Default)]
 pub struct Sjf {
     scratch: Vec<Reverse<(Key, usize)>>,
+    ready: Ready,
 }
 
 impl Policy for Sjf {
@@ -240,6 +290,21 @@ impl Policy for Sjf {
             (j.estimate_ms, j.arrival_ms, j.id as u64, 0)
         })
     }
+    fn incremental(&self) -> bool {
+        true
+    }
+    fn arrive(&mut self, job: &JobView) {
+        arrive_keyed(&mut self.ready, job, sjf_key);
+    }
+    fn leave(&mut self, id: usize) {
+        self.ready.leave(id);
+    }
+    fn restate(&mut self, job: &JobView) {
+        restate_keyed(&mut self.ready, job, sjf_key);
+    }
+    fn decide(&mut self, _now_ms: u64, running: &[JobView], capacity: Capacity) -> Vec<usize> {
+        self.ready.decide_non_preemptive(running, capacity, sjf_key)
+    }
 }
 
 /// Shortest remaining time first: the jobs with the shortest remaining estimates run, so a new
@@ -248,6 +313,7 @@ impl Policy for Sjf {
 #[derive(Debug, Default)]
 pub struct Srtf {
     scratch: Vec<Reverse<(Key, usize)>>,
+    ready: Ready,
 }
 
 impl Policy for Srtf {
@@ -277,6 +343,39 @@ impl Policy for Srtf {
             }
         }
         first_fit(&mut self.scratch, jobs, &mut room, &mut out);
+        out
+    }
+
+    fn incremental(&self) -> bool {
+        true
+    }
+    fn arrive(&mut self, job: &JobView) {
+        arrive_keyed(&mut self.ready, job, |rec, id| srtf_key(rec, id, false));
+    }
+    fn leave(&mut self, id: usize) {
+        self.ready.leave(id);
+    }
+    fn restate(&mut self, job: &JobView) {
+        restate_keyed(&mut self.ready, job, |rec, id| srtf_key(rec, id, false));
+    }
+    fn decide(&mut self, _now_ms: u64, running: &[JobView], capacity: Capacity) -> Vec<usize> {
+        let ready = &mut self.ready;
+        ready.reconcile(running, |rec, id| Some(srtf_key(rec, id, false)));
+        ready.fresh.clear();
+        // The running jobs compete with the queue, ahead of waiting ones on equal keys.
+        let mut extra = Vec::with_capacity(ready.running.len());
+        for id in std::mem::take(&mut ready.running) {
+            let rec = ready.rec(id);
+            rec.running = false;
+            extra.push((srtf_key(rec, id, true), id));
+        }
+        extra.sort_unstable();
+        let mut room = Room::new(capacity);
+        let mut out = Vec::with_capacity(extra.len() + 1);
+        for id in ready.first_fit(&mut room, &mut out, &extra) {
+            let key = srtf_key(ready.rec(id), id, false);
+            ready.enqueue(id, key);
+        }
         out
     }
 }
@@ -311,6 +410,7 @@ pub struct RoundRobin {
     scratch: Vec<Reverse<(Key, usize)>>,
     fresh: Vec<(u64, usize, usize)>,
     running: Vec<(u64, usize)>,
+    ready: Ready,
 }
 
 impl RoundRobin {
@@ -325,6 +425,10 @@ impl RoundRobin {
             scratch: Vec::new(),
             fresh: Vec::new(),
             running: Vec::new(),
+            ready: Ready {
+                fifo: Some(VecDeque::new()),
+                ..Ready::default()
+            },
         }
     }
 }
@@ -444,6 +548,376 @@ impl Policy for RoundRobin {
             entry_of(&mut self.dense, &mut self.sparse, id).slice_start = Some(now_ms);
         }
         out
+    }
+
+    fn incremental(&self) -> bool {
+        true
+    }
+    fn arrive(&mut self, job: &JobView) {
+        if !self.ready.record(job) {
+            self.ready.fresh.push(job.id);
+        }
+    }
+    fn leave(&mut self, id: usize) {
+        self.ready.leave(id);
+    }
+    fn restate(&mut self, job: &JobView) {
+        let rec = self.ready.rec(job.id);
+        if rec.alive && !rec.running {
+            self.ready.record(job);
+        }
+    }
+    fn decide(&mut self, now_ms: u64, running: &[JobView], capacity: Capacity) -> Vec<usize> {
+        let quantum = self.quantum_ms;
+        let ready = &mut self.ready;
+        ready.reconcile(running, |rec, _| rec.seq.map(|seq| (seq, 0, 0, 0)));
+        // Arrivals join the back of the queue in arrival order, before any job whose quantum
+        // ends now.
+        let mut fresh = std::mem::take(&mut ready.fresh);
+        fresh.retain(|&id| {
+            let rec = ready.rec(id);
+            rec.alive && rec.seq.is_none()
+        });
+        fresh.sort_unstable_by_key(|&id| (ready.rec(id).arrival, id));
+        fresh.dedup();
+        for &id in &fresh {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let rec = ready.rec(id);
+            rec.seq = Some(seq);
+            if rec.running {
+                rec.slice_start = Some(rec.last_run.unwrap_or(now_ms));
+            } else {
+                ready.enqueue(id, (seq, 0, 0, 0));
+            }
+        }
+        fresh.clear();
+        ready.fresh = fresh;
+        let waiting = ready.peek().is_some();
+        // Running jobs inside their quantum keep running. Those whose quantum is over go to the
+        // back (in queue order) when someone waits, else start a new quantum.
+        let ids = std::mem::take(&mut ready.running);
+        let mut order: Vec<(u64, usize)> = ids
+            .iter()
+            .map(|&id| (ready.rec(id).seq.unwrap_or(0), id))
+            .collect();
+        order.sort_unstable();
+        let mut room = Room::new(capacity);
+        let mut out = Vec::with_capacity(order.len() + 1);
+        for (_, id) in order {
+            let rec = ready.rec(id);
+            let start = *rec
+                .slice_start
+                .get_or_insert(rec.last_run.unwrap_or(now_ms));
+            let expired = now_ms.saturating_sub(start) >= quantum;
+            if expired && waiting {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                rec.seq = Some(seq);
+                rec.slice_start = None;
+                ready.enqueue(id, (seq, 0, 0, 0));
+            } else {
+                if expired {
+                    rec.slice_start = Some(now_ms);
+                }
+                room.force_parts(rec.vcpus, rec.memory);
+                out.push(id);
+                ready.running.push(id);
+            }
+        }
+        // The rest of the room goes by queue order, first fit.
+        let kept = out.len();
+        ready.first_fit(&mut room, &mut out, &[]);
+        for &id in &out[kept..] {
+            ready.rec(id).slice_start = Some(now_ms);
+        }
+        out
+    }
+}
+
+/// What the incremental form of a policy keeps of one job.
+#[derive(Clone, Debug, Default)]
+struct Rec {
+    /// Arrived and not left.
+    alive: bool,
+    /// Running, as far as the policy knows (it chose so, or the caller said so).
+    running: bool,
+    /// The ticket of its live entry in the queue's heap; 0 when it is not queued.
+    ticket: u64,
+    /// The last decision whose running jobs included it.
+    mark: u64,
+    arrival: u64,
+    estimate: u64,
+    remaining: u64,
+    vcpus: u64,
+    memory: u64,
+    last_run: Option<u64>,
+    /// Round robin: its queue position; None until the decision after its arrival.
+    seq: Option<u64>,
+    /// Round robin: when its current time slice began, while it runs.
+    slice_start: Option<u64>,
+}
+
+/// A queue entry: the policy's key, the job's id, and the ticket that is live while the job
+/// stays queued with this key (older entries are skipped when they reach the top).
+type Entry = Reverse<(Key, usize, u64)>;
+
+/// The incremental form shared by all the policies: a record per job, the waiting jobs in a
+/// binary heap by the policy's key (lazy deletion by ticket), and the running jobs.
+#[derive(Debug, Default)]
+struct Ready {
+    dense: Vec<Rec>,
+    sparse: HashMap<usize, Rec>,
+    heap: BinaryHeap<Entry>,
+    /// Round robin's queue instead of the heap: its keys (queue positions) only grow, so a
+    /// deque kept in key order does what the heap does in O(1).
+    fifo: Option<VecDeque<Entry>>,
+    tickets: u64,
+    running: Vec<usize>,
+    decision: u64,
+    /// Round robin: arrivals since the last decision.
+    fresh: Vec<usize>,
+    skipped: Vec<Entry>,
+}
+
+impl Ready {
+    fn rec(&mut self, id: usize) -> &mut Rec {
+        if id < DENSE_IDS {
+            if id >= self.dense.len() {
+                self.dense.resize_with(id + 1, Rec::default);
+            }
+            &mut self.dense[id]
+        } else {
+            self.sparse.entry(id).or_default()
+        }
+    }
+
+    /// Records a job's view (a new arrival or a new state); returns whether it was known.
+    fn record(&mut self, job: &JobView) -> bool {
+        let rec = self.rec(job.id);
+        let known = rec.alive;
+        rec.alive = true;
+        rec.arrival = job.arrival_ms;
+        rec.estimate = job.estimate_ms;
+        rec.remaining = job.remaining_estimate_ms;
+        rec.vcpus = job.vcpus;
+        rec.memory = job.memory_bytes;
+        rec.last_run = job.last_run_ms;
+        known
+    }
+
+    fn enqueue(&mut self, id: usize, key: Key) {
+        self.tickets += 1;
+        let ticket = self.tickets;
+        let rec = self.rec(id);
+        rec.ticket = ticket;
+        rec.running = false;
+        let entry = Reverse((key, id, ticket));
+        match &mut self.fifo {
+            None => self.heap.push(entry),
+            Some(fifo) => {
+                if fifo.back().is_none_or(|back| *back > entry) {
+                    fifo.push_back(entry);
+                } else {
+                    // An old position (a job the caller stopped without asking): keep the order.
+                    let at = fifo.partition_point(|e| *e > entry);
+                    fifo.insert(at, entry);
+                }
+            }
+        }
+    }
+
+    fn top(&self) -> Option<&Entry> {
+        match &self.fifo {
+            None => self.heap.peek(),
+            Some(fifo) => fifo.front(),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        match &mut self.fifo {
+            None => self.heap.pop(),
+            Some(fifo) => fifo.pop_front(),
+        }
+    }
+
+    fn leave(&mut self, id: usize) {
+        let rec = if id < DENSE_IDS {
+            self.dense.get_mut(id)
+        } else {
+            self.sparse.get_mut(&id)
+        };
+        let Some(rec) = rec else {
+            return;
+        };
+        let was_running = rec.running;
+        *rec = Rec::default();
+        if id >= DENSE_IDS {
+            self.sparse.remove(&id);
+        }
+        if was_running {
+            self.running.retain(|&r| r != id);
+        }
+    }
+
+    /// The top of the heap after dropping stale entries.
+    fn peek(&mut self) -> Option<(Key, usize)> {
+        while let Some(&Reverse((key, id, ticket))) = self.top() {
+            if self.rec(id).ticket == ticket {
+                return Some((key, id));
+            }
+            self.pop();
+        }
+        None
+    }
+
+    /// Takes the running jobs from the caller: those it names run (out of the queue if they
+    /// were in it); those the policy thought running that it does not name and that have not
+    /// left go back to the queue with `requeue`'s key.
+    fn reconcile(&mut self, running: &[JobView], requeue: impl Fn(&Rec, usize) -> Option<Key>) {
+        self.decision += 1;
+        let decision = self.decision;
+        let before = std::mem::take(&mut self.running);
+        for job in running {
+            let known = self.record(job);
+            let rec = self.rec(job.id);
+            if rec.mark == decision {
+                continue;
+            }
+            rec.mark = decision;
+            rec.ticket = 0;
+            rec.running = true;
+            if !known {
+                self.fresh.push(job.id);
+            }
+            self.running.push(job.id);
+        }
+        for id in before {
+            let rec = self.rec(id);
+            if rec.alive && rec.mark != decision {
+                rec.running = false;
+                rec.slice_start = None;
+                if let Some(key) = requeue(rec, id) {
+                    self.enqueue(id, key);
+                }
+            }
+        }
+    }
+
+    /// First fit in key order over the queue, merged with `extra` (candidates that are not in
+    /// the queue, sorted by key): pops until the CPUs are used up, taking each job that fits
+    /// (it runs then) and putting back the others. Returns the `extra` ones not taken.
+    fn first_fit(
+        &mut self,
+        room: &mut Room,
+        out: &mut Vec<usize>,
+        extra: &[(Key, usize)],
+    ) -> Vec<usize> {
+        let mut left = Vec::new();
+        let mut next_extra = 0;
+        while room.cpus > 0 {
+            let top = self.peek();
+            let from_extra = match (top, extra.get(next_extra)) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((key, _)), Some(&(extra_key, _))) => extra_key < key,
+            };
+            let id = if from_extra {
+                next_extra += 1;
+                extra[next_extra - 1].1
+            } else {
+                let Some(entry) = self.pop() else {
+                    break;
+                };
+                let id = entry.0 .1;
+                let rec = self.rec(id);
+                if !room.take_parts(rec.vcpus, rec.memory) {
+                    self.skipped.push(entry);
+                    continue;
+                }
+                rec.ticket = 0;
+                rec.running = true;
+                self.running.push(id);
+                out.push(id);
+                continue;
+            };
+            let rec = self.rec(id);
+            if room.take_parts(rec.vcpus, rec.memory) {
+                rec.running = true;
+                self.running.push(id);
+                out.push(id);
+            } else {
+                left.push(id);
+            }
+        }
+        left.extend(extra[next_extra..].iter().map(|&(_, id)| id));
+        let mut skipped = std::mem::take(&mut self.skipped);
+        match &mut self.fifo {
+            None => self.heap.extend(skipped.drain(..)),
+            // They came off the front in order: back to the front in reverse.
+            Some(fifo) => skipped.drain(..).rev().for_each(|e| fifo.push_front(e)),
+        }
+        self.skipped = skipped;
+        left
+    }
+
+    /// The non-preemptive policies: running jobs keep running, free room goes to the queue in
+    /// key order.
+    fn decide_non_preemptive(
+        &mut self,
+        running: &[JobView],
+        capacity: Capacity,
+        key: impl Fn(&Rec, usize) -> Key,
+    ) -> Vec<usize> {
+        self.reconcile(running, |rec, id| Some(key(rec, id)));
+        self.fresh.clear();
+        let mut room = Room::new(capacity);
+        let mut out = Vec::with_capacity(self.running.len() + 1);
+        for k in 0..self.running.len() {
+            let id = self.running[k];
+            let rec = self.rec(id);
+            room.force_parts(rec.vcpus, rec.memory);
+            out.push(id);
+        }
+        self.first_fit(&mut room, &mut out, &[]);
+        out
+    }
+}
+
+fn fcfs_key(rec: &Rec, id: usize) -> Key {
+    (rec.arrival, id as u64, 0, 0)
+}
+
+fn sjf_key(rec: &Rec, id: usize) -> Key {
+    (rec.estimate, rec.arrival, id as u64, 0)
+}
+
+/// SRTF's key; `running` sorts first among equal remaining estimates.
+fn srtf_key(rec: &Rec, id: usize, running: bool) -> Key {
+    (rec.remaining, u64::from(!running), rec.arrival, id)
+}
+
+/// Incremental arrival for the policies whose key is known at arrival.
+fn arrive_keyed(ready: &mut Ready, job: &JobView, key: impl Fn(&Rec, usize) -> Key) {
+    if ready.record(job) {
+        return; // already known
+    }
+    let k = key(ready.rec(job.id), job.id);
+    ready.enqueue(job.id, k);
+}
+
+/// Incremental restate: a queued job's key may change (SRTF's remaining estimate).
+fn restate_keyed(ready: &mut Ready, job: &JobView, key: impl Fn(&Rec, usize) -> Key) {
+    let rec = ready.rec(job.id);
+    if !rec.alive || rec.running {
+        return;
+    }
+    let queued = rec.ticket != 0;
+    ready.record(job);
+    if queued {
+        let k = key(ready.rec(job.id), job.id);
+        ready.enqueue(job.id, k);
     }
 }
 

@@ -492,6 +492,7 @@ impl Runner<'_> {
         s.finish_ms = Some(now);
         s.failure = Some(why.clone());
         self.ended = true;
+        self.policy.leave(slot);
         let name = s.job.name.clone();
         self.log(&format!("FAILED {name}: {why}"));
     }
@@ -630,6 +631,8 @@ impl Runner<'_> {
                 s.stop_running(now);
                 s.state = JobState::Paused;
                 s.preemptions += 1;
+                // Its remaining estimate as of the pause, which came after the decision.
+                self.policy.restate(&s.view(now));
                 let name = s.job.name.clone();
                 self.record(decided, decided_ms, slot, "pause");
                 self.log(&format!("pause {name}"));
@@ -726,6 +729,7 @@ impl Runner<'_> {
             s.state = JobState::Done;
             s.finish_ms = Some(now);
             let name = s.job.name.clone();
+            self.policy.leave(slot);
             self.log(&format!("done {name}"));
         } else {
             let why = match last_line {
@@ -756,11 +760,15 @@ impl Runner<'_> {
     fn arrivals(&mut self, now: u64) -> bool {
         let mut any = false;
         let mut names = Vec::new();
+        let incremental = self.policy.incremental();
         for s in self.slots.iter_mut() {
             if !s.arrived && s.job.arrival_ms <= now {
                 s.arrived = true;
                 any = true;
                 names.push(s.job.name.clone());
+                if incremental {
+                    self.policy.arrive(&s.view(now));
+                }
             }
         }
         for name in names {
@@ -785,13 +793,20 @@ impl Runner<'_> {
     fn decide(&mut self) {
         let decided = Instant::now();
         let now = self.now();
+        // An incremental policy keeps its own queue (told of arrivals, ends and pauses) and
+        // sees only the running jobs; any other gets every active job.
+        let incremental = self.policy.incremental();
         let views: Vec<JobView> = self
             .slots
             .iter()
-            .filter(|s| s.active())
+            .filter(|s| s.active() && (!incremental || s.state == JobState::Running))
             .map(|s| s.view(now))
             .collect();
-        let selected = self.policy.select(now, &views, self.capacity);
+        let selected = if incremental {
+            self.policy.decide(now, &views, self.capacity)
+        } else {
+            self.policy.select(now, &views, self.capacity)
+        };
         self.decisions += 1;
         let want: BTreeSet<usize> = selected
             .iter()

@@ -3,9 +3,12 @@
 //!
 //! Events are arrivals (jobs sorted by arrival), completions and quantum expiries (a binary
 //! heap); all events at one instant are applied, then the policy makes one decision. The policy
-//! sees only the active jobs (arrived, not ended), kept in place between decisions, so a decision
-//! costs O(active jobs) plus the policy's own work, never O(all jobs). For policies that never
-//! preempt, an arrival while every CPU is busy needs no decision and gets none.
+//! sees only the active jobs (arrived, not ended), kept in place between decisions. A policy that
+//! is [`Policy::incremental`] (all the built-in ones) is told of each arrival and completion and
+//! sees only the running jobs at a decision, so a decision costs O(log n) per job started or
+//! preempted; any other policy gets `select` over all active jobs, O(active jobs) per decision.
+//! For policies that never preempt, an arrival while every CPU is busy needs no decision and gets
+//! none.
 //!
 //! Memory is modelled as in the real runner: a preempted job stays resident (Paused) until the
 //! running jobs plus the paused ones need more than the host's memory; then the paused job that
@@ -49,6 +52,7 @@ pub fn simulate(jobs: &[Job], policy: &mut dyn Policy, capacity: Capacity) -> Sc
     let n = jobs.len();
     let quantum = policy.quantum_ms().map(|q| q.max(1));
     let preemptive = policy.preemptive();
+    let incremental = policy.incremental();
     let mut sim: Vec<SimJob> = jobs
         .iter()
         .map(|job| SimJob {
@@ -94,6 +98,7 @@ pub fn simulate(jobs: &[Job], policy: &mut dyn Policy, capacity: Capacity) -> Sc
     let mut used_cpus = 0u64;
     let mut decisions = 0u64;
     let mut selected: Vec<usize> = Vec::new();
+    let mut running_views: Vec<JobView> = Vec::new();
 
     loop {
         let next_event = events.peek().map(|Reverse((t, ..))| *t);
@@ -121,6 +126,9 @@ pub fn simulate(jobs: &[Job], policy: &mut dyn Policy, capacity: Capacity) -> Sc
                 job.outcome.finish_ms = Some(now);
                 used_cpus = used_cpus.saturating_sub(jobs[i].vcpus);
                 running.retain(|&r| r != i);
+                if incremental {
+                    policy.leave(i);
+                }
                 let p = pos[i];
                 views.swap_remove(p);
                 if let Some(moved) = views.get(p) {
@@ -147,6 +155,9 @@ pub fn simulate(jobs: &[Job], policy: &mut dyn Policy, capacity: Capacity) -> Sc
                 state: JobState::Waiting,
                 last_run_ms: None,
             });
+            if incremental {
+                policy.arrive(&views[pos[i]]);
+            }
         }
         if arrived && (preemptive || used_cpus < capacity.cpus) {
             must_decide = true;
@@ -161,7 +172,13 @@ pub fn simulate(jobs: &[Job], policy: &mut dyn Policy, capacity: Capacity) -> Sc
             views[pos[i]].remaining_estimate_ms = jobs[i].estimate_ms.saturating_sub(ran);
         }
         decisions += 1;
-        let choice = policy.select(now, &views, capacity);
+        let choice = if incremental {
+            running_views.clear();
+            running_views.extend(running.iter().map(|&i| views[pos[i]].clone()));
+            policy.decide(now, &running_views, capacity)
+        } else {
+            policy.select(now, &views, capacity)
+        };
         generation += 1;
         selected.clear();
         let (mut cpus, mut memory) = (0u64, 0u64);
@@ -650,6 +667,96 @@ mod tests {
         let svg = gantt_svg(&s);
         for name in ["A", "B", "E", "ms"] {
             assert!(svg.contains(&format!(">{name}<")) || svg.contains(name));
+        }
+    }
+
+    /// A built-in policy seen only through `select`: the straightforward O(n)-per-decision
+    /// reference the incremental `decide` must match.
+    struct Reference(Box<dyn Policy>);
+    impl Policy for Reference {
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+        fn preemptive(&self) -> bool {
+            self.0.preemptive()
+        }
+        fn quantum_ms(&self) -> Option<u64> {
+            self.0.quantum_ms()
+        }
+        fn select(&mut self, now: u64, jobs: &[JobView], capacity: Capacity) -> Vec<usize> {
+            self.0.select(now, jobs, capacity)
+        }
+    }
+
+    /// A seeded xorshift generator.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    #[test]
+    fn fleet_incremental_matches_reference_on_random_jobs() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for round in 0..80u64 {
+            let count = 200 + rng.below(400) as usize;
+            let cpus = 1 + rng.below(4);
+            // Few distinct values make many equal arrivals, estimates and bursts (ties).
+            let gap_range = [1, 2, 4, 12][rng.below(4) as usize];
+            let burst_range = [1, 3, 8, 40][rng.below(4) as usize];
+            let wide = round % 3 == 0;
+            let mut arrival = 0;
+            let list: Vec<Job> = (0..count)
+                .map(|id| {
+                    arrival += rng.below(gap_range);
+                    let burst = rng.below(burst_range + 1);
+                    let estimate = match rng.below(3) {
+                        0 => burst,
+                        1 => rng.below(burst_range + 1),
+                        _ => burst / 2,
+                    };
+                    Job {
+                        id,
+                        name: format!("j{id}"),
+                        arrival_ms: arrival,
+                        estimate_ms: estimate,
+                        burst_ms: Some(burst),
+                        priority: 0,
+                        vcpus: if wide { 1 + rng.below(cpus) } else { 1 },
+                        memory_bytes: (1 + rng.below(4)) << 28,
+                        vm: vmm_api::VmConfig::default(),
+                    }
+                })
+                .collect();
+            // Unlimited memory, or so little that first fit skips jobs and paused jobs are
+            // hibernated.
+            let memory_bytes = if round % 2 == 0 { u64::MAX } else { 1 << 30 };
+            let host = Capacity { cpus, memory_bytes };
+            let quanta = [1, 2, 3, burst_range, burst_range + 1, 1000];
+            let quantum = quanta[rng.below(quanta.len() as u64) as usize];
+            for (name, q) in [
+                ("fcfs", None),
+                ("sjf", None),
+                ("srtf", None),
+                ("rr", Some(quantum)),
+            ] {
+                let fast = run(&list, name, q, host);
+                let mut reference = Reference(policy_by_name(name, q).unwrap());
+                assert!(!reference.incremental());
+                let slow = simulate(&list, &mut reference, host);
+                assert_eq!(
+                    fast, slow,
+                    "round {round}: {name} q={q:?} cpus={cpus} memory={memory_bytes}"
+                );
+                assert_eq!(slow.averages.completed, count, "{name}");
+            }
         }
     }
 
