@@ -418,6 +418,7 @@ fn vsock_entropy_actions_vm() {
     for (name, action) in [
         ("InstanceStart", ActionType::InstanceStart),
         ("SendCtrlAltDel", ActionType::SendCtrlAltDel),
+        ("PressPowerButton", ActionType::PressPowerButton),
         ("FlushMetrics", ActionType::FlushMetrics),
     ] {
         let body = format!(r#"{{"action_type": "{name}"}}"#);

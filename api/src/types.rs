@@ -268,8 +268,13 @@ pub struct BalloonUpdate {
 pub enum ActionType {
     /// Boot the configured VM.
     InstanceStart,
-    /// Press Ctrl+Alt+Del on the guest's keyboard (i8042), asking it to reboot.
+    /// Press Ctrl+Alt+Del on the guest's keyboard (i8042), asking it to reboot. The
+    /// `firecracker` front end presses the ACPI power button as well (Firecracker's guests are
+    /// often built without the keyboard handler, CONFIG_VT).
     SendCtrlAltDel,
+    /// Press the ACPI power button (a Generic Event Device notifying a `PNP0C0C` button),
+    /// asking the guest to power off. Not in Firecracker's API.
+    PressPowerButton,
     /// Write the metrics out now.
     FlushMetrics,
 }

@@ -40,6 +40,7 @@
 
 #![deny(missing_docs)]
 
+pub mod acpi;
 pub mod boot_timer;
 pub mod bus;
 pub mod i8042;
@@ -51,6 +52,7 @@ pub mod virtio;
 /// The token-bucket rate limiter the block, net and rng devices take (re-exported).
 pub use vmm_rate_limiter as rate_limiter;
 
+pub use acpi::{AcpiPmDevice, Ged, GedState};
 pub use boot_timer::BootTimer;
 pub use bus::{Bus, BusDevice};
 pub use i8042::{I8042Wrapper, I8042_PORT_BASE, I8042_PORT_LEN};

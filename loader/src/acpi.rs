@@ -5,8 +5,14 @@
 //!
 //! Kernels without MP-table support (Debian's cloud kernel, for one) find their CPUs and the
 //! IOAPIC only here; without it they fall back to the 8259 PIC in "virtual wire" mode.
-//! Hardware-reduced ACPI means no PM timer, SCI or sleep registers to emulate, and no legacy
-//! PIC for Linux: a legacy device's IRQ then reaches the IOAPIC only if the DSDT declares the
+//! Hardware-reduced ACPI means no PM timer, SCI, PM1 blocks or GPEs to emulate, and no legacy
+//! PIC for Linux. Power-off goes through the FADT's sleep control register
+//! ([`BootLayout::acpi_pm_port`]: the guest writes SLP_TYP 5 with SLP_EN, [`S5_SLEEP_CONTROL`],
+//! which Linux does when the DSDT has an `_S5_` package and the FADT both sleep registers), reset
+//! through the FADT's reset register ([`RESET_VALUE`]), and the power button is a Generic Event
+//! Device ([`BootLayout::ged`]: `ACPI0013`, whose `_EVT` method reads the event register and
+//! notifies the `PNP0C0C` power button device when bit [`GED_POWER_BUTTON`] is set). With
+//! hardware-reduced ACPI a legacy device's IRQ then reaches the IOAPIC only if the DSDT declares the
 //! device with its interrupt, so COM1, the i8042 and every virtio-mmio device (`LNRO0005`, the
 //! ID Linux's virtio_mmio driver matches) are declared there. The `virtio_mmio.device=` command
 //! line entries are for kernels booted with `acpi=off` (see [`crate::virtio_mmio_cmdline`]).
@@ -14,9 +20,12 @@
 //! two are written as raw bytes from the ACPI spec's layout.
 
 use acpi_tables::aml::{
-    Device, EISAName, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, Scope, IO,
+    And, Device, EISAName, Equal, Field, FieldAccessType, FieldEntry, FieldLockRule,
+    FieldUpdateRule, If, Interrupt, Local, Memory32Fixed, Method, Name, Notify, OpRegion,
+    OpRegionSpace, Package, Path, ResourceTemplate, Scope, Store, IO, ONE,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
@@ -40,6 +49,24 @@ const MADT_LOCAL_APIC_NMI: u8 = 4;
 const MPS_INTI_CONFORMS: u16 = 0;
 /// All processors, in a local APIC NMI structure.
 const ALL_PROCESSORS: u8 = 0xff;
+
+/// The sleep type of S5 (soft off) in the DSDT's `_S5_` package.
+pub const S5_SLEEP_TYPE: u8 = 5;
+/// SLP_EN, bit 5 of the sleep control register.
+pub const SLEEP_ENABLE: u8 = 1 << 5;
+/// What a guest writes to the sleep control register to power off: SLP_TYP (bits 2..4) = 5
+/// and SLP_EN.
+pub const S5_SLEEP_CONTROL: u8 = (S5_SLEEP_TYPE << 2) | SLEEP_ENABLE;
+/// Offset of the sleep status register from [`BootLayout::acpi_pm_port`].
+pub const SLEEP_STATUS_OFFSET: u16 = 1;
+/// Offset of the reset register from [`BootLayout::acpi_pm_port`].
+pub const RESET_OFFSET: u16 = 2;
+/// What a guest writes to the reset register to reset the machine.
+pub const RESET_VALUE: u8 = 1;
+/// Bit of the GED's event register that says the power button was pressed.
+pub const GED_POWER_BUTTON: u8 = 1;
+/// Notify value of a power button press (ACPI: "S0 power button pressed").
+const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
 
 /// Largest vCPU count the tables describe (APIC ids are one byte; the IOAPIC takes the next).
 const MAX_CPUS: u8 = 254;
@@ -125,8 +152,88 @@ fn dsdt(boot: &BootLayout, virtio: &[VirtioMmioDevice]) -> Result<Sdt> {
         .collect();
     let mut children: Vec<&dyn Aml> = vec![&com1, &kbd];
     children.extend(devices.iter().map(|d| d as &dyn Aml));
+    let power = boot.ged.map(power_button).transpose()?;
+    if let Some(power) = &power {
+        children.push(power);
+    }
     Scope::new(Path::new("\\_SB_"), children).to_aml_bytes(&mut dsdt);
+    if boot.acpi_pm_port.is_some() {
+        // \_S5_: SLP_TYPa (SLP_TYPb is unused with the hardware-reduced sleep registers).
+        let s5 = Package::new(vec![&S5_SLEEP_TYPE]);
+        Name::new(Path::new("\\_S5_"), &s5).to_aml_bytes(&mut dsdt);
+    }
     Ok(dsdt)
+}
+
+/// The power button (`\_SB_.PWRB`, `PNP0C0C`) and the Generic Event Device (`\_SB_.GED_`,
+/// `ACPI0013`) that reports its presses, as AML bytes:
+///
+/// ```text
+/// Device (PWRB) { Name (_HID, EisaId ("PNP0C0C")) Name (_UID, 0) }
+/// Device (GED_) {
+///     Name (_HID, "ACPI0013") Name (_UID, 0)
+///     Name (_CRS, ResourceTemplate () { Interrupt (, Edge, ActiveHigh, Exclusive) { irq } })
+///     OperationRegion (GDST, SystemMemory, addr, 1)
+///     Field (GDST, ByteAcc, NoLock, WriteAsZeros) { GDAT, 8 }
+///     Method (_EVT, 1, Serialized) {
+///         Store (GDAT, Local0)   // reading clears the register
+///         And (Local0, 1, Local1)
+///         If (LEqual (Local1, One)) { Notify (\_SB_.PWRB, 0x80) }
+///     }
+/// }
+/// ```
+fn power_button(ged: crate::GedLayout) -> Result<AmlBytes> {
+    let addr = addr32("GED (DSDT)", ged.addr)?;
+    let mut out = Vec::new();
+    let hid = EISAName::new("PNP0C0C");
+    let names = [
+        Name::new(Path::new("_HID"), &hid),
+        Name::new(Path::new("_UID"), &0u8),
+    ];
+    Device::new(
+        Path::new("PWRB"),
+        names.iter().map(|n| n as &dyn Aml).collect(),
+    )
+    .to_aml_bytes(&mut out);
+
+    let irq = isa_interrupt(ged.irq);
+    let crs = ResourceTemplate::new(vec![&irq]);
+    let region = OpRegion::new(Path::new("GDST"), OpRegionSpace::SystemMemory, &addr, &1u8);
+    let field = Field::new(
+        Path::new("GDST"),
+        FieldAccessType::Byte,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::WriteAsZeroes,
+        vec![FieldEntry::Named(*b"GDAT", 8)],
+    );
+    let gdat = Path::new("GDAT");
+    let read = Store::new(&Local(0), &gdat);
+    let masked = And::new(&Local(1), &Local(0), &GED_POWER_BUTTON);
+    let button = Path::new("\\_SB_.PWRB");
+    let notify = Notify::new(&button, &NOTIFY_BUTTON_PRESSED);
+    let pressed = Equal::new(&Local(1), &ONE);
+    let when = If::new(&pressed, vec![&notify]);
+    let evt = Method::new(Path::new("_EVT"), 1, true, vec![&read, &masked, &when]);
+    let hid = "ACPI0013";
+    let parts: [&dyn Aml; 6] = [
+        &Name::new(Path::new("_HID"), &hid),
+        &Name::new(Path::new("_UID"), &0u8),
+        &Name::new(Path::new("_CRS"), &crs),
+        &region,
+        &field,
+        &evt,
+    ];
+    Device::new(Path::new("GED_"), parts.to_vec()).to_aml_bytes(&mut out);
+    Ok(AmlBytes(out))
+}
+
+/// AML already encoded.
+struct AmlBytes(Vec<u8>);
+
+impl Aml for AmlBytes {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
 }
 
 fn madt(boot: &BootLayout, num_cpus: u8) -> Result<Vec<u8>> {
@@ -185,14 +292,30 @@ pub fn setup_acpi<M: GuestMemoryBackend>(
     let dsdt_offset = align(Rsdp::len() as u64);
     let dsdt = dsdt(boot, virtio)?;
     let fadt_offset = align(dsdt_offset + dsdt.len() as u64);
-    // Hardware-reduced: no PM timer, SCI or sleep registers to emulate; reset goes through
-    // the i8042.
-    let fadt = bytes(
-        &FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
-            .flag(Flags::HwReducedAcpi)
-            .dsdt_64(at(dsdt_offset))
-            .finalize(),
-    );
+    // Hardware-reduced: no PM timer, SCI, PM1 blocks or GPEs to emulate. Power-off through
+    // the sleep registers, reset through the reset register (or the i8042, `reboot=k`).
+    let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton)
+        .dsdt_64(at(dsdt_offset));
+    if let Some(port) = boot.acpi_pm_port {
+        let register = |offset: u16| {
+            GAS::new(
+                AddressSpace::SystemIo,
+                8,
+                0,
+                AccessSize::ByteAccess,
+                u64::from(port) + u64::from(offset),
+            )
+        };
+        fadt.sleep_control_reg = register(0);
+        fadt.sleep_status_reg = register(SLEEP_STATUS_OFFSET);
+        fadt.reset_reg = register(RESET_OFFSET);
+        fadt.reset_value = RESET_VALUE;
+        fadt = fadt.flag(Flags::ResetRegSup);
+    }
+    let fadt = bytes(&fadt.finalize());
     let madt_offset = align(fadt_offset + fadt.len() as u64);
     let madt = madt(boot, num_cpus)?;
     let xsdt_offset = align(madt_offset + madt.len() as u64);
@@ -352,6 +475,97 @@ mod tests {
         assert_eq!(ioapic, Some((4, layout::IOAPIC_START as u32, 0)));
         assert_eq!(overrides, vec![(0, 2)], "IRQ 0 on GSI 2");
         assert_eq!(nmis, 1);
+    }
+
+    /// The DSDT and FADT that `boot` gives, checksums checked.
+    fn dsdt_and_fadt(boot: &BootLayout) -> (Vec<u8>, Vec<u8>) {
+        let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
+        super::setup_acpi(&mem, boot, 1, &[]).unwrap();
+        let rsdp = read(&mem, boot.acpi_start, 36);
+        let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
+        let fadt = table(&mem, u64_at(&xsdt, 36), b"FACP");
+        let dsdt = table(&mem, u64_at(&fadt, 140), b"DSDT");
+        (dsdt, fadt)
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn power_off_reset_and_power_button() {
+        let (dsdt, fadt) = dsdt_and_fadt(&BootLayout::default());
+        let port = u64::from(layout::ACPI_PM_PORT);
+        // A generic address: system I/O, 8 bits at bit 0, byte access, the port.
+        let gas = |at: usize| {
+            (
+                fadt[at],
+                fadt[at + 1],
+                fadt[at + 2],
+                fadt[at + 3],
+                u64_at(&fadt, at + 4),
+            )
+        };
+        assert_eq!(gas(244), (1, 8, 0, 1, port), "SLEEP_CONTROL_REG");
+        assert_eq!(gas(256), (1, 8, 0, 1, port + 1), "SLEEP_STATUS_REG");
+        assert_eq!(gas(116), (1, 8, 0, 1, port + 2), "RESET_REG");
+        assert_eq!(fadt[128], RESET_VALUE);
+        let flags = u32_at(&fadt, 112);
+        for (bit, what) in [
+            (20, "HW_REDUCED_ACPI"),
+            (10, "RESET_REG_SUP"),
+            (4, "PWR_BUTTON"),
+        ] {
+            assert_ne!(flags & (1 << bit), 0, "{what}");
+        }
+        assert_eq!(S5_SLEEP_CONTROL, 0x34);
+        // Name (\_S5_, Package (1) { 5 }): NameOp, root, name, PackageOp, length 4, 1 element,
+        // BytePrefix 5.
+        assert!(contains(&dsdt, b"\x08\\_S5_\x12\x04\x01\x0a\x05"), "_S5_");
+        // The GED and the power button it notifies.
+        assert!(contains(&dsdt, b"ACPI0013\0"));
+        assert!(contains(&dsdt, &bytes(&EISAName::new("PNP0C0C"))));
+        for name in [&b"GED_"[..], b"PWRB", b"_EVT", b"GDST", b"GDAT"] {
+            assert!(contains(&dsdt, name), "{}", String::from_utf8_lossy(name));
+        }
+        assert!(contains(&dsdt, &bytes(&isa_interrupt(layout::GED_IRQ))));
+        // OperationRegion (GDST, SystemMemory, DWord address, 1).
+        let mut region = b"\x5b\x80GDST\x00\x0c".to_vec();
+        region.extend_from_slice(&(layout::GED_START as u32).to_le_bytes());
+        region.push(0x01); // OneOp
+        assert!(contains(&dsdt, &region), "GED operation region");
+        // Notify (\_SB_.PWRB, 0x80).
+        assert!(
+            contains(&dsdt, b"\x86\\.\x5f\x53\x42\x5fPWRB\x0a\x80"),
+            "Notify"
+        );
+
+        // A layout without them: none of it.
+        let without = BootLayout {
+            acpi_pm_port: None,
+            ged: None,
+            ..BootLayout::default()
+        };
+        let (dsdt, fadt) = dsdt_and_fadt(&without);
+        assert!(!contains(&dsdt, b"_S5_") && !contains(&dsdt, b"ACPI0013"));
+        assert_eq!(
+            (u64_at(&fadt, 248), u64_at(&fadt, 260), u64_at(&fadt, 120)),
+            (0, 0, 0)
+        );
+        assert_eq!(u32_at(&fadt, 112) & (1 << 10), 0);
+
+        let high = BootLayout {
+            ged: Some(crate::GedLayout {
+                addr: 1 << 32,
+                irq: 3,
+            }),
+            ..BootLayout::default()
+        };
+        let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
+        assert!(matches!(
+            super::setup_acpi(&mem, &high, 1, &[]),
+            Err(Error::AddressAbove4G { .. })
+        ));
     }
 
     #[test]

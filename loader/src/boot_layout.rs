@@ -66,11 +66,29 @@ pub struct BootLayout {
     pub serial_irq: u32,
     /// The i8042's IRQ, declared in the DSDT.
     pub keyboard_irq: u32,
+    /// The first of the three I/O ports of the ACPI sleep control, sleep status and reset
+    /// registers, declared in the FADT (with `_S5_` in the DSDT, so that Linux powers off
+    /// through it). `None`: no such registers, and a guest's power-off becomes a halt (its
+    /// init then usually reboots instead).
+    pub acpi_pm_port: Option<u16>,
+    /// The ACPI Generic Event Device (`ACPI0013`) with its power button (`PNP0C0C`), declared
+    /// in the DSDT. `None`: no power button.
+    pub ged: Option<GedLayout>,
     /// Lowest address a kernel or the initrd may use: the boot structures live below.
     pub high_ram_start: u64,
     /// Start of the 32-bit MMIO gap: the kernel and the initrd stay below it (the initrd goes to
     /// the top of the RAM there, see [`low_ram_end`](Self::low_ram_end)).
     pub mmio_gap_start: u64,
+}
+
+/// Where the ACPI Generic Event Device is: a one-byte event register (bit 0: the power button
+/// was pressed; the guest's `_EVT` method reads it, which clears it) and its interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GedLayout {
+    /// Guest physical address of the event register (32 bits).
+    pub addr: u64,
+    /// Its interrupt (GSI), edge-triggered, active high.
+    pub irq: u32,
 }
 
 /// The VMM's own layout, from [`vmm_memory::layout`].
@@ -91,6 +109,11 @@ const VMM_LAYOUT: BootLayout = BootLayout {
     ioapic_last_pin: layout::IRQ_LAST as u8,
     serial_irq: layout::SERIAL_IRQ,
     keyboard_irq: layout::KEYBOARD_IRQ,
+    acpi_pm_port: Some(layout::ACPI_PM_PORT),
+    ged: Some(GedLayout {
+        addr: layout::GED_START,
+        irq: layout::GED_IRQ,
+    }),
     high_ram_start: layout::HIGH_RAM_START,
     mmio_gap_start: layout::MMIO_GAP_START,
 };

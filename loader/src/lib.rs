@@ -96,7 +96,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod acpi;
+pub mod acpi;
 mod boot_layout;
 mod boot_params;
 mod cmdline;
@@ -109,7 +109,7 @@ mod mptable;
 mod test_elf;
 
 pub use acpi::setup_acpi;
-pub use boot_layout::BootLayout;
+pub use boot_layout::{BootLayout, GedLayout};
 pub use boot_params::configure_boot;
 pub use cmdline::build_cmdline;
 pub use error::{Error, Result};

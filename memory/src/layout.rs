@@ -12,7 +12,8 @@
 //! 0x000a_0000  legacy VGA/ROM hole (not RAM)
 //! 0x000e_0000  ACPI tables: RSDP, XSDT, FADT, DSDT, MADT
 //! 0x0010_0000  RAM: kernel, initrd (top of low RAM), free memory
-//! 0xc000_0000  32-bit MMIO gap: virtio-mmio window, IOAPIC, LAPIC, KVM's TSS
+//! 0xc000_0000  32-bit MMIO gap: ACPI GED, boot timer, virtio-mmio window, IOAPIC, LAPIC,
+//!              KVM's TSS
 //! 0x1_0000_0000 RAM above 4 GiB for guests larger than the gap start
 //! ```
 
@@ -64,6 +65,11 @@ pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 /// Where RAM continues above the gap.
 pub const RAM_ABOVE_4G_START: u64 = MMIO_GAP_END;
+/// The ACPI Generic Event Device's event register (the power button), the page below the boot
+/// timer's.
+pub const GED_START: u64 = BOOT_TIMER_START - GED_SIZE;
+/// Bytes of MMIO space the GED takes.
+pub const GED_SIZE: u64 = 0x1000;
 /// Firecracker's boot timer (`--boot-timer`): the page just below the virtio-mmio window.
 pub const BOOT_TIMER_START: u64 = VIRTIO_MMIO_START - 0x1000;
 /// Start of the virtio-mmio device window inside the gap.
@@ -79,8 +85,18 @@ pub const LAPIC_START: u64 = 0xfee0_0000;
 /// Three pages KVM needs for the TSS on Intel hosts (KVM_SET_TSS_ADDR), inside the gap.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 
+/// I/O ports of the ACPI sleep control register (the FADT's `SLEEP_CONTROL_REG`: S5 powers
+/// off), the sleep status register (`SLEEP_STATUS_REG`) and the reset register (`RESET_REG`),
+/// one byte each, in that order. 0x600 as in Cloud Hypervisor; no legacy device sits there.
+pub const ACPI_PM_PORT: u16 = 0x600;
+/// How many ports from [`ACPI_PM_PORT`] the ACPI power-management registers take.
+pub const ACPI_PM_PORT_LEN: u16 = 3;
+
 /// Legacy IRQ of the i8042 keyboard port.
 pub const KEYBOARD_IRQ: u32 = 1;
+/// Legacy IRQ of the ACPI Generic Event Device (the power button): COM2's, which no device of
+/// this VMM uses (the default command line says `8250.nr_uarts=1`).
+pub const GED_IRQ: u32 = 3;
 /// Legacy IRQ of the first serial port (COM1).
 pub const SERIAL_IRQ: u32 = 4;
 /// First and last IOAPIC pins handed to virtio-mmio devices.
@@ -99,6 +115,9 @@ pub const MAX_RAM_BYTES: u64 = 1 << 46;
 const _: () =
     assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
 const _: () = assert!(VIRTIO_MMIO_START + VIRTIO_MMIO_WINDOW_SIZE <= IOAPIC_START);
+const _: () = assert!(GED_START >= MMIO_GAP_START && GED_START + GED_SIZE <= BOOT_TIMER_START);
+const _: () =
+    assert!(GED_IRQ < VIRTIO_IRQ_FIRST && GED_IRQ != SERIAL_IRQ && GED_IRQ != KEYBOARD_IRQ);
 const _: () = assert!(KVM_TSS_ADDRESS > LAPIC_START && KVM_TSS_ADDRESS + 3 * 4096 <= MMIO_GAP_END);
 
 /// What an e820 / PVH memory map entry describes.

@@ -67,19 +67,25 @@ pub fn snapshot_load(sock: &Path, snapshot: &Path, mem: &Path, resume: bool) -> 
     done(client(sock).request("PUT", "/snapshot/load", Some(&body)))
 }
 
-/// Asks the guest to stop (Ctrl+Alt+Del), waits `timeout_s`, then sends SIGTERM to the VMM.
-/// The VMM is gone once its socket stops answering (it removes the socket on exit).
+/// Asks the guest to stop (the ACPI power button, or Ctrl+Alt+Del when the guest has no power
+/// button: `acpi=off`), waits `timeout_s`, then sends SIGTERM to the VMM. The VMM is gone once
+/// its socket stops answering (it removes the socket on exit).
 pub fn stop(sock: &Path, timeout_s: u64) -> ExitCode {
     let api = client(sock);
     let pid = match api.server_pid() {
         Ok(pid) => pid,
         Err(e) => return fail(&e),
     };
-    let asked = api.request(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
-    );
+    let action = |name: &str| {
+        let body = format!(r#"{{"action_type": "{name}"}}"#);
+        api.request("PUT", "/actions", Some(&body))
+    };
+    // Not both: a kernel whose init does not take Ctrl+Alt+Del over reboots at once on it,
+    // without syncing its disks, while the power button's handler may be shutting down.
+    let asked = match action("PressPowerButton") {
+        Err(ClientError::Refused { status: 400, .. }) => action("SendCtrlAltDel"),
+        other => other,
+    };
     if let Err(e) = &asked {
         eprintln!(
             "vmm: the guest could not be asked to stop: {}",

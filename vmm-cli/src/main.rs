@@ -35,8 +35,9 @@ enum Command {
     Resume(ClientArgs),
     /// Print a VM's state (Running, Paused, Not started) as JSON.
     Status(ClientArgs),
-    /// Stop a VM: ask the guest (Ctrl+Alt+Del), then SIGTERM after a timeout. Exits 0 when the
-    /// guest stopped itself, 4 when the stop had to be forced.
+    /// Stop a VM: ask the guest (the ACPI power button; Ctrl+Alt+Del for an acpi=off guest),
+    /// then SIGTERM after a timeout. Exits 0 when the guest stopped itself, 4 when the stop had
+    /// to be forced.
     Stop(StopArgs),
     /// Create or load snapshots.
     #[command(subcommand)]
@@ -213,7 +214,9 @@ struct RunArgs {
     /// Guest RAM, e.g. 256M, 5G; a plain number is MiB [default: 256M].
     #[arg(long, value_name = "SIZE")]
     memory: Option<MemorySize>,
-    /// Serial console: stdio, none or file:PATH [default: stdio].
+    /// Serial console: stdio, none or file:PATH [default: stdio]. With stdio on a terminal
+    /// (raw mode: Ctrl-C goes to the guest), Ctrl-A x quits (the terminal is restored, exit
+    /// code 5) and Ctrl-A Ctrl-A sends one Ctrl-A to the guest.
     #[arg(long, value_name = "MODE")]
     serial: Option<SerialMode>,
     /// Back guest RAM with transparent hugepages.
@@ -444,9 +447,13 @@ fn main() -> ExitCode {
     match result {
         Ok(reason) => {
             let code = reason.exit_code();
-            // A clean guest reboot goes through the i8042 and needs no word; anything else
-            // (a triple fault is how a dying guest resets, a signal, a crash) is said once.
-            if reason != vmm_core::ShutdownReason::GuestReset {
+            // A clean guest reboot (i8042 or ACPI reset) or power-off (ACPI S5) needs no word;
+            // anything else (a triple fault is how a dying guest resets, a signal, a crash, a
+            // quit from the console) is said once.
+            if !matches!(
+                reason,
+                vmm_core::ShutdownReason::GuestReset | vmm_core::ShutdownReason::GuestPowerOff
+            ) {
                 eprintln!("vmm: VM ended: {reason}");
             }
             ExitCode::from(code.clamp(0, 255) as u8)

@@ -189,6 +189,16 @@ fn running_vm_endpoints_pause_resume_and_snapshots() {
         .0,
         204
     );
+    assert_eq!(
+        vm.call(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "PressPowerButton"}"#)
+        )
+        .0,
+        204,
+        "the ACPI power button (the tiny guest ignores it)"
+    );
     let (status, _) = vm.call(
         "PUT",
         "/actions",
@@ -407,9 +417,31 @@ fn configure_through_the_api_then_start_and_load_snapshots() {
 }
 
 #[test]
+fn a_guest_booted_with_acpi_off_has_no_power_button() {
+    let dir = scratch("acpi-off");
+    let kernel = guest_file("tiny-pvh.elf");
+    let sock = dir.join("api.sock");
+    let vm = Vmm::run(
+        &[
+            "--kernel", &kernel, "--memory", "64M", "--append", "acpi=off",
+        ],
+        &sock,
+    );
+    let (status, body) = vm.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "PressPowerButton"}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("acpi=off"), "{body}");
+    drop(vm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn stop_asks_the_guest_then_forces_and_the_exit_codes_say_which() {
-    // The tiny guest has no keyboard handler: Ctrl+Alt+Del is ignored, so the stop is forced
-    // after the timeout: `vmm stop` exits 4 and the VMM 128 + SIGTERM.
+    // The tiny guest handles neither the ACPI power button nor Ctrl+Alt+Del, so the stop is
+    // forced after the timeout: `vmm stop` exits 4 and the VMM 128 + SIGTERM.
     let dir = scratch("stop");
     let kernel = guest_file("tiny-pvh.elf");
     let sock = dir.join("api.sock");

@@ -458,8 +458,10 @@ fn lflag(fd: i32) -> libc::tcflag_t {
     }
 }
 
-#[test]
-fn terminal_is_raw_while_running_and_restored_after() {
+/// `vmm run` of the tiny guest with its console on a new pseudo-terminal, once the guest is up:
+/// the child, the terminal's master side (what the VMM writes; writing it types), and the
+/// slave side's descriptor (to read its mode).
+fn tiny_guest_on_a_pty() -> (std::process::Child, BufReader<std::fs::File>, i32) {
     use std::os::fd::FromRawFd;
     let kernel = guest_file("tiny-pvh.elf");
     let (mut master, mut slave) = (0, 0);
@@ -482,7 +484,7 @@ fn terminal_is_raw_while_running_and_restored_after() {
     );
     // SAFETY: `slave` is a descriptor we own; each File gets its own duplicate.
     let (stdin, stdout) = unsafe { (libc::dup(slave), libc::dup(slave)) };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
         .args([
             "run",
             "--kernel",
@@ -494,16 +496,44 @@ fn terminal_is_raw_while_running_and_restored_after() {
         .stdin(unsafe { Stdio::from_raw_fd(stdin) })
         // SAFETY: as for stdin.
         .stdout(unsafe { Stdio::from_raw_fd(stdout) })
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // SAFETY: `master` is ours; reading it sees what the VMM writes to the terminal. The reader
-    // lives to the end of the test: closing the master would hang up the VMM's terminal.
+    // lives as long as the caller keeps it: closing the master would hang up the VMM's terminal.
     let mut terminal = BufReader::new(unsafe { std::fs::File::from_raw_fd(master) });
     wait_for_marker(&mut terminal);
     assert_eq!(lflag(slave) & canonical, 0, "raw while the guest runs");
+    (child, terminal, slave)
+}
+
+#[test]
+fn terminal_is_raw_while_running_and_restored_after() {
+    let (child, _terminal, slave) = tiny_guest_on_a_pty();
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(128 + libc::SIGTERM));
+    let canonical = libc::ICANON | libc::ECHO;
+    assert_eq!(lflag(slave) & canonical, canonical, "restored on exit");
+    // SAFETY: closes the descriptor we still own.
+    unsafe { libc::close(slave) };
+}
+
+#[test]
+fn ctrl_a_x_on_the_console_quits_with_exit_code_5_and_restores_the_terminal() {
+    let (child, mut terminal, slave) = tiny_guest_on_a_pty();
+    // Ctrl-A Ctrl-A is a literal Ctrl-A for the guest, not a quit; then Ctrl-A x.
+    terminal.get_mut().write_all(b"\x01\x01").unwrap();
+    terminal.get_mut().write_all(b"\x01x").unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("quit from the console (Ctrl-A x)"),
+        "{stderr}"
+    );
+    let canonical = libc::ICANON | libc::ECHO;
     assert_eq!(lflag(slave) & canonical, canonical, "restored on exit");
     // SAFETY: closes the descriptor we still own.
     unsafe { libc::close(slave) };

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use vmm_devices::{Bus, EventFdTrigger, I8042Wrapper, SerialDevice};
+use vmm_devices::{AcpiPmDevice, Bus, EventFdTrigger, Ged, GedState, I8042Wrapper, SerialDevice};
 use vmm_loader::{BootLayout, BootProtocol, LoadedKernel};
 use vmm_memory::{layout, GuestMemoryMmap, MemoryOptions};
 use vmm_sys_util::eventfd::EventFd;
@@ -61,6 +61,11 @@ pub struct BuiltVm {
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) i8042: Arc<Mutex<I8042Wrapper>>,
     pub(crate) reset: EventFd,
+    /// Raised when the guest powers off through ACPI (S5).
+    pub(crate) power_off: EventFd,
+    pub(crate) ged: Arc<Mutex<Ged>>,
+    /// The guest's kernel was told `acpi=off`: it has no power button.
+    pub(crate) acpi_off: bool,
     pub(crate) exits: Arc<BusExitHandler>,
     pub(crate) config: VmConfig,
     /// The interfaces' API ids, when known (a restored snapshot's); empty otherwise.
@@ -106,11 +111,13 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>> {
     })
 }
 
-/// COM1 (IRQ 4) and the i8042 (IRQ 1, its reset line ending the VM) on a new port bus.
+/// COM1 (IRQ 4), the i8042 (IRQ 1, its reset line ending the VM) and the ACPI sleep and reset
+/// registers (S5 ends the VM, as a reset does) on a new port bus.
 struct LegacyDevices {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Wrapper>>,
     reset: EventFd,
+    power_off: EventFd,
     pio: Bus,
 }
 
@@ -148,13 +155,52 @@ impl LegacyDevices {
             vmm_devices::I8042_PORT_BASE,
             vmm_devices::I8042_PORT_LEN,
         )?;
+        let power_off = event_fd()?;
+        let acpi_pm = AcpiPmDevice::new(
+            EventFdTrigger::new(power_off.try_clone().map_err(Error::EventFd)?),
+            EventFdTrigger::new(reset.try_clone().map_err(Error::EventFd)?),
+        );
+        pio.insert(
+            Arc::new(Mutex::new(acpi_pm)),
+            u64::from(layout::ACPI_PM_PORT),
+            u64::from(layout::ACPI_PM_PORT_LEN),
+        )?;
         Ok(LegacyDevices {
             serial,
             i8042,
             reset,
+            power_off,
             pio,
         })
     }
+}
+
+// The ACPI tables (vmm-loader) declare what the devices (vmm-devices) implement.
+const _: () = {
+    use vmm_devices::acpi as dev;
+    use vmm_loader::acpi as tables;
+    assert!(dev::S5_SLEEP_CONTROL == tables::S5_SLEEP_CONTROL);
+    assert!(dev::RESET_VALUE == tables::RESET_VALUE);
+    assert!(dev::GED_POWER_BUTTON == tables::GED_POWER_BUTTON);
+    assert!(dev::SLEEP_STATUS_OFFSET == tables::SLEEP_STATUS_OFFSET as u64);
+    assert!(dev::RESET_OFFSET == tables::RESET_OFFSET as u64);
+    assert!(dev::ACPI_PM_LEN == layout::ACPI_PM_PORT_LEN as u64);
+    assert!(dev::GED_LEN == layout::GED_SIZE);
+};
+
+/// Whether the kernel command line `config` gives says `acpi=off` (the guest then has no
+/// power button: the i8042 and reboot paths remain).
+fn acpi_off(config: &VmConfig) -> bool {
+    let base = config
+        .cmdline
+        .as_deref()
+        .unwrap_or(vmm_api::DEFAULT_CMDLINE);
+    let mut text = base.to_string();
+    if let Some(append) = &config.append {
+        text.push(' ');
+        text.push_str(append);
+    }
+    vmm_loader::cmdline_disables_acpi(&text)
 }
 
 fn event_fd() -> Result<EventFd> {
@@ -210,7 +256,7 @@ impl BuiltVm {
 
         // SAFETY: `memory` (vmm-memory mmaps) goes into the `BuiltVm` returned below together
         // with the VM and its vCPUs, and stays mapped until after their last run: see `machine`.
-        let machine = unsafe { machine(config, &memory, opened, None) }?;
+        let machine = unsafe { machine(config, &memory, opened, None, None) }?;
         // Machine::new checked the count against KVM's limit, at most 254.
         let vcpu_count = config.vcpus as u8;
         let virtio_slots: Vec<_> = machine.virtio.iter().map(|d| d.slot).collect();
@@ -325,9 +371,22 @@ impl BuiltVm {
 
         // SAFETY: `memory` (vmm-memory mmaps) goes into the `BuiltVm` returned below together
         // with the VM and its vCPUs, and stays mapped until after their last run: see `machine`.
-        let machine = unsafe { machine(config, &memory, opened, Some(&snapshot.serial)) }?;
+        let machine = unsafe {
+            machine(
+                config,
+                &memory,
+                opened,
+                Some(&snapshot.serial),
+                Some(&snapshot.ged),
+            )
+        }?;
         persist::restore_devices(&machine.virtio, &snapshot.devices)?;
         machine.vm.restore_state(&snapshot.vm)?;
+        // A power button press the guest had not read: its edge again, now that the irqchip
+        // is back.
+        crate::lock(&machine.ged)
+            .raise_pending()
+            .map_err(Error::PowerButton)?;
         let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
         for state in &snapshot.vcpus {
             let vcpu = machine.vm.create_vcpu(state.index)?;
@@ -349,6 +408,8 @@ struct Machine {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Wrapper>>,
     reset: EventFd,
+    power_off: EventFd,
+    ged: Arc<Mutex<Ged>>,
     virtio: Vec<AttachedDevice>,
     exits: Arc<BusExitHandler>,
 }
@@ -373,6 +434,7 @@ unsafe fn machine(
     memory: &GuestMemoryMmap,
     opened: Vec<virtio_devices::OpenedDevice>,
     serial_state: Option<&vmm_devices::SerialDeviceState>,
+    ged_state: Option<&GedState>,
 ) -> Result<Machine> {
     let vm = Vm::new(vm_options())?;
     vm.check_vcpu_count(config.vcpus)?;
@@ -389,9 +451,19 @@ unsafe fn machine(
         serial,
         i8042,
         reset,
+        power_off,
         pio,
     } = LegacyDevices::attach(&vm, config, serial_state)?;
     let mut mmio = Bus::new();
+    // The ACPI power button: a GED whose interrupt is an irqfd.
+    let ged_irq = event_fd()?;
+    vm.register_irqfd(&ged_irq, layout::GED_IRQ)?;
+    let mut ged = Ged::new(EventFdTrigger::new(ged_irq));
+    if let Some(state) = ged_state {
+        ged.restore_state(state);
+    }
+    let ged = Arc::new(Mutex::new(ged));
+    mmio.insert(ged.clone(), layout::GED_START, layout::GED_SIZE)?;
     if config.boot_timer {
         let timer = Arc::new(Mutex::new(vmm_devices::BootTimer::new()));
         mmio.insert(
@@ -406,6 +478,8 @@ unsafe fn machine(
         serial,
         i8042,
         reset,
+        power_off,
+        ged,
         virtio,
         exits: Arc::new(BusExitHandler { pio, mmio }),
     })
@@ -431,6 +505,9 @@ impl Machine {
             serial: self.serial,
             i8042: self.i8042,
             reset: self.reset,
+            power_off: self.power_off,
+            ged: self.ged,
+            acpi_off: acpi_off(config),
             exits: self.exits,
             config: config.clone(),
             iface_ids: Vec::new(),

@@ -3,8 +3,8 @@
 //! module alone decides HTTP status codes for what the VMM did.
 
 use vmm_api::{
-    ActionType, ApiConfig, ApiRequest, ApiResponse, InstanceInfo, InstanceState, VersionInfo,
-    VmState,
+    ActionType, ApiConfig, ApiRequest, ApiResponse, Flavor, InstanceInfo, InstanceState,
+    VersionInfo, VmState,
 };
 
 use crate::builder::BuiltVm;
@@ -22,8 +22,16 @@ pub(crate) fn handle_running(vmm: &mut Vmm, request: ApiRequest) -> ApiResponse 
         ApiRequest::PatchVm(VmState::Resumed) => respond(vmm.resume()),
         ApiRequest::Action(ActionType::SendCtrlAltDel) => {
             vmm.send_ctrl_alt_del();
+            // Firecracker's guests often lack a keyboard handler (CONFIG_VT): its front end
+            // presses the power button too, which an ACPI guest's init may handle.
+            if vmm.config().flavor == Flavor::Firecracker {
+                if let Err(e) = vmm.press_power_button() {
+                    log::debug!("SendCtrlAltDel: no power button press: {e}");
+                }
+            }
             ApiResponse::no_content()
         }
+        ApiRequest::Action(ActionType::PressPowerButton) => respond(vmm.press_power_button()),
         ApiRequest::Action(ActionType::FlushMetrics) => flush_metrics(),
         ApiRequest::Action(ActionType::InstanceStart) => {
             ApiResponse::bad_request("the VM is already running")
@@ -137,6 +145,7 @@ fn respond(result: Result<()>) -> ApiResponse {
             | Error::NoBalloon
             | Error::BalloonStatsOff
             | Error::UnknownDevice { .. }
+            | Error::NoPowerButton
             | Error::Disk { .. }),
         ) => ApiResponse::bad_request(&chain(&e)),
         Err(e) => ApiResponse::internal_error(&chain(&e)),

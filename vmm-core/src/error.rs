@@ -70,6 +70,14 @@ pub enum Error {
     /// An eventfd for an interrupt or notification.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The power button's interrupt could not be raised.
+    #[error("cannot raise the power button's interrupt")]
+    PowerButton(#[source] std::io::Error),
+    /// The guest was booted with `acpi=off`: no power button to press.
+    #[error(
+        "the guest was booted with acpi=off: it has no ACPI power button (use SendCtrlAltDel)"
+    )]
+    NoPowerButton,
     /// The event loop.
     #[error("event loop")]
     EventLoop(#[source] std::io::Error),

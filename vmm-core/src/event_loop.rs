@@ -15,6 +15,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::events::VmEvent;
+use crate::terminal::ConsoleEscape;
 use crate::virtio_devices::VirtioSubscriber;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -33,6 +34,8 @@ pub struct SerialInput {
     paused: bool,
     /// The host closed its end (EOF) or it cannot be polled.
     closed: bool,
+    /// The console's escape keys (Ctrl-A x quits) and where the quit goes, on a terminal.
+    escape: Option<(ConsoleEscape, Sender<VmEvent>)>,
 }
 
 impl SerialInput {
@@ -51,7 +54,15 @@ impl SerialInput {
             pending: Vec::new(),
             paused: false,
             closed: false,
+            escape: None,
         }
+    }
+
+    /// Reads the console's escape sequences from the input (see [`ConsoleEscape`]): Ctrl-A x
+    /// ends the VM ([`VmEvent::ConsoleQuit`] on `events`).
+    pub(crate) fn with_console_escape(mut self, events: Sender<VmEvent>) -> Self {
+        self.escape = Some((ConsoleEscape::default(), events));
+        self
     }
 
     /// Moves pending bytes into the FIFO; true when all went in.
@@ -73,7 +84,17 @@ impl SerialInput {
         match n {
             0 => self.stop_polling(ops, true),
             n if n > 0 => {
-                self.pending.extend_from_slice(&buf[..n as usize]);
+                let input = &buf[..n as usize];
+                match &mut self.escape {
+                    Some((escape, events)) => {
+                        if escape.filter(input, &mut self.pending) {
+                            let _ = events.send(VmEvent::ConsoleQuit);
+                            self.stop_polling(ops, true);
+                            return;
+                        }
+                    }
+                    None => self.pending.extend_from_slice(input),
+                }
                 if !self.flush_pending() {
                     self.stop_polling(ops, false);
                     self.paused = true;
@@ -137,15 +158,17 @@ impl MutEventSubscriber for SerialInput {
     }
 }
 
-/// Ends the VM when the guest asks the i8042 for a reset.
-struct ResetListener {
-    reset: EventFd,
+/// Ends the VM when the guest resets it (the i8042 or the ACPI reset register) or powers it
+/// off (ACPI S5): sends `event()` once `line` is raised.
+struct EndListener {
+    line: EventFd,
+    event: fn() -> VmEvent,
     events: Sender<VmEvent>,
 }
 
-impl MutEventSubscriber for ResetListener {
+impl MutEventSubscriber for EndListener {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.reset, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(&self.line, EventSet::IN)) {
             let _ = self
                 .events
                 .send(VmEvent::EventLoopFailed(io::Error::other(e.to_string())));
@@ -153,9 +176,9 @@ impl MutEventSubscriber for ResetListener {
     }
 
     fn process(&mut self, _: Events, ops: &mut EventOps) {
-        let _ = self.reset.read();
-        let _ = ops.remove(Events::new(&self.reset, EventSet::IN));
-        let _ = self.events.send(VmEvent::GuestReset);
+        let _ = self.line.read();
+        let _ = ops.remove(Events::new(&self.line, EventSet::IN));
+        let _ = self.events.send((self.event)());
     }
 }
 
@@ -182,10 +205,11 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Starts the loop with the serial input (if any) and the reset line.
+    /// Starts the loop with the serial input (if any), the reset and power-off lines.
     pub(crate) fn start(
         input: Option<SerialInput>,
         reset: EventFd,
+        power_off: EventFd,
         virtio: Vec<VirtioSubscriber>,
         events: Sender<VmEvent>,
     ) -> io::Result<EventLoop> {
@@ -200,7 +224,7 @@ impl EventLoop {
             .spawn(move || {
                 if let Err(e) = event_loop(
                     input,
-                    reset,
+                    [reset, power_off],
                     virtio,
                     wake_listener,
                     events.clone(),
@@ -228,7 +252,7 @@ impl EventLoop {
 
 fn event_loop(
     input: Option<SerialInput>,
-    reset: EventFd,
+    [reset, power_off]: [EventFd; 2],
     virtio: Vec<VirtioSubscriber>,
     wake: StopListener,
     events: Sender<VmEvent>,
@@ -237,7 +261,16 @@ fn event_loop(
     let to_io = |e: event_manager::Error| io::Error::other(e.to_string());
     let mut manager: EventManager<Subscriber> = EventManager::new().map_err(to_io)?;
     manager.add_subscriber(Arc::new(Mutex::new(wake)));
-    manager.add_subscriber(Arc::new(Mutex::new(ResetListener { reset, events })));
+    manager.add_subscriber(Arc::new(Mutex::new(EndListener {
+        line: reset,
+        event: || VmEvent::GuestReset,
+        events: events.clone(),
+    })));
+    manager.add_subscriber(Arc::new(Mutex::new(EndListener {
+        line: power_off,
+        event: || VmEvent::GuestPowerOff,
+        events,
+    })));
     for device in virtio {
         manager.add_subscriber(Arc::new(Mutex::new(device)));
     }

@@ -16,8 +16,10 @@ use vmm_vcpu::VcpuExitReason;
 /// How a VM ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShutdownReason {
-    /// The guest asked the i8042 for a reset (Linux `reboot=k`).
+    /// The guest asked the i8042 (Linux `reboot=k`) or the ACPI reset register for a reset.
     GuestReset,
+    /// The guest powered off through ACPI (S5 in the sleep control register).
+    GuestPowerOff,
     /// The guest triple-faulted (Linux's last resort for reboot).
     TripleFault,
     /// KVM reported a guest shutdown system event.
@@ -30,7 +32,12 @@ pub enum ShutdownReason {
     Halted,
     /// The VMM got a termination signal.
     Signal(i32),
+    /// The user quit on the interactive console (Ctrl-A x).
+    ConsoleQuit,
 }
+
+/// The exit code of a VM ended from the console with Ctrl-A x.
+pub const CONSOLE_QUIT_EXIT_CODE: i32 = 5;
 
 impl ShutdownReason {
     /// The process exit code: 0 when the guest ended itself, non-zero otherwise.
@@ -38,10 +45,12 @@ impl ShutdownReason {
         match self {
             ShutdownReason::GuestReset
             | ShutdownReason::TripleFault
+            | ShutdownReason::GuestPowerOff
             | ShutdownReason::GuestShutdown
             | ShutdownReason::GuestSystemReset
             | ShutdownReason::Halted => 0,
             ShutdownReason::GuestCrash => 3,
+            ShutdownReason::ConsoleQuit => CONSOLE_QUIT_EXIT_CODE,
             ShutdownReason::Signal(sig) => 128 + sig,
         }
     }
@@ -61,7 +70,9 @@ impl ShutdownReason {
 impl std::fmt::Display for ShutdownReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ShutdownReason::GuestReset => f.write_str("guest reset (i8042)"),
+            ShutdownReason::GuestReset => f.write_str("guest reset (i8042 or ACPI)"),
+            ShutdownReason::GuestPowerOff => f.write_str("guest powered off (ACPI S5)"),
+            ShutdownReason::ConsoleQuit => f.write_str("quit from the console (Ctrl-A x)"),
             ShutdownReason::TripleFault => f.write_str("guest reset (triple fault)"),
             ShutdownReason::GuestShutdown => f.write_str("guest shutdown"),
             ShutdownReason::GuestSystemReset => f.write_str("guest reset (system event)"),
@@ -77,6 +88,10 @@ pub(crate) enum VmEvent {
     Vcpu(vmm_vcpu::Result<VcpuExitReason>),
     VcpuPanicked(u8),
     GuestReset,
+    /// The guest entered ACPI S5.
+    GuestPowerOff,
+    /// Ctrl-A x on the interactive console.
+    ConsoleQuit,
     EventLoopFailed(io::Error),
     /// The VMM got a termination signal.
     Signal(i32),

@@ -41,7 +41,7 @@ pub use api_server::DEFAULT_SOCKET_MODE;
 pub use builder::BuiltVm;
 pub use control::{restore_vm, run_api_config, run_vm, run_with_api, ApiOptions};
 pub use error::{chain as error_chain, Error, Result};
-pub use events::ShutdownReason;
+pub use events::{ShutdownReason, CONSOLE_QUIT_EXIT_CODE};
 pub use persist::{merge_diff_snapshot, RestoreSource, VmSnapshot};
 pub use pvm::{is_pvm_host, PVM_EXPLANATION};
 pub use seccomp::{SeccompConfig, SeccompError};

@@ -37,6 +37,10 @@ pub struct VmSnapshot {
     /// before ids were saved: the tap names are the ids then).
     #[serde(default)]
     pub iface_ids: Vec<String>,
+    /// The ACPI Generic Event Device (a power button press the guest has not read yet); none
+    /// pending in snapshots taken before the GED existed.
+    #[serde(default)]
+    pub ged: vmm_devices::GedState,
 }
 
 /// A snapshot to restore: its state file and memory files.

@@ -12,7 +12,7 @@ use vmm_api::{
 use vmm_devices::virtio::balloon::Balloon;
 use vmm_devices::virtio::block::{Block, RawFile};
 use vmm_devices::virtio::net::Net;
-use vmm_devices::{I8042Wrapper, SerialDevice};
+use vmm_devices::{Ged, I8042Wrapper, SerialDevice};
 use vmm_memory::GuestMemoryMmap;
 use vmm_vcpu::Vm;
 
@@ -50,6 +50,10 @@ pub struct Vmm {
     virtio: Vec<AttachedDevice>,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Wrapper>>,
+    /// The ACPI power button.
+    ged: Arc<Mutex<Ged>>,
+    /// The guest was booted with `acpi=off`: it has no power button.
+    acpi_off: bool,
     config: ApiConfig,
     /// Dirty pages read for a snapshot that failed, to be part of the next one.
     unsaved_dirty: Option<Vec<Vec<u64>>>,
@@ -89,14 +93,26 @@ impl Vmm {
             serial,
             i8042,
             reset,
+            power_off,
+            ged,
+            acpi_off,
             exits,
             config,
             iface_ids,
             ..
         } = built;
         let interactive = config.serial == SerialMode::Stdio;
-        let input = interactive.then(|| SerialInput::new(stdin_fd(), serial.clone()));
         let terminal = interactive.then(RawTerminal::enter);
+        // On a terminal (in raw mode, where Ctrl-C reaches the guest) Ctrl-A x quits.
+        let on_terminal = terminal.as_ref().is_some_and(RawTerminal::is_active);
+        let input = interactive.then(|| {
+            let input = SerialInput::new(stdin_fd(), serial.clone());
+            if on_terminal {
+                input.with_console_escape(events_tx.clone())
+            } else {
+                input
+            }
+        });
         if start_paused {
             for device in &virtio {
                 device.set_paused(true);
@@ -106,7 +122,7 @@ impl Vmm {
             .iter()
             .map(AttachedDevice::subscriber)
             .collect::<Result<Vec<_>>>()?;
-        let event_loop = EventLoop::start(input, reset, subscribers, events_tx.clone())
+        let event_loop = EventLoop::start(input, reset, power_off, subscribers, events_tx.clone())
             .map_err(Error::EventLoop)?;
         let mut vmm = Vmm {
             threads: None,
@@ -116,6 +132,8 @@ impl Vmm {
             virtio,
             serial,
             i8042,
+            ged,
+            acpi_off,
             config: ApiConfig::new(config),
             unsaved_dirty: None,
             _metrics_flush: match crate::metrics::PeriodicFlush::start() {
@@ -254,6 +272,19 @@ impl Vmm {
         crate::lock(&self.i8042).send_ctrl_alt_del();
     }
 
+    /// Presses the ACPI power button: the GED's event register says so and its interrupt is
+    /// raised. A guest whose init handles the button (systemd-logind, acpid) powers off,
+    /// which ends the VM ([`ShutdownReason::GuestPowerOff`]). Refused for a guest booted with
+    /// `acpi=off`, which has no power button.
+    pub fn press_power_button(&self) -> Result<()> {
+        if self.acpi_off {
+            return Err(Error::NoPowerButton);
+        }
+        crate::lock(&self.ged)
+            .press_power_button()
+            .map_err(Error::PowerButton)
+    }
+
     /// Writes a snapshot of the paused VM: the memory file (all of RAM, or for a `Diff` the
     /// pages written since the previous snapshot), then the state file.
     pub fn snapshot(&mut self, params: &SnapshotCreateParams) -> Result<()> {
@@ -273,6 +304,7 @@ impl Vmm {
         let vm = self.vm.save_state()?;
         let devices = persist::save_devices(&self.virtio);
         let serial = crate::lock(&self.serial).save_state();
+        let ged = crate::lock(&self.ged).save_state();
         // Every snapshot, full or diff, starts a new epoch of dirty tracking: reading KVM's log
         // clears it, and the VMM's bitmaps are read and cleared with it. Pages of a snapshot
         // that then fails are kept for the next one.
@@ -296,6 +328,7 @@ impl Vmm {
                 serial,
                 memory,
                 iface_ids,
+                ged,
             }
         });
         if written.is_err() {
@@ -479,6 +512,8 @@ impl Vmm {
         loop {
             match self.events.recv() {
                 Ok(VmEvent::GuestReset) => return Ok(ShutdownReason::GuestReset),
+                Ok(VmEvent::GuestPowerOff) => return Ok(ShutdownReason::GuestPowerOff),
+                Ok(VmEvent::ConsoleQuit) => return Ok(ShutdownReason::ConsoleQuit),
                 Ok(VmEvent::Vcpu(Ok(reason))) => {
                     if let Some(reason) = ShutdownReason::from_vcpu(reason) {
                         return Ok(reason);

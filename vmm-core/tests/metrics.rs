@@ -1,5 +1,5 @@
 //! Tier 2: the metrics line a VM's end writes, with the tiny PVH guest (which prints its marker
-//! on the serial port, then resets through the i8042 when `test=` is on its command line). A
+//! on the serial port, then powers off through ACPI S5 when `test=` is on its command line). A
 //! test binary of its own: the metrics are the process's.
 
 mod common;
@@ -23,7 +23,7 @@ fn the_last_line_counts_what_the_guest_did() {
     };
     assert_eq!(
         vmm_core::run_vm(&config).unwrap(),
-        ShutdownReason::GuestReset
+        ShutdownReason::GuestPowerOff
     );
 
     let text = std::fs::read_to_string(&metrics).unwrap();
@@ -38,7 +38,7 @@ fn the_last_line_counts_what_the_guest_did() {
         "every byte on the console was counted: {line}"
     );
     assert!(line["vcpu"]["exit_io_out"].as_u64().unwrap() >= serial.len() as u64);
-    assert!(line["i8042"]["reset_count"].as_u64().unwrap() >= 1);
+    assert!(line["i8042"].is_object());
     assert_eq!(line["vcpu"]["failures"], 0);
     assert!(line["entropy"].is_object() && line["block"].is_object());
     let _ = std::fs::remove_dir_all(&dir);

@@ -118,14 +118,15 @@ fn a_vmm_pauses_resumes_snapshots_and_its_snapshot_restores() {
 }
 
 #[test]
-fn wait_for_end_returns_the_guests_reset() {
+fn wait_for_end_returns_the_guests_power_off() {
     let dir = scratch("reset");
-    // With test= the tiny guest resets the VM through the i8042 after its marker.
+    // With test= the tiny guest powers the VM off after its marker: ACPI S5 in the sleep
+    // control register (port 0x600 <- 0x34), which comes before its i8042 reset.
     let built = BuiltVm::build(&config(&dir, "console=ttyS0 test=1")).unwrap();
     let mut vmm = Vmm::start(built, StartMode::Running).unwrap();
     assert_eq!(
         vmm.wait_for_end(no_api).unwrap(),
-        ShutdownReason::GuestReset
+        ShutdownReason::GuestPowerOff
     );
     vmm.shutdown();
     let serial = std::fs::read_to_string(dir.join("serial")).unwrap();

@@ -118,8 +118,14 @@ fn run() -> Result<()> {
         Some(path) => Some((path, open("initrd", path)?)),
         None => None,
     };
-    // Where the boot structures go: this VMM's usual layout (vmm-memory's).
-    let boot = BootLayout::default();
+    // Where the boot structures go: this VMM's usual layout (vmm-memory's), without the ACPI
+    // power-management registers and power button this example has no devices for (its
+    // guests reboot through the i8042 instead of powering off).
+    let boot = BootLayout {
+        acpi_pm_port: None,
+        ged: None,
+        ..BootLayout::default()
+    };
     let cmdline = vmm_loader::build_cmdline(cmdline, &[], boot.cmdline_max_size)?;
 
     // Guest RAM and a VM whose memory slots map it (`mem` is dropped after `vm`: declared first).
