@@ -30,7 +30,7 @@ pub mod vm;
 
 pub use boot::{BootEntry, GuestLayout};
 pub use error::{Error, Result};
-pub use run::{ExitHandler, Vcpu, VcpuExitReason, VcpuKicker};
+pub use run::{ExitHandler, OtherExit, Vcpu, VcpuExitReason, VcpuKicker};
 pub use state::{CpuidEntry, FpuState, IrqchipState, KvmVmState, MsrEntry, VcpuState};
 pub use vm::{is_pvm_host, DirtyBitmap, Vm, VmOptions};
 pub use vmm_sys_util::eventfd::EventFd;

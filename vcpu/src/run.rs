@@ -32,6 +32,51 @@ pub trait ExitHandler: Send + Sync {
     fn mmio_read(&self, addr: u64, data: &mut [u8]);
     /// A guest write to unbacked memory.
     fn mmio_write(&self, addr: u64, data: &[u8]);
+    /// Any other exit from KVM_RUN, named: for statistics only (the run loop handles it).
+    /// Does nothing unless overridden.
+    fn other_exit(&self, _kind: OtherExit) {}
+}
+
+/// The exits of KVM_RUN that are not port or MMIO accesses, as [`ExitHandler::other_exit`]
+/// sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OtherExit {
+    /// KVM_EXIT_HLT (only without an in-kernel irqchip).
+    Hlt,
+    /// KVM_EXIT_SHUTDOWN: a triple fault.
+    Shutdown,
+    /// KVM_EXIT_SYSTEM_EVENT.
+    SystemEvent,
+    /// KVM_EXIT_IOAPIC_EOI (only with a split irqchip).
+    IoapicEoi,
+    /// KVM_EXIT_INTR or EINTR: a signal (a kick) took the vCPU out of the guest.
+    Interrupted,
+    /// Anything else: an entry failure, an internal error, an exit this loop does not handle.
+    Other,
+}
+
+impl OtherExit {
+    /// Every kind, in a fixed order (the index of each is its position).
+    pub const ALL: [OtherExit; 6] = [
+        OtherExit::Hlt,
+        OtherExit::Shutdown,
+        OtherExit::SystemEvent,
+        OtherExit::IoapicEoi,
+        OtherExit::Interrupted,
+        OtherExit::Other,
+    ];
+
+    /// A short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            OtherExit::Hlt => "hlt",
+            OtherExit::Shutdown => "shutdown",
+            OtherExit::SystemEvent => "system-event",
+            OtherExit::IoapicEoi => "ioapic-eoi",
+            OtherExit::Interrupted => "interrupted",
+            OtherExit::Other => "other",
+        }
+    }
 }
 
 /// Why a vCPU's run loop ended without an error.
@@ -275,9 +320,16 @@ impl Vcpu {
                     access_pending = true;
                     continue;
                 }
-                Ok(VcpuExit::Hlt) => return Ok(VcpuExitReason::Halted),
-                Ok(VcpuExit::Shutdown) => return Ok(VcpuExitReason::TripleFault),
+                Ok(VcpuExit::Hlt) => {
+                    handler.other_exit(OtherExit::Hlt);
+                    return Ok(VcpuExitReason::Halted);
+                }
+                Ok(VcpuExit::Shutdown) => {
+                    handler.other_exit(OtherExit::Shutdown);
+                    return Ok(VcpuExitReason::TripleFault);
+                }
                 Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    handler.other_exit(OtherExit::SystemEvent);
                     return Ok(match kind {
                         KVM_SYSTEM_EVENT_SHUTDOWN => VcpuExitReason::SystemShutdown,
                         KVM_SYSTEM_EVENT_RESET => VcpuExitReason::SystemReset,
@@ -290,22 +342,35 @@ impl Vcpu {
                                 rip: self.rip(),
                             });
                         }
-                    })
+                    });
                 }
                 Ok(VcpuExit::Intr) => {
+                    handler.other_exit(OtherExit::Interrupted);
                     self.clear_immediate_exit();
                     continue;
                 }
-                Ok(VcpuExit::FailEntry(reason, cpu)) => Fatal::FailEntry(reason, cpu),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    handler.other_exit(OtherExit::Other);
+                    Fatal::FailEntry(reason, cpu)
+                }
                 Ok(VcpuExit::InternalError) => {
+                    handler.other_exit(OtherExit::Other);
                     // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                     // union member KVM filled in.
                     let suberror =
                         unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
                     Fatal::Internal(suberror)
                 }
-                Ok(other) => Fatal::Unhandled(exit_name(&other)),
+                Ok(other) => {
+                    handler.other_exit(if matches!(other, VcpuExit::IoapicEoi(_)) {
+                        OtherExit::IoapicEoi
+                    } else {
+                        OtherExit::Other
+                    });
+                    Fatal::Unhandled(exit_name(&other))
+                }
                 Err(e) if e.errno() == libc::EINTR => {
+                    handler.other_exit(OtherExit::Interrupted);
                     self.clear_immediate_exit();
                     continue;
                 }

@@ -132,6 +132,10 @@ struct RestoreArgs {
     /// Stay paused after the restore (resume with `vmm resume`).
     #[arg(long)]
     paused: bool,
+    /// Count every vCPU exit by kind and address (port and direction, MMIO address with its
+    /// device and register, other exits) and print the table to stderr when the VM ends.
+    #[arg(long)]
+    exit_stats: bool,
     #[command(flatten)]
     seccomp: SeccompArgs,
 }
@@ -263,6 +267,10 @@ struct RunArgs {
     /// served, whatever they are).
     #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = parse_socket_mode)]
     api_sock_mode: u32,
+    /// Count every vCPU exit by kind and address (port and direction, MMIO address with its
+    /// device and register, other exits) and print the table to stderr when the VM ends.
+    #[arg(long)]
+    exit_stats: bool,
 }
 
 impl RunArgs {
@@ -380,6 +388,9 @@ fn main() -> ExitCode {
                 return code;
             }
             let socket_mode = args.api_sock_mode;
+            if args.exit_stats {
+                vmm_core::exit_stats::enable();
+            }
             args.into_config()
                 .map_err(vmm_core::Error::from)
                 .and_then(|config| match api_sock {
@@ -396,6 +407,9 @@ fn main() -> ExitCode {
         Command::Restore(args) => {
             if let Err(code) = install_seccomp(&args.seccomp) {
                 return code;
+            }
+            if args.exit_stats {
+                vmm_core::exit_stats::enable();
             }
             let source = vmm_core::RestoreSource {
                 state: args.snapshot,
@@ -444,6 +458,10 @@ fn main() -> ExitCode {
         Command::Firecracker { .. } => unreachable!("handled before parsing"),
         Command::Jail { .. } => unreachable!("handled before parsing"),
     };
+    // The VM has ended (or never started): its exits, when they were counted.
+    if let Some(table) = vmm_core::exit_stats::report() {
+        eprint!("{table}");
+    }
     match result {
         Ok(reason) => {
             let code = reason.exit_code();
@@ -526,6 +544,29 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn exit_stats_flag_on_run_and_restore() {
+        let cli = Cli::try_parse_from(["vmm", "run", "--kernel", "/k", "--exit-stats"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(args.exit_stats);
+        let cli = Cli::try_parse_from([
+            "vmm",
+            "restore",
+            "--snapshot",
+            "/s",
+            "--mem",
+            "/m",
+            "--exit-stats",
+        ])
+        .unwrap();
+        let Command::Restore(args) = cli.command else {
+            panic!("not restore")
+        };
+        assert!(args.exit_stats);
     }
 
     #[test]

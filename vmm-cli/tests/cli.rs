@@ -96,6 +96,70 @@ fn tiny_pvh_guest_prints_its_marker_and_exits_zero() {
     );
 }
 
+/// The row of `table` for `exit` at `address`: its count.
+fn exit_count(table: &str, exit: &str, address: &str) -> Option<u64> {
+    table.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(2) == Some(&exit) && fields.get(3) == Some(&address))
+            .then(|| fields[0].parse().ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn exit_stats_count_the_tiny_guests_exits() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let output = vmm(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "test=1",
+        "--memory",
+        "64M",
+        "--exit-stats",
+    ]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+    let table = stderr
+        .split_once("vmm: vCPU exits: ")
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| panic!("no exit table in stderr: {stderr}"));
+    // One OUT to COM1's THR per byte of its two lines, and nothing else on COM1 (it never
+    // reads LSR).
+    let serial = ("GUEST-INIT-OK\r\n".len() + "GUEST-TEST-DONE\r\n".len()) as u64;
+    assert_eq!(
+        exit_count(table, "pio-out", "0x3f8"),
+        Some(serial),
+        "{table}"
+    );
+    // Its stop: ACPI sleep control, the MMIO write, then the i8042 reset.
+    assert_eq!(exit_count(table, "pio-out", "0x600"), Some(1), "{table}");
+    assert_eq!(
+        exit_count(table, "mmio-write", "0xfea00200"),
+        Some(1),
+        "{table}"
+    );
+    assert_eq!(exit_count(table, "pio-out", "0x64"), Some(1), "{table}");
+    let total: u64 = table
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no total: {table}"));
+    assert!(total >= serial + 3, "{table}");
+    // Without the flag, no table.
+    let plain = vmm(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "test=1",
+        "--memory",
+        "64M",
+    ]);
+    assert!(!text(&plain.stderr).contains("vCPU exits"));
+}
+
 #[test]
 fn config_file_and_serial_file() {
     let kernel = guest_file("tiny-pvh.elf");

@@ -403,6 +403,40 @@ fn vmlinux_pvh_one_vcpu_small_memory() {
     );
 }
 
+/// `--exit-stats` on a Linux boot: the table is printed (run with --nocapture to read it; the
+/// README's "Exits of a Linux boot" shows one) and counts some exits.
+#[test]
+fn exit_stats_of_a_linux_boot() {
+    let (kernel, initrd) = (guest("vmlinux"), guest("initramfs.cpio.gz"));
+    let output = boot_and_test(
+        &[
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--vcpus",
+            "1",
+            "--exit-stats",
+            "--append",
+            "guest.cpus=1",
+        ],
+        "smp",
+        &["SMP-OK 1"],
+    );
+    let table = output
+        .split_once("vmm: vCPU exits: ")
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| panic!("no exit table:\n{output}"));
+    println!("e2e: exit table of a Linux boot:\nvmm: vCPU exits: {table}");
+    let total: u64 = table
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no total in the table:\n{table}"));
+    assert!(total > 0, "{table}");
+    assert!(table.contains("by device:"), "{table}");
+}
+
 #[test]
 fn vmlinux_64bit_entry_two_vcpus() {
     let (kernel, initrd) = (guest("vmlinux"), guest("initramfs.cpio.gz"));

@@ -481,7 +481,11 @@ unsafe fn machine(
         power_off,
         ged,
         virtio,
-        exits: Arc::new(BusExitHandler { pio, mmio }),
+        exits: Arc::new(BusExitHandler {
+            pio,
+            mmio,
+            stats: crate::exit_stats::get(),
+        }),
     })
 }
 

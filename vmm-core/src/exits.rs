@@ -5,7 +5,7 @@ use std::sync::{Arc, Weak};
 
 use vmm_devices::metrics::DeviceMetrics;
 use vmm_devices::Bus;
-use vmm_vcpu::ExitHandler;
+use vmm_vcpu::{ExitHandler, OtherExit};
 
 /// Dispatches vCPU exits to the port bus and the MMIO bus. Unclaimed reads see all ones and
 /// unclaimed writes are dropped (the bus counts both), as on real hardware. Each exit is
@@ -15,11 +15,16 @@ pub struct BusExitHandler {
     pub pio: Bus,
     /// MMIO devices.
     pub mmio: Bus,
+    /// The `--exit-stats` counters, when they are on.
+    pub stats: Option<&'static crate::exit_stats::ExitStats>,
 }
 
 impl ExitHandler for BusExitHandler {
     fn pio_read(&self, port: u16, data: &mut [u8]) {
         crate::metrics::metrics().vcpu.exit_io_in.inc();
+        if let Some(stats) = self.stats {
+            stats.pio(port, false);
+        }
         if !self.pio.read(u64::from(port), data) {
             data.fill(0xff);
         }
@@ -27,11 +32,17 @@ impl ExitHandler for BusExitHandler {
 
     fn pio_write(&self, port: u16, data: &[u8]) {
         crate::metrics::metrics().vcpu.exit_io_out.inc();
+        if let Some(stats) = self.stats {
+            stats.pio(port, true);
+        }
         self.pio.write(u64::from(port), data);
     }
 
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         crate::metrics::metrics().vcpu.exit_mmio_read.inc();
+        if let Some(stats) = self.stats {
+            stats.mmio(addr, false);
+        }
         if !self.mmio.read(addr, data) {
             data.fill(0xff);
         }
@@ -39,7 +50,16 @@ impl ExitHandler for BusExitHandler {
 
     fn mmio_write(&self, addr: u64, data: &[u8]) {
         crate::metrics::metrics().vcpu.exit_mmio_write.inc();
+        if let Some(stats) = self.stats {
+            stats.mmio(addr, true);
+        }
         self.mmio.write(addr, data);
+    }
+
+    fn other_exit(&self, kind: OtherExit) {
+        if let Some(stats) = self.stats {
+            stats.other(kind);
+        }
     }
 }
 

@@ -17,6 +17,7 @@ mod dispatch;
 mod error;
 mod event_loop;
 mod events;
+pub mod exit_stats;
 mod exits;
 pub mod logger;
 pub mod metrics;
