@@ -7,11 +7,26 @@
 //! paused ones: `PUT /snapshot/create` (Full) into the work directory, SIGTERM, and later
 //! `vmm restore --snapshot S --mem M --api-sock SOCK2`. A job ends when its VMM process exits:
 //! exit code 0 (the guest powered off) is Done, anything else Failed; the others go on.
+//!
+//! The loop never waits on a VMM. Each job has a worker thread that owns its `vmm` process and
+//! carries out the job's operations (launch and wait for the API socket, pause, resume,
+//! snapshot and end) in the order they were decided, reporting each effect, and the process's
+//! exit, through one channel. The loop waits on that channel until the next timed decision
+//! point (an arrival, a quantum's or run limit's end, a KSM sample). A job's state is what was
+//! decided (a job whose start is in flight counts as running: it takes its room and is not
+//! started twice; a pause decided meanwhile waits for the start); its run time, intervals and
+//! log lines follow the effects. A launch decided while a hibernation is in flight waits for
+//! it (it needs the memory that frees).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
+use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -51,8 +66,10 @@ pub enum RunError {
 }
 use vmm_api::{ApiClient, SerialMode};
 
-/// How often the loop looks at its VMs when nothing else happens.
-const POLL: Duration = Duration::from_millis(50);
+/// How often the loop samples KSM's counter with `ksm` (it waits on its workers otherwise).
+const POLL_KSM_MS: u64 = 50;
+/// The kinds of [`Transition`].
+pub const TRANSITION_KINDS: [&str; 5] = ["start", "pause", "resume", "hibernate", "restore"];
 /// How long a new or restored VMM may take to answer on its API socket.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Each API request's limit.
@@ -242,12 +259,19 @@ impl FleetReport {
             .collect();
         (!all.is_empty()).then(|| all.iter().sum::<u64>() / all.len() as u64)
     }
-}
 
-/// A running `vmm` process of a job.
-struct Proc {
-    child: Child,
-    api: ApiClient,
+    /// The median and 99th percentile (nearest rank) of the decision-to-effect latencies of
+    /// transitions of `kind`, in microseconds, and how many there were.
+    pub fn latency_percentiles_us(&self, kind: &str) -> Option<(u64, u64, usize)> {
+        let mut all: Vec<u64> = self
+            .transitions
+            .iter()
+            .filter(|t| t.kind == kind)
+            .map(|t| t.latency_us)
+            .collect();
+        let n = all.len();
+        Some((percentile(&mut all, 50)?, percentile(&mut all, 99)?, n))
+    }
 }
 
 /// Everything the loop knows about one job.
@@ -255,7 +279,13 @@ struct Slot {
     job: Job,
     state: JobState,
     arrived: bool,
-    proc: Option<Proc>,
+    /// Holds host memory, or will once its launch is through (a hibernating job does not).
+    resident: bool,
+    /// A hibernation is in flight.
+    hibernating: bool,
+    /// Operations waiting for a hibernation to end before they go to the worker.
+    held: VecDeque<Request>,
+    worker: Option<Worker>,
     generation: u32,
     running_since: Option<u64>,
     slice_start: Option<u64>,
@@ -283,9 +313,8 @@ impl Slot {
                 .map_or(0, |since| now.saturating_sub(since))
     }
 
-    /// The job starts (or resumes) running at `now`.
-    fn start_running(&mut self, now: u64) {
-        self.state = JobState::Running;
+    /// The job's VM starts (or resumes) running at `now` (its state was set at the decision).
+    fn begin_running(&mut self, now: u64) {
         self.running_since = Some(now);
         self.slice_start = Some(now);
         self.last_run_ms = Some(now);
@@ -316,7 +345,7 @@ impl Slot {
 
     /// Holds host memory: a VMM process exists.
     fn resident(&self) -> bool {
-        self.proc.is_some()
+        self.resident
     }
 }
 
@@ -431,6 +460,280 @@ fn last_error_line(path: &Path) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
+/// What a job's worker is asked to do, in the order the runner decided it.
+enum Op {
+    /// Spawn `vmm ARGS` and wait until it answers on `sock` (`kind`: start or restore).
+    Launch {
+        args: Vec<OsString>,
+        sock: PathBuf,
+        stderr: PathBuf,
+    },
+    /// `PATCH /vm` to `state` (`Paused`, `Resumed`).
+    Patch { state: &'static str },
+    /// `PUT /snapshot/create` with `body`, end the process, then delete the `old` snapshot.
+    Hibernate {
+        body: String,
+        old: Option<(PathBuf, PathBuf)>,
+    },
+}
+
+/// One operation sent to a job's worker, with the decision it carries out.
+struct Request {
+    op: Op,
+    kind: &'static str,
+    decided: Instant,
+    decided_ms: u64,
+}
+
+/// What happened to a job's VMM, as its worker saw it.
+enum Effect {
+    /// The request took effect (the VMM answered).
+    Done {
+        kind: &'static str,
+        decided: Instant,
+        decided_ms: u64,
+        /// The new process, for a launch.
+        pid: Option<u32>,
+    },
+    /// The VMM exited (on its own, or while a request to it failed).
+    Exited {
+        status: ExitStatus,
+        last_line: Option<String>,
+    },
+    /// A request failed and the VMM did not exit: the job cannot go on (its process is gone).
+    Failed(String),
+}
+
+/// A worker's report to the runner's loop.
+struct Event {
+    slot: usize,
+    at: Instant,
+    effect: Effect,
+}
+
+/// The thread that owns one job's `vmm` process and carries out its operations in order, so
+/// that the runner's loop never waits on a VMM.
+struct Worker {
+    tx: Option<Sender<Request>>,
+    cancel: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How often a worker with nothing to do looks whether its VMM has exited.
+const EXIT_POLL: Duration = Duration::from_millis(5);
+
+struct WorkerState {
+    slot: usize,
+    vmm_binary: PathBuf,
+    events: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    child: Option<Child>,
+    api: Option<ApiClient>,
+    stderr: Option<PathBuf>,
+}
+
+impl WorkerState {
+    fn send(&self, effect: Effect) {
+        let _ = self.events.send(Event {
+            slot: self.slot,
+            at: Instant::now(),
+            effect,
+        });
+    }
+
+    fn run(mut self, rx: Receiver<Request>) {
+        loop {
+            if self.cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            match rx.recv_timeout(EXIT_POLL) {
+                Ok(request) => {
+                    if self.cancel.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    self.carry_out(request);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.check_exit();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Reports the VMM's exit, if it exited; true when it did.
+    fn check_exit(&mut self) -> bool {
+        let exited = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        match exited {
+            Some(status) => {
+                self.child = None;
+                let last_line = self.stderr.as_deref().and_then(last_error_line);
+                self.send(Effect::Exited { status, last_line });
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn carry_out(&mut self, request: Request) {
+        let Request {
+            op,
+            kind,
+            decided,
+            decided_ms,
+        } = request;
+        let done = |pid| Effect::Done {
+            kind,
+            decided,
+            decided_ms,
+            pid,
+        };
+        match op {
+            Op::Launch { args, sock, stderr } => {
+                if self.child.is_some() {
+                    return self.send(Effect::Failed(format!("cannot {kind}: a VMM runs")));
+                }
+                match spawn_vmm(&self.vmm_binary, &args, &sock, &stderr, &self.cancel) {
+                    Ok(child) => {
+                        let pid = child.id();
+                        self.child = Some(child);
+                        self.api = Some(ApiClient::new(&sock, REQUEST_TIMEOUT));
+                        self.stderr = Some(stderr);
+                        self.send(done(Some(pid)));
+                    }
+                    Err(why) => {
+                        let why = if kind == "restore" {
+                            format!("restore failed: {why}")
+                        } else {
+                            why
+                        };
+                        self.send(Effect::Failed(why));
+                    }
+                }
+            }
+            Op::Patch { state } => {
+                let body = format!("{{\"state\": \"{state}\"}}");
+                match self.request("PATCH", "/vm", &body) {
+                    Ok(()) => self.send(done(None)),
+                    Err(why) => self.request_failed(kind, why),
+                }
+            }
+            Op::Hibernate { body, old } => {
+                if let Err(why) = self.request("PUT", "/snapshot/create", &body) {
+                    return self.request_failed("snapshot", why);
+                }
+                if let Some(mut child) = self.child.take() {
+                    terminate(&mut child);
+                }
+                // The previous snapshot (if any) is no longer needed: the new one replaces it.
+                if let Some((old_state, old_mem)) = old {
+                    let _ = std::fs::remove_file(old_state);
+                    let _ = std::fs::remove_file(old_mem);
+                }
+                self.send(done(None));
+            }
+        }
+    }
+
+    fn request(&self, method: &str, path: &str, body: &str) -> Result<(), String> {
+        match (&self.child, &self.api) {
+            (Some(_), Some(api)) => api
+                .request(method, path, Some(body))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            _ => Err("no VMM process".to_string()),
+        }
+    }
+
+    /// After a failed request: if the VMM exits within 2 s, report its exit; else end it and
+    /// report the failure.
+    fn request_failed(&mut self, what: &str, why: String) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.child.is_some() && Instant::now() < deadline {
+            if self.check_exit() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+        self.send(Effect::Failed(format!("cannot {what}: {why}")));
+    }
+}
+
+/// Spawns the `vmm` binary with `args` and waits until it answers on `sock` (or `cancel` is
+/// set). Errors say why the job cannot go on (the process is gone then).
+fn spawn_vmm(
+    vmm_binary: &Path,
+    args: &[OsString],
+    sock: &Path,
+    stderr_path: &Path,
+    cancel: &AtomicBool,
+) -> Result<Child, String> {
+    let stderr = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stderr_path)
+        .map_err(|e| format!("cannot open {}: {e}", stderr_path.display()))?;
+    let _ = std::fs::remove_file(sock);
+    let mut child = Command::new(vmm_binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", vmm_binary.display()))?;
+    let api = ApiClient::new(sock, REQUEST_TIMEOUT);
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            if status.success() {
+                // A guest that powered off before the socket was polled: the worker reports
+                // its exit next.
+                return Ok(child);
+            }
+            let why = last_error_line(stderr_path).unwrap_or_default();
+            return Err(format!(
+                "the VMM ended at start ({}): {why}",
+                describe_exit(&status)
+            ));
+        }
+        if sock.exists() && api.request("GET", "/", None).is_ok() {
+            return Ok(child);
+        }
+        if cancel.load(Ordering::Relaxed) {
+            terminate(&mut child);
+            return Err("cancelled".to_string());
+        }
+        if Instant::now() > deadline {
+            terminate(&mut child);
+            return Err(format!(
+                "the VMM did not answer on {} within {} s",
+                sock.display(),
+                STARTUP_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The `p`-th percentile (nearest rank) of `values`, which it sorts.
+fn percentile(values: &mut [u64], p: u64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let rank = (values.len() as u64 * p).div_ceil(100).max(1);
+    values.get(usize::try_from(rank - 1).ok()?).copied()
+}
+
 struct Runner<'a> {
     slots: Vec<Slot>,
     policy: &'a mut dyn Policy,
@@ -442,6 +745,9 @@ struct Runner<'a> {
     decisions: u64,
     /// Set when a job ends or fails.
     ended: bool,
+    /// The workers' reports.
+    events: Receiver<Event>,
+    events_tx: Sender<Event>,
 }
 
 impl Runner<'_> {
@@ -464,14 +770,16 @@ impl Runner<'_> {
         self.options.work_dir.join(format!("{stem}{suffix}"))
     }
 
-    /// The stderr file of the job's current VMM process.
-    fn stderr_path(&self, slot: usize) -> PathBuf {
-        let generation = self.slots[slot].generation;
-        self.path(slot, &format!("-{generation}.stderr"))
-    }
-
-    fn record(&mut self, decided: Instant, decided_ms: u64, job: usize, kind: &'static str) {
-        let latency_us = u64::try_from(decided.elapsed().as_micros()).unwrap_or(u64::MAX);
+    fn record(
+        &mut self,
+        at: Instant,
+        decided: Instant,
+        decided_ms: u64,
+        job: usize,
+        kind: &'static str,
+    ) {
+        let latency_us =
+            u64::try_from(at.saturating_duration_since(decided).as_micros()).unwrap_or(u64::MAX);
         self.transitions.push(Transition {
             decided_ms,
             job,
@@ -480,14 +788,88 @@ impl Runner<'_> {
         });
     }
 
+    /// Sends `op` to the job's worker (started on first use). A launch waits while a
+    /// hibernation is in flight (it needs the memory that frees), and so does everything
+    /// decided for the job after it.
+    fn send(&mut self, slot: usize, op: Op, kind: &'static str, decided: Instant, decided_ms: u64) {
+        let request = Request {
+            op,
+            kind,
+            decided,
+            decided_ms,
+        };
+        let hibernating = self.slots.iter().any(|s| s.hibernating);
+        let s = &mut self.slots[slot];
+        if !s.held.is_empty() || (hibernating && matches!(request.op, Op::Launch { .. })) {
+            s.held.push_back(request);
+            return;
+        }
+        self.dispatch(slot, request);
+    }
+
+    fn dispatch(&mut self, slot: usize, request: Request) {
+        if self.slots[slot].worker.is_none() {
+            let (tx, rx) = mpsc::channel();
+            let cancel = Arc::new(AtomicBool::new(false));
+            let state = WorkerState {
+                slot,
+                vmm_binary: self.options.vmm_binary.clone(),
+                events: self.events_tx.clone(),
+                cancel: Arc::clone(&cancel),
+                child: None,
+                api: None,
+                stderr: None,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("fleet-job-{slot}"))
+                .spawn(move || state.run(rx))
+                .ok();
+            self.slots[slot].worker = Some(Worker {
+                tx: Some(tx),
+                cancel,
+                thread,
+            });
+        }
+        let sent = self.slots[slot]
+            .worker
+            .as_ref()
+            .and_then(|w| w.tx.as_ref())
+            .map(|tx| tx.send(request).is_ok());
+        if sent != Some(true) {
+            self.fail(slot, "its worker thread is gone".to_string());
+        }
+    }
+
+    /// Sends the held operations once no hibernation is in flight.
+    fn release_held(&mut self) {
+        if self.slots.iter().any(|s| s.hibernating) {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            while let Some(request) = self.slots[slot].held.pop_front() {
+                self.dispatch(slot, request);
+            }
+        }
+    }
+
+    /// Stops the job's worker: it ends the VMM process, if any, and reports nothing more.
+    fn stop_worker(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        s.held.clear();
+        if let Some(worker) = s.worker.as_mut() {
+            worker.cancel.store(true, Ordering::Relaxed);
+            worker.tx = None;
+        }
+    }
+
     /// Marks the job failed, ending its process if it has one.
     fn fail(&mut self, slot: usize, why: String) {
         let now = self.now();
+        self.stop_worker(slot);
         let s = &mut self.slots[slot];
-        if let Some(mut proc) = s.proc.take() {
-            terminate(&mut proc.child);
-        }
         s.stop_running(now);
+        s.resident = false;
+        s.hibernating = false;
         s.state = JobState::Failed;
         s.finish_ms = Some(now);
         s.failure = Some(why.clone());
@@ -495,58 +877,7 @@ impl Runner<'_> {
         self.policy.leave(slot);
         let name = s.job.name.clone();
         self.log(&format!("FAILED {name}: {why}"));
-    }
-
-    /// Spawns a `vmm` with `args` and waits until it answers on `sock`. Errors say why the
-    /// job cannot go on (the process is gone then).
-    fn spawn_vmm(
-        &mut self,
-        slot: usize,
-        args: &[&std::ffi::OsStr],
-        sock: &Path,
-    ) -> Result<Proc, String> {
-        let stderr_path = self.path(slot, ".stderr");
-        let stderr = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr_path)
-            .map_err(|e| format!("cannot open {}: {e}", stderr_path.display()))?;
-        let _ = std::fs::remove_file(sock);
-        let mut child = Command::new(&self.options.vmm_binary)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.options.vmm_binary.display()))?;
-        let api = ApiClient::new(sock, REQUEST_TIMEOUT);
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                if status.success() {
-                    // A guest that powered off before the socket was polled: the loop
-                    // reaps it as done.
-                    return Ok(Proc { child, api });
-                }
-                let why = last_error_line(&stderr_path).unwrap_or_default();
-                return Err(format!(
-                    "the VMM ended at start ({}): {why}",
-                    describe_exit(&status)
-                ));
-            }
-            if sock.exists() && api.request("GET", "/", None).is_ok() {
-                return Ok(Proc { child, api });
-            }
-            if Instant::now() > deadline {
-                terminate(&mut child);
-                return Err(format!(
-                    "the VMM did not answer on {} within {} s",
-                    sock.display(),
-                    STARTUP_TIMEOUT.as_secs()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.release_held();
     }
 
     fn start_job(&mut self, slot: usize, decided: Instant, decided_ms: u64) {
@@ -561,98 +892,50 @@ impl Runner<'_> {
         if let Err(e) = written {
             return self.fail(slot, format!("cannot write {}: {e}", config_path.display()));
         }
-        let args = ["run".as_ref(), "--config".as_ref(), config_path.as_os_str()];
-        if let Err(why) = self.launch(slot, &args, "start", decided, decided_ms) {
-            self.fail(slot, why);
-        }
+        let args = [OsString::from("run"), "--config".into(), config_path.into()];
+        self.launch(slot, &args, "start", decided, decided_ms);
     }
 
-    /// Spawns `vmm ARGS --api-sock SOCK` (a socket of the slot's current generation), waits for
-    /// it to answer, and records the job as running; `kind` ("start", "restore") names the
-    /// transition in the report and the log.
+    /// Asks for `vmm ARGS --api-sock SOCK` (a socket of the slot's current generation); the
+    /// job counts as running (and resident) from now on, and its run time from when the VMM
+    /// answers. `kind` ("start", "restore") names the transition in the report and the log.
     fn launch(
         &mut self,
         slot: usize,
-        args: &[&std::ffi::OsStr],
+        args: &[OsString],
         kind: &'static str,
         decided: Instant,
         decided_ms: u64,
-    ) -> Result<(), String> {
+    ) {
         let generation = self.slots[slot].generation;
         let sock = self.path(slot, &format!("-{generation}.sock"));
+        let stderr = self.path(slot, &format!("-{generation}.stderr"));
         let mut all = args.to_vec();
-        all.extend(["--api-sock".as_ref(), sock.as_os_str()]);
-        let proc = self.spawn_vmm(slot, &all, &sock)?;
-        let now = self.now();
-        let pid = proc.child.id();
+        all.extend([OsString::from("--api-sock"), sock.clone().into()]);
         let s = &mut self.slots[slot];
-        s.proc = Some(proc);
-        s.start_running(now);
-        // The first start only: a restored job keeps the time it first ran.
-        s.start_ms.get_or_insert(now);
-        let name = s.job.name.clone();
-        self.record(decided, decided_ms, slot, kind);
-        self.log(&format!("{kind} {name} (pid {pid})"));
-        Ok(())
-    }
-
-    fn patch_state(&mut self, slot: usize, state: &str) -> Result<(), String> {
-        let body = format!("{{\"state\": \"{state}\"}}");
-        let Some(proc) = self.slots[slot].proc.as_ref() else {
-            return Err("no VMM process".to_string());
+        s.state = JobState::Running;
+        s.resident = true;
+        let op = Op::Launch {
+            args: all,
+            sock,
+            stderr,
         };
-        proc.api
-            .request("PATCH", "/vm", Some(&body))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    /// After a failed request: if the VMM exited meanwhile, handle its exit; else fail the job.
-    fn request_failed(&mut self, slot: usize, what: &str, why: String) {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            let exited = self.slots[slot]
-                .proc
-                .as_mut()
-                .and_then(|p| p.child.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                return self.exited(slot, status);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.fail(slot, format!("cannot {what}: {why}"));
+        self.send(slot, op, kind, decided, decided_ms);
     }
 
     fn pause_job(&mut self, slot: usize, decided: Instant, decided_ms: u64) {
-        match self.patch_state(slot, "Paused") {
-            Ok(()) => {
-                let now = self.now();
-                let s = &mut self.slots[slot];
-                s.stop_running(now);
-                s.state = JobState::Paused;
-                s.preemptions += 1;
-                // Its remaining estimate as of the pause, which came after the decision.
-                self.policy.restate(&s.view(now));
-                let name = s.job.name.clone();
-                self.record(decided, decided_ms, slot, "pause");
-                self.log(&format!("pause {name}"));
-            }
-            Err(why) => self.request_failed(slot, "pause", why),
-        }
+        let s = &mut self.slots[slot];
+        s.state = JobState::Paused;
+        // Its remaining estimate as of the decision: the policy sees it paused from now on.
+        self.policy.restate(&s.view(decided_ms));
+        let op = Op::Patch { state: "Paused" };
+        self.send(slot, op, "pause", decided, decided_ms);
     }
 
     fn resume_job(&mut self, slot: usize, decided: Instant, decided_ms: u64) {
-        match self.patch_state(slot, "Resumed") {
-            Ok(()) => {
-                let now = self.now();
-                let s = &mut self.slots[slot];
-                s.start_running(now);
-                let name = s.job.name.clone();
-                self.record(decided, decided_ms, slot, "resume");
-                self.log(&format!("resume {name}"));
-            }
-            Err(why) => self.request_failed(slot, "resume", why),
-        }
+        self.slots[slot].state = JobState::Running;
+        let op = Op::Patch { state: "Resumed" };
+        self.send(slot, op, "resume", decided, decided_ms);
     }
 
     /// Snapshots a paused job to the work directory and ends its process.
@@ -666,33 +949,17 @@ impl Runner<'_> {
             "mem_file_path": mem_path,
         })
         .to_string();
-        let result = match self.slots[slot].proc.as_ref() {
-            Some(proc) => proc
-                .api
-                .request("PUT", "/snapshot/create", Some(&body))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            None => Err("no VMM process".to_string()),
-        };
-        if let Err(why) = result {
-            return self.request_failed(slot, "snapshot", why);
-        }
-        if let Some(mut proc) = self.slots[slot].proc.take() {
-            terminate(&mut proc.child);
-        }
         let s = &mut self.slots[slot];
-        // The previous snapshot (if any) is no longer needed: the new one replaces it.
-        if let Some((old_state, old_mem)) = s.snapshot.replace((state_path, mem_path)) {
-            let _ = std::fs::remove_file(old_state);
-            let _ = std::fs::remove_file(old_mem);
-        }
+        let old = s.snapshot.replace((state_path, mem_path));
         s.state = JobState::Hibernated;
         // The job was already counted preempted when it was paused.
         s.hibernations += 1;
         s.generation += 1;
-        let name = s.job.name.clone();
-        self.record(decided, decided_ms, slot, "hibernate");
-        self.log(&format!("hibernate {name} (snapshot saved, VMM ended)"));
+        // Its memory counts as free for the decisions; launches wait until it is.
+        s.resident = false;
+        s.hibernating = true;
+        let op = Op::Hibernate { body, old };
+        self.send(slot, op, "hibernate", decided, decided_ms);
     }
 
     fn restore_job(&mut self, slot: usize, decided: Instant, decided_ms: u64) {
@@ -700,37 +967,84 @@ impl Runner<'_> {
             return self.fail(slot, "hibernated without a snapshot".to_string());
         };
         let args = [
-            "restore".as_ref(),
-            "--snapshot".as_ref(),
-            state_path.as_os_str(),
-            "--mem".as_ref(),
-            mem_path.as_os_str(),
+            OsString::from("restore"),
+            "--snapshot".into(),
+            state_path.into(),
+            "--mem".into(),
+            mem_path.into(),
         ];
-        if let Err(why) = self.launch(slot, &args, "restore", decided, decided_ms) {
-            self.fail(slot, format!("restore failed: {why}"));
+        self.launch(slot, &args, "restore", decided, decided_ms);
+    }
+
+    /// A worker's report: an operation took effect, the VMM exited, or the job failed.
+    fn handle(&mut self, event: Event) {
+        let slot = event.slot;
+        if !self.slots[slot].active() {
+            // Reports about a job already ended (its worker is being stopped).
+            return;
+        }
+        match event.effect {
+            Effect::Done {
+                kind,
+                decided,
+                decided_ms,
+                pid,
+            } => {
+                let now = self.now();
+                let s = &mut self.slots[slot];
+                let name = s.job.name.clone();
+                match kind {
+                    "start" | "restore" | "resume" => {
+                        s.begin_running(now);
+                        if kind == "start" {
+                            s.start_ms.get_or_insert(now);
+                        }
+                    }
+                    "pause" => {
+                        s.stop_running(now);
+                        // Counted when it took effect: a guest that powers off meanwhile
+                        // was not preempted.
+                        s.preemptions += 1;
+                    }
+                    _ => s.hibernating = false,
+                }
+                self.record(event.at, decided, decided_ms, slot, kind);
+                let line = match (kind, pid) {
+                    ("hibernate", _) => format!("hibernate {name} (snapshot saved, VMM ended)"),
+                    (_, Some(pid)) => format!("{kind} {name} (pid {pid})"),
+                    _ => format!("{kind} {name}"),
+                };
+                self.log(&line);
+                if kind == "hibernate" {
+                    self.release_held();
+                }
+            }
+            Effect::Exited { status, last_line } => self.exited(slot, status, last_line),
+            Effect::Failed(why) => self.fail(slot, why),
         }
     }
 
     /// The job's VMM exited on its own.
-    fn exited(&mut self, slot: usize, status: ExitStatus) {
+    fn exited(&mut self, slot: usize, status: ExitStatus, last_line: Option<String>) {
         let now = self.now();
-        let stderr_path = self.stderr_path(slot);
         // Exit code 0 is also how a guest that triple-faulted ends (a dying kernel resets);
         // the VMM says so on stderr, and that is no completed job.
-        let last_line = last_error_line(&stderr_path);
         let triple_fault = last_line
             .as_deref()
             .is_some_and(|l| l.contains("triple fault"));
-        self.ended = true;
-        let s = &mut self.slots[slot];
-        s.proc = None;
-        s.stop_running(now);
         if status.success() && !triple_fault {
+            self.ended = true;
+            self.stop_worker(slot);
+            let s = &mut self.slots[slot];
+            s.resident = false;
+            s.hibernating = false;
+            s.stop_running(now);
             s.state = JobState::Done;
             s.finish_ms = Some(now);
             let name = s.job.name.clone();
             self.policy.leave(slot);
             self.log(&format!("done {name}"));
+            self.release_held();
         } else {
             let why = match last_line {
                 Some(line) => format!("the VMM ended with {}: {line}", describe_exit(&status)),
@@ -738,22 +1052,6 @@ impl Runner<'_> {
             };
             self.fail(slot, why);
         }
-    }
-
-    /// Reaps exited VMMs; true when any did.
-    fn reap(&mut self) -> bool {
-        let mut any = false;
-        for slot in 0..self.slots.len() {
-            let exited = self.slots[slot]
-                .proc
-                .as_mut()
-                .and_then(|p| p.child.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                self.exited(slot, status);
-                any = true;
-            }
-        }
-        any
     }
 
     /// Marks newly arrived jobs; true when any arrived.
@@ -904,37 +1202,55 @@ impl Runner<'_> {
         }
     }
 
+    /// When the loop must look again though no worker reported: the next arrival, quantum
+    /// expiry or run limit, a KSM sample, or (`stalled`) the stall check.
+    fn next_wake(&self, now: u64, stalled: bool) -> Instant {
+        let mut at = now.saturating_add(if stalled { 100 } else { 1_000 });
+        if self.options.ksm {
+            at = at.min(now.saturating_add(POLL_KSM_MS));
+        }
+        let quantum = self.policy.quantum_ms();
+        for s in &self.slots {
+            if !s.arrived {
+                at = at.min(s.job.arrival_ms);
+            }
+            if s.state != JobState::Running {
+                continue;
+            }
+            if let (Some(q), Some(since)) = (quantum, s.slice_start) {
+                at = at.min(since.saturating_add(q));
+            }
+            if let (Some(limit), Some(_)) = (self.options.max_run_ms, s.running_since) {
+                let left = limit.saturating_sub(s.run_time(now));
+                at = at.min(now.saturating_add(left).saturating_add(1));
+            }
+        }
+        self.start + Duration::from_millis(at.max(now))
+    }
+
     fn run(&mut self) {
         let mut stalled_since: Option<Instant> = None;
         loop {
             let now = self.now();
             let mut event = self.arrivals(now);
-            event |= self.reap();
+            event |= std::mem::take(&mut self.ended);
             event |= self.quantum_expired(now);
             if event {
-                // A job that ends or fails while a decision is carried out frees its room:
-                // that is a decision point too.
-                for _ in 0..=self.slots.len() {
-                    self.ended = false;
-                    self.decide();
-                    let reaped = self.reap();
-                    if !self.ended && !reaped {
-                        break;
-                    }
-                }
+                self.decide();
             }
             self.sample_ksm();
             self.enforce_run_limit();
+            if self.ended {
+                continue;
+            }
             let pending = self.slots.iter().any(|s| !s.arrived);
             let active = self.slots.iter().any(|s| s.active());
             if !pending && !active {
                 return;
             }
-            let live = self
-                .slots
-                .iter()
-                .any(|s| s.resident() && s.state == JobState::Running);
-            if !live && !pending && active {
+            let live = self.slots.iter().any(|s| s.state == JobState::Running);
+            let stalled = !live && !pending && active;
+            if stalled {
                 // Nothing runs and nothing will arrive: the policy must pick something now.
                 let first = *stalled_since.get_or_insert_with(Instant::now);
                 if first.elapsed() > Duration::from_secs(1) {
@@ -950,8 +1266,37 @@ impl Runner<'_> {
             } else {
                 stalled_since = None;
             }
-            std::thread::sleep(POLL);
+            // Wait for a worker's report or the next timed decision point, whichever is first.
+            let wake = self.next_wake(self.now(), stalled);
+            let timeout = wake.saturating_duration_since(Instant::now());
+            if let Ok(first) = self.events.recv_timeout(timeout) {
+                self.handle(first);
+                while let Ok(more) = self.events.try_recv() {
+                    self.handle(more);
+                }
+            }
         }
+    }
+
+    /// `decision-to-effect: start p50 X ms p99 Y ms (n N), pause ...`: the latencies of the
+    /// run's transitions, per kind.
+    fn latency_summary(&self) -> String {
+        let report = self.report();
+        let parts: Vec<String> = TRANSITION_KINDS
+            .iter()
+            .filter_map(|kind| {
+                let (p50, p99, n) = report.latency_percentiles_us(kind)?;
+                Some(format!(
+                    "{kind} p50 {:.1} ms p99 {:.1} ms (n {n})",
+                    p50 as f64 / 1e3,
+                    p99 as f64 / 1e3
+                ))
+            })
+            .collect();
+        if parts.is_empty() {
+            return "decision-to-effect: no transitions".to_string();
+        }
+        format!("decision-to-effect: {}", parts.join(", "))
     }
 
     fn report(&self) -> FleetReport {
@@ -1007,9 +1352,15 @@ impl Drop for Runner<'_> {
     fn drop(&mut self) {
         // Never leave VMMs behind, whatever ended the run.
         for s in self.slots.iter_mut() {
-            if let Some(mut proc) = s.proc.take() {
-                let _ = proc.child.kill();
-                let _ = proc.child.wait();
+            s.held.clear();
+            if let Some(worker) = s.worker.as_mut() {
+                worker.cancel.store(true, Ordering::Relaxed);
+                worker.tx = None;
+            }
+        }
+        for s in self.slots.iter_mut() {
+            if let Some(thread) = s.worker.as_mut().and_then(|w| w.thread.take()) {
+                let _ = thread.join();
             }
         }
     }
@@ -1051,7 +1402,10 @@ pub fn run_fleet(
                 job,
                 state: JobState::Waiting,
                 arrived: false,
-                proc: None,
+                resident: false,
+                hibernating: false,
+                held: VecDeque::new(),
+                worker: None,
                 generation: 0,
                 running_since: None,
                 slice_start: None,
@@ -1068,6 +1422,7 @@ pub fn run_fleet(
             }
         })
         .collect();
+    let (events_tx, events) = mpsc::channel();
     let mut runner = Runner {
         slots,
         policy,
@@ -1078,6 +1433,8 @@ pub fn run_fleet(
         ksm_max: None,
         decisions: 0,
         ended: false,
+        events,
+        events_tx,
     };
     let name = runner.policy.name();
     runner.log(&format!(
@@ -1087,5 +1444,24 @@ pub fn run_fleet(
         runner.capacity.memory_bytes >> 20
     ));
     runner.run();
+    let summary = runner.latency_summary();
+    runner.log(&summary);
     Ok(runner.report())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        assert_eq!(percentile(&mut [], 50), None);
+        assert_eq!(percentile(&mut [7], 99), Some(7));
+        let mut values: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(percentile(&mut values, 50), Some(50));
+        assert_eq!(percentile(&mut values, 99), Some(99));
+        let mut eight = [8, 1, 7, 2, 6, 3, 5, 4];
+        assert_eq!(percentile(&mut eight, 50), Some(4));
+        assert_eq!(percentile(&mut eight, 99), Some(8));
+    }
 }

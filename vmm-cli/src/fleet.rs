@@ -202,6 +202,17 @@ fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .filter_map(|k| Some((k.to_string(), report.mean_latency_us(k)?.into())))
                 .collect();
             object.insert("mean_latency_us".into(), latency.into());
+            let percentiles: serde_json::Map<String, serde_json::Value> = kinds
+                .iter()
+                .filter_map(|k| {
+                    let (p50, p99, n) = report.latency_percentiles_us(k)?;
+                    Some((
+                        k.to_string(),
+                        serde_json::json!({"p50": p50, "p99": p99, "count": n}),
+                    ))
+                })
+                .collect();
+            object.insert("latency_percentiles_us".into(), percentiles.into());
             object.insert(
                 "transitions".into(),
                 serde_json::to_value(&report.transitions)?,
@@ -220,11 +231,15 @@ fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     } else {
         let mut text = schedule.table();
         for kind in kinds {
-            if let Some(us) = report.mean_latency_us(kind) {
-                let count = report.transitions.iter().filter(|t| t.kind == kind).count();
+            if let (Some(us), Some((p50, p99, count))) = (
+                report.mean_latency_us(kind),
+                report.latency_percentiles_us(kind),
+            ) {
                 text.push_str(&format!(
-                    "{kind}: {count} x, mean {:.1} ms from decision to done\n",
-                    us as f64 / 1e3
+                    "{kind}: {count} x, mean {:.1} ms, p50 {:.1} ms, p99 {:.1} ms from decision to done\n",
+                    us as f64 / 1e3,
+                    p50 as f64 / 1e3,
+                    p99 as f64 / 1e3
                 ));
             }
         }
