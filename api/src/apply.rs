@@ -284,8 +284,25 @@ impl ApiConfig {
         }
     }
 
-    /// The id of `vm.net[index]`.
-    fn iface_id(&self, index: usize) -> String {
+    /// The `drive_id` of `vm.disk[index]`: its id, or `disk<N>` for one configured without
+    /// (`None` past the end).
+    pub fn drive_id(&self, index: usize) -> Option<String> {
+        self.vm.disk.get(index).map(|d| disk_api_id(d, index))
+    }
+
+    /// The index in `vm.disk` of the drive the API calls `drive_id`.
+    pub fn drive_index(&self, drive_id: &str) -> Option<usize> {
+        (0..self.vm.disk.len()).find(|&i| self.drive_id(i).as_deref() == Some(drive_id))
+    }
+
+    /// The index in `vm.net` of the interface the API calls `iface_id`.
+    pub fn iface_index(&self, iface_id: &str) -> Option<usize> {
+        (0..self.vm.net.len()).find(|&i| self.iface_id(i) == iface_id)
+    }
+
+    /// The `iface_id` of `vm.net[index]` (its tap name when the API gave none; empty past the
+    /// end).
+    pub fn iface_id(&self, index: usize) -> String {
         match (self.iface_ids.get(index), self.vm.net.get(index)) {
             (Some(id), _) => id.clone(),
             (None, Some(net)) => net.tap.clone(),

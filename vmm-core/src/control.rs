@@ -82,9 +82,14 @@ pub fn run_api_config(mut api: ApiConfig, options: &ApiOptions) -> Result<Shutdo
             }
         }
     };
-    let mut vmm = Vmm::start_with_events(built, mode, events_tx, events_rx)?;
-    vmm.keep_api_view(api.iface_ids, api.flavor);
-    run_to_end(vmm)
+    let mut built = built;
+    // A restored VM knows its interfaces' ids from its state file; a booted one from the API.
+    if built.iface_ids.is_empty() {
+        built.iface_ids = api.iface_ids;
+    }
+    run_to_end(Vmm::start_with_events(
+        built, mode, api.flavor, events_tx, events_rx,
+    )?)
 }
 
 /// Restores the snapshot `source` in this process and runs it (paused unless `resume`), with
@@ -112,7 +117,13 @@ pub fn restore_vm(
     } else {
         StartMode::Paused
     };
-    run_to_end(Vmm::start_with_events(built, mode, events_tx, events_rx)?)
+    run_to_end(Vmm::start_with_events(
+        built,
+        mode,
+        Flavor::Vmm,
+        events_tx,
+        events_rx,
+    )?)
 }
 
 /// Answers the API until the VM ends, then shuts it down.

@@ -72,13 +72,15 @@ impl Vmm {
     /// says. The VM's events go to a channel of its own; see [`Vmm::wait_for_end`].
     pub fn start(built: BuiltVm, mode: StartMode) -> Result<Vmm> {
         let (events_tx, events_rx) = channel();
-        Vmm::start_with_events(built, mode, events_tx, events_rx)
+        Vmm::start_with_events(built, mode, Flavor::Vmm, events_tx, events_rx)
     }
 
-    /// [`Vmm::start`] on a channel made earlier (the API server already holds a sender).
+    /// [`Vmm::start`] on a channel made earlier (the API server already holds a sender), with
+    /// the API answering as `flavor`.
     pub(crate) fn start_with_events(
         built: BuiltVm,
         mode: StartMode,
+        flavor: Flavor,
         events_tx: Sender<VmEvent>,
         events_rx: Receiver<VmEvent>,
     ) -> Result<Vmm> {
@@ -148,8 +150,7 @@ impl Vmm {
             memory,
             _terminal: terminal,
         };
-        vmm.keep_api_view(iface_ids, Flavor::Vmm);
-        vmm.register_metrics();
+        vmm.keep_api_view(iface_ids, flavor);
         vmm.threads = Some(VcpuThreads::spawn(vcpus, exits, events_tx, start_paused)?);
         if mode == StartMode::PausedThenResumed {
             vmm.resume()?;
@@ -163,9 +164,10 @@ impl Vmm {
             .expect("the vCPU threads run from start to shutdown")
     }
 
-    /// Keeps what the API knew before boot and the VM's configuration cannot hold: the
-    /// interfaces' `iface_id`s and who the API says this process is.
-    pub(crate) fn keep_api_view(&mut self, iface_ids: Vec<String>, flavor: Flavor) {
+    /// Keeps what the API knew before boot and the VM's configuration cannot hold (the
+    /// interfaces' `iface_id`s, who the API says this process is), then names the devices'
+    /// counters by those ids for the metrics.
+    fn keep_api_view(&mut self, iface_ids: Vec<String>, flavor: Flavor) {
         if !iface_ids.is_empty() && iface_ids.len() == self.config.vm.net.len() {
             self.config.iface_ids = iface_ids;
         }
@@ -184,24 +186,17 @@ impl Vmm {
                 "block" => {
                     let index = disks;
                     disks += 1;
-                    let disk = self.config.vm.disk.get(index);
                     Some(
-                        disk.and_then(|d| d.id.clone())
-                            .unwrap_or_else(|| format!("disk{index}")),
+                        self.config
+                            .drive_id(index)
+                            .unwrap_or_else(|| device.id.clone()),
                     )
                 }
                 "net" => {
                     let index = nets;
                     nets += 1;
-                    let tap = self.config.vm.net.get(index).map(|n| n.tap.clone());
-                    Some(
-                        self.config
-                            .iface_ids
-                            .get(index)
-                            .cloned()
-                            .or(tap)
-                            .unwrap_or_else(|| device.id.clone()),
-                    )
+                    let id = self.config.iface_id(index);
+                    Some(if id.is_empty() { device.id.clone() } else { id })
                 }
                 _ => None,
             };
@@ -431,11 +426,7 @@ impl Vmm {
         };
         let index = self
             .config
-            .vm
-            .disk
-            .iter()
-            .enumerate()
-            .position(|(i, d)| d.id.clone().unwrap_or_else(|| format!("disk{i}")) == patch.drive_id)
+            .drive_index(&patch.drive_id)
             .ok_or_else(unknown)?;
         let read_only = self.config.vm.disk[index].read_only;
         let backend = match &patch.path_on_host {
@@ -478,16 +469,9 @@ impl Vmm {
             kind: "network interface",
             id: patch.iface_id.clone(),
         };
-        let config = &self.config;
-        let index = (0..config.vm.net.len())
-            .find(|&i| {
-                config
-                    .iface_ids
-                    .get(i)
-                    .unwrap_or(&config.vm.net[i].tap)
-                    .as_str()
-                    == patch.iface_id
-            })
+        let index = self
+            .config
+            .iface_index(&patch.iface_id)
             .ok_or_else(unknown)?;
         let rx = virtio_devices::bucket_updates(patch.rx_rate_limiter.as_ref());
         let tx = virtio_devices::bucket_updates(patch.tx_rate_limiter.as_ref());
