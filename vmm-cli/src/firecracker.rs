@@ -122,21 +122,29 @@ struct ConfigFile {
 }
 
 /// Errors of the `firecracker` front end.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum FcError {
+    /// `--config-file` could not be read or applied.
+    #[error("config file {0}: {1}")]
     Config(PathBuf, String),
+    /// A flag for something this VMM does not do.
+    #[error("{0}")]
     Unsupported(&'static str),
+    /// `--id` is not a valid instance id.
+    #[error("--id")]
+    Id(#[source] vmm_api::ConfigError),
+    /// The seccomp filters could not be built or read.
+    #[error("seccomp filters")]
+    Seccomp(#[source] vmm_core::SeccompError),
+    /// `--log-path` could not be opened.
+    #[error("cannot open the log {0}")]
+    Log(PathBuf, #[source] std::io::Error),
+    /// `--metrics-path` could not be opened.
+    #[error("cannot open the metrics file {0}")]
+    Metrics(PathBuf, #[source] std::io::Error),
+    /// The VM failed.
+    #[error(transparent)]
     Core(vmm_core::Error),
-}
-
-impl std::fmt::Display for FcError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FcError::Config(path, why) => write!(f, "config file {}: {why}", path.display()),
-            FcError::Unsupported(what) => write!(f, "{what}"),
-            FcError::Core(e) => write!(f, "{}", vmm_core::error_chain(e)),
-        }
-    }
 }
 
 /// Whether this process was started under the name `firecracker`.
@@ -170,8 +178,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     match run(args) {
         Ok(code) => code,
         Err(e) => {
-            log::error!("{e}");
-            eprintln!("firecracker: error: {e}");
+            let line = vmm_core::error_chain(&e);
+            log::error!("{line}");
+            eprintln!("firecracker: error: {line}");
             ExitCode::from(1)
         }
     }
@@ -193,19 +202,12 @@ fn run(args: FirecrackerArgs) -> Result<ExitCode, FcError> {
         (Some(path), false) => vmm_core::SeccompConfig::File(path.clone()),
         (None, false) => vmm_core::SeccompConfig::Default,
     };
-    vmm_core::seccomp::install(&seccomp).map_err(|e| {
-        FcError::Config(
-            args.seccomp_filter.clone().unwrap_or_default(),
-            vmm_core::error_chain(&e),
-        )
-    })?;
+    vmm_core::seccomp::install(&seccomp).map_err(FcError::Seccomp)?;
     let config = VmConfig {
         id: Some(args.id.clone()),
         ..VmConfig::default()
     };
-    config
-        .check_instance_id()
-        .map_err(|e| FcError::Config(PathBuf::from("--id"), e.to_string()))?;
+    config.check_instance_id().map_err(FcError::Id)?;
     logger::init(LogStyle::Firecracker, &args.id);
     let flags_logger = Logger {
         log_path: args
@@ -217,16 +219,10 @@ fn run(args: FirecrackerArgs) -> Result<ExitCode, FcError> {
         show_log_origin: Some(args.show_log_origin),
         module: args.module.clone(),
     };
-    logger::configure(&flags_logger).map_err(|e| {
-        FcError::Config(
-            args.log_path.clone().unwrap_or_default(),
-            format!("cannot open the log: {e}"),
-        )
-    })?;
+    logger::configure(&flags_logger)
+        .map_err(|e| FcError::Log(args.log_path.clone().unwrap_or_default(), e))?;
     if let Some(path) = &args.metrics_path {
-        vmm_core::metrics::configure(path).map_err(|e| {
-            FcError::Config(path.clone(), format!("cannot open the metrics file: {e}"))
-        })?;
+        vmm_core::metrics::configure(path).map_err(|e| FcError::Metrics(path.clone(), e))?;
     }
     vmm_core::metrics::set_process_start(
         args.start_time_us,

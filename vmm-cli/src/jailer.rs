@@ -97,21 +97,14 @@ struct JailerArgs {
 }
 
 /// Why a jail could not be built.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum JailError {
     /// Refused input: nothing was created.
+    #[error("{0}")]
     Invalid(String),
     /// A step failed: what it was doing, and the system's error.
+    #[error("{0}: {1}")]
     Step(String, io::Error),
-}
-
-impl std::fmt::Display for JailError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            JailError::Invalid(why) => write!(f, "{why}"),
-            JailError::Step(what, e) => write!(f, "{what}: {e}"),
-        }
-    }
 }
 
 /// `Err(JailError::Step)` from `what` and the last OS error when `ret` is -1.

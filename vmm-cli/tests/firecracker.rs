@@ -140,6 +140,11 @@ fn version_help_and_unknown_flags() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("firecracker: error: --id: ") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
