@@ -21,6 +21,7 @@ pub mod exit_stats;
 mod exits;
 pub mod logger;
 pub mod metrics;
+pub mod output_file;
 mod persist;
 mod pvm;
 pub mod seccomp;

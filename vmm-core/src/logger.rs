@@ -4,13 +4,11 @@
 //! a file or named pipe opened non-blocking.
 //!
 //! A full pipe or a missing reader never blocks a thread that logs: the record is dropped and
-//! counted in [`LogCounters`] (the `logger` metrics).
+//! counted in the `logger` metrics (`missed_log_count`).
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -25,15 +23,6 @@ pub enum LogStyle {
     Firecracker,
 }
 
-/// Counts of the logger's own work, for the `logger` metrics.
-#[derive(Debug, Default)]
-pub struct LogCounters {
-    /// Records that could not be written (full pipe, write error).
-    pub missed_log_count: AtomicU64,
-    /// Records written.
-    pub log_count: AtomicU64,
-}
-
 /// Where lines go and what they show.
 struct Sink {
     style: LogStyle,
@@ -46,7 +35,6 @@ struct Sink {
 
 struct VmmLogger {
     sink: Mutex<Sink>,
-    counters: LogCounters,
 }
 
 static LOGGER: OnceLock<VmmLogger> = OnceLock::new();
@@ -61,7 +49,6 @@ fn logger() -> &'static VmmLogger {
             show_origin: false,
             module: None,
         }),
-        counters: LogCounters::default(),
     })
 }
 
@@ -81,23 +68,6 @@ pub fn init(style: LogStyle, instance_id: &str) {
     });
 }
 
-/// The logger's counters (zero until [`init`]).
-pub fn counters() -> &'static LogCounters {
-    &logger().counters
-}
-
-/// Opens `path` for appending without ever blocking: a regular file is created if missing; a
-/// named pipe is opened read-write, so the open does not wait for a reader and writes fail
-/// (instead of blocking) while nobody reads.
-pub fn open_nonblocking(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-}
-
 fn level_filter(level: LogLevel) -> LevelFilter {
     match level {
         LogLevel::Off => LevelFilter::Off,
@@ -115,7 +85,7 @@ pub fn configure(config: &vmm_api::Logger) -> io::Result<()> {
     let file = config
         .log_path
         .as_deref()
-        .map(|path| open_nonblocking(Path::new(path)))
+        .map(|path| crate::output_file::open_nonblocking(Path::new(path)))
         .transpose()?;
     let logger = logger();
     {
@@ -219,11 +189,9 @@ impl Log for VmmLogger {
             (None, LogStyle::Vmm) => io::stderr().write_all(line.as_bytes()),
             (None, LogStyle::Firecracker) => io::stdout().write_all(line.as_bytes()),
         };
-        let counter = match written {
-            Ok(()) => &self.counters.log_count,
-            Err(_) => &self.counters.missed_log_count,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if written.is_err() {
+            crate::metrics::metrics().logger.missed_log_count.inc();
+        }
     }
 
     fn flush(&self) {
@@ -282,27 +250,5 @@ mod tests {
             record_line(&vmm, Level::Warn, "vmm_core").unwrap(),
             "vmm: hello\n"
         );
-    }
-
-    #[test]
-    fn a_fifo_without_reader_opens_and_never_blocks() {
-        let dir = std::env::temp_dir().join(format!("vmm-logger-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("log.fifo");
-        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo reads one NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-        let mut file = open_nonblocking(&fifo).unwrap();
-        // Fill the pipe: the write that does not fit fails instead of blocking.
-        let chunk = vec![b'x'; 1 << 16];
-        let mut failed = false;
-        for _ in 0..64 {
-            if file.write_all(&chunk).is_err() {
-                failed = true;
-                break;
-            }
-        }
-        assert!(failed, "a full pipe without reader must refuse writes");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

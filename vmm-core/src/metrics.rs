@@ -282,8 +282,10 @@ group! {
 }
 
 group! {
-    /// `logger` (its `missed_log_count` comes from the logger).
+    /// `logger`.
     LoggerMetrics {
+        /// Log lines that could not be written (full pipe, write error).
+        missed_log_count: Counter,
         /// Lines that could not be written (full pipe, write error).
         missed_metrics_count: Counter,
         /// Flushes that failed.
@@ -491,11 +493,6 @@ pub fn metrics() -> &'static VmmMetrics {
     &METRICS
 }
 
-/// Whether a metrics file is configured.
-pub fn is_configured() -> bool {
-    crate::lock(&SINK).is_some()
-}
-
 /// Opens `path` (a file, created if missing, or a named pipe; never blocking) as the metrics
 /// sink. Firecracker allows this once; so does this.
 pub fn configure(path: &Path) -> io::Result<()> {
@@ -506,7 +503,7 @@ pub fn configure(path: &Path) -> io::Result<()> {
             "the metrics file is already configured",
         ));
     }
-    *sink = Some(crate::logger::open_nonblocking(path)?);
+    *sink = Some(crate::output_file::open_nonblocking(path)?);
     Ok(())
 }
 
@@ -639,13 +636,7 @@ pub fn snapshot() -> Value {
     for (key, group) in groups {
         line.insert(key.into(), Value::Object(group));
     }
-    let mut logger = m.logger.report();
-    let log_counters = crate::logger::counters();
-    logger.insert(
-        "missed_log_count".into(),
-        take(&log_counters.missed_log_count, &LOG_MISSED_FLUSHED).into(),
-    );
-    line.insert("logger".into(), Value::Object(logger));
+    line.insert("logger".into(), Value::Object(m.logger.report()));
 
     let mut sources = crate::lock(&SOURCES);
     for (group, names) in DEVICE_GROUPS {
@@ -669,13 +660,6 @@ pub fn snapshot() -> Value {
         }
     }
     Value::Object(line)
-}
-
-static LOG_MISSED_FLUSHED: AtomicU64 = AtomicU64::new(0);
-
-fn take(total: &AtomicU64, flushed: &AtomicU64) -> u64 {
-    let total = total.load(Ordering::Relaxed);
-    total.wrapping_sub(flushed.swap(total, Ordering::Relaxed))
 }
 
 /// Counts an API request by its kind and the status of its answer (a failure is any status
