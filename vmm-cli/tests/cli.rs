@@ -133,20 +133,22 @@ fn exit_stats_count_the_tiny_guests_exits() {
         Some(serial),
         "{table}"
     );
-    // Its stop: ACPI sleep control, the MMIO write, then the i8042 reset.
+    // Its stop: the ACPI sleep control write powers the VM off. The main thread then stops
+    // the vCPU, which meanwhile may or may not reach the guest's fallbacks (the MMIO write,
+    // then the i8042 reset): each happens at most once, however fast the VMM stops it.
     assert_eq!(exit_count(table, "pio-out", "0x600"), Some(1), "{table}");
-    assert_eq!(
-        exit_count(table, "mmio-write", "0xfea00200"),
-        Some(1),
-        "{table}"
-    );
-    assert_eq!(exit_count(table, "pio-out", "0x64"), Some(1), "{table}");
+    for (exit, address) in [("mmio-write", "0xfea00200"), ("pio-out", "0x64")] {
+        assert!(
+            matches!(exit_count(table, exit, address), None | Some(1)),
+            "{exit} {address}: {table}"
+        );
+    }
     let total: u64 = table
         .split_whitespace()
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no total: {table}"));
-    assert!(total >= serial + 3, "{table}");
+    assert!(total > serial, "{table}");
     // Without the flag, no table.
     let plain = vmm(&[
         "run",
