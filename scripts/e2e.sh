@@ -7,7 +7,8 @@
 #
 # --nocapture: a failed first attempt inside the test host stays visible even when the retry passes.
 # Env: VMM_GUEST_DIR (guest images, default ../shared/guest), TESTHOST_DIR (default
-# ../shared/testhost), E2E_TIMEOUT (seconds for the whole suite, default 1500).
+# ../shared/testhost), E2E_TIMEOUT (seconds for the whole suite, default 1500), E2E_STALL
+# (seconds without a heartbeat from the test host before it counts as hung, default 300).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,22 +23,61 @@ bin=$(cargo test -p vmm-cli --test e2e --no-run --message-format=json 2>/dev/nul
     | grep -o '"executable":"[^"]*/e2e-[^"]*"' | tail -n 1 | cut -d'"' -f4)
 [ -x "$bin" ] || { echo "e2e.sh: could not build the e2e test binary" >&2; exit 1; }
 
+# Runs the suite in one test-host boot, beside a heartbeat: a shell loop inside the L1 that
+# rewrites target/e2e-heartbeat every 5 s through the shared working directory. A test waits at
+# most BOOT_TIMEOUT for its guest, so a heartbeat older than E2E_STALL seconds (default 300) means
+# the L1 itself has stopped scheduling anything (a wedged nested-SVM kernel, seen in CI once: the
+# suite sat silent until the 1500 s limit). The watchdog then stops the test host and returns 125,
+# the status run.sh gives a dead L1. It measures the L1's liveness, never a test's speed.
+run_in_test_host() {
+    local testhost=$1
+    shift
+    local heartbeat=target/e2e-heartbeat
+    local stall=${E2E_STALL:-300}
+    rm -f "$heartbeat"
+    local started
+    started=$(date +%s)
+    # shellcheck disable=SC2016 # expanded by the shell inside the L1
+    "$testhost/run.sh" -m 6G -c 2 -t "${E2E_TIMEOUT:-1500}" -- \
+        bash -c 'while :; do date +%s >"$0"; sleep 5; done & exec "$@"' "$heartbeat" \
+        "$bin" --test-threads=1 --nocapture "$@" &
+    local pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 10 &
+        wait $! || true
+        local last=$started
+        [ -e "$heartbeat" ] && last=$(stat -c %Y "$heartbeat")
+        local age=$(($(date +%s) - last))
+        if [ "$age" -gt "$stall" ] && kill -0 "$pid" 2>/dev/null; then
+            echo "e2e.sh: no heartbeat from the test host for ${age}s: its kernel is stuck; stopping it" >&2
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" || true
+            rm -f "$heartbeat"
+            return 125
+        fi
+    done
+    local rc=0
+    wait "$pid" || rc=$?
+    rm -f "$heartbeat"
+    return "$rc"
+}
+
 if [ -e /sys/module/kvm_pvm ] && [ -z "${TESTHOST:-}" ]; then
     testhost="${TESTHOST_DIR:-$(cd .. && pwd)/shared/testhost}"
     [ -x "$testhost/run.sh" ] || { echo "e2e.sh: PVM host and no test host at $testhost" >&2; exit 1; }
     echo "e2e.sh: /dev/kvm is PVM here; running the suite inside the test host ($testhost)"
     # 6 GiB for the L1 so that a 5 GiB guest fits; L2 memory is only touched as the guest uses it.
-    # Exit 125: the test host's own (L1) kernel died before the suite ended, which is not a
-    # test's verdict (nested SVM under TCG can crash the L1 under load; ../shared/testhost's
-    # README). The suite then runs once more in a fresh test host; a test failure (any other
-    # status) is never retried. Counts come from `test result:` lines, which only a finished
-    # run prints, so nothing is counted twice.
+    # Exit 125: the test host's own (L1) kernel died or stopped running anything before the suite
+    # ended, which is not a test's verdict (nested SVM under TCG can crash or wedge the L1 under
+    # load; ../shared/testhost's README). The suite then runs once more in a fresh test host; a
+    # test failure (any other status) is never retried. Counts come from `test result:` lines,
+    # which only a finished run prints, so nothing is counted twice.
     rc=0
-    "$testhost/run.sh" -m 6G -c 2 -t "${E2E_TIMEOUT:-1500}" -- "$bin" --test-threads=1 --nocapture "$@" || rc=$?
+    run_in_test_host "$testhost" "$@" || rc=$?
     if [ "$rc" -eq 125 ]; then
-        echo "e2e.sh: the test host's kernel died (run.sh exit 125); running the suite again once" >&2
+        echo "e2e.sh: the test host's kernel died or hung (status 125); running the suite again once" >&2
         rc=0
-        "$testhost/run.sh" -m 6G -c 2 -t "${E2E_TIMEOUT:-1500}" -- "$bin" --test-threads=1 --nocapture "$@" || rc=$?
+        run_in_test_host "$testhost" "$@" || rc=$?
     fi
     exit "$rc"
 fi

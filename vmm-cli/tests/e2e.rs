@@ -296,8 +296,7 @@ impl Running {
             }
             let ended = self.pipes.iter().all(|p| p.closed);
             if ended || !self.wait_for_output(deadline) {
-                let _ = self.child.kill();
-                let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                let status = self.kill();
                 panic!(
                     "no line starting with {marker:?} (vmm {status}{}); output so far:\n{}",
                     if ended {
@@ -307,6 +306,24 @@ impl Running {
                     },
                     self.seen.join("\n")
                 );
+            }
+        }
+    }
+
+    /// SIGKILLs the vmm and says how it ended. The wait is bounded: a process that outlives
+    /// SIGKILL for a minute is stuck in the (test host's) kernel, and the test must fail with
+    /// its output instead of hanging the suite.
+    fn kill(&mut self) -> String {
+        let _ = self.child.kill();
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.to_string(),
+                Ok(None) if Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(None) => return "still running a minute after SIGKILL".to_string(),
+                Err(e) => return format!("not waitable: {e}"),
             }
         }
     }
@@ -324,8 +341,11 @@ impl Running {
         while !self.pipes.iter().all(|p| p.closed) {
             self.collect_output();
             if !self.pipes.iter().all(|p| p.closed) && !self.wait_for_output(deadline) {
-                let _ = self.child.kill();
-                panic!("vmm did not exit; output:\n{}", self.seen.join("\n"));
+                let status = self.kill();
+                panic!(
+                    "vmm did not exit (killed: {status}); output:\n{}",
+                    self.seen.join("\n")
+                );
             }
         }
         let status = self.child.wait().unwrap();

@@ -86,8 +86,7 @@ fn snapshot(sock: &str, state: &str, mem: &str, diff: bool) {
 }
 
 fn kill(mut vm: Running) {
-    vm.child.kill().unwrap();
-    let _ = vm.child.wait();
+    vm.kill();
 }
 
 fn e2fsck_clean(image: &str, what: &str) {
