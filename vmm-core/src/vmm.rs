@@ -432,10 +432,10 @@ impl Vmm {
         let backend = match &patch.path_on_host {
             Some(path) => {
                 let path = std::path::PathBuf::from(path);
-                Some(
-                    RawFile::open(&path, read_only)
-                        .map_err(|source| Error::Disk { path, source })?,
-                )
+                Some(RawFile::open(&path, read_only).map_err(|e| Error::Disk {
+                    path,
+                    source: e.into(),
+                })?)
             }
             None => None,
         };

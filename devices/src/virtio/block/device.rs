@@ -11,9 +11,7 @@ use vm_memory::GuestMemoryBackend;
 use vmm_rate_limiter::{BucketUpdate, RateLimiter};
 use vmm_sys_util::epoll::EventSet;
 
-use super::io::{BlockBackend, DiskId, GuestRange};
 use super::persist::BlockState;
-use super::raw::RawFile;
 use super::request::{process_chain, MAX_CHAIN_DESCRIPTORS};
 use super::{
     configured_id, BlockConfig, BlockError, CacheType, DiskInfo, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX,
@@ -23,6 +21,8 @@ use crate::virtio::{
     device_type, drain_queue_limited, features, limiter_fd, read_config_bytes, ActiveQueues,
     BackendFd, Persist, VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
 };
+use vmm_disk::RawFile;
+use vmm_disk::{DiskId, DiskImage, GuestRange};
 
 /// The token of the rate limiter's descriptor in
 /// [`VirtioDevice::backend_fds`](crate::virtio::VirtioDevice::backend_fds).
@@ -38,14 +38,14 @@ struct Active<M> {
     interrupt: VirtioInterrupt,
 }
 
-/// A virtio-blk device over a [`BlockBackend`], by default a raw image ([`RawFile`]).
+/// A virtio-blk device over a [`DiskImage`], by default a raw image ([`RawFile`]).
 ///
 /// The capacity is the backend's size divided by 512, rounded down: a trailing partial sector
 /// is not exposed to the guest (and never written). The size is read once, when the device is
 /// built.
 ///
 /// `M` is the guest memory type the device works on (any vm-memory [`GuestMemoryBackend`]).
-pub struct Block<M: GuestMemoryBackend, B: BlockBackend<M> = RawFile> {
+pub struct Block<M: GuestMemoryBackend, B: DiskImage<M> = RawFile> {
     backend: B,
     disk: DiskInfo,
     config_space: [u8; CONFIG_LEN],
@@ -59,7 +59,7 @@ pub struct Block<M: GuestMemoryBackend, B: BlockBackend<M> = RawFile> {
     metrics: Arc<BlockMetrics>,
 }
 
-impl<M: GuestMemoryBackend, B: BlockBackend<M>> fmt::Debug for Block<M, B> {
+impl<M: GuestMemoryBackend, B: DiskImage<M>> fmt::Debug for Block<M, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Block")
             .field("capacity_sectors", &self.disk.capacity_sectors)
@@ -82,9 +82,9 @@ impl<M: GuestMemoryBackend> Block<M, RawFile> {
     }
 }
 
-impl<M: GuestMemoryBackend, B: BlockBackend<M>> Block<M, B> {
+impl<M: GuestMemoryBackend, B: DiskImage<M>> Block<M, B> {
     /// A device on `backend`. `id` is the serial the guest reads with GET_ID (at most 20
-    /// bytes); `None` takes the backend's [`BlockBackend::id`].
+    /// bytes); `None` takes the backend's [`DiskImage::id`].
     pub fn with_backend(backend: B, id: Option<&str>) -> Result<Block<M, B>, BlockError> {
         let id = id.map(configured_id).transpose()?;
         Block::build(backend, id)
@@ -222,7 +222,7 @@ fn write_le(space: &mut [u8; CONFIG_LEN], offset: usize, bytes: &[u8]) {
 fn serve_queue<M: GuestMemoryBackend>(
     active: &mut Active<M>,
     disk: &DiskInfo,
-    backend: &mut dyn BlockBackend<M>,
+    backend: &mut dyn DiskImage<M>,
     scratch: &mut Vec<GuestRange>,
     limiter: &mut RateLimiter,
     metrics: &BlockMetrics,
@@ -253,7 +253,7 @@ fn serve_queue<M: GuestMemoryBackend>(
 impl<M, B> VirtioDevice<M> for Block<M, B>
 where
     M: GuestMemoryBackend + Send + 'static,
-    B: BlockBackend<M> + 'static,
+    B: DiskImage<M> + 'static,
 {
     fn device_type(&self) -> u32 {
         device_type::BLOCK
@@ -343,7 +343,7 @@ where
     }
 }
 
-impl<M: GuestMemoryBackend, B: BlockBackend<M>> Persist for Block<M, B> {
+impl<M: GuestMemoryBackend, B: DiskImage<M>> Persist for Block<M, B> {
     const KIND: &'static str = "virtio-blk";
     type State = BlockState;
 

@@ -9,7 +9,7 @@
 //!
 //! Requests run synchronously in [`VirtioDevice::process_queue`](super::VirtioDevice), so the
 //! device keeps no request in flight and its snapshot state is just the disk's identity. The
-//! disk is a [`BlockBackend`]: the device parses and checks each request (direction, whole
+//! disk is a [`DiskImage`]: the device parses and checks each request (direction, whole
 //! sectors, inside the disk, buffers in guest memory) and hands the backend the guest buffers
 //! ([`GuestBuffers`]) to read into or write from. [`RawFile`] is the raw-image backend: it
 //! moves data with positional I/O (`preadv`/`pwritev`) straight between the file and guest
@@ -32,7 +32,7 @@
 //!     read_only: false,
 //!     id: None,
 //! })?;
-//! // The same through the backend: any `BlockBackend` fits here.
+//! // The same through the backend: any `DiskImage` fits here.
 //! let backend = RawFile::open("disk.img".as_ref(), true)?;
 //! let ro: Block<Memory> = Block::with_backend(backend, Some("data-1"))?;
 //! assert_eq!(disk.capacity_sectors(), ro.capacity_sectors());
@@ -40,9 +40,7 @@
 //! ```
 
 mod device;
-mod io;
 mod persist;
-mod raw;
 mod request;
 
 #[cfg(test)]
@@ -53,9 +51,9 @@ use std::path::PathBuf;
 use virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES;
 
 pub use device::{Block, RATE_LIMITER_TOKEN};
-pub use io::{BlockBackend, BlockIoError, DiskId, GuestBuffers, GuestRange, GuestSlice};
 pub use persist::BlockState;
-pub use raw::RawFile;
+// The disk side lives in vmm-disk; re-exported so that a device user needs one import.
+pub use vmm_disk::{DiskId, DiskImage, DiskIoError, GuestBuffers, GuestRange, GuestSlice, RawFile};
 
 /// Size of a virtio-blk sector: capacities and request offsets count in these.
 pub const SECTOR_SIZE: u64 = 512;
@@ -66,6 +64,7 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Length of the device ID string returned by GET_ID (NUL-padded).
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
+const _: () = assert!(ID_BYTES == vmm_disk::ID_BYTES);
 
 /// How to open a raw disk image ([`Block::new`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,46 +82,9 @@ pub struct BlockConfig {
 /// Errors building a block device or opening its disk.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    /// open(2) failed.
-    #[error("cannot open disk image {}", path.display())]
-    Open {
-        /// The image.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// fstat(2) or finding the size failed.
-    #[error("cannot read the size and type of disk image {}", path.display())]
-    Inspect {
-        /// The image.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The path is a directory, socket, FIFO or character device.
-    #[error("disk image {} is not a regular file or a block device", path.display())]
-    NotFileOrBlockDevice {
-        /// The image.
-        path: PathBuf,
-    },
-    /// The image holds less than one whole sector. Not returned any more: such an image is an
-    /// empty disk (capacity 0); kept so that matches on it still compile.
-    #[error("disk image {} is {bytes} bytes long, less than one 512-byte sector", path.display())]
-    TooSmall {
-        /// The image.
-        path: PathBuf,
-        /// Its size.
-        bytes: u64,
-    },
-    /// A backend holds less than one whole sector. Not returned any more: such a backend is an
-    /// empty disk (capacity 0); kept so that matches on it still compile.
-    #[error("disk backend is {bytes} bytes long, less than one 512-byte sector")]
-    BackendTooSmall {
-        /// Its size.
-        bytes: u64,
-    },
+    /// The disk image could not be opened.
+    #[error(transparent)]
+    Disk(#[from] vmm_disk::DiskError),
     /// The rate limiter's timerfd could not be created.
     #[error("cannot create the disk's rate limiter")]
     RateLimiter(#[source] vmm_rate_limiter::Error),

@@ -11,9 +11,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use crate::metrics::BlockMetrics;
 use vmm_rate_limiter::RateLimiter;
 
-use super::io::{BlockBackend, GuestBuffers, GuestRange};
 use super::{DiskInfo, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 use crate::virtio::{consume_request, Served};
+use vmm_disk::{DiskImage, GuestBuffers, GuestRange};
 
 /// Length of the request header: type (u32), reserved (u32), sector (u64).
 pub(super) const HEADER_LEN: usize = 16;
@@ -151,7 +151,7 @@ impl<'a, M: GuestMemoryBackend> Request<'a, M> {
     fn execute(
         &self,
         disk: &DiskInfo,
-        backend: &mut dyn BlockBackend<M>,
+        backend: &mut dyn DiskImage<M>,
         metrics: &BlockMetrics,
     ) -> Completion {
         let invalid = || {
@@ -257,7 +257,7 @@ impl<'a, M: GuestMemoryBackend> Request<'a, M> {
 /// it, a request allocates nothing.
 pub(super) fn process_chain<M: GuestMemoryBackend>(
     disk: &DiskInfo,
-    backend: &mut dyn BlockBackend<M>,
+    backend: &mut dyn DiskImage<M>,
     mem: &M,
     chain: DescriptorChain<&M>,
     scratch: &mut Vec<GuestRange>,

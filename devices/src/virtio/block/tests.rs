@@ -10,9 +10,9 @@ use virtio_bindings::virtio_blk::{
 };
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::raw::default_id;
 use super::request::HEADER_LEN;
 use super::*;
+use vmm_disk::default_id;
 
 use crate::virtio::test_utils::{
     activate, test_memory, wait_readable, TestQueue, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
@@ -718,7 +718,7 @@ fn open_errors_name_the_problem() {
     };
     let e = Block::new(cfg(&missing, None)).unwrap_err();
     assert!(
-        matches!(&e, BlockError::Open { source, .. } if source.kind() == io::ErrorKind::NotFound)
+        matches!(&e, BlockError::Disk(vmm_disk::DiskError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound)
     );
     assert!(e.to_string().contains(&*missing.to_string_lossy()), "{e}");
     assert!(!missing.exists(), "never created");
@@ -729,12 +729,20 @@ fn open_errors_name_the_problem() {
         ..cfg(&dir, None)
     })
     .unwrap_err();
-    assert!(matches!(e, BlockError::NotFileOrBlockDevice { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            BlockError::Disk(vmm_disk::DiskError::NotFileOrBlockDevice { .. })
+        ),
+        "{e}"
+    );
     // Opening a directory for writing fails in open(2) already.
     let e = Block::new(cfg(&dir, None)).unwrap_err();
     assert!(matches!(
         e,
-        BlockError::Open { .. } | BlockError::NotFileOrBlockDevice { .. }
+        BlockError::Disk(
+            vmm_disk::DiskError::Open { .. } | vmm_disk::DiskError::NotFileOrBlockDevice { .. }
+        )
     ));
 
     // Shorter than a sector: an empty disk, not an error.
@@ -880,7 +888,7 @@ impl MemDisk {
     }
 }
 
-impl<M: GuestMemoryBackend> BlockBackend<M> for MemDisk {
+impl<M: GuestMemoryBackend> DiskImage<M> for MemDisk {
     fn size(&self) -> u64 {
         self.bytes.len() as u64
     }
@@ -889,11 +897,11 @@ impl<M: GuestMemoryBackend> BlockBackend<M> for MemDisk {
         self.read_only
     }
 
-    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
+    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), DiskIoError> {
         let len = self.fail_after.unwrap_or(bufs.len()).min(bufs.len());
         bufs.write_from(0, &self.bytes[self.range(offset, len)])?;
         match self.fail_after {
-            Some(done) => Err(BlockIoError::Io {
+            Some(done) => Err(DiskIoError::Io {
                 done,
                 source: io::ErrorKind::UnexpectedEof.into(),
             }),
@@ -901,19 +909,19 @@ impl<M: GuestMemoryBackend> BlockBackend<M> for MemDisk {
         }
     }
 
-    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
+    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), DiskIoError> {
         let range = self.range(offset, bufs.len());
         bufs.read_into(0, &mut self.bytes[range])
     }
 
-    fn flush(&mut self) -> Result<(), BlockIoError> {
+    fn flush(&mut self) -> Result<(), DiskIoError> {
         self.flushes += 1;
         Ok(())
     }
 }
 
 /// A device on `backend`, activated on a queue.
-fn backend_rig<B: BlockBackend<GuestMemoryMmap> + 'static>(
+fn backend_rig<B: DiskImage<GuestMemoryMmap> + 'static>(
     backend: B,
     id: Option<&str>,
 ) -> (Block<B>, GuestMemoryMmap, TestQueue) {
@@ -991,7 +999,7 @@ fn raw_images_work_on_guest_memory_without_a_bitmap() {
 fn any_backend_serves_requests_through_the_trait() {
     let disk = pattern(4 * 512 + 100);
     // Boxed: a backend chosen at run time.
-    let backend: Box<dyn BlockBackend<GuestMemoryMmap>> = Box::new(MemDisk::new(disk.clone()));
+    let backend: Box<dyn DiskImage<GuestMemoryMmap>> = Box::new(MemDisk::new(disk.clone()));
     let (mut block, mem, mut tq) = backend_rig(backend, None);
     assert_eq!(block.capacity_sectors(), 4);
     assert!(!block.read_only());
@@ -1158,9 +1166,7 @@ fn limiter(
 }
 
 /// The limiter's descriptor, through the device's backend fds.
-fn limiter_fd_of<B: BlockBackend<GuestMemoryMmap> + 'static>(
-    block: &Block<B>,
-) -> std::os::fd::RawFd {
+fn limiter_fd_of<B: DiskImage<GuestMemoryMmap> + 'static>(block: &Block<B>) -> std::os::fd::RawFd {
     let fds = block.backend_fds();
     let fd = fds.iter().find(|b| b.token == RATE_LIMITER_TOKEN).unwrap();
     assert_eq!(fd.fd, std::os::fd::AsRawFd::as_raw_fd(block.rate_limiter()));

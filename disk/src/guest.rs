@@ -1,11 +1,11 @@
-//! The disk behind a virtio-blk device: the [`BlockBackend`] trait, the guest buffers a request
-//! moves its data through ([`GuestBuffers`]), and the backend's errors ([`BlockIoError`]).
+//! A disk as a guest-facing device sees it: the [`DiskImage`] trait, the guest buffers a request
+//! moves its data through ([`GuestBuffers`]), and the I/O errors ([`DiskIoError`]).
 //!
-//! A backend sees byte offsets into its disk and guest buffers, never the virtqueue: the device
-//! has already parsed the request, checked that it is whole sectors inside the disk and that
-//! every buffer is guest memory, and it answers the guest from the backend's result. That keeps
-//! image formats (raw today; qcow2 and layered formats later) out of the virtio code, and the
-//! virtio code out of theirs.
+//! A disk image sees byte offsets into its disk and guest buffers, never a virtqueue: the device
+//! (virtio-blk in vmm-devices, or any other) has already parsed the request, checked that it is
+//! whole sectors inside the disk and that every buffer is guest memory, and it answers the guest
+//! from the image's result. That keeps image formats out of the device code, and device code out
+//! of the formats.
 
 use std::io;
 
@@ -14,9 +14,12 @@ use std::fmt;
 use vm_memory::bitmap::MS;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
-use super::ID_BYTES;
+use crate::DiskSeal;
 
-/// A GET_ID serial: up to 20 bytes, NUL-padded.
+/// Length of a disk's serial ([`DiskId`]): virtio-blk's GET_ID string, 20 bytes as in ATA.
+pub const ID_BYTES: usize = 20;
+
+/// A disk serial (virtio-blk's GET_ID): up to [`ID_BYTES`] bytes, NUL-padded.
 pub type DiskId = [u8; ID_BYTES];
 
 /// A piece of guest memory as the host sees it (one guest buffer, or the part of one inside
@@ -25,10 +28,10 @@ pub type DiskId = [u8; ID_BYTES];
 pub type GuestSlice<'a, M> = VolatileSlice<'a, MS<'a, M>>;
 
 /// Errors of a backend's I/O. The device answers the guest's request with IOERR whatever the
-/// variant; the variants and [`BlockIoError::transferred`] are for the host (logs, tests) and
+/// variant; the variants and [`DiskIoError::transferred`] are for the host (logs, tests) and
 /// for reporting how much of a read reached guest memory.
 #[derive(Debug, thiserror::Error)]
-pub enum BlockIoError {
+pub enum DiskIoError {
     /// The host I/O failed, or ended early (the image shrank under the VM).
     #[error("disk I/O failed after {done} bytes of the request")]
     Io {
@@ -58,41 +61,49 @@ pub enum BlockIoError {
         /// Length of the buffers.
         total: u64,
     },
+    /// The image format's own machinery failed: corrupted metadata found on the way, a layer
+    /// or base that went missing, an error from the qcow2 engine.
+    #[error("the disk image format failed")]
+    Format(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend cannot do this kind of request (e.g. a write to an image format it only
     /// reads).
     #[error("the disk backend does not support {0}")]
     Unsupported(&'static str),
 }
 
-impl BlockIoError {
+impl DiskIoError {
     /// Bytes of the request moved before the failure (on a read: written into guest memory,
     /// from the first buffer on).
     pub fn transferred(&self) -> u64 {
         match self {
-            BlockIoError::Io { done, .. } | BlockIoError::GuestMemory { done, .. } => *done,
-            BlockIoError::BufferRange { .. } | BlockIoError::Unsupported(_) => 0,
+            DiskIoError::Io { done, .. } | DiskIoError::GuestMemory { done, .. } => *done,
+            DiskIoError::BufferRange { .. }
+            | DiskIoError::Format(_)
+            | DiskIoError::Unsupported(_) => 0,
         }
     }
 }
 
-/// The host end of a virtio-blk device: a disk of [`BlockBackend::size`] bytes that data moves
-/// to and from at byte offsets.
+/// A disk as a device serves it to a guest: [`DiskImage::size`] bytes that data moves to and
+/// from at byte offsets, straight between the image and guest memory where the format allows
+/// (raw), through a host buffer where it does not ([`Bounced`](crate::Bounced) does that for
+/// any [`ImageFile`](crate::ImageFile)).
 ///
 /// Object-safe: a device holds its backend either as a concrete type (`Block<RawFile>`, static
-/// dispatch) or as a `Box<dyn BlockBackend<M>>` chosen at run time (an image format picked from a
+/// dispatch) or as a `Box<dyn DiskImage<M>>` chosen at run time (an image format picked from a
 /// file's header). Implementations may block (the device calls them on the event loop, one
 /// request at a time, as the raw backend does with positional I/O); they must not panic on any
 /// offset or buffer.
 ///
-/// What the device guarantees before calling [`read_at`](BlockBackend::read_at) or
-/// [`write_at`](BlockBackend::write_at): `offset` and `bufs.len()` are multiples of 512 and the
+/// What the device guarantees before calling [`read_at`](DiskImage::read_at) or
+/// [`write_at`](DiskImage::write_at): `offset` and `bufs.len()` are multiples of 512 and the
 /// range lies inside `size()` rounded down to whole sectors, every buffer was checked to be
 /// guest memory, and a write never reaches a backend that says it is
-/// [`read_only`](BlockBackend::read_only) (nor does a flush).
+/// [`read_only`](DiskImage::read_only) (nor does a flush).
 ///
 /// The trait is generic over the guest memory type `M` of the device; a backend usually serves
-/// any: `impl<M: GuestMemoryBackend> BlockBackend<M> for MyDisk`.
-pub trait BlockBackend<M: GuestMemoryBackend>: Send {
+/// any: `impl<M: GuestMemoryBackend> DiskImage<M> for MyDisk`.
+pub trait DiskImage<M: GuestMemoryBackend>: Send {
     /// The disk's size in bytes, read once when the device is built: the guest sees it rounded
     /// down to 512-byte sectors. It must not shrink while the device uses the backend.
     fn size(&self) -> u64;
@@ -113,17 +124,38 @@ pub trait BlockBackend<M: GuestMemoryBackend>: Send {
     /// A backend that writes guest memory through the host addresses of
     /// [`GuestBuffers::slices`] marks the pages dirty itself ([`GuestBuffers::slices_mut`] does);
     /// one that copies with [`GuestBuffers::write_from`] gets that done by vm-memory.
-    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError>;
+    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), DiskIoError>;
 
     /// Writes the guest buffers, in order, to the disk from byte `offset`. Once it returns the
-    /// data is what later reads see; it is durable after the next [`BlockBackend::flush`].
-    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError>;
+    /// data is what later reads see; it is durable after the next [`DiskImage::flush`].
+    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), DiskIoError>;
 
     /// Makes every write that returned durable (VIRTIO_BLK_T_FLUSH).
-    fn flush(&mut self) -> Result<(), BlockIoError>;
+    fn flush(&mut self) -> Result<(), DiskIoError>;
+
+    /// Whether [`DiskImage::discard`] works: a device offers discard to the guest only then.
+    fn can_discard(&self) -> bool {
+        false
+    }
+
+    /// The guest no longer needs bytes `offset..offset + len`: the image may free their space,
+    /// and later reads of the range return zeros. Same guarantees as a write (whole sectors,
+    /// inside the disk, never on a read-only image).
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskIoError> {
+        let _ = (offset, len);
+        Err(DiskIoError::Unsupported("discard"))
+    }
+
+    /// The VM-snapshot hook: makes the disk's current contents a point that can be reopened
+    /// later, and returns what a VM's state file records to find it again. `None` (the
+    /// default) for formats that keep no such point (raw, qcow2): their contents at restore
+    /// are whatever the file holds then, as in Firecracker.
+    fn seal_for_snapshot(&mut self) -> Result<Option<DiskSeal>, DiskIoError> {
+        Ok(None)
+    }
 }
 
-impl<M: GuestMemoryBackend, B: BlockBackend<M> + ?Sized> BlockBackend<M> for Box<B> {
+impl<M: GuestMemoryBackend, B: DiskImage<M> + ?Sized> DiskImage<M> for Box<B> {
     fn size(&self) -> u64 {
         (**self).size()
     }
@@ -136,16 +168,28 @@ impl<M: GuestMemoryBackend, B: BlockBackend<M> + ?Sized> BlockBackend<M> for Box
         (**self).id()
     }
 
-    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
+    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), DiskIoError> {
         (**self).read_at(offset, bufs)
     }
 
-    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
+    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), DiskIoError> {
         (**self).write_at(offset, bufs)
     }
 
-    fn flush(&mut self) -> Result<(), BlockIoError> {
+    fn flush(&mut self) -> Result<(), DiskIoError> {
         (**self).flush()
+    }
+
+    fn can_discard(&self) -> bool {
+        (**self).can_discard()
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskIoError> {
+        (**self).discard(offset, len)
+    }
+
+    fn seal_for_snapshot(&mut self) -> Result<Option<DiskSeal>, DiskIoError> {
+        (**self).seal_for_snapshot()
     }
 }
 
@@ -252,7 +296,7 @@ impl<'a, M: GuestMemoryBackend> GuestBuffers<'a, M> {
     /// region into the next: what a backend hands the kernel (iovecs) for zero-copy I/O. For
     /// the device to *read* into, use [`GuestBuffers::slices_mut`], which keeps the dirty
     /// bitmap right.
-    pub fn slices(&self) -> impl Iterator<Item = Result<GuestSlice<'a, M>, BlockIoError>> + 'a {
+    pub fn slices(&self) -> impl Iterator<Item = Result<GuestSlice<'a, M>, DiskIoError>> + 'a {
         let mem = self.mem;
         let mut done = 0u64;
         let mut failed = false;
@@ -271,7 +315,7 @@ impl<'a, M: GuestMemoryBackend> GuestBuffers<'a, M> {
                     }
                     Err(_) => {
                         failed = true;
-                        Some(Err(BlockIoError::GuestMemory { done, addr: addr.0 }))
+                        Some(Err(DiskIoError::GuestMemory { done, addr: addr.0 }))
                     }
                 }
             })
@@ -281,7 +325,7 @@ impl<'a, M: GuestMemoryBackend> GuestBuffers<'a, M> {
     /// addresses (the kernel's `preadv`, say): each slice's pages are marked dirty in the
     /// memory's bitmap as it is handed out, since such writes bypass vm-memory and diff
     /// snapshots must still see them.
-    pub fn slices_mut(&self) -> impl Iterator<Item = Result<GuestSlice<'a, M>, BlockIoError>> + 'a {
+    pub fn slices_mut(&self) -> impl Iterator<Item = Result<GuestSlice<'a, M>, DiskIoError>> + 'a {
         use vm_memory::bitmap::Bitmap;
         self.slices().inspect(|slice| {
             if let Ok(slice) = slice {
@@ -293,18 +337,18 @@ impl<'a, M: GuestMemoryBackend> GuestBuffers<'a, M> {
     /// Copies `src` into the buffers from byte `at` of this view (through vm-memory, so the
     /// dirty bitmap follows): a backend that has the data in host memory (a decompressed
     /// cluster, zeros for a hole) fills the guest's buffers with it.
-    pub fn write_from(&self, at: u64, src: &[u8]) -> Result<(), BlockIoError> {
+    pub fn write_from(&self, at: u64, src: &[u8]) -> Result<(), DiskIoError> {
         let mut copied = 0usize;
         for (addr, len) in self.window(at, src.len())?.ranges() {
             let part = src
                 .get(copied..copied + len)
-                .ok_or(BlockIoError::GuestMemory {
+                .ok_or(DiskIoError::GuestMemory {
                     done: copied as u64,
                     addr: addr.0,
                 })?;
             self.mem
                 .write_slice(part, addr)
-                .map_err(|_| BlockIoError::GuestMemory {
+                .map_err(|_| DiskIoError::GuestMemory {
                     done: copied as u64,
                     addr: addr.0,
                 })?;
@@ -314,11 +358,11 @@ impl<'a, M: GuestMemoryBackend> GuestBuffers<'a, M> {
     }
 
     /// Copies bytes from byte `at` of this view into `dst`, filling it.
-    pub fn read_into(&self, at: u64, dst: &mut [u8]) -> Result<(), BlockIoError> {
+    pub fn read_into(&self, at: u64, dst: &mut [u8]) -> Result<(), DiskIoError> {
         let mut copied = 0usize;
         let want = dst.len();
         for (addr, len) in self.window(at, want)?.ranges() {
-            let fail = BlockIoError::GuestMemory {
+            let fail = DiskIoError::GuestMemory {
                 done: copied as u64,
                 addr: addr.0,
             };
@@ -332,9 +376,9 @@ impl<'a, M: GuestMemoryBackend> GuestBuffers<'a, M> {
     }
 
     /// The `len` bytes from `at`, or an error naming where the view ends.
-    fn window(&self, at: u64, len: usize) -> Result<Self, BlockIoError> {
+    fn window(&self, at: u64, len: usize) -> Result<Self, DiskIoError> {
         self.subrange(at, len as u64)
-            .ok_or(BlockIoError::BufferRange {
+            .ok_or(DiskIoError::BufferRange {
                 at,
                 len: len as u64,
                 total: self.len,
@@ -345,8 +389,24 @@ impl<'a, M: GuestMemoryBackend> GuestBuffers<'a, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::test_utils::test_memory;
-    use vmm_memory::GuestMemoryMmap;
+    use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+    use vm_memory::{GuestMemoryMmap, GuestMemoryRegion};
+
+    fn test_memory(bytes: usize) -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes)]).unwrap()
+    }
+
+    /// Each region's dirty pages as a bit mask.
+    fn dirty(mem: &GuestMemoryMmap<AtomicBitmap>) -> Vec<u64> {
+        mem.iter()
+            .map(|region| {
+                let pages = (region.len() / 4096) as usize;
+                (0..pages)
+                    .filter(|&p| region.bitmap().dirty_at(p * 4096))
+                    .fold(0u64, |m, p| m | 1 << p)
+            })
+            .collect()
+    }
 
     fn range(addr: u64, len: u32) -> GuestRange {
         GuestRange {
@@ -400,7 +460,7 @@ mod tests {
         assert_eq!(&two, b"de");
         assert!(matches!(
             mid.read_into(4, &mut two),
-            Err(BlockIoError::BufferRange {
+            Err(DiskIoError::BufferRange {
                 at: 4,
                 len: 2,
                 total: 5
@@ -420,7 +480,7 @@ mod tests {
     #[test]
     fn slices_split_where_guest_regions_meet_and_mark_dirty() {
         // Two regions with a dirty bitmap each, one bit per 4 KiB page.
-        let mem = GuestMemoryMmap::from_ranges(&[
+        let mem = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[
             (GuestAddress(0), 0x2000),
             (GuestAddress(0x2000), 0x2000),
         ])
@@ -429,19 +489,14 @@ mod tests {
         let bufs = GuestBuffers::new(&mem, &ranges).unwrap();
         let lens: Vec<_> = bufs.slices().map(|s| s.unwrap().len()).collect();
         assert_eq!(lens, [0x800, 0x800]);
-        let dirty = vmm_memory::take_dirty(&mem);
-        assert!(
-            dirty.iter().flatten().all(|&w| w == 0),
-            "slices() marks nothing"
-        );
+        assert_eq!(dirty(&mem), [0, 0], "slices() marks nothing");
         assert_eq!(bufs.slices_mut().count(), 2);
-        let dirty = vmm_memory::take_dirty(&mem);
-        assert_eq!(dirty, [vec![0b10], vec![0b01]]);
+        assert_eq!(dirty(&mem), [0b10, 0b01]);
     }
 
     #[test]
     fn errors_say_how_much_was_moved() {
-        let e = BlockIoError::Io {
+        let e = DiskIoError::Io {
             done: 4096,
             source: io::ErrorKind::UnexpectedEof.into(),
         };
@@ -450,6 +505,6 @@ mod tests {
             e.to_string(),
             "disk I/O failed after 4096 bytes of the request"
         );
-        assert_eq!(BlockIoError::Unsupported("writes").transferred(), 0);
+        assert_eq!(DiskIoError::Unsupported("writes").transferred(), 0);
     }
 }

@@ -4,19 +4,20 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{GuestMemoryBackend, VolatileSlice};
 
-use super::io::{BlockBackend, BlockIoError, DiskId, GuestBuffers};
-use super::{BlockError, ID_BYTES};
+use crate::guest::{DiskId, DiskImage, DiskIoError, GuestBuffers, ID_BYTES};
+use crate::{DiskError, ImageFile};
 
 /// iovecs handed to one `preadv`/`pwritev` call (kept on the stack).
 const IOV_BATCH: usize = 16;
 
-/// A raw image opened for a [`Block`](super::Block) device: the zero-copy backend.
+/// A raw image: the zero-copy [`DiskImage`], data moved by the kernel between the file and guest
+/// memory.
 ///
 /// The file is opened with plain blocking positional I/O: `O_NONBLOCK` means nothing for
 /// regular files and block devices, and each request is bounded by its chain. Its size is read
@@ -34,23 +35,23 @@ pub struct RawFile {
 impl RawFile {
     /// Opens the image at `path`, read-write or read-only. It must exist (it is never created,
     /// truncated or grown) and be a regular file or a block device; it may be empty.
-    pub fn open(path: &Path, read_only: bool) -> Result<RawFile, BlockError> {
+    pub fn open(path: &Path, read_only: bool) -> Result<RawFile, DiskError> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(|source| BlockError::Open {
+            .map_err(|source| DiskError::Open {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let inspect = |source| BlockError::Inspect {
+        let inspect = |source| DiskError::Inspect {
             path: path.to_path_buf(),
             source,
         };
         let meta = file.metadata().map_err(inspect)?;
         let kind = meta.file_type();
         if !kind.is_file() && !kind.is_block_device() {
-            return Err(BlockError::NotFileOrBlockDevice {
+            return Err(DiskError::NotFileOrBlockDevice {
                 path: path.to_path_buf(),
             });
         }
@@ -72,9 +73,102 @@ impl RawFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Whether the image is a regular file (holes can be punched into it).
+    fn punches_holes(&self) -> bool {
+        !self.read_only && self.file.metadata().is_ok_and(|m| m.file_type().is_file())
+    }
+
+    /// Frees `offset..offset + len` of the file; the range then reads as zeros.
+    fn punch_hole(&self, offset: u64, len: u64) -> Result<(), DiskIoError> {
+        let io = |source| DiskIoError::Io { done: 0, source };
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(io(io::Error::from_raw_os_error(libc::EINVAL)));
+        };
+        // SAFETY: fallocate on an fd this struct owns; no memory is passed.
+        let ret = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                len,
+            )
+        };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(io(io::Error::last_os_error()))
+        }
+    }
 }
 
-impl<M: GuestMemoryBackend> BlockBackend<M> for RawFile {
+impl ImageFile for RawFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn id(&self) -> DiskId {
+        self.id
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DiskIoError> {
+        check_range(offset, buf.len(), self.size)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|source| DiskIoError::Io { done: 0, source })
+    }
+
+    fn write(&mut self, offset: u64, buf: &[u8]) -> Result<(), DiskIoError> {
+        if self.read_only {
+            return Err(DiskIoError::Unsupported("writes to a read-only image"));
+        }
+        check_range(offset, buf.len(), self.size)?;
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|source| DiskIoError::Io { done: 0, source })
+    }
+
+    fn flush(&mut self) -> Result<(), DiskIoError> {
+        self.file
+            .sync_data()
+            .map_err(|source| DiskIoError::Io { done: 0, source })
+    }
+
+    fn can_discard(&self) -> bool {
+        self.punches_holes()
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskIoError> {
+        check_range(
+            offset,
+            usize::try_from(len).unwrap_or(usize::MAX),
+            self.size,
+        )?;
+        self.punch_hole(offset, len)
+    }
+}
+
+/// An error unless `len` bytes from `offset` lie inside a disk of `size` bytes.
+fn check_range(offset: u64, len: usize, size: u64) -> Result<(), DiskIoError> {
+    let end = offset.checked_add(len as u64);
+    if end.is_some_and(|end| end <= size) {
+        Ok(())
+    } else {
+        Err(DiskIoError::Io {
+            done: 0,
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{len} bytes at {offset} run past the end of the {size}-byte disk"),
+            ),
+        })
+    }
+}
+
+impl<M: GuestMemoryBackend> DiskImage<M> for RawFile {
     fn size(&self) -> u64 {
         self.size
     }
@@ -88,24 +182,30 @@ impl<M: GuestMemoryBackend> BlockBackend<M> for RawFile {
         self.id
     }
 
-    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
+    fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), DiskIoError> {
         transfer(&self.file, bufs.slices_mut(), offset, Direction::Read)
     }
 
-    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), BlockIoError> {
+    fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), DiskIoError> {
         transfer(&self.file, bufs.slices(), offset, Direction::Write)
     }
 
-    fn flush(&mut self) -> Result<(), BlockIoError> {
-        self.file
-            .sync_data()
-            .map_err(|source| BlockIoError::Io { done: 0, source })
+    fn flush(&mut self) -> Result<(), DiskIoError> {
+        ImageFile::flush(self)
+    }
+
+    fn can_discard(&self) -> bool {
+        self.punches_holes()
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskIoError> {
+        ImageFile::discard(self, offset, len)
     }
 }
 
 /// The GET_ID string of a raw image: its device and inode numbers in hex. When longer than 20
 /// bytes the end (the inode's low digits, the part that tells files apart) is kept.
-pub(super) fn default_id(dev: u64, ino: u64) -> DiskId {
+pub fn default_id(dev: u64, ino: u64) -> DiskId {
     let text = format!("{dev:x}-{ino:x}");
     let bytes = text.as_bytes();
     let tail = bytes
@@ -131,10 +231,10 @@ enum Direction {
 /// `preadv`/`pwritev`. A failure says how many bytes moved before it.
 fn transfer<'a, B: BitmapSlice>(
     file: &File,
-    slices: impl Iterator<Item = Result<VolatileSlice<'a, B>, BlockIoError>>,
+    slices: impl Iterator<Item = Result<VolatileSlice<'a, B>, DiskIoError>>,
     offset: u64,
     direction: Direction,
-) -> Result<(), BlockIoError> {
+) -> Result<(), DiskIoError> {
     let empty = libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -143,14 +243,14 @@ fn transfer<'a, B: BitmapSlice>(
     let mut used = 0usize;
     let mut pos = offset;
     let mut done = 0u64;
-    let failed = |done, source| BlockIoError::Io { done, source };
+    let failed = |done, source| DiskIoError::Io { done, source };
     for slice in slices {
         let slice = match slice {
             Ok(s) => s,
             // Cannot happen for buffers the device checked; what is still in the batch stays
             // unmoved, so `done` is what reached the file or guest memory.
-            Err(BlockIoError::GuestMemory { addr, .. }) => {
-                return Err(BlockIoError::GuestMemory { done, addr })
+            Err(DiskIoError::GuestMemory { addr, .. }) => {
+                return Err(DiskIoError::GuestMemory { done, addr })
             }
             Err(e) => return Err(e),
         };
