@@ -53,4 +53,22 @@ pub enum DiskError {
     /// A write to an image opened read-only.
     #[error("disk image is read-only")]
     ReadOnly,
+    /// The file's magic names another format than the one asked for.
+    #[error("disk image {} is {found}, not {asked}", path.display())]
+    FormatMismatch {
+        /// The image.
+        path: PathBuf,
+        /// The format asked for.
+        asked: crate::Format,
+        /// The format its first bytes say.
+        found: crate::Format,
+    },
+    /// The format cannot be opened by this build.
+    #[error("disk image {}: the {format} format is not available", path.display())]
+    FormatUnavailable {
+        /// The image.
+        path: PathBuf,
+        /// Its format.
+        format: crate::Format,
+    },
 }

@@ -31,6 +31,7 @@
 //! ```
 
 mod error;
+pub mod format;
 mod guest;
 mod image_file;
 mod raw;
@@ -38,6 +39,7 @@ mod raw;
 use std::path::PathBuf;
 
 pub use error::DiskError;
+pub use format::{detect, open_image, Format, OpenOptions, OpenedImage};
 pub use guest::{DiskId, DiskImage, DiskIoError, GuestBuffers, GuestRange, GuestSlice, ID_BYTES};
 pub use image_file::{Bounced, ImageFile, BOUNCE_CHUNK};
 pub use raw::{default_id, RawFile};
