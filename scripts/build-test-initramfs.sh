@@ -2,9 +2,9 @@
 # Builds the test guest's initramfs: target/test-guest/initramfs.cpio.gz = the shared guest's
 # initramfs.cpio.gz ($VMM_GUEST_DIR, default ../shared/guest from the repository root) followed by a
 # second gzip'd newc cpio archive with
-#   /bin/vsock-tool                          scripts/guest/vsock-tool.c, gcc -static -O2
+#   /bin/vsock-tool, /bin/blkio              scripts/guest/{vsock-tool,blkio}.c, gcc -static -O2
 #   /tests/{vsockio,nettcp,blkbench,netbench,blkwrite,balloon,diskwrite,busy-gated,count-gated,
-#   ratelimit,hotdisk,poweroff-acpi,powerbutton}
+#   ratelimit,hotdisk,poweroff-acpi,powerbutton,diskbench}
 #   and /tests/gate.sh (their gate helper)  scripts/guest/tests/*
 # The kernel unpacks concatenated archives in order (later files win), so the shared /init and
 # /tests/* stay as they are and gain these. Rebuilds only when an input (or VMM_GUEST_DIR)
@@ -18,8 +18,8 @@ GUEST_DIR="${VMM_GUEST_DIR:-../shared/guest}"
 OUT_DIR="$ROOT/target/test-guest"
 OUT="$OUT_DIR/initramfs.cpio.gz"
 BASE="$GUEST_DIR/initramfs.cpio.gz"
-SRC=scripts/guest/vsock-tool.c
-TESTS=(vsockio nettcp blkbench netbench blkwrite balloon diskwrite busy-gated count-gated ratelimit hotdisk poweroff-acpi powerbutton gate.sh)
+TOOLS=(vsock-tool blkio)
+TESTS=(vsockio nettcp blkbench netbench blkwrite balloon diskwrite busy-gated count-gated ratelimit hotdisk poweroff-acpi powerbutton diskbench gate.sh)
 
 force=0
 case "${1:-}" in
@@ -36,7 +36,8 @@ for tool in gcc cpio gzip; do
 done
 
 # what the output depends on: the inputs' contents, this script, the base archive's real path
-inputs=("$BASE" "$SRC" "${BASH_SOURCE[0]}")
+inputs=("$BASE" "${BASH_SOURCE[0]}")
+for t in "${TOOLS[@]}"; do inputs+=("scripts/guest/$t.c"); done
 for t in "${TESTS[@]}"; do inputs+=("scripts/guest/tests/$t"); done
 stamp="$( { realpath "$BASE"; gcc -dumpfullversion; sha256sum "${inputs[@]}"; } )"
 if [ $force = 0 ] && [ -f "$OUT" ] && [ -f "$OUT_DIR/stamp" ] && [ "$(cat "$OUT_DIR/stamp")" = "$stamp" ]; then
@@ -47,17 +48,19 @@ fi
 mkdir -p "$OUT_DIR"
 rm -rf "$OUT_DIR/overlay"
 mkdir -p "$OUT_DIR/overlay/bin" "$OUT_DIR/overlay/tests"
-if ! gcc -static -O2 -s -Wall -Wextra -o "$OUT_DIR/vsock-tool" "$SRC"; then
-    echo "build-test-initramfs: building $SRC failed (static linking needs libc6-dev)" >&2
-    exit 1
-fi
-install -m 0755 "$OUT_DIR/vsock-tool" "$OUT_DIR/overlay/bin/vsock-tool"
+for t in "${TOOLS[@]}"; do
+    if ! gcc -static -O2 -s -Wall -Wextra -o "$OUT_DIR/$t" "scripts/guest/$t.c"; then
+        echo "build-test-initramfs: building scripts/guest/$t.c failed (static linking needs libc6-dev)" >&2
+        exit 1
+    fi
+    install -m 0755 "$OUT_DIR/$t" "$OUT_DIR/overlay/bin/$t"
+done
 for t in "${TESTS[@]}"; do install -m 0755 "scripts/guest/tests/$t" "$OUT_DIR/overlay/tests/$t"; done
 # fixed owner and timestamps, so the same inputs give the same bytes
 find "$OUT_DIR/overlay" -exec touch -h -d @0 {} +
 (
     cd "$OUT_DIR/overlay"
-    printf '%s\n' bin tests bin/vsock-tool "${TESTS[@]/#/tests/}" \
+    printf '%s\n' bin tests "${TOOLS[@]/#/bin/}" "${TESTS[@]/#/tests/}" \
         | cpio -o -H newc -R 0:0 --reproducible --quiet
 ) | gzip -n -9 >"$OUT_DIR/overlay.cpio.gz.tmp"
 mv "$OUT_DIR/overlay.cpio.gz.tmp" "$OUT_DIR/overlay.cpio.gz"
