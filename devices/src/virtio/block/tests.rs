@@ -1512,7 +1512,8 @@ fn hostile_discard_arrays_discard_nothing() {
     let too_many: Vec<(u64, u32, u32)> = (0..=MAX_DISCARD_SEG as u64)
         .map(|s| (s % 8, 0, 0))
         .collect();
-    let cases: Vec<(&str, Vec<(u64, u32, u32)>, Option<u32>, u8)> = vec![
+    type Segments = Vec<(u64, u32, u32)>;
+    let cases: Vec<(&str, Segments, Option<u32>, u8)> = vec![
         ("past the end", vec![(8, 1, 0)], None, S_IOERR),
         ("runs past the end", vec![(7, 2, 0)], None, S_IOERR),
         ("sector overflows", vec![(u64::MAX, 1, 0)], None, S_IOERR),
