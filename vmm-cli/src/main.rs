@@ -122,6 +122,10 @@ struct RestoreArgs {
     /// Track dirty pages in the restored VM, so that diff snapshots of it can be taken.
     #[arg(long)]
     track_dirty_pages: bool,
+    /// Where the writable clones of the snapshot's sealed disks (layered format) go; by
+    /// default next to each sealed layer, named `<layer>.clone-<pid>-<n>`.
+    #[arg(long, value_name = "DIR")]
+    disk_clone_dir: Option<PathBuf>,
     /// Serve the control API on this socket.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -416,6 +420,7 @@ fn main() -> ExitCode {
                 mem: args.mem,
                 mem_diffs: args.mem_diff,
                 track_dirty_pages: args.track_dirty_pages,
+                disk_clone_dir: args.disk_clone_dir,
                 ..Default::default()
             };
             let api = args.api_sock.as_deref().map(|sock| vmm_core::ApiOptions {
