@@ -45,6 +45,9 @@ enum Command {
     /// Schedule many VM jobs on one host (FCFS, SJF, SRTF, round robin).
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
+    /// Disk image tools: create, clone, snapshot, commit, info, check, convert, import.
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
     /// Run as a drop-in `firecracker`: Firecracker's flags and API (`vmm firecracker --help`).
     /// Invoking this binary under the name `firecracker` does the same.
     Firecracker {
@@ -242,7 +245,8 @@ struct RunArgs {
     /// ELF kernel entry: auto (PVH when the kernel has the note), linux64 or pvh.
     #[arg(long, value_name = "ENTRY")]
     elf_entry: Option<ElfEntry>,
-    /// virtio-blk disk on a raw image: path=FILE[,read_only=on][,id=NAME][,cache=unsafe]
+    /// virtio-blk disk on an image: path=FILE[,read_only=on][,id=NAME][,cache=unsafe]
+    /// [,format=raw|qcow2|layered] (without format=, detected from the file's magic)
     /// (repeatable; the first is /dev/vda). Guest flushes reach the host's disk unless
     /// cache=unsafe.
     #[arg(long, value_name = "SPEC")]
@@ -335,6 +339,7 @@ impl RunArgs {
 }
 
 mod client;
+mod disk;
 mod firecracker;
 mod fleet;
 mod jailer;
@@ -460,6 +465,7 @@ fn main() -> ExitCode {
             resume,
         }) => return client::snapshot_load(&client.api_sock, &snapshot, &mem, resume),
         Command::Fleet(command) => return fleet::main(command),
+        Command::Disk(command) => return disk::main(command),
         Command::Firecracker { .. } => unreachable!("handled before parsing"),
         Command::Jail { .. } => unreachable!("handled before parsing"),
     };
