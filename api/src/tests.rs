@@ -1402,5 +1402,8 @@ fn disk_format_on_the_flag_in_files_and_drives() {
     .unwrap();
     assert_eq!(parsed.format, Some(crate::DiskFormat::Raw));
     let plain = serde_json::to_string(&drive("a", "/a", false)).unwrap();
-    assert!(!plain.contains("format"), "Firecracker's drives stay as they were: {plain}");
+    assert!(
+        !plain.contains("format"),
+        "Firecracker's drives stay as they were: {plain}"
+    );
 }

@@ -129,7 +129,7 @@ pub enum Error {
         clone: PathBuf,
         /// Why.
         #[source]
-        source: vmm_disk::DiskError,
+        source: Box<vmm_disk::DiskError>,
     },
     /// A snapshot that does not fit the VM rebuilt from its own configuration.
     #[error("snapshot does not match its configuration: {0}")]

@@ -198,7 +198,7 @@ pub(crate) fn clone_sealed_disks(
             id: id.clone(),
             layer: seal.layer.clone(),
             clone: clone.clone(),
-            source,
+            source: Box::new(source),
         })?;
         log::info!(
             "{id}: the snapshot's disk (sealed in {}) restored onto a new clone, {}",
@@ -424,11 +424,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let base = dir.join("base.img");
         std::fs::write(&base, vec![0u8; 4096]).unwrap();
-        let mut config = VmConfig::default();
-        config.disk = vec![
-            "path=/img/root,format=layered".parse().unwrap(),
-            "path=/img/data".parse().unwrap(),
-        ];
+        let mut config = VmConfig {
+            disk: vec![
+                "path=/img/root,format=layered".parse().unwrap(),
+                "path=/img/data".parse().unwrap(),
+            ],
+            ..VmConfig::default()
+        };
         let mut seals = BTreeMap::new();
         seals.insert("blk1".to_string(), seal("/img/data.sealed"));
         let mut calls = Vec::new();
