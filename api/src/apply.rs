@@ -177,6 +177,7 @@ pub fn apply_drive(config: &mut VmConfig, drive: &Drive) -> Result<(), ApiError>
     }
     let disk = DiskConfig {
         path: PathBuf::from(path),
+        format: drive.format,
         read_only,
         id: Some(drive.drive_id.clone()),
         rate_limiter: drive.rate_limiter,
@@ -488,6 +489,7 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
                 io_engine: Some(disk.io_engine.unwrap_or(IoEngine::Sync)),
                 rate_limiter: disk.rate_limiter,
                 socket: None,
+                format: disk.format,
             }
         })
         .collect();

@@ -134,12 +134,61 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
-/// `--disk path=FILE[,read_only=on][,id=NAME]`: a virtio-blk device on a raw image.
+/// A disk image format (`--disk format=`, a drive's `format`). Absent, the format is detected
+/// from the file's first bytes (its magic), and a file with none is raw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// The file is the disk, byte for byte.
+    Raw,
+    /// QEMU's qcow2 (with a backing file, if it names one).
+    Qcow2,
+    /// This VMM's layered copy-on-write format (`vmm disk create`).
+    Layered,
+}
+
+impl DiskFormat {
+    /// Every format.
+    pub const ALL: [DiskFormat; 3] = [DiskFormat::Raw, DiskFormat::Qcow2, DiskFormat::Layered];
+
+    /// Its name, as `format=` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Layered => "layered",
+        }
+    }
+}
+
+impl fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DiskFormat {
+    type Err = String;
+
+    /// A format's name; the error says which names there are.
+    fn from_str(s: &str) -> Result<DiskFormat, String> {
+        DiskFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("unknown disk format {s:?} (raw, qcow2 or layered)"))
+    }
+}
+
+/// `--disk path=FILE[,read_only=on][,id=NAME][,format=raw|qcow2|layered]`: a virtio-blk
+/// device on a disk image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
-    /// The raw disk image (a regular file or block device; never created or resized).
+    /// The disk image (a regular file or block device; never created or resized).
     pub path: PathBuf,
+    /// The image's format; `None` detects it from the file's magic (no magic: raw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
     /// The guest may not write.
     #[serde(default)]
     pub read_only: bool,
@@ -171,15 +220,24 @@ impl FromStr for DiskConfig {
         const FLAG: &str = "--disk";
         let mut disk = DiskConfig {
             path: PathBuf::new(),
+            format: None,
             read_only: false,
             id: None,
             rate_limiter: None,
             cache_type: CacheType::Writeback,
             io_engine: None,
         };
-        for (key, value) in key_values(FLAG, text, &["path", "read_only", "id", "cache"])? {
+        for (key, value) in key_values(FLAG, text, &["path", "read_only", "id", "cache", "format"])?
+        {
             match key {
                 "path" => disk.path = PathBuf::from(value),
+                "format" => {
+                    disk.format = Some(value.parse().map_err(|why| DeviceConfigError::Syntax {
+                        flag: FLAG,
+                        text: text.to_string(),
+                        why,
+                    })?)
+                }
                 "read_only" => disk.read_only = on_off(FLAG, text, key, value)?,
                 "cache" => {
                     disk.cache_type = match value {
@@ -215,6 +273,9 @@ impl fmt::Display for DiskConfig {
         }
         if self.cache_type == CacheType::Unsafe {
             f.write_str(",cache=unsafe")?;
+        }
+        if let Some(format) = self.format {
+            write!(f, ",format={format}")?;
         }
         Ok(())
     }

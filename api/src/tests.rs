@@ -944,6 +944,7 @@ fn drive(id: &str, path: &str, root: bool) -> Drive {
         io_engine: None,
         rate_limiter: None,
         socket: None,
+        format: None,
     }
 }
 
@@ -1370,4 +1371,39 @@ fn rate_limiters_cache_type_and_io_engine_are_configured_and_reported() {
     let v = serde_json::to_value(api.to_firecracker()).unwrap();
     assert_eq!(v["drives"][1]["cache_type"], "Unsafe");
     assert_eq!(v["drives"][1]["io_engine"], "Sync");
+}
+
+#[test]
+fn disk_format_on_the_flag_in_files_and_drives() {
+    let flag: crate::DiskConfig = "path=/d,format=qcow2".parse().unwrap();
+    assert_eq!(flag.format, Some(crate::DiskFormat::Qcow2));
+    assert_eq!(flag.to_string(), "path=/d,format=qcow2");
+    let detected: crate::DiskConfig = "path=/d".parse().unwrap();
+    assert_eq!(detected.format, None, "absent: detected by magic");
+    let err = "path=/d,format=vmdk"
+        .parse::<crate::DiskConfig>()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown disk format \"vmdk\""), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+
+    let file: crate::DiskConfig =
+        serde_json::from_str(r#"{"path": "/d", "format": "layered"}"#).unwrap();
+    assert_eq!(file.format, Some(crate::DiskFormat::Layered));
+
+    let mut c = ApiConfig::default();
+    let mut d = drive("root", "/r.qcow2", true);
+    d.format = Some(crate::DiskFormat::Qcow2);
+    apply_drive(&mut c.vm, &d).unwrap();
+    assert_eq!(c.vm.disk[0].format, Some(crate::DiskFormat::Qcow2));
+    let parsed: Drive = serde_json::from_str(
+        r#"{"drive_id": "a", "path_on_host": "/a", "is_root_device": false, "format": "raw"}"#,
+    )
+    .unwrap();
+    assert_eq!(parsed.format, Some(crate::DiskFormat::Raw));
+    let plain = serde_json::to_string(&drive("a", "/a", false)).unwrap();
+    assert!(
+        !plain.contains("format"),
+        "Firecracker's drives stay as they were: {plain}"
+    );
 }

@@ -188,6 +188,10 @@ pub struct Drive {
     /// A vhost-user socket (not supported: must be absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    /// The image's format (not a Firecracker field): `raw`, `qcow2` or `layered`; absent or
+    /// null detects it from the file's magic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::DiskFormat>,
 }
 
 /// `PUT /network-interfaces/{iface_id}`: a virtio-net device on a host tap.

@@ -45,6 +45,9 @@ enum Command {
     /// Schedule many VM jobs on one host (FCFS, SJF, SRTF, round robin).
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
+    /// Disk image tools: create, clone, snapshot, commit, info, check, convert, import.
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
     /// Run as a drop-in `firecracker`: Firecracker's flags and API (`vmm firecracker --help`).
     /// Invoking this binary under the name `firecracker` does the same.
     Firecracker {
@@ -122,6 +125,10 @@ struct RestoreArgs {
     /// Track dirty pages in the restored VM, so that diff snapshots of it can be taken.
     #[arg(long)]
     track_dirty_pages: bool,
+    /// Where the writable clones of the snapshot's sealed disks (layered format) go; by
+    /// default next to each sealed layer, named `<layer>.clone-<pid>-<n>`.
+    #[arg(long, value_name = "DIR")]
+    disk_clone_dir: Option<PathBuf>,
     /// Serve the control API on this socket.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -238,7 +245,8 @@ struct RunArgs {
     /// ELF kernel entry: auto (PVH when the kernel has the note), linux64 or pvh.
     #[arg(long, value_name = "ENTRY")]
     elf_entry: Option<ElfEntry>,
-    /// virtio-blk disk on a raw image: path=FILE[,read_only=on][,id=NAME][,cache=unsafe]
+    /// virtio-blk disk on an image: path=FILE[,read_only=on][,id=NAME][,cache=unsafe]
+    /// [,format=raw|qcow2|layered] (without format=, detected from the file's magic)
     /// (repeatable; the first is /dev/vda). Guest flushes reach the host's disk unless
     /// cache=unsafe.
     #[arg(long, value_name = "SPEC")]
@@ -331,6 +339,7 @@ impl RunArgs {
 }
 
 mod client;
+mod disk;
 mod firecracker;
 mod fleet;
 mod jailer;
@@ -416,6 +425,7 @@ fn main() -> ExitCode {
                 mem: args.mem,
                 mem_diffs: args.mem_diff,
                 track_dirty_pages: args.track_dirty_pages,
+                disk_clone_dir: args.disk_clone_dir,
                 ..Default::default()
             };
             let api = args.api_sock.as_deref().map(|sock| vmm_core::ApiOptions {
@@ -455,6 +465,7 @@ fn main() -> ExitCode {
             resume,
         }) => return client::snapshot_load(&client.api_sock, &snapshot, &mem, resume),
         Command::Fleet(command) => return fleet::main(command),
+        Command::Disk(command) => return disk::main(command),
         Command::Firecracker { .. } => unreachable!("handled before parsing"),
         Command::Jail { .. } => unreachable!("handled before parsing"),
     };

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "e2e/disk.rs"]
+mod disk;
 #[path = "e2e/firecracker.rs"]
 mod firecracker;
 #[path = "e2e/fleet.rs"]

@@ -222,7 +222,7 @@ impl BuiltVm {
             None => None,
         };
         // Virtio backends too (disk images, taps, the vsock socket).
-        let opened = virtio_devices::open_devices(config)?;
+        let opened = virtio_devices::open_devices(config, Default::default())?;
         // Where the loader puts the boot structures: the VMM's own layout.
         let boot = BootLayout::default();
         let cmdline = {
@@ -341,9 +341,18 @@ impl BuiltVm {
     fn restore_from(source: &RestoreSource) -> Result<BuiltVm> {
         let snapshot = source.read_state()?;
         let (mem_path, mem_diffs) = (&source.mem, &source.mem_diffs);
-        let config = &snapshot.config_for(source)?;
+        let mut config = snapshot.config_for(source)?;
         config.validate()?;
-        let opened = virtio_devices::open_devices(config)?;
+        // Each sealed disk gets its own fresh clone: two restores of one snapshot never write
+        // the same file.
+        let clones = persist::clone_sealed_disks(
+            &mut config,
+            &snapshot.disk_seals,
+            source.disk_clone_dir.as_deref(),
+            vmm_disk::format::open_sealed,
+        )?;
+        let config = &config;
+        let opened = virtio_devices::open_devices(config, clones)?;
         let vcpu_count = u8::try_from(snapshot.vcpus.len())
             .ok()
             .filter(|&n| n > 0 && u64::from(n) == config.vcpus)

@@ -105,6 +105,8 @@ pub(crate) fn handle_pre_boot(api: &mut ApiConfig, request: ApiRequest) -> PreBo
                     .map(|o| (o.iface_id, o.host_dev_name))
                     .collect(),
                 vsock_override: load.vsock_override.map(Into::into),
+                // Clones of sealed disks go next to their sealed layers.
+                disk_clone_dir: None,
             };
             match BuiltVm::restore(&source) {
                 Ok(built) => return PreBoot::Restored(Box::new(built), load.resume_vm),

@@ -109,6 +109,28 @@ pub enum Error {
     /// The snapshot state file.
     #[error("snapshot state")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// Sealing a disk for a VM snapshot failed.
+    #[error("cannot seal {name} for the snapshot")]
+    DiskSeal {
+        /// The device.
+        name: String,
+        /// Why.
+        #[source]
+        source: vmm_disk::DiskIoError,
+    },
+    /// Making a writable clone of a snapshot's sealed disk failed.
+    #[error("cannot clone the snapshot's disk {id} (sealed in {}) to {}", layer.display(), clone.display())]
+    DiskClone {
+        /// The device id ("blk0").
+        id: String,
+        /// The sealed layer.
+        layer: PathBuf,
+        /// Where the clone was to go.
+        clone: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<vmm_disk::DiskError>,
+    },
     /// A snapshot that does not fit the VM rebuilt from its own configuration.
     #[error("snapshot does not match its configuration: {0}")]
     SnapshotMismatch(String),

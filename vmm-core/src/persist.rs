@@ -15,7 +15,9 @@ use vmm_vcpu::{VcpuState, Vm};
 
 use crate::error::{Error, Result};
 use crate::snapshot::SnapshotFile;
-use crate::virtio_devices::AttachedDevice;
+use crate::virtio_devices::{disk_backend, AttachedDevice, BlockDevice, DiskBackend};
+use vmm_devices::virtio::VirtioDevice;
+use vmm_disk::{DiskError, DiskSeal, OpenedImage};
 
 /// Everything a snapshot's state file holds; guest memory is in the memory file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,6 +43,14 @@ pub struct VmSnapshot {
     /// pending in snapshots taken before the GED existed.
     #[serde(default)]
     pub ged: vmm_devices::GedState,
+    /// The disks sealed at the snapshot ([`DiskImage::seal_for_snapshot`]), keyed by device id
+    /// ("blk0"): a restore attaches a fresh clone of each instead of the configured path. Only
+    /// formats that keep such a point (the layered format) have one; none in snapshots taken
+    /// before disks were sealed, or of VMs with raw and qcow2 disks only.
+    ///
+    /// [`DiskImage::seal_for_snapshot`]: vmm_devices::virtio::block::DiskImage::seal_for_snapshot
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub disk_seals: BTreeMap<String, DiskSeal>,
 }
 
 /// A snapshot to restore: its state file and memory files.
@@ -58,6 +68,9 @@ pub struct RestoreSource {
     pub network_overrides: Vec<(String, String)>,
     /// A vsock Unix socket path to use instead of the saved one.
     pub vsock_override: Option<PathBuf>,
+    /// Where the clones of the snapshot's sealed disks go ([`VmSnapshot::disk_seals`]); `None`
+    /// puts each next to its sealed layer. Clones are named `<layer file>.clone-<pid>-<n>`.
+    pub disk_clone_dir: Option<PathBuf>,
 }
 
 impl VmSnapshot {
@@ -101,6 +114,103 @@ impl RestoreSource {
     pub fn read_state(&self) -> Result<VmSnapshot> {
         Ok(SnapshotFile::read(&self.state)?)
     }
+}
+
+/// Seals the disk of `device` if it is a block device ([`BlockDevice::seal_backend`]):
+/// `Some` for a disk whose format keeps the point (the layered format).
+pub(crate) fn seal_disk(
+    name: &str,
+    device: &mut dyn VirtioDevice<GuestMemoryMmap>,
+) -> Result<Option<DiskSeal>> {
+    let Some(block) = device.as_any_mut().downcast_mut::<BlockDevice>() else {
+        return Ok(None);
+    };
+    block.seal_backend().map_err(|source| Error::DiskSeal {
+        name: name.to_string(),
+        source,
+    })
+}
+
+/// Seals every block device's disk for a snapshot of the paused VM; the seals by device id.
+pub(crate) fn seal_disks(devices: &[AttachedDevice]) -> Result<BTreeMap<String, DiskSeal>> {
+    let mut seals = BTreeMap::new();
+    for device in devices {
+        let mut transport = crate::lock(&device.transport);
+        if let Some(seal) = seal_disk(&device.name, transport.device_mut())? {
+            log::info!(
+                "{}: disk state sealed for the snapshot in {} ({})",
+                device.name,
+                seal.layer.display(),
+                seal.format
+            );
+            seals.insert(device.id.clone(), seal);
+        }
+    }
+    Ok(seals)
+}
+
+/// Where the clone of a disk sealed in `layer` goes: `<layer>.clone-<pid>-<n>` next to it, or
+/// the same name in `dir`, with the first `n` (counted in this process) that names no file.
+pub fn sealed_clone_path(layer: &Path, dir: Option<&Path>) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let base = match (dir, layer.file_name()) {
+        (Some(dir), Some(name)) => dir.join(name),
+        (Some(dir), None) => dir.join("disk"),
+        (None, _) => layer.to_path_buf(),
+    };
+    let pid = std::process::id();
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = base.clone().into_os_string();
+        name.push(format!(".clone-{pid}-{n}"));
+        let candidate = PathBuf::from(name);
+        // A name taken by another file is skipped; a clone is never made over a file.
+        if std::fs::symlink_metadata(&candidate).is_err() || n == u64::MAX {
+            return candidate;
+        }
+    }
+}
+
+/// Makes a writable clone of each sealed disk of a snapshot with `open_sealed`
+/// ([`vmm_disk::format::open_sealed`] outside tests), for restoring it with `config`: the
+/// disks' paths in `config` become the clones' (so that a later snapshot or `GET
+/// /vm/config` names them), and the opened clones come back by disk index for
+/// [`open_devices`](crate::virtio_devices::open_devices).
+pub(crate) fn clone_sealed_disks(
+    config: &mut VmConfig,
+    seals: &BTreeMap<String, DiskSeal>,
+    dir: Option<&Path>,
+    mut open_sealed: impl FnMut(&DiskSeal, &Path) -> std::result::Result<OpenedImage, DiskError>,
+) -> Result<BTreeMap<usize, DiskBackend>> {
+    let mut opened = BTreeMap::new();
+    for (id, seal) in seals {
+        let index = id
+            .strip_prefix("blk")
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|&i| i < config.disk.len())
+            .ok_or_else(|| {
+                Error::SnapshotMismatch(format!(
+                    "the snapshot has a sealed disk for device {id}, which the configuration lacks"
+                ))
+            })?;
+        let clone = sealed_clone_path(&seal.layer, dir);
+        let image = open_sealed(seal, &clone).map_err(|source| Error::DiskClone {
+            id: id.clone(),
+            layer: seal.layer.clone(),
+            clone: clone.clone(),
+            source: Box::new(source),
+        })?;
+        log::info!(
+            "{id}: the snapshot's disk (sealed in {}) restored onto a new clone, {}",
+            seal.layer.display(),
+            clone.display()
+        );
+        let disk = &mut config.disk[index];
+        disk.path = clone;
+        disk.format = None;
+        opened.insert(index, disk_backend(image));
+    }
+    Ok(opened)
 }
 
 /// Whether a snapshot of `kind` can be taken now: a diff needs dirty page tracking, and any
@@ -231,6 +341,157 @@ pub fn merge_diff_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm_devices::virtio::block::{Block, DiskIoError, GuestBuffers};
+
+    /// A disk that seals itself into a made-up layer (as the layered format does) and serves
+    /// zeros.
+    struct SealingDisk(Option<DiskSeal>);
+
+    impl<M: vmm_memory::GuestMemoryBackend> vmm_devices::virtio::block::DiskImage<M> for SealingDisk {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read_at(
+            &mut self,
+            _: u64,
+            bufs: &GuestBuffers<'_, M>,
+        ) -> std::result::Result<(), DiskIoError> {
+            bufs.write_from(0, &vec![0; bufs.len() as usize])
+        }
+        fn write_at(
+            &mut self,
+            _: u64,
+            _: &GuestBuffers<'_, M>,
+        ) -> std::result::Result<(), DiskIoError> {
+            Ok(())
+        }
+        fn flush(&mut self) -> std::result::Result<(), DiskIoError> {
+            Ok(())
+        }
+        fn seal_for_snapshot(&mut self) -> std::result::Result<Option<DiskSeal>, DiskIoError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn seal(layer: &str) -> DiskSeal {
+        DiskSeal {
+            format: "layered".into(),
+            layer: layer.into(),
+            layer_id: "id-1".into(),
+        }
+    }
+
+    #[test]
+    fn block_devices_are_sealed_and_other_devices_skipped() {
+        let backend: DiskBackend = Box::new(SealingDisk(Some(seal("/img/a.layered.3"))));
+        let mut block: BlockDevice = Block::with_backend(backend, None).unwrap();
+        assert_eq!(
+            seal_disk("virtio-blk a", &mut block).unwrap(),
+            Some(seal("/img/a.layered.3"))
+        );
+        let backend: DiskBackend = Box::new(SealingDisk(None));
+        let mut raw_like: BlockDevice = Block::with_backend(backend, None).unwrap();
+        assert_eq!(seal_disk("virtio-blk b", &mut raw_like).unwrap(), None);
+        let mut rng = vmm_devices::virtio::rng::Rng::<GuestMemoryMmap>::new();
+        assert_eq!(seal_disk("virtio-rng", &mut rng).unwrap(), None);
+    }
+
+    #[test]
+    fn old_state_files_have_no_seals_and_new_ones_keep_them() {
+        #[derive(Deserialize, Serialize)]
+        struct Part {
+            #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            disk_seals: BTreeMap<String, DiskSeal>,
+        }
+        let old: Part = serde_json::from_str("{}").unwrap();
+        assert!(old.disk_seals.is_empty());
+        let mut seals = BTreeMap::new();
+        seals.insert("blk0".to_string(), seal("/img/a"));
+        let json = serde_json::to_string(&Part {
+            disk_seals: seals.clone(),
+        })
+        .unwrap();
+        let back: Part = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.disk_seals, seals);
+    }
+
+    #[test]
+    fn sealed_disks_are_cloned_next_to_their_layer_or_in_the_given_dir() {
+        let dir = std::env::temp_dir().join(format!("vmm-core-clone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = dir.join("base.img");
+        std::fs::write(&base, vec![0u8; 4096]).unwrap();
+        let mut config = VmConfig {
+            disk: vec![
+                "path=/img/root,format=layered".parse().unwrap(),
+                "path=/img/data".parse().unwrap(),
+            ],
+            ..VmConfig::default()
+        };
+        let mut seals = BTreeMap::new();
+        seals.insert("blk1".to_string(), seal("/img/data.sealed"));
+        let mut calls = Vec::new();
+        let clones = clone_sealed_disks(&mut config, &seals, None, |s, clone| {
+            calls.push((s.clone(), clone.to_path_buf()));
+            // A stand-in for the clone: any image opens as raw.
+            Ok(OpenedImage::Raw(vmm_disk::RawFile::open(&base, false)?))
+        })
+        .unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].0, seal("/img/data.sealed"));
+        let clone = calls[0].1.clone();
+        let name = clone.to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(&format!("/img/data.sealed.clone-{}-", std::process::id())),
+            "{name}"
+        );
+        assert_eq!(config.disk[1].path, clone, "the config names the clone");
+        assert_eq!(
+            config.disk[0].path,
+            Path::new("/img/root"),
+            "unsealed disks stay"
+        );
+        assert_eq!(clones.keys().copied().collect::<Vec<_>>(), [1]);
+
+        // Two restores in one process get two clones; a directory given holds them.
+        let mut config2 = config.clone();
+        let mut second = Vec::new();
+        clone_sealed_disks(&mut config2, &seals, Some(&dir), |_, clone| {
+            second.push(clone.to_path_buf());
+            Ok(OpenedImage::Raw(vmm_disk::RawFile::open(&base, false)?))
+        })
+        .unwrap();
+        assert_eq!(second[0].parent(), Some(dir.as_path()));
+        assert_ne!(second[0], clone);
+
+        // The opener's failure names the disk, the layer and the clone.
+        let err = clone_sealed_disks(
+            &mut config.clone(),
+            &seals,
+            None,
+            vmm_disk::format::open_sealed,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, Error::DiskClone { .. }), "{err}");
+        let text = crate::error::chain(&err);
+        assert!(
+            text.contains("blk1") && text.contains("/img/data.sealed"),
+            "{text}"
+        );
+
+        // A seal for a disk the configuration lacks is a mismatch.
+        let mut stray = BTreeMap::new();
+        stray.insert("blk7".to_string(), seal("/img/x"));
+        let err = clone_sealed_disks(&mut config, &stray, None, |_, _| unreachable!())
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::SnapshotMismatch(_)), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn diff_snapshot_without_tracking_is_refused_first() {

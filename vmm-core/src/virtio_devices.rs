@@ -2,19 +2,22 @@
 //! `--net` fails first), then attached: one MMIO slot, one IRQ line (irqfd) and one ioeventfd per
 //! queue each, and a subscriber on the event loop for the queues and the device's host backend.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_devices::metrics::DeviceMetrics;
 use vmm_devices::rate_limiter::{BucketParams, BucketUpdate, RateLimiter};
 use vmm_devices::virtio::balloon::{Balloon, BalloonConfig as BalloonDeviceConfig};
-use vmm_devices::virtio::block::{Block, BlockConfig, CacheType};
+use vmm_devices::virtio::block::{Block, CacheType, DiskImage};
 use vmm_devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use vmm_devices::virtio::net::Net;
 use vmm_devices::virtio::rng::Rng;
 use vmm_devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig};
 use vmm_devices::virtio::{BackendFd, VirtioDevice, VirtioInterrupt};
 use vmm_devices::{Bus, EventFdTrigger};
+use vmm_disk::{Bounced, DiskError, OpenOptions, OpenedImage};
 use vmm_loader::VirtioMmioDevice;
 use vmm_memory::{layout, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -28,6 +31,36 @@ use vmm_api::VmConfig;
 /// The virtio-mmio transport on this VMM's guest memory (vmm-devices is generic over it; ours
 /// has the dirty bitmap that diff snapshots read).
 pub(crate) type Transport = MmioTransport<GuestMemoryMmap>;
+
+/// A disk backend of any format: raw on its zero-copy path, every other format through a
+/// bounce buffer ([`Bounced`]).
+pub type DiskBackend = Box<dyn DiskImage<GuestMemoryMmap>>;
+
+/// The block device every drive of this VMM is, whatever its image format.
+pub type BlockDevice = Block<GuestMemoryMmap, DiskBackend>;
+
+/// `opened` as a guest-facing backend.
+pub fn disk_backend(opened: OpenedImage) -> DiskBackend {
+    match opened {
+        OpenedImage::Raw(raw) => Box::new(raw),
+        OpenedImage::Other(_, image) => Box::new(Bounced::new(image)),
+    }
+}
+
+/// Opens the disk image at `path` in `format` (`None`: detected from its magic).
+pub fn open_disk(
+    path: &Path,
+    format: Option<vmm_api::DiskFormat>,
+    read_only: bool,
+) -> std::result::Result<DiskBackend, DiskError> {
+    let format = format.map(|f| match f {
+        vmm_api::DiskFormat::Raw => vmm_disk::Format::Raw,
+        vmm_api::DiskFormat::Qcow2 => vmm_disk::Format::Qcow2,
+        vmm_api::DiskFormat::Layered => vmm_disk::Format::Layered,
+    });
+    let opened = vmm_disk::open_image(path, &OpenOptions { read_only, format })?;
+    Ok(disk_backend(opened))
+}
 
 /// Virtio-mmio slots: one per IRQ line from `VIRTIO_IRQ_FIRST` to `IRQ_LAST`.
 pub(crate) const VIRTIO_SLOTS: usize = layout::VIRTIO_MMIO_SLOTS;
@@ -63,23 +96,29 @@ pub(crate) struct OpenedDevice {
     pub metrics: (&'static str, Arc<dyn DeviceMetrics>),
 }
 
-/// Opens every device the config names, in slot order: disks, nets, vsock, rng, balloon.
-pub(crate) fn open_devices(config: &VmConfig) -> Result<Vec<OpenedDevice>> {
+/// Opens every device the config names, in slot order: disks, nets, vsock, rng, balloon. A
+/// disk whose index is in `opened_disks` gets that backend (a clone of a sealed disk, made by a
+/// restore) instead of opening its path.
+pub(crate) fn open_devices(
+    config: &VmConfig,
+    mut opened_disks: BTreeMap<usize, DiskBackend>,
+) -> Result<Vec<OpenedDevice>> {
     if config.vsock.is_some() {
         raise_fd_limit();
     }
     let mut devices = Vec::with_capacity(config.virtio_device_count());
     for (index, disk) in config.disk.iter().enumerate() {
-        let block: Block<GuestMemoryMmap> = Block::new(BlockConfig {
-            path: disk.path.clone(),
-            read_only: disk.read_only,
-            id: disk.id.clone(),
-        })
-        .map_err(|source| Error::Disk {
+        let disk_error = |source| Error::Disk {
             path: disk.path.clone(),
             source,
-        })?;
-        let mut block = block;
+        };
+        let backend = match opened_disks.remove(&index) {
+            Some(backend) => backend,
+            None => open_disk(&disk.path, disk.format, disk.read_only)
+                .map_err(|e| disk_error(e.into()))?,
+        };
+        let mut block: BlockDevice =
+            Block::with_backend(backend, disk.id.as_deref()).map_err(disk_error)?;
         block.set_cache_type(match disk.cache_type {
             vmm_api::CacheType::Unsafe => CacheType::Unsafe,
             vmm_api::CacheType::Writeback => CacheType::Writeback,

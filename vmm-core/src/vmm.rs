@@ -10,7 +10,6 @@ use vmm_api::{
     PartialNetworkInterface, RateLimiterConfig, SnapshotCreateParams,
 };
 use vmm_devices::virtio::balloon::Balloon;
-use vmm_devices::virtio::block::{Block, RawFile};
 use vmm_devices::virtio::net::Net;
 use vmm_devices::{Ged, I8042Wrapper, SerialDevice};
 use vmm_memory::GuestMemoryMmap;
@@ -298,6 +297,9 @@ impl Vmm {
         let vcpus = self.threads().save_states()?;
         let vm = self.vm.save_state()?;
         let devices = persist::save_devices(&self.virtio);
+        // The disks are sealed with the VM paused and no request in flight (requests complete
+        // on the event loop, which holds a device's lock while it serves it).
+        let disk_seals = persist::seal_disks(&self.virtio)?;
         let serial = crate::lock(&self.serial).save_state();
         let ged = crate::lock(&self.ged).save_state();
         // Every snapshot, full or diff, starts a new epoch of dirty tracking: reading KVM's log
@@ -324,6 +326,7 @@ impl Vmm {
                 memory,
                 iface_ids,
                 ged,
+                disk_seals,
             }
         });
         if written.is_err() {
@@ -432,17 +435,20 @@ impl Vmm {
         let backend = match &patch.path_on_host {
             Some(path) => {
                 let path = std::path::PathBuf::from(path);
-                Some(RawFile::open(&path, read_only).map_err(|e| Error::Disk {
-                    path,
-                    source: e.into(),
-                })?)
+                // Any format, detected from the new file's magic.
+                Some(
+                    virtio_devices::open_disk(&path, None, read_only).map_err(|e| Error::Disk {
+                        path,
+                        source: e.into(),
+                    })?,
+                )
             }
             None => None,
         };
         let (bandwidth, ops) = virtio_devices::bucket_updates(patch.rate_limiter.as_ref());
         self.with_device(
             &format!("blk{index}"),
-            |block: &mut Block<GuestMemoryMmap>| -> Result<()> {
+            |block: &mut virtio_devices::BlockDevice| -> Result<()> {
                 block
                     .update_rate_limiter(bandwidth, ops)
                     .map_err(Error::RateLimiter)?;

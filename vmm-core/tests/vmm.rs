@@ -295,3 +295,62 @@ fn snapshot_load_overrides_the_vsock_socket_and_checks_interface_ids() {
     restored.shutdown();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Snapshots record the disks' seals, and a restore clones each sealed disk through
+/// `vmm_disk::format::open_sealed` instead of opening the configured path. Raw disks keep no
+/// seal; a seal put into the state file by hand makes the restore call `open_sealed`, which
+/// (until a format that seals is built in) refuses, naming the disk and the clone it was to
+/// make.
+#[test]
+fn snapshots_record_disk_seals_and_restores_clone_sealed_disks() {
+    let dir = scratch("disk-seals");
+    let image = dir.join("data.img");
+    std::fs::write(&image, vec![0u8; 16 * 512]).unwrap();
+    let mut config = config(&dir, "console=ttyS0");
+    config.disk = vec![format!("path={}", image.display()).parse().unwrap()];
+    let mut vmm = Vmm::start(BuiltVm::build(&config).unwrap(), StartMode::Paused).unwrap();
+    vmm.snapshot(&full_snapshot(&dir)).unwrap();
+    vmm.shutdown();
+    let state = dir.join("vm.state");
+    let mut saved: vmm_core::VmSnapshot = vmm_core::snapshot::SnapshotFile::read(&state).unwrap();
+    assert!(saved.disk_seals.is_empty(), "a raw disk keeps no seal");
+
+    let layer = dir.join("data.layered.1");
+    saved.disk_seals.insert(
+        "blk0".into(),
+        vmm_disk::DiskSeal {
+            format: "layered".into(),
+            layer: layer.clone(),
+            layer_id: "0123".into(),
+        },
+    );
+    vmm_core::snapshot::SnapshotFile::write(&state, &saved).unwrap();
+    let clones = dir.join("clones");
+    std::fs::create_dir_all(&clones).unwrap();
+    let source = RestoreSource {
+        state,
+        mem: dir.join("vm.mem"),
+        disk_clone_dir: Some(clones.clone()),
+        ..RestoreSource::default()
+    };
+    let err = BuiltVm::restore(&source)
+        .err()
+        .expect("open_sealed refuses");
+    let Error::DiskClone {
+        id,
+        layer: l,
+        clone,
+        ..
+    } = &err
+    else {
+        panic!("not a clone error: {}", vmm_core::error_chain(&err));
+    };
+    assert_eq!((id.as_str(), l), ("blk0", &layer));
+    assert_eq!(clone.parent(), Some(clones.as_path()));
+    assert!(clone
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("data.layered.1.clone-"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

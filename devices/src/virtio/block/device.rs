@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
-    virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    virtio_blk_config, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX,
 };
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryBackend;
@@ -14,7 +15,8 @@ use vmm_sys_util::epoll::EventSet;
 use super::persist::BlockState;
 use super::request::{process_chain, MAX_CHAIN_DESCRIPTORS};
 use super::{
-    configured_id, BlockConfig, BlockError, CacheType, DiskInfo, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX,
+    configured_id, BlockConfig, BlockError, CacheType, DiskInfo, DISCARD_SECTOR_ALIGNMENT,
+    MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX,
 };
 use crate::metrics::BlockMetrics;
 use crate::virtio::{
@@ -22,7 +24,7 @@ use crate::virtio::{
     BackendFd, Persist, VirtioDevice, VirtioDeviceState, VirtioError, VirtioInterrupt,
 };
 use vmm_disk::RawFile;
-use vmm_disk::{DiskId, DiskImage, GuestRange};
+use vmm_disk::{DiskId, DiskImage, DiskIoError, DiskSeal, GuestRange};
 
 /// The token of the rate limiter's descriptor in
 /// [`VirtioDevice::backend_fds`](crate::virtio::VirtioDevice::backend_fds).
@@ -56,6 +58,9 @@ pub struct Block<M: GuestMemoryBackend, B: DiskImage<M> = RawFile> {
     rate_limiter: RateLimiter,
     /// Times the queue stopped because the rate limiter was blocked.
     throttled: u64,
+    /// VIRTIO_BLK_F_DISCARD was offered by an earlier backend ([`Block::swap_backend`]): the
+    /// feature bits a driver saw never change under it.
+    discard_offered: bool,
     metrics: Arc<BlockMetrics>,
 }
 
@@ -98,6 +103,7 @@ impl<M: GuestMemoryBackend, B: DiskImage<M>> Block<M, B> {
             read_only: backend.read_only(),
             id: id.unwrap_or_else(|| backend.id()),
             writeback: true,
+            discard: backend.can_discard() && !backend.read_only(),
         };
 
         let mut config_space = [0u8; CONFIG_LEN];
@@ -108,6 +114,24 @@ impl<M: GuestMemoryBackend, B: DiskImage<M>> Block<M, B> {
             std::mem::offset_of!(virtio_blk_config, seg_max),
             &SEG_MAX.to_le_bytes(),
         );
+        // The discard limits are read by a driver only when VIRTIO_BLK_F_DISCARD is offered;
+        // they are the same for every backend.
+        for (offset, value) in [
+            (
+                std::mem::offset_of!(virtio_blk_config, max_discard_sectors),
+                MAX_DISCARD_SECTORS,
+            ),
+            (
+                std::mem::offset_of!(virtio_blk_config, max_discard_seg),
+                MAX_DISCARD_SEG,
+            ),
+            (
+                std::mem::offset_of!(virtio_blk_config, discard_sector_alignment),
+                DISCARD_SECTOR_ALIGNMENT,
+            ),
+        ] {
+            write_le(&mut config_space, offset, &value.to_le_bytes());
+        }
 
         Ok(Block {
             backend,
@@ -117,6 +141,7 @@ impl<M: GuestMemoryBackend, B: DiskImage<M>> Block<M, B> {
             scratch: Vec::with_capacity(MAX_CHAIN_DESCRIPTORS),
             rate_limiter: RateLimiter::unlimited().map_err(BlockError::RateLimiter)?,
             throttled: 0,
+            discard_offered: false,
             metrics: Arc::default(),
         })
     }
@@ -165,11 +190,16 @@ impl<M: GuestMemoryBackend, B: DiskImage<M>> Block<M, B> {
     }
 
     /// Serves the disk from `backend` from now on (a drive's `path_on_host` changed): the
-    /// capacity becomes the new backend's size (an empty one is fine), the read-only setting
-    /// and the GET_ID serial the guest already saw stay, and an active driver gets a
+    /// capacity becomes the new backend's size (an empty one is fine), the read-only setting,
+    /// the GET_ID serial and the features the guest already saw stay (a new backend that
+    /// cannot discard answers discards with UNSUPP), and an active driver gets a
     /// config-change interrupt so that it re-reads the capacity. Returns the old backend.
     pub fn swap_backend(&mut self, backend: B) -> Result<B, VirtioError> {
         let old = std::mem::replace(&mut self.backend, backend);
+        // Discard stays offered as before (the driver negotiated it); requests reach only a
+        // backend that can do them.
+        self.discard_offered = self.discard_offered || self.disk.discard;
+        self.disk.discard = self.backend.can_discard() && !self.disk.read_only;
         self.disk.capacity_sectors = self.backend.size() / SECTOR_SIZE;
         write_capacity(&mut self.config_space, self.disk.capacity_sectors);
         if let Some(active) = &self.active {
@@ -197,6 +227,20 @@ impl<M: GuestMemoryBackend, B: DiskImage<M>> Block<M, B> {
     /// The backend the device serves.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Whether the device offers VIRTIO_BLK_F_DISCARD (the backend can discard and the disk
+    /// is writable).
+    pub fn discard(&self) -> bool {
+        self.disk.discard || self.discard_offered
+    }
+
+    /// Seals the backend's current contents for a VM snapshot
+    /// ([`DiskImage::seal_for_snapshot`]): call it with the VM paused, after the last request
+    /// completed (requests complete inside `process_queue`, so any time the event loop is not
+    /// in it). `None` for formats that keep no such point (raw, qcow2).
+    pub fn seal_backend(&mut self) -> Result<Option<DiskSeal>, DiskIoError> {
+        self.backend.seal_for_snapshot()
     }
 }
 
@@ -270,6 +314,9 @@ where
         }
         if self.disk.read_only {
             f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        if self.discard() {
+            f |= 1 << VIRTIO_BLK_F_DISCARD;
         }
         f
     }

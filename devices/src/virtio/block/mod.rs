@@ -16,6 +16,13 @@
 //! memory. Its writes land in the host page cache; a guest FLUSH (`fdatasync`) makes them
 //! durable, which is what VIRTIO_BLK_F_FLUSH promises the driver.
 //!
+//! Discard (VIRTIO_BLK_F_DISCARD) is offered when the backend can ([`DiskImage::can_discard`])
+//! and the disk is writable. A VIRTIO_BLK_T_DISCARD request carries an array of 16-byte
+//! segments (le64 sector, le32 num_sectors, le32 flags); the whole array is checked first (whole
+//! segments, at most [`MAX_DISCARD_SEG`], each at most [`MAX_DISCARD_SECTORS`] and inside the
+//! disk: IOERR otherwise; any flag, unmap included, which discard must not set: UNSUPP), then
+//! each range goes to [`DiskImage::discard`]. A backend that cannot discard answers UNSUPP.
+//!
 //! The pieces: `device` (the [`Block`] device and its config space), `request` (a chain
 //! parsed into a request, and the request run against the backend), `io` (the backend trait,
 //! guest buffers and I/O errors), `raw` (raw images), `persist` (snapshot state).
@@ -62,6 +69,13 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Most data segments a request may have (config `seg_max`): the queue size less the header
 /// and status descriptors.
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Most segments one discard request may carry (config `max_discard_seg`).
+pub const MAX_DISCARD_SEG: u32 = 32;
+/// Most sectors one discard segment may cover (config `max_discard_sectors`): 4 GiB.
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 23;
+/// The granularity the device suggests for discards (config `discard_sector_alignment`, in
+/// sectors): 4 KiB, the host's page and file system block. Requests need not follow it.
+pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
 /// Length of the device ID string returned by GET_ID (NUL-padded).
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 const _: () = assert!(ID_BYTES == vmm_disk::ID_BYTES);
@@ -108,6 +122,9 @@ struct DiskInfo {
     /// [`CacheType::Writeback`]: flushes reach the backend (and VIRTIO_BLK_F_FLUSH is
     /// offered).
     writeback: bool,
+    /// The backend can discard and the disk is writable: VIRTIO_BLK_F_DISCARD is offered and
+    /// discard requests reach the backend.
+    discard: bool,
 }
 
 /// How the device treats the guest's cache flushes (Firecracker's drive `cache_type`).

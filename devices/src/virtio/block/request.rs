@@ -2,8 +2,9 @@
 //! buffer checked before anything moves), then run against the backend and answered.
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -11,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use crate::metrics::BlockMetrics;
 use vmm_rate_limiter::RateLimiter;
 
-use super::{DiskInfo, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
+use super::{DiskInfo, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, QUEUE_SIZE, SECTOR_SIZE};
 use crate::virtio::{consume_request, Served};
 use vmm_disk::{DiskImage, GuestBuffers, GuestRange};
 
@@ -33,6 +34,74 @@ const IOERR: Completion = Completion {
     status: VIRTIO_BLK_S_IOERR,
     written: 0,
 };
+
+const UNSUPP: Completion = Completion {
+    status: VIRTIO_BLK_S_UNSUPP,
+    written: 0,
+};
+
+/// Length of one discard segment: sector (le64), num_sectors (le32), flags (le32).
+pub(super) const DISCARD_SEGMENT_LEN: usize = 16;
+
+/// Why a discard request is refused before anything is discarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DiscardRefusal {
+    /// A flag bit other than unmap, or unmap itself, which discard must not set (virtio 1.2,
+    /// 5.2.6.2): UNSUPP.
+    Flags,
+    /// Not whole segments, none, too many, too long or outside the disk: IOERR.
+    Invalid,
+}
+
+/// The byte ranges `(offset, len)` a discard request's segments name, checked against the
+/// disk; empty segments are left out. Every segment is checked before any range is returned,
+/// so a hostile array discards nothing.
+fn discard_ranges<M: GuestMemoryBackend>(
+    data: &GuestBuffers<'_, M>,
+    capacity_bytes: u64,
+    out: &mut [(u64, u64); MAX_DISCARD_SEG as usize],
+) -> Result<usize, DiscardRefusal> {
+    let len = data.len();
+    let segment_len = DISCARD_SEGMENT_LEN as u64;
+    if len == 0 || len % segment_len != 0 || len / segment_len > u64::from(MAX_DISCARD_SEG) {
+        return Err(DiscardRefusal::Invalid);
+    }
+    let mut count = 0;
+    let mut flags_refused = false;
+    for index in 0..len / segment_len {
+        let mut segment = [0u8; DISCARD_SEGMENT_LEN];
+        data.read_into(index * segment_len, &mut segment)
+            .map_err(|_| DiscardRefusal::Invalid)?;
+        let [s0, s1, s2, s3, s4, s5, s6, s7, n0, n1, n2, n3, f0, f1, f2, f3] = segment;
+        let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
+        let sectors = u32::from_le_bytes([n0, n1, n2, n3]);
+        let flags = u32::from_le_bytes([f0, f1, f2, f3]);
+        // Unknown bits and the unmap bit are both UNSUPP; the range is still checked, so that
+        // a request that is wrong in both ways gets the same answer whatever the order.
+        flags_refused |= flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0
+            || flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+        if sectors > MAX_DISCARD_SECTORS {
+            return Err(DiscardRefusal::Invalid);
+        }
+        let offset = sector
+            .checked_mul(SECTOR_SIZE)
+            .ok_or(DiscardRefusal::Invalid)?;
+        let bytes = u64::from(sectors) * SECTOR_SIZE;
+        match offset.checked_add(bytes) {
+            Some(end) if end <= capacity_bytes => {}
+            _ => return Err(DiscardRefusal::Invalid),
+        }
+        if bytes > 0 {
+            let slot = out.get_mut(count).ok_or(DiscardRefusal::Invalid)?;
+            *slot = (offset, bytes);
+            count += 1;
+        }
+    }
+    if flags_refused {
+        return Err(DiscardRefusal::Flags);
+    }
+    Ok(count)
+}
 
 const fn ok(written: u32) -> Completion {
     Completion {
@@ -227,6 +296,35 @@ impl<'a, M: GuestMemoryBackend> Request<'a, M> {
                     }
                 }
             }
+            VIRTIO_BLK_T_DISCARD => {
+                // Not offered (the backend cannot, or the disk is read-only): UNSUPP, as for
+                // any type the device does not know.
+                if !disk.discard {
+                    metrics.invalid_reqs_count.inc();
+                    return UNSUPP;
+                }
+                // The segments are device-readable data; nothing is written back but the status.
+                if !self.writable.is_empty() {
+                    return invalid();
+                }
+                let mut ranges = [(0u64, 0u64); MAX_DISCARD_SEG as usize];
+                let count = match discard_ranges(&self.readable, disk.capacity_bytes(), &mut ranges)
+                {
+                    Ok(count) => count,
+                    Err(DiscardRefusal::Flags) => {
+                        metrics.invalid_reqs_count.inc();
+                        return UNSUPP;
+                    }
+                    Err(DiscardRefusal::Invalid) => return invalid(),
+                };
+                for &(offset, len) in ranges.get(..count).unwrap_or_default() {
+                    if backend.discard(offset, len).is_err() {
+                        metrics.execute_fails.inc();
+                        return IOERR;
+                    }
+                }
+                ok(0)
+            }
             VIRTIO_BLK_T_GET_ID => {
                 // A buffer shorter than 20 bytes gets the start of the ID.
                 let n = self.writable.len().min(ID_BYTES as u64) as usize;
@@ -241,10 +339,7 @@ impl<'a, M: GuestMemoryBackend> Request<'a, M> {
             }
             _ => {
                 metrics.invalid_reqs_count.inc();
-                Completion {
-                    status: VIRTIO_BLK_S_UNSUPP,
-                    written: 0,
-                }
+                UNSUPP
             }
         }
     }

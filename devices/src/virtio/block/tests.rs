@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU32;
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use vmm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -379,8 +379,22 @@ fn features_and_config_space() {
     assert_eq!(u32::from_le_bytes(word), 0, "size_max");
     r.block.read_config(12, &mut word);
     assert_eq!(u32::from_le_bytes(word), 254, "seg_max");
+    // Discard limits (read by a driver only with VIRTIO_BLK_F_DISCARD, offered here: a raw
+    // regular file punches holes).
+    assert_ne!(f & (1 << VIRTIO_BLK_F_DISCARD), 0);
+    r.block.read_config(36, &mut word);
+    assert_eq!(
+        u32::from_le_bytes(word),
+        MAX_DISCARD_SECTORS,
+        "max_discard_sectors"
+    );
+    r.block.read_config(40, &mut word);
+    assert_eq!(u32::from_le_bytes(word), MAX_DISCARD_SEG, "max_discard_seg");
+    r.block.read_config(44, &mut word);
+    assert_eq!(u32::from_le_bytes(word), 8, "discard_sector_alignment");
     let mut rest = [0xffu8; 96 - 16];
     r.block.read_config(16, &mut rest);
+    rest[36 - 16..48 - 16].fill(0);
     assert!(rest.iter().all(|&b| b == 0));
     r.block.read_config(1 << 40, &mut word);
     assert_eq!(word, [0; 4]);
@@ -432,7 +446,8 @@ fn length_not_whole_sectors_fails() {
 #[test]
 fn unknown_type_is_unsupported() {
     let mut r = rig(&[0u8; 512]);
-    for t in [2u32, 11, 13, 0x8000_0000, u32::MAX] {
+    // 11 (discard) is known: see the discard tests.
+    for t in [2u32, 13, 0x8000_0000, u32::MAX] {
         r.request(t, 0, &[(DATA, 512, true)]);
         r.run();
         assert_eq!(r.status(), S_UNSUPP, "type {t}");
@@ -871,6 +886,13 @@ struct MemDisk {
     read_only: bool,
     fail_after: Option<u64>,
     flushes: u32,
+    /// Whether it says it can discard; `discard_fails` makes every discard fail.
+    can_discard: bool,
+    discard_fails: bool,
+    /// The (offset, len) of every discard it was asked for.
+    discards: Vec<(u64, u64)>,
+    /// What `seal_for_snapshot` returns.
+    seal: Option<vmm_disk::DiskSeal>,
 }
 
 impl MemDisk {
@@ -880,6 +902,10 @@ impl MemDisk {
             read_only: false,
             fail_after: None,
             flushes: 0,
+            can_discard: false,
+            discard_fails: false,
+            discards: Vec::new(),
+            seal: None,
         }
     }
 
@@ -917,6 +943,27 @@ impl<M: GuestMemoryBackend> DiskImage<M> for MemDisk {
     fn flush(&mut self) -> Result<(), DiskIoError> {
         self.flushes += 1;
         Ok(())
+    }
+
+    fn can_discard(&self) -> bool {
+        self.can_discard
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskIoError> {
+        if self.discard_fails {
+            return Err(DiskIoError::Io {
+                done: 0,
+                source: io::ErrorKind::Other.into(),
+            });
+        }
+        self.discards.push((offset, len));
+        let range = self.range(offset, len);
+        self.bytes[range].fill(0);
+        Ok(())
+    }
+
+    fn seal_for_snapshot(&mut self) -> Result<Option<vmm_disk::DiskSeal>, DiskIoError> {
+        Ok(self.seal.clone())
     }
 }
 
@@ -1415,4 +1462,208 @@ fn metrics_count_exactly_the_bytes_and_requests_served() {
     assert_eq!(m.queue_event_count.get(), 6);
     assert_eq!(m.no_avail_buffer.get(), 1);
     assert_eq!(m.activate_fails.get(), 0);
+}
+
+/// Writes discard segments `(sector, num_sectors, flags)` to guest memory at `addr`; returns
+/// their length in bytes.
+fn write_segments(mem: &GuestMemoryMmap, addr: u64, segments: &[(u64, u32, u32)]) -> u32 {
+    let mut at = addr;
+    for &(sector, sectors, flags) in segments {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&sector.to_le_bytes());
+        bytes[8..12].copy_from_slice(&sectors.to_le_bytes());
+        bytes[12..].copy_from_slice(&flags.to_le_bytes());
+        mem.write_slice(&bytes, GuestAddress(at)).unwrap();
+        at += 16;
+    }
+    (segments.len() * 16) as u32
+}
+
+#[test]
+fn discard_zeroes_the_ranges_of_a_raw_image() {
+    let disk = pattern(8 * 512);
+    let mut r = rig_with(
+        &disk,
+        false,
+        None,
+        features::VERSION_1 | 1 << VIRTIO_BLK_F_DISCARD,
+    );
+    assert!(r.block.discard());
+    let len = write_segments(&r.mem, DATA, &[(1, 2, 0), (6, 1, 0), (7, 0, 0)]);
+    // The array split across two descriptors, in the middle of a segment.
+    r.request(
+        VIRTIO_BLK_T_DISCARD,
+        0,
+        &[(DATA, 10, false), (DATA + 10, len - 10, false)],
+    );
+    r.run();
+    assert_eq!(r.status(), S_OK);
+    assert_eq!(r.last_used().1, 1, "only the status is written");
+    let mut want = disk.clone();
+    want[512..3 * 512].fill(0);
+    want[6 * 512..7 * 512].fill(0);
+    assert_eq!(r.image.contents(), want);
+}
+
+#[test]
+fn hostile_discard_arrays_discard_nothing() {
+    let disk = pattern(8 * 512);
+    let mut r = rig(&disk);
+    let too_many: Vec<(u64, u32, u32)> = (0..=MAX_DISCARD_SEG as u64)
+        .map(|s| (s % 8, 0, 0))
+        .collect();
+    type Segments = Vec<(u64, u32, u32)>;
+    let cases: Vec<(&str, Segments, Option<u32>, u8)> = vec![
+        ("past the end", vec![(8, 1, 0)], None, S_IOERR),
+        ("runs past the end", vec![(7, 2, 0)], None, S_IOERR),
+        ("sector overflows", vec![(u64::MAX, 1, 0)], None, S_IOERR),
+        (
+            "end overflows",
+            vec![(u64::MAX / 512, u32::MAX, 0)],
+            None,
+            S_IOERR,
+        ),
+        (
+            "longer than max_discard_sectors",
+            vec![(0, MAX_DISCARD_SECTORS + 1, 0)],
+            None,
+            S_IOERR,
+        ),
+        (
+            "a good one, then a bad one",
+            vec![(0, 1, 0), (9, 1, 0)],
+            None,
+            S_IOERR,
+        ),
+        ("too many segments", too_many, None, S_IOERR),
+        ("partial segment", vec![(0, 1, 0)], Some(15), S_IOERR),
+        (
+            "a segment and a half",
+            vec![(0, 1, 0), (1, 1, 0)],
+            Some(24),
+            S_IOERR,
+        ),
+        ("no segments", vec![], None, S_IOERR),
+        ("unmap set", vec![(0, 1, 1)], None, S_UNSUPP),
+        ("unknown flag", vec![(0, 1, 2)], None, S_UNSUPP),
+        (
+            "high flag after a good one",
+            vec![(0, 1, 0), (1, 1, 0x8000_0000)],
+            None,
+            S_UNSUPP,
+        ),
+    ];
+    for (what, segments, len, want) in cases {
+        let full = write_segments(&r.mem, DATA, &segments);
+        let len = len.unwrap_or(full);
+        let data: Vec<(u64, u32, bool)> = if len == 0 {
+            vec![]
+        } else {
+            vec![(DATA, len, false)]
+        };
+        r.request(VIRTIO_BLK_T_DISCARD, 0, &data);
+        r.run();
+        assert_eq!(r.status(), want, "{what}");
+        assert_eq!(r.last_used().1, 1, "{what}");
+        assert_eq!(r.image.contents(), disk, "{what}: nothing discarded");
+    }
+    // Segments in a device-writable buffer, or a writable buffer besides them.
+    let len = write_segments(&r.mem, DATA, &[(0, 1, 0)]);
+    r.request(VIRTIO_BLK_T_DISCARD, 0, &[(DATA, len, true)]);
+    r.request_in(
+        1,
+        VIRTIO_BLK_T_DISCARD,
+        0,
+        &[(DATA, len, false), (DATA + 0x1000, 512, true)],
+    );
+    r.run();
+    assert_eq!(r.status(), S_IOERR);
+    assert_eq!(r.status_of(1), S_IOERR);
+    // Segments outside guest memory.
+    r.request(VIRTIO_BLK_T_DISCARD, 0, &[(OUTSIDE - 8, 16, false)]);
+    r.run();
+    assert_eq!(r.status(), S_IOERR);
+    assert_eq!(r.image.contents(), disk);
+}
+
+#[test]
+fn discard_is_unsupported_on_read_only_disks_and_backends_that_cannot() {
+    let disk = pattern(8 * 512);
+    let mut r = rig_with(&disk, true, None, features::VERSION_1);
+    assert_eq!(r.block.device_features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
+    let len = write_segments(&r.mem, DATA, &[(0, 1, 0)]);
+    r.request(VIRTIO_BLK_T_DISCARD, 0, &[(DATA, len, false)]);
+    r.run();
+    assert_eq!(r.status(), S_UNSUPP);
+    assert_eq!(r.image.contents(), disk);
+
+    let (mut block, mem, mut tq) = backend_rig(MemDisk::new(pattern(4 * 512)), None);
+    assert!(!block.discard());
+    assert_eq!(block.device_features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
+    write_segments(&mem, DATA, &[(0, 1, 0)]);
+    let got = submit(
+        &mut block,
+        &mem,
+        &mut tq,
+        VIRTIO_BLK_T_DISCARD,
+        0,
+        Some((16, false)),
+    );
+    assert_eq!(got, (S_UNSUPP, 1));
+    assert!(block.backend().discards.is_empty());
+}
+
+#[test]
+fn discard_reaches_the_backend_in_bytes_and_failures_are_ioerr() {
+    let mut backend = MemDisk::new(pattern(16 * 512));
+    backend.can_discard = true;
+    let (mut block, mem, mut tq) = backend_rig(backend, None);
+    assert_ne!(block.device_features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
+    let len = write_segments(&mem, DATA, &[(2, 3, 0), (10, 0, 0), (15, 1, 0)]);
+    let got = submit(
+        &mut block,
+        &mem,
+        &mut tq,
+        VIRTIO_BLK_T_DISCARD,
+        0,
+        Some((len, false)),
+    );
+    assert_eq!(got, (S_OK, 1));
+    assert_eq!(
+        block.backend().discards,
+        [(2 * 512, 3 * 512), (15 * 512, 512)],
+        "empty segments are skipped"
+    );
+
+    let mut failing = MemDisk::new(pattern(16 * 512));
+    failing.can_discard = true;
+    failing.discard_fails = true;
+    let (mut block, mem, mut tq) = backend_rig(failing, None);
+    let len = write_segments(&mem, DATA, &[(0, 1, 0)]);
+    let got = submit(
+        &mut block,
+        &mem,
+        &mut tq,
+        VIRTIO_BLK_T_DISCARD,
+        0,
+        Some((len, false)),
+    );
+    assert_eq!(got, (S_IOERR, 1));
+    assert_eq!(block.metrics().execute_fails.get(), 1);
+}
+
+#[test]
+fn seal_backend_returns_the_backends_seal() {
+    let mut backend = MemDisk::new(pattern(4 * 512));
+    let seal = vmm_disk::DiskSeal {
+        format: "layered".into(),
+        layer: "/images/vm.layered.1".into(),
+        layer_id: "abc".into(),
+    };
+    backend.seal = Some(seal.clone());
+    let (mut block, _mem, _tq) = backend_rig(backend, None);
+    assert_eq!(block.seal_backend().unwrap(), Some(seal));
+    let r = rig(&[0u8; 512]);
+    let mut raw = r.block;
+    assert_eq!(raw.seal_backend().unwrap(), None, "raw images keep no seal");
 }

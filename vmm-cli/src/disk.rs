@@ -1,0 +1,467 @@
+//! `vmm disk ...`: disk image tools. Creating, cloning, sealing and committing images of the
+//! layered copy-on-write format, inspecting and checking images of any format, converting between
+//! formats, and importing raw images into a deduplicated store.
+//!
+//! This module parses and checks the arguments, prints results and errors (one line, `vmm:
+//! error: ...`, exit code 1); the work is vmm-disk's. Each action goes through one small
+//! function below; those marked `// WIRE:` wait for the vmm-disk function named in the marker
+//! and answer "not yet available" until it is connected.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use vmm_api::{DiskFormat, MemorySize};
+use vmm_disk::{DiskError, ImageFile, OpenOptions};
+
+/// The disk subcommands.
+#[derive(Subcommand, Debug)]
+pub enum DiskCommand {
+    /// Create an image in the layered format: empty, of --size, or a copy-on-write layer over
+    /// --base (any format; its size unless --size says otherwise).
+    Create(CreateArgs),
+    /// Make NEW a writable copy-on-write clone of SRC (a layered image); SRC is not changed.
+    Clone {
+        /// The image to clone.
+        #[arg(value_name = "SRC")]
+        src: PathBuf,
+        /// The clone to create (must not exist).
+        #[arg(value_name = "NEW")]
+        new: PathBuf,
+    },
+    /// Seal the current top layer of a layered image (read-only from now on) and start a new
+    /// one over it; prints the sealed layer.
+    Snapshot {
+        /// The layered image.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Merge the top layer of a layered image into the layer below it.
+    Commit {
+        /// The layered image.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print an image's format, size and layers.
+    Info {
+        /// The image (any format).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an image's metadata. Exit code 0 when clean, 1 with a list of the problems found.
+    Check {
+        /// The image (any format).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Copy an image into a new image of another format.
+    Convert {
+        /// The image to read (any format).
+        #[arg(value_name = "IN")]
+        input: PathBuf,
+        /// The image to write (must not exist).
+        #[arg(value_name = "OUT")]
+        output: PathBuf,
+        /// OUT's format: raw, qcow2 or layered.
+        #[arg(long, value_name = "FORMAT")]
+        format: String,
+    },
+    /// Import raw images into a store where equal blocks are kept once; each becomes a layered
+    /// image in DIR.
+    Import(ImportArgs),
+}
+
+/// `vmm disk create`.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The image to create (must not exist).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The disk's size: 10G, 512M, 4096K, or a plain number of MiB.
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// An image (any format) the new one starts as a copy-on-write layer over.
+    #[arg(long, value_name = "FILE")]
+    pub base: Option<PathBuf>,
+}
+
+/// `vmm disk import`.
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Keep equal blocks once (the only mode there is; the flag says it).
+    #[arg(long)]
+    pub dedup: bool,
+    /// The block hash: sha256 or blake3.
+    #[arg(long, value_name = "HASH", default_value = "sha256")]
+    pub hash: String,
+    /// The images to import.
+    #[arg(value_name = "IN", required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// The store's directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// The block hashes `vmm disk import --hash` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockHash {
+    /// SHA-256.
+    Sha256,
+    /// BLAKE3.
+    Blake3,
+}
+
+/// Why a disk command failed; printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskCliError {
+    /// A bad argument value.
+    #[error("{0}")]
+    Usage(String),
+    /// An input that does not exist or cannot be read.
+    #[error("{}: {source}", path.display())]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An output that exists already.
+    #[error("{} exists already; it is never overwritten", .0.display())]
+    Exists(PathBuf),
+    /// vmm-disk failed.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// The operation is not in this build yet.
+    #[error("vmm disk {0}: not yet available in this build")]
+    NotYetAvailable(&'static str),
+}
+
+/// What `vmm disk info` prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ImageInfo {
+    /// The image.
+    pub file: PathBuf,
+    /// Its format.
+    pub format: String,
+    /// The disk's size in bytes, as the guest sees it.
+    pub virtual_size: u64,
+    /// Bytes the image takes on the host.
+    pub disk_usage: u64,
+    /// The image's layers, top first (layered images); empty for the other formats.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<PathBuf>,
+    /// The image it is a copy-on-write layer over, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<PathBuf>,
+}
+
+/// What `vmm disk import` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// The layered image made for each input, in order.
+    pub images: Vec<PathBuf>,
+    /// Blocks read.
+    pub blocks: u64,
+    /// Blocks stored (the rest were equal to one stored before).
+    pub unique_blocks: u64,
+}
+
+/// Runs a disk subcommand; prints its result, or its error as one line.
+pub fn main(command: DiskCommand) -> ExitCode {
+    match run(command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("vmm: error: {}", vmm_core::error_chain(&error));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(command: DiskCommand) -> Result<ExitCode, DiskCliError> {
+    match command {
+        DiskCommand::Create(args) => {
+            let size = args.size.as_deref().map(parse_disk_size).transpose()?;
+            if size.is_none() && args.base.is_none() {
+                return Err(DiskCliError::Usage(
+                    "vmm disk create needs --size, --base or both".into(),
+                ));
+            }
+            if let Some(base) = &args.base {
+                existing(base)?;
+            }
+            absent(&args.file)?;
+            create_image(&args.file, size, args.base.as_deref())?;
+            println!("{}", args.file.display());
+        }
+        DiskCommand::Clone { src, new } => {
+            existing(&src)?;
+            absent(&new)?;
+            clone_image(&src, &new)?;
+            println!("{}", new.display());
+        }
+        DiskCommand::Snapshot { file } => {
+            existing(&file)?;
+            let sealed = snapshot_image(&file)?;
+            println!("{}", sealed.display());
+        }
+        DiskCommand::Commit { file } => {
+            existing(&file)?;
+            commit_image(&file)?;
+        }
+        DiskCommand::Info { file, json } => {
+            existing(&file)?;
+            let info = image_info(&file)?;
+            if json {
+                // A plain struct of strings and numbers: serialization cannot fail.
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).unwrap_or_default()
+                );
+            } else {
+                print!("{}", info_text(&info));
+            }
+        }
+        DiskCommand::Check { file } => {
+            existing(&file)?;
+            let problems = check_image(&file)?;
+            if !problems.is_empty() {
+                println!("{}: {} problem(s)", file.display(), problems.len());
+                for problem in &problems {
+                    println!("  {problem}");
+                }
+                return Ok(ExitCode::from(1));
+            }
+            println!("{}: no problems found", file.display());
+        }
+        DiskCommand::Convert {
+            input,
+            output,
+            format,
+        } => {
+            let format: DiskFormat = format.parse().map_err(DiskCliError::Usage)?;
+            existing(&input)?;
+            absent(&output)?;
+            convert_image(&input, &output, format)?;
+            println!("{}", output.display());
+        }
+        DiskCommand::Import(args) => {
+            let hash = parse_hash(&args.hash)?;
+            if !args.dedup {
+                return Err(DiskCliError::Usage(
+                    "vmm disk import needs --dedup (it stores every block once)".into(),
+                ));
+            }
+            for input in &args.inputs {
+                existing(input)?;
+            }
+            let report = import_dedup(&args.inputs, &args.out, hash)?;
+            for image in &report.images {
+                println!("{}", image.display());
+            }
+            println!(
+                "{} blocks read, {} stored",
+                report.blocks, report.unique_blocks
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A disk size ("10G", "512M", a plain number of MiB, as `--memory` takes), more than 0.
+pub fn parse_disk_size(text: &str) -> Result<u64, DiskCliError> {
+    let size: MemorySize = text.parse().map_err(|_| {
+        DiskCliError::Usage(format!(
+            "invalid disk size {text:?}: use a number with K, M, G or T (a plain number is MiB)"
+        ))
+    })?;
+    if size.0 == 0 {
+        return Err(DiskCliError::Usage(format!(
+            "invalid disk size {text:?}: a disk must be larger than 0 bytes"
+        )));
+    }
+    Ok(size.0)
+}
+
+/// `--hash`'s value.
+pub fn parse_hash(text: &str) -> Result<BlockHash, DiskCliError> {
+    match text {
+        "sha256" => Ok(BlockHash::Sha256),
+        "blake3" => Ok(BlockHash::Blake3),
+        _ => Err(DiskCliError::Usage(format!(
+            "unknown block hash {text:?} (sha256 or blake3)"
+        ))),
+    }
+}
+
+/// `path` exists (an input).
+fn existing(path: &Path) -> Result<(), DiskCliError> {
+    std::fs::metadata(path)
+        .map(drop)
+        .map_err(|source| DiskCliError::Input {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// `path` does not exist (an output).
+fn absent(path: &Path) -> Result<(), DiskCliError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Err(DiskCliError::Exists(path.to_path_buf())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// `vmm disk info`'s text form.
+fn info_text(info: &ImageInfo) -> String {
+    let mut text = format!(
+        "file: {}\nformat: {}\nvirtual size: {} ({} bytes)\ndisk usage: {} bytes\n",
+        info.file.display(),
+        info.format,
+        MemorySize(info.virtual_size),
+        info.virtual_size,
+        info.disk_usage
+    );
+    if let Some(base) = &info.base {
+        text.push_str(&format!("base: {}\n", base.display()));
+    }
+    for (index, layer) in info.layers.iter().enumerate() {
+        text.push_str(&format!("layer {index}: {}\n", layer.display()));
+    }
+    text
+}
+
+// The actions. Those marked WIRE answer "not yet available" until the named vmm-disk function
+// is connected: replace the body with the call (and map its result) and remove the marker.
+
+/// A new layered image at `file`.
+fn create_image(file: &Path, size: Option<u64>, base: Option<&Path>) -> Result<(), DiskCliError> {
+    // WIRE: vmm_disk::layered::create(file, size, base)
+    let _ = (file, size, base);
+    Err(DiskCliError::NotYetAvailable("create"))
+}
+
+/// A clone of `src` at `new`.
+fn clone_image(src: &Path, new: &Path) -> Result<(), DiskCliError> {
+    // WIRE: vmm_disk::layered::clone_image(src, new)
+    let _ = (src, new);
+    Err(DiskCliError::NotYetAvailable("clone"))
+}
+
+/// Seals the top layer of `file`; the sealed layer's path.
+fn snapshot_image(file: &Path) -> Result<PathBuf, DiskCliError> {
+    // WIRE: vmm_disk::layered::snapshot(file) -> the sealed layer
+    let _ = file;
+    Err(DiskCliError::NotYetAvailable("snapshot"))
+}
+
+/// Merges the top layer of `file` down.
+fn commit_image(file: &Path) -> Result<(), DiskCliError> {
+    // WIRE: vmm_disk::layered::commit(file)
+    let _ = file;
+    Err(DiskCliError::NotYetAvailable("commit"))
+}
+
+/// What `vmm disk info` shows: the format and size of any image vmm-disk opens; the layers and
+/// base of layered images.
+fn image_info(file: &Path) -> Result<ImageInfo, DiskCliError> {
+    let format = vmm_disk::detect(file)?;
+    if format == vmm_disk::Format::Layered {
+        // WIRE: vmm_disk::layered::info(file) -> layers (top first), base, sizes
+        return Err(DiskCliError::NotYetAvailable("info (layered images)"));
+    }
+    let image = vmm_disk::open_image(
+        file,
+        &OpenOptions {
+            read_only: true,
+            format: Some(format),
+        },
+    )?
+    .into_image_file();
+    let disk_usage =
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(file).map_err(|source| {
+            DiskCliError::Input {
+                path: file.to_path_buf(),
+                source,
+            }
+        })?) * 512;
+    Ok(ImageInfo {
+        file: file.to_path_buf(),
+        format: format.name().to_string(),
+        virtual_size: image.size(),
+        disk_usage,
+        layers: Vec::new(),
+        // WIRE: a qcow2 image's backing file, once vmm-disk's qcow2 reports it.
+        base: None,
+    })
+}
+
+/// The problems found in `file`'s metadata (none: clean). A raw image has no metadata.
+fn check_image(file: &Path) -> Result<Vec<String>, DiskCliError> {
+    match vmm_disk::detect(file)? {
+        vmm_disk::Format::Raw => Ok(Vec::new()),
+        // WIRE: vmm_disk::layered::check(file) -> the problems, one string each (and the
+        // qcow2 check, if the qcow2 branch has one)
+        _ => Err(DiskCliError::NotYetAvailable("check")),
+    }
+}
+
+/// Copies `input` into a new `format` image at `output`.
+fn convert_image(input: &Path, output: &Path, format: DiskFormat) -> Result<(), DiskCliError> {
+    // WIRE: vmm_disk::convert::convert(input, output, format)
+    let _ = (input, output, format);
+    Err(DiskCliError::NotYetAvailable("convert"))
+}
+
+/// Imports `inputs` into the deduplicated store `out`.
+fn import_dedup(
+    inputs: &[PathBuf],
+    out: &Path,
+    hash: BlockHash,
+) -> Result<ImportReport, DiskCliError> {
+    // WIRE: vmm_disk::layered::import_dedup(inputs, out, hash)
+    let _ = (inputs, out, hash);
+    Err(DiskCliError::NotYetAvailable("import"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_hashes() {
+        assert_eq!(parse_disk_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_disk_size("64").unwrap(), 64 << 20);
+        for bad in ["0", "0G", "ten", "-1G", ""] {
+            let err = parse_disk_size(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid disk size"), "{bad}: {err}");
+        }
+        assert_eq!(parse_hash("blake3").unwrap(), BlockHash::Blake3);
+        assert!(parse_hash("md5")
+            .unwrap_err()
+            .to_string()
+            .contains("sha256 or blake3"));
+    }
+
+    #[test]
+    fn info_text_lists_base_and_layers() {
+        let info = ImageInfo {
+            file: "a.layered".into(),
+            format: "layered".into(),
+            virtual_size: 1 << 30,
+            disk_usage: 4096,
+            layers: vec!["a.layered".into(), "a.layered.1".into()],
+            base: Some("rootfs.raw".into()),
+        };
+        let text = info_text(&info);
+        assert!(
+            text.contains("virtual size: 1G (1073741824 bytes)"),
+            "{text}"
+        );
+        assert!(text.contains("base: rootfs.raw\nlayer 0: a.layered\nlayer 1: a.layered.1\n"));
+    }
+}
