@@ -331,3 +331,66 @@ fn vm_snapshot_with_a_layered_disk_restores_twice_onto_two_clones() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The guest's discard reaches the image: on a raw file it punches a hole (the range reads as
+/// zeros and no longer takes space); on a layered clone it leaves a tombstone over the base's data,
+/// and the base keeps its bytes.
+#[test]
+fn guest_discard_punches_raw_holes_and_hides_layered_base_blocks() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = scratch("discard");
+    let (kernel, initrd) = (guest("vmlinux"), super::virtio::test_initramfs());
+
+    // Raw: a non-sparse 4 MiB file of ones.
+    let raw = path_in(&dir, "disk.raw");
+    std::fs::write(&raw, vec![1u8; 4 << 20]).unwrap();
+    let disk = format!("path={raw}");
+    let output = super::boot_and_test(
+        &["--kernel", &kernel, "--initrd", &initrd, "--disk", &disk],
+        "discard",
+        &["DISCARD-OK"],
+    );
+    assert!(output.contains("DISCARD-OK"), "{output}");
+    let bytes = std::fs::read(&raw).unwrap();
+    assert_eq!(bytes.len(), 4 << 20, "the image keeps its size");
+    assert!(
+        bytes[..1 << 20].iter().all(|&b| b == 0),
+        "discarded range reads zeros"
+    );
+    assert!(
+        bytes[1 << 20..].iter().all(|&b| b == 1),
+        "the rest is untouched"
+    );
+    let allocated = std::fs::metadata(&raw).unwrap().blocks() * 512;
+    assert!(
+        allocated <= 3 << 20,
+        "the hole was punched: {allocated} bytes still allocated"
+    );
+
+    // Layered: a clone over a raw base of ones.
+    let base = path_in(&dir, "base.raw");
+    std::fs::write(&base, vec![1u8; 4 << 20]).unwrap();
+    let before = sha256(&base);
+    let top = path_in(&dir, "top.layered");
+    vmm_ok(&["disk", "create", &top, "--base", &base]);
+    let disk = format!("path={top}");
+    super::boot_and_test(
+        &["--kernel", &kernel, "--initrd", &initrd, "--disk", &disk],
+        "discard",
+        &["DISCARD-OK"],
+    );
+    vmm_ok(&["disk", "check", &top]);
+    let flat = path_in(&dir, "flat.raw");
+    vmm_ok(&["disk", "convert", &top, &flat, "--format", "raw"]);
+    let bytes = std::fs::read(&flat).unwrap();
+    assert!(
+        bytes[..1 << 20].iter().all(|&b| b == 0),
+        "the tombstone reads zeros"
+    );
+    assert!(
+        bytes[1 << 20..].iter().all(|&b| b == 1),
+        "the base shows through elsewhere"
+    );
+    assert_eq!(sha256(&base), before, "the base is never written");
+    let _ = std::fs::remove_dir_all(&dir);
+}
