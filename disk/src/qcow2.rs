@@ -509,6 +509,11 @@ fn imago_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
     }
 }
 
+/// Opens `path` as an imago storage object.
+fn open_storage(path: &Path, writable: bool) -> Result<File, Error> {
+    File::open(StorageOpenOptions::new().filename(path).write(writable)).map_err(imago_err(path))
+}
+
 /// Opens `path` as a qcow2 layer with its backing chain below it; `seen` holds the layers above.
 fn open_layer(
     path: &Path,
@@ -552,7 +557,7 @@ fn open_layer(
             Some(match format.as_str() {
                 "qcow2" => open_layer(&backing_path, false, seen)?.0,
                 "raw" | "file" => {
-                    let raw = Raw::<File>::builder_path(&backing_path)
+                    let raw = Raw::<File>::builder(open_storage(&backing_path, false)?)
                         .write(false)
                         .open(DenyImplicitOpenGate::default())
                         .map_err(imago_err(&backing_path))?;
@@ -568,7 +573,8 @@ fn open_layer(
         }
     };
 
-    let qcow2 = Qcow2::<File>::builder_path(path)
+    // The file is opened here: imago's gate denies every open it would do itself.
+    let qcow2 = Qcow2::<File>::builder(open_storage(path, writable)?)
         .write(writable)
         .storage_open_options(StorageOpenOptions::new())
         .backing(backing)
