@@ -43,7 +43,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use imago::file::File;
@@ -237,6 +237,12 @@ pub struct Header {
     pub backing_file: Option<String>,
     /// The backing format from the header extension, when there is one.
     pub backing_format: Option<String>,
+    /// Where the refcount table starts in the file.
+    pub reftable_offset: u64,
+    /// Its length in clusters.
+    pub reftable_clusters: u32,
+    /// log2 of the refcount width in bits (4 in version 2).
+    pub refcount_order: u32,
 }
 
 impl Header {
@@ -300,9 +306,10 @@ impl Header {
             });
         }
 
+        let mut refcount_order = 4;
         let header_len = if version == 3 {
             let incompatible = field64(72)?;
-            let refcount_order = field32(96)?;
+            refcount_order = field32(96)?;
             let header_len = field32(100)?;
             check_incompatible(incompatible, head, header_len, path)?;
             if refcount_order > 6 {
@@ -377,7 +384,73 @@ impl Header {
             nb_snapshots,
             backing_file,
             backing_format,
+            reftable_offset,
+            reftable_clusters,
+            refcount_order,
         })
+    }
+
+    /// Checks, before imago allocates in the image, that the refcount table has a refcount
+    /// block, inside the file, for every cluster the file holds: imago 0.2.6's allocator recurses
+    /// without bound (a stack overflow, which no caller can catch) on an image whose refcount
+    /// structures do not cover its own clusters. `file_len` is the image file's length;
+    /// `read_at(offset, buf)` reads the file.
+    pub fn check_refcounts(
+        &self,
+        path: &Path,
+        file_len: u64,
+        read_at: impl Fn(u64, &mut [u8]) -> io::Result<()>,
+    ) -> Result<(), Error> {
+        let bad = |what: String| Error::BadHeader {
+            path: path.to_path_buf(),
+            what,
+        };
+        let cluster_bits = self.cluster_bits;
+        let cluster_size = 1u64 << cluster_bits;
+        // One refcount block covers cluster_size * 8 / 2^refcount_order clusters.
+        let covered_bits = (cluster_bits + 3)
+            .checked_sub(self.refcount_order)
+            .map(|b| b + cluster_bits)
+            .filter(|&b| b < 64)
+            .ok_or_else(|| bad("refcount_order too large for the cluster size".into()))?;
+        let needed = file_len.div_ceil(1u64 << covered_bits).max(1);
+        let entries = u64::from(self.reftable_clusters) * cluster_size / 8;
+        if needed > entries {
+            return Err(bad(format!(
+                "the refcount table ({entries} entries) does not cover the {file_len}-byte file"
+            )));
+        }
+        let table_len = needed * 8;
+        if self
+            .reftable_offset
+            .checked_add(table_len)
+            .is_none_or(|end| end > file_len)
+        {
+            return Err(bad(
+                "the refcount table lies past the end of the file".into()
+            ));
+        }
+        let mut table = vec![0u8; table_len as usize];
+        read_at(self.reftable_offset, &mut table).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        for (i, entry) in table.chunks_exact(8).enumerate() {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(entry);
+            let block = u64::from_be_bytes(raw);
+            if block == 0
+                || block % cluster_size != 0
+                || block
+                    .checked_add(cluster_size)
+                    .is_none_or(|end| end > file_len)
+            {
+                return Err(bad(format!(
+                    "refcount table entry {i} ({block:#x}) is not a refcount block in the file"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -531,6 +604,15 @@ fn open_layer(
     }
     let head = read_head(path)?;
     let header = Header::parse(&head, path, writable)?;
+    if writable {
+        let read_err = |source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = fs::File::open(path).map_err(read_err)?;
+        let len = file.metadata().map_err(read_err)?.len();
+        header.check_refcounts(path, len, |at, buf| file.read_exact_at(buf, at))?;
+    }
 
     let backing = match &header.backing_file {
         None => None,
