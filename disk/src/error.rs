@@ -71,4 +71,7 @@ pub enum DiskError {
         /// Its format.
         format: crate::Format,
     },
+    /// A qcow2 image refused, or imago failed on it.
+    #[error(transparent)]
+    Qcow2(#[from] crate::qcow2::Error),
 }

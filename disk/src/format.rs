@@ -130,6 +130,10 @@ pub fn open_image(path: &Path, options: &OpenOptions) -> Result<OpenedImage, Dis
     };
     match format {
         Format::Raw => Ok(OpenedImage::Raw(RawFile::open(path, options.read_only)?)),
+        Format::Qcow2 => Ok(OpenedImage::Other(
+            Format::Qcow2,
+            Box::new(crate::qcow2::Qcow2Image::open(path, options.read_only)?),
+        )),
         other => Err(DiskError::FormatUnavailable {
             path: path.to_path_buf(),
             format: other,

@@ -30,10 +30,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod convert;
 mod error;
 pub mod format;
 mod guest;
 mod image_file;
+pub mod qcow2;
 mod raw;
 
 use std::path::PathBuf;
@@ -42,6 +44,7 @@ pub use error::DiskError;
 pub use format::{detect, open_image, Format, OpenOptions, OpenedImage};
 pub use guest::{DiskId, DiskImage, DiskIoError, GuestBuffers, GuestRange, GuestSlice, ID_BYTES};
 pub use image_file::{Bounced, ImageFile, BOUNCE_CHUNK};
+pub use qcow2::{create_qcow2, Qcow2Image};
 pub use raw::{default_id, RawFile};
 
 /// What a VM's state file records of a disk sealed for a snapshot
