@@ -412,9 +412,9 @@ fn check_image(file: &Path) -> Result<Vec<String>, DiskCliError> {
 
 /// Copies `input` into a new `format` image at `output`.
 fn convert_image(input: &Path, output: &Path, format: DiskFormat) -> Result<(), DiskCliError> {
-    // WIRE: vmm_disk::convert::convert(input, output, format)
-    let _ = (input, output, format);
-    Err(DiskCliError::NotYetAvailable("convert"))
+    let options = vmm_disk::convert::ConvertOptions::default();
+    vmm_disk::convert::convert(input, output, vmm_core::disk_format(format), &options)?;
+    Ok(())
 }
 
 /// Imports `inputs` into the deduplicated store `out`.

@@ -47,5 +47,5 @@ pub use events::{ShutdownReason, CONSOLE_QUIT_EXIT_CODE};
 pub use persist::{merge_diff_snapshot, RestoreSource, VmSnapshot};
 pub use pvm::{is_pvm_host, PVM_EXPLANATION};
 pub use seccomp::{SeccompConfig, SeccompError};
-pub use virtio_devices::AttachedDevice;
+pub use virtio_devices::{disk_format, AttachedDevice};
 pub use vmm::{StartMode, Vmm};

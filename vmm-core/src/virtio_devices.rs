@@ -47,17 +47,22 @@ pub fn disk_backend(opened: OpenedImage) -> DiskBackend {
     }
 }
 
+/// The image format an API drive names (vmm-api does not depend on vmm-disk).
+pub fn disk_format(format: vmm_api::DiskFormat) -> vmm_disk::Format {
+    match format {
+        vmm_api::DiskFormat::Raw => vmm_disk::Format::Raw,
+        vmm_api::DiskFormat::Qcow2 => vmm_disk::Format::Qcow2,
+        vmm_api::DiskFormat::Layered => vmm_disk::Format::Layered,
+    }
+}
+
 /// Opens the disk image at `path` in `format` (`None`: detected from its magic).
 pub fn open_disk(
     path: &Path,
     format: Option<vmm_api::DiskFormat>,
     read_only: bool,
 ) -> std::result::Result<DiskBackend, DiskError> {
-    let format = format.map(|f| match f {
-        vmm_api::DiskFormat::Raw => vmm_disk::Format::Raw,
-        vmm_api::DiskFormat::Qcow2 => vmm_disk::Format::Qcow2,
-        vmm_api::DiskFormat::Layered => vmm_disk::Format::Layered,
-    });
+    let format = format.map(disk_format);
     let opened = vmm_disk::open_image(path, &OpenOptions { read_only, format })?;
     Ok(disk_backend(opened))
 }
