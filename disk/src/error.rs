@@ -71,4 +71,7 @@ pub enum DiskError {
         /// Its format.
         format: crate::Format,
     },
+    /// The layered format failed.
+    #[error(transparent)]
+    Layered(#[from] crate::layered::Error),
 }

@@ -34,6 +34,7 @@ mod error;
 pub mod format;
 mod guest;
 mod image_file;
+pub mod layered;
 mod raw;
 
 use std::path::PathBuf;
