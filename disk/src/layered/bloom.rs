@@ -81,7 +81,7 @@ impl Bloom {
 
     /// A filter from its stored bytes; `bits` and `hashes` as the superblock says.
     pub fn from_bytes(bytes: &[u8], bits: u64, hashes: u32) -> Result<Bloom, String> {
-        if bits == 0 || bits % 64 != 0 || bytes.len() as u64 != bits / 8 {
+        if bits == 0 || !bits.is_multiple_of(64) || bytes.len() as u64 != bits / 8 {
             return Err(format!("filter of {bits} bits in {} bytes", bytes.len()));
         }
         if hashes == 0 || hashes > MAX_HASHES {

@@ -186,6 +186,9 @@ fn walk_node(
     Ok(())
 }
 
+/// A written tree: root block, depth and its leaves (first key, block).
+pub type NewTree = (u64, u32, Vec<(u64, u64)>);
+
 /// Splits `n` items into chunks of at most [`FANOUT`], as even as can be.
 fn chunk_sizes(n: usize) -> impl Iterator<Item = usize> {
     let chunks = n.div_ceil(FANOUT).max(1);
@@ -201,7 +204,7 @@ pub fn write_tree(
     old_leaves: &[(u64, u64)],
     dirty: &BTreeSet<u64>,
     next_block: &mut u64,
-) -> Result<(u64, u32, Vec<(u64, u64)>)> {
+) -> Result<NewTree> {
     if map.is_empty() {
         return Ok((0, 0, Vec::new()));
     }

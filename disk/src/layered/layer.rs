@@ -298,7 +298,10 @@ impl Layer {
         }
         let bytes = filter.to_bytes();
         let filter_block = top.next_block;
-        self.file.write_at(filter_block * BLOCK_U64, &bytes)?;
+        // Padded to whole blocks, so the file reaches its committed end.
+        let mut padded = bytes.clone();
+        padded.resize(bytes.len().div_ceil(BLOCK) * BLOCK, 0);
+        self.file.write_at(filter_block * BLOCK_U64, &padded)?;
         let file_end = filter_block + (bytes.len() as u64).div_ceil(BLOCK_U64);
         self.file.sync()?;
         let sb = Superblock {

@@ -212,8 +212,11 @@ fn open_parent(child: &Path, path: &str, id: &ondisk::LayerId) -> Result<Layer> 
     Ok(layer)
 }
 
+/// Layers (top first) and the base.
+type Chain = (Vec<Layer>, Option<Box<dyn ImageFile>>);
+
 /// Opens the layers under `top` and the base.
-fn open_chain(top: Layer) -> Result<(Vec<Layer>, Option<Box<dyn ImageFile>>)> {
+fn open_chain(top: Layer) -> Result<Chain> {
     let top_path = top.path.clone();
     let mut ids = HashSet::from([top.header.id]);
     let mut layers = vec![top];
