@@ -74,4 +74,7 @@ pub enum DiskError {
     /// A qcow2 image refused, or imago failed on it.
     #[error(transparent)]
     Qcow2(#[from] crate::qcow2::Error),
+    /// The layered format failed.
+    #[error(transparent)]
+    Layered(#[from] crate::layered::Error),
 }

@@ -134,10 +134,10 @@ pub fn open_image(path: &Path, options: &OpenOptions) -> Result<OpenedImage, Dis
             Format::Qcow2,
             Box::new(crate::qcow2::Qcow2Image::open(path, options.read_only)?),
         )),
-        other => Err(DiskError::FormatUnavailable {
-            path: path.to_path_buf(),
-            format: other,
-        }),
+        Format::Layered => Ok(OpenedImage::Other(
+            Format::Layered,
+            Box::new(crate::layered::LayeredImage::open(path, options.read_only)?),
+        )),
     }
 }
 
@@ -187,7 +187,10 @@ pub fn open_sealed(seal: &DiskSeal, clone_path: &Path) -> Result<OpenedImage, Di
             path: seal.layer.clone(),
             format: Format::Raw,
         })?;
-    let _ = clone_path;
+    if format == Format::Layered {
+        let image = crate::layered::open_sealed(seal, clone_path)?;
+        return Ok(OpenedImage::Other(Format::Layered, Box::new(image)));
+    }
     Err(DiskError::FormatUnavailable {
         path: PathBuf::from(&seal.layer),
         format,

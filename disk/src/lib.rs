@@ -35,6 +35,7 @@ mod error;
 pub mod format;
 mod guest;
 mod image_file;
+pub mod layered;
 pub mod qcow2;
 mod raw;
 
