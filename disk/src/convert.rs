@@ -118,12 +118,15 @@ pub fn convert(
                 }
             }
         }
-        // layered: wired when the layered module lands
         Format::Layered => {
-            return Err(DiskError::FormatUnavailable {
-                path: output.to_path_buf(),
-                format,
-            })
+            crate::layered::create(output, Some(size), None)?;
+            match crate::layered::LayeredImage::open(output, false) {
+                Ok(image) => Box::new(image),
+                Err(e) => {
+                    let _ = fs::remove_file(output);
+                    return Err(e.into());
+                }
+            }
         }
     };
 

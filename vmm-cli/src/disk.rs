@@ -3,9 +3,7 @@
 //! formats, and importing raw images into a deduplicated store.
 //!
 //! This module parses and checks the arguments, prints results and errors (one line, `vmm:
-//! error: ...`, exit code 1); the work is vmm-disk's. Each action goes through one small
-//! function below; those marked `// WIRE:` wait for the vmm-disk function named in the marker
-//! and answer "not yet available" until it is connected.
+//! error: ...`, exit code 1); the work is vmm-disk's, one call per action.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use vmm_api::{DiskFormat, MemorySize};
-use vmm_disk::{DiskError, ImageFile, OpenOptions};
+use vmm_disk::{layered, DiskError, ImageFile, OpenOptions};
 
 /// The disk subcommands.
 #[derive(Subcommand, Debug)]
@@ -95,7 +93,7 @@ pub struct ImportArgs {
     /// Keep equal blocks once (the only mode there is; the flag says it).
     #[arg(long)]
     pub dedup: bool,
-    /// The block hash: sha256 or blake3.
+    /// The block hash: sha256.
     #[arg(long, value_name = "HASH", default_value = "sha256")]
     pub hash: String,
     /// The images to import.
@@ -110,10 +108,8 @@ pub struct ImportArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BlockHash {
-    /// SHA-256.
+    /// SHA-256 (a hit is also compared byte for byte).
     Sha256,
-    /// BLAKE3.
-    Blake3,
 }
 
 /// Why a disk command failed; printed as one line.
@@ -123,7 +119,7 @@ pub enum DiskCliError {
     #[error("{0}")]
     Usage(String),
     /// An input that does not exist or cannot be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Input {
         /// The file.
         path: PathBuf,
@@ -136,9 +132,6 @@ pub enum DiskCliError {
     /// vmm-disk failed.
     #[error(transparent)]
     Disk(#[from] DiskError),
-    /// The operation is not in this build yet.
-    #[error("vmm disk {0}: not yet available in this build")]
-    NotYetAvailable(&'static str),
 }
 
 /// What `vmm disk info` prints.
@@ -152,23 +145,9 @@ pub struct ImageInfo {
     pub virtual_size: u64,
     /// Bytes the image takes on the host.
     pub disk_usage: u64,
-    /// The image's layers, top first (layered images); empty for the other formats.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub layers: Vec<PathBuf>,
     /// The image it is a copy-on-write layer over, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base: Option<PathBuf>,
-}
-
-/// What `vmm disk import` did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ImportReport {
-    /// The layered image made for each input, in order.
-    pub images: Vec<PathBuf>,
-    /// Blocks read.
-    pub blocks: u64,
-    /// Blocks stored (the rest were equal to one stored before).
-    pub unique_blocks: u64,
 }
 
 /// Runs a disk subcommand; prints its result, or its error as one line.
@@ -215,15 +194,28 @@ fn run(command: DiskCommand) -> Result<ExitCode, DiskCliError> {
         }
         DiskCommand::Info { file, json } => {
             existing(&file)?;
-            let info = image_info(&file)?;
-            if json {
-                // A plain struct of strings and numbers: serialization cannot fail.
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&info).unwrap_or_default()
-                );
+            let format = vmm_disk::detect(&file)?;
+            // Plain structs of strings and numbers: serialization cannot fail.
+            if format == vmm_disk::Format::Layered {
+                let info = layered::info(&file).map_err(DiskError::from)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&info).unwrap_or_default()
+                    );
+                } else {
+                    print!("file: {}\nformat: layered\n{info}", file.display());
+                }
             } else {
-                print!("{}", info_text(&info));
+                let info = image_info(&file, format)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&info).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", info_text(&info));
+                }
             }
         }
         DiskCommand::Check { file } => {
@@ -260,12 +252,13 @@ fn run(command: DiskCommand) -> Result<ExitCode, DiskCliError> {
                 existing(input)?;
             }
             let report = import_dedup(&args.inputs, &args.out, hash)?;
-            for image in &report.images {
-                println!("{}", image.display());
-            }
             println!(
-                "{} blocks read, {} stored",
-                report.blocks, report.unique_blocks
+                "{} non-zero blocks read ({} zero blocks not stored), {} stored in {}: dedup ratio {:.2}",
+                report.blocks_seen,
+                report.zero_blocks,
+                report.blocks_stored,
+                report.store.display(),
+                report.ratio
             );
         }
     }
@@ -291,9 +284,8 @@ pub fn parse_disk_size(text: &str) -> Result<u64, DiskCliError> {
 pub fn parse_hash(text: &str) -> Result<BlockHash, DiskCliError> {
     match text {
         "sha256" => Ok(BlockHash::Sha256),
-        "blake3" => Ok(BlockHash::Blake3),
         _ => Err(DiskCliError::Usage(format!(
-            "unknown block hash {text:?} (sha256 or blake3)"
+            "unknown block hash {text:?} (sha256)"
         ))),
     }
 }
@@ -329,51 +321,33 @@ fn info_text(info: &ImageInfo) -> String {
     if let Some(base) = &info.base {
         text.push_str(&format!("base: {}\n", base.display()));
     }
-    for (index, layer) in info.layers.iter().enumerate() {
-        text.push_str(&format!("layer {index}: {}\n", layer.display()));
-    }
     text
 }
 
-// The actions. Those marked WIRE answer "not yet available" until the named vmm-disk function
-// is connected: replace the body with the call (and map its result) and remove the marker.
+// The actions: each one call into vmm-disk, its result mapped for printing.
 
 /// A new layered image at `file`.
 fn create_image(file: &Path, size: Option<u64>, base: Option<&Path>) -> Result<(), DiskCliError> {
-    // WIRE: vmm_disk::layered::create(file, size, base)
-    let _ = (file, size, base);
-    Err(DiskCliError::NotYetAvailable("create"))
+    Ok(layered::create(file, size, base).map_err(DiskError::from)?)
 }
 
 /// A clone of `src` at `new`.
 fn clone_image(src: &Path, new: &Path) -> Result<(), DiskCliError> {
-    // WIRE: vmm_disk::layered::clone_image(src, new)
-    let _ = (src, new);
-    Err(DiskCliError::NotYetAvailable("clone"))
+    Ok(layered::clone_image(src, new).map_err(DiskError::from)?)
 }
 
 /// Seals the top layer of `file`; the sealed layer's path.
 fn snapshot_image(file: &Path) -> Result<PathBuf, DiskCliError> {
-    // WIRE: vmm_disk::layered::snapshot(file) -> the sealed layer
-    let _ = file;
-    Err(DiskCliError::NotYetAvailable("snapshot"))
+    Ok(layered::snapshot(file).map_err(DiskError::from)?)
 }
 
-/// Merges the top layer of `file` down.
+/// Merges the layers of `file` into one.
 fn commit_image(file: &Path) -> Result<(), DiskCliError> {
-    // WIRE: vmm_disk::layered::commit(file)
-    let _ = file;
-    Err(DiskCliError::NotYetAvailable("commit"))
+    Ok(layered::commit(file).map_err(DiskError::from)?)
 }
 
-/// What `vmm disk info` shows: the format and size of any image vmm-disk opens; the layers and
-/// base of layered images.
-fn image_info(file: &Path) -> Result<ImageInfo, DiskCliError> {
-    let format = vmm_disk::detect(file)?;
-    if format == vmm_disk::Format::Layered {
-        // WIRE: vmm_disk::layered::info(file) -> layers (top first), base, sizes
-        return Err(DiskCliError::NotYetAvailable("info (layered images)"));
-    }
+/// What `vmm disk info` shows of a raw or qcow2 image: its format, sizes and backing file.
+fn image_info(file: &Path, format: vmm_disk::Format) -> Result<ImageInfo, DiskCliError> {
     let image = vmm_disk::open_image(
         file,
         &OpenOptions {
@@ -382,31 +356,54 @@ fn image_info(file: &Path) -> Result<ImageInfo, DiskCliError> {
         },
     )?
     .into_image_file();
+    let input = |source| DiskCliError::Input {
+        path: file.to_path_buf(),
+        source,
+    };
     let disk_usage =
-        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(file).map_err(|source| {
-            DiskCliError::Input {
-                path: file.to_path_buf(),
-                source,
-            }
-        })?) * 512;
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(file).map_err(input)?) * 512;
+    let base = match format {
+        vmm_disk::Format::Qcow2 => {
+            let mut head = vec![0u8; 64 << 10];
+            let n = std::io::Read::read(&mut std::fs::File::open(file).map_err(input)?, &mut head)
+                .map_err(input)?;
+            head.truncate(n);
+            vmm_disk::qcow2::Header::parse(&head, file, false)
+                .map_err(DiskError::from)?
+                .backing_file
+                .map(PathBuf::from)
+        }
+        _ => None,
+    };
     Ok(ImageInfo {
         file: file.to_path_buf(),
-        format: format.name().to_string(),
+        format: format.to_string(),
         virtual_size: image.size(),
         disk_usage,
-        layers: Vec::new(),
-        // WIRE: a qcow2 image's backing file, once vmm-disk's qcow2 reports it.
-        base: None,
+        base,
     })
 }
 
-/// The problems found in `file`'s metadata (none: clean). A raw image has no metadata.
+/// The problems found in `file`'s metadata (none: clean). A raw image has no metadata; a qcow2
+/// image is checked as opening it checks it (every header of its chain, the refcount table).
 fn check_image(file: &Path) -> Result<Vec<String>, DiskCliError> {
     match vmm_disk::detect(file)? {
         vmm_disk::Format::Raw => Ok(Vec::new()),
-        // WIRE: vmm_disk::layered::check(file) -> the problems, one string each (and the
-        // qcow2 check, if the qcow2 branch has one)
-        _ => Err(DiskCliError::NotYetAvailable("check")),
+        vmm_disk::Format::Qcow2 => {
+            let options = OpenOptions {
+                read_only: true,
+                format: Some(vmm_disk::Format::Qcow2),
+            };
+            match vmm_disk::open_image(file, &options) {
+                Ok(_) => Ok(Vec::new()),
+                Err(e) => Ok(vec![vmm_core::error_chain(&e)]),
+            }
+        }
+        vmm_disk::Format::Layered => Ok(layered::check(file)
+            .map_err(DiskError::from)?
+            .iter()
+            .map(ToString::to_string)
+            .collect()),
     }
 }
 
@@ -417,15 +414,34 @@ fn convert_image(input: &Path, output: &Path, format: DiskFormat) -> Result<(), 
     Ok(())
 }
 
-/// Imports `inputs` into the deduplicated store `out`.
+/// Imports `inputs` as layered images `out/<input name>.layered` sharing one store of blocks.
 fn import_dedup(
     inputs: &[PathBuf],
     out: &Path,
     hash: BlockHash,
-) -> Result<ImportReport, DiskCliError> {
-    // WIRE: vmm_disk::layered::import_dedup(inputs, out, hash)
-    let _ = (inputs, out, hash);
-    Err(DiskCliError::NotYetAvailable("import"))
+) -> Result<layered::DedupReport, DiskCliError> {
+    let BlockHash::Sha256 = hash;
+    std::fs::create_dir_all(out).map_err(|source| DiskCliError::Input {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut outputs = Vec::new();
+    for input in inputs {
+        let name = input.file_name().unwrap_or_default().to_string_lossy();
+        let output = out.join(format!("{name}.layered"));
+        absent(&output)?;
+        if outputs.contains(&output) {
+            return Err(DiskCliError::Usage(format!(
+                "two inputs named {name}: their imports would both be {}",
+                output.display()
+            )));
+        }
+        outputs.push(output);
+    }
+    Ok(
+        layered::import_dedup(inputs, &outputs, layered::HashKind::Sha256)
+            .map_err(DiskError::from)?,
+    )
 }
 
 #[cfg(test)]
@@ -440,21 +456,20 @@ mod tests {
             let err = parse_disk_size(bad).unwrap_err().to_string();
             assert!(err.contains("invalid disk size"), "{bad}: {err}");
         }
-        assert_eq!(parse_hash("blake3").unwrap(), BlockHash::Blake3);
+        assert_eq!(parse_hash("sha256").unwrap(), BlockHash::Sha256);
         assert!(parse_hash("md5")
             .unwrap_err()
             .to_string()
-            .contains("sha256 or blake3"));
+            .contains("(sha256)"));
     }
 
     #[test]
-    fn info_text_lists_base_and_layers() {
+    fn info_text_names_the_base() {
         let info = ImageInfo {
             file: "a.layered".into(),
             format: "layered".into(),
             virtual_size: 1 << 30,
             disk_usage: 4096,
-            layers: vec!["a.layered".into(), "a.layered.1".into()],
             base: Some("rootfs.raw".into()),
         };
         let text = info_text(&info);
@@ -462,6 +477,6 @@ mod tests {
             text.contains("virtual size: 1G (1073741824 bytes)"),
             "{text}"
         );
-        assert!(text.contains("base: rootfs.raw\nlayer 0: a.layered\nlayer 1: a.layered.1\n"));
+        assert!(text.contains("base: rootfs.raw\n"), "{text}");
     }
 }
