@@ -334,9 +334,9 @@ fn vm_snapshot_with_a_layered_disk_restores_twice_onto_two_clones() {
 
 /// The guest's discard reaches the image: on a raw file it punches a hole (the range reads as
 /// zeros and no longer takes space); on a layered clone it leaves a tombstone over the base's data,
-/// and the base keeps its bytes.
+/// on a qcow2 overlay zero clusters; the base keeps its bytes.
 #[test]
-fn guest_discard_punches_raw_holes_and_hides_layered_base_blocks() {
+fn guest_discard_punches_raw_holes_and_hides_base_blocks_in_layered_and_qcow2() {
     use std::os::unix::fs::MetadataExt;
     let dir = scratch("discard");
     let (kernel, initrd) = (guest("vmlinux"), super::virtio::test_initramfs());
@@ -386,6 +386,34 @@ fn guest_discard_punches_raw_holes_and_hides_layered_base_blocks() {
     assert!(
         bytes[..1 << 20].iter().all(|&b| b == 0),
         "the tombstone reads zeros"
+    );
+    assert!(
+        bytes[1 << 20..].iter().all(|&b| b == 1),
+        "the base shows through elsewhere"
+    );
+    assert_eq!(sha256(&base), before, "the base is never written");
+
+    // qcow2 over the same base (imago discards the clusters, or zeroes them).
+    let overlay = path_in(&dir, "top.qcow2");
+    run_ok(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", &base, "-F", "raw", &overlay,
+        ],
+    );
+    let disk = format!("path={overlay}");
+    super::boot_and_test(
+        &["--kernel", &kernel, "--initrd", &initrd, "--disk", &disk],
+        "discard",
+        &["DISCARD-OK"],
+    );
+    run_ok("qemu-img", &["check", &overlay]);
+    let flat = path_in(&dir, "flat-qcow2.raw");
+    vmm_ok(&["disk", "convert", &overlay, &flat, "--format", "raw"]);
+    let bytes = std::fs::read(&flat).unwrap();
+    assert!(
+        bytes[..1 << 20].iter().all(|&b| b == 0),
+        "discarded clusters read zeros"
     );
     assert!(
         bytes[1 << 20..].iter().all(|&b| b == 1),

@@ -200,6 +200,18 @@ fn events(r: &mut Rules) {
         libc::SYS_eventfd2,
         libc::SYS_poll,
     ]);
+    // The guest's discards: a raw image punches a hole; qcow2 (imago) punches or zeroes ranges,
+    // and may allocate when a write grows its file.
+    r.allow_arg(
+        libc::SYS_fallocate,
+        1,
+        &[
+            0,
+            (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64,
+            libc::FALLOC_FL_ZERO_RANGE as u64,
+            (libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE) as u64,
+        ],
+    );
     // vsock's guest-initiated connections: Unix sockets only.
     r.allow_arg(libc::SYS_socket, 0, &[libc::AF_UNIX as u64]);
     // Nonblocking vsock streams, tap offloads once the guest set the features.
