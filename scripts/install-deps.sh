@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond a Rust toolchain, on Debian 12 (as root):
 # QEMU (the test host for full Linux boots on PVM machines, and the benchmark peer), qemu-utils
-# (qemu-img and qemu-io for the qcow2 interop tests),
+# (qemu-img and qemu-io for the qcow2 interop tests), e2fsprogs, cryptsetup-bin (LUKS and verity
+# interop),
 # util-linux's setpriv (the no-/dev/kvm-access test), python3 (benchmark scripts), gcc,
 # libc6-dev and cpio (scripts/build-test-initramfs.sh), rustfmt and clippy, and cargo-fuzz.
 # Does nothing for what is already there.
@@ -10,6 +11,10 @@ missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 # qemu-img and qemu-io: vmm-disk's qcow2 interop tests (disk/tests/qcow2_qemu_img.rs)
 command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || missing+=(qemu-utils)
+# e2fsck and debugfs: the end-to-end disk tests check guests' file systems on the host
+command -v e2fsck >/dev/null && command -v debugfs >/dev/null || missing+=(e2fsprogs)
+# cryptsetup and veritysetup: interop tests of vmm-disk's LUKS and dm-verity layers
+command -v cryptsetup >/dev/null && command -v veritysetup >/dev/null || missing+=(cryptsetup-bin)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
 # scripts/build-test-initramfs.sh: vsock-tool is built with gcc -static (libc.a is in libc6-dev);
