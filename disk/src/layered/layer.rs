@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
-use super::bloom::{bits_for, Bloom};
+use super::bloom::{bits_for, Bloom, KeyHash};
 use super::btree::{self, NodeCache, TreeRef};
 use super::error::{Error, Result};
 use super::file::{sync_dir, LayerFile};
@@ -203,11 +203,16 @@ impl Layer {
 
     /// Where guest block `key` lives in this layer: `None` when the layer does not have it.
     pub fn find(&mut self, key: u64) -> Result<Option<u64>> {
+        self.find_hashed(key, KeyHash::of(key))
+    }
+
+    /// [`Layer::find`] with the key's filter hash computed by the caller, once per chain.
+    pub fn find_hashed(&mut self, key: u64, hash: KeyHash) -> Result<Option<u64>> {
         if let Some(top) = &self.top {
             return Ok(top.map.get(&key).copied());
         }
         if let Some(filter) = &self.filter {
-            if !filter.may_contain(key) {
+            if !filter.may_contain_hashed(hash) {
                 return Ok(None);
             }
         }

@@ -37,7 +37,7 @@ mod ondisk;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -46,6 +46,7 @@ pub use dedup::{import_dedup, DedupReport, HashKind};
 pub use error::{Error, Result};
 
 use crate::{DiskId, DiskIoError, DiskSeal, ImageFile, ID_BYTES};
+use bloom::KeyHash;
 use layer::{create_file, relative_to, resolve, Layer};
 use ondisk::{FileKind, Parent, Superblock, BLOCK, BLOCK_U64, MAX_DISK_SIZE, STORE_BIT, TOMBSTONE};
 
@@ -54,6 +55,11 @@ use ondisk::{FileKind, Parent, Superblock, BLOCK, BLOCK_U64, MAX_DISK_SIZE, STOR
 pub const AUTO_COMMIT_BLOCKS: usize = 16 * 1024;
 /// Longest chain of layers opened.
 pub const MAX_LAYERS: usize = 4096;
+/// Block locations [`LayeredImage`] remembers (16 bytes each and the map's overhead: ~2 MiB);
+/// the cache starts over when full.
+pub const LOCATION_CACHE_BLOCKS: usize = 64 * 1024;
+/// The location of a block that no layer holds: the base (or zeros).
+const IN_BASE: usize = usize::MAX;
 
 /// Parse functions of the on-disk structures, for the fuzz targets.
 #[doc(hidden)]
@@ -62,10 +68,25 @@ pub mod fuzzing {
     pub use super::ondisk::{Header, Node, Superblock, BLOCK};
 }
 
+/// Reads the block a layer maps to `value` (zeros for a tombstone).
+fn read_value(layer: &Layer, value: u64, buf: &mut [u8]) -> Result<()> {
+    if value == TOMBSTONE {
+        buf.fill(0);
+        Ok(())
+    } else {
+        layer.read_extent(value, buf)
+    }
+}
+
 /// An open layered image: the chain of layers (top first) and the base.
 pub struct LayeredImage {
     path: PathBuf,
     layers: Vec<Layer>,
+    /// Where blocks were found below a writable top: sealed layers never change, so a block
+    /// once found in layer `i` (or in the base, [`IN_BASE`]) stays there until the chain
+    /// changes (a seal clears it). The writable top is always asked first, so its writes and
+    /// tombstones shadow these entries. Bounded by [`LOCATION_CACHE_BLOCKS`].
+    located: HashMap<u64, (usize, u64)>,
     base: Option<Box<dyn ImageFile>>,
     base_size: u64,
     size: u64,
@@ -298,6 +319,7 @@ impl LayeredImage {
         Ok(LayeredImage {
             path: path.to_path_buf(),
             layers,
+            located: HashMap::new(),
             base,
             base_size,
             size,
@@ -346,14 +368,35 @@ impl LayeredImage {
 
     /// Reads guest block `key` as the chain sees it.
     fn read_block(&mut self, key: u64, buf: &mut [u8]) -> Result<()> {
-        for layer in &mut self.layers {
-            if let Some(v) = layer.find(key)? {
-                if v == TOMBSTONE {
-                    buf.fill(0);
-                    return Ok(());
-                }
-                return layer.read_extent(v, buf);
+        // A writable top is asked first and never cached: it changes.
+        let mut first_sealed = 0;
+        if let Some(top) = self.layers.first_mut().filter(|l| l.top.is_some()) {
+            first_sealed = 1;
+            if let Some(v) = top.find(key)? {
+                return read_value(top, v, buf);
             }
+        }
+        let location = match self.located.get(&key) {
+            Some(&found) => found,
+            None => {
+                let hash = KeyHash::of(key);
+                let mut found = (IN_BASE, 0);
+                for (i, layer) in self.layers.iter_mut().enumerate().skip(first_sealed) {
+                    if let Some(v) = layer.find_hashed(key, hash)? {
+                        found = (i, v);
+                        break;
+                    }
+                }
+                if self.located.len() >= LOCATION_CACHE_BLOCKS {
+                    self.located.clear();
+                }
+                self.located.insert(key, found);
+                found
+            }
+        };
+        let (i, v) = location;
+        if let Some(layer) = self.layers.get(i) {
+            return read_value(layer, v, buf);
         }
         buf.fill(0);
         let offset = key * BLOCK_U64;
@@ -488,6 +531,8 @@ impl LayeredImage {
         let id = old.id_hex();
         let new_top = Layer::open(&self.path, true)?;
         self.layers.insert(0, new_top);
+        // Every layer moved down one place.
+        self.located.clear();
         Ok((sealed, id))
     }
 }
