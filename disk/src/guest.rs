@@ -146,6 +146,13 @@ pub trait DiskImage<M: GuestMemoryBackend>: Send {
         Err(DiskIoError::Unsupported("discard"))
     }
 
+    /// How long after a write the image wants a [`DiskImage::flush`] when the guest sends
+    /// none: a format that keeps new metadata in memory until a commit (layered) bounds what a
+    /// host crash can lose to that. `None` (the default): the guest's flushes only.
+    fn commit_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// The VM-snapshot hook: makes the disk's current contents a point that can be reopened
     /// later, and returns what a VM's state file records to find it again. `None` (the
     /// default) for formats that keep no such point (raw, qcow2): their contents at restore
@@ -186,6 +193,10 @@ impl<M: GuestMemoryBackend, B: DiskImage<M> + ?Sized> DiskImage<M> for Box<B> {
 
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskIoError> {
         (**self).discard(offset, len)
+    }
+
+    fn commit_interval(&self) -> Option<std::time::Duration> {
+        (**self).commit_interval()
     }
 
     fn seal_for_snapshot(&mut self) -> Result<Option<DiskSeal>, DiskIoError> {

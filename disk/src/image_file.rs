@@ -50,6 +50,11 @@ pub trait ImageFile: Send {
         Err(DiskIoError::Unsupported("discard"))
     }
 
+    /// See [`DiskImage::commit_interval`].
+    fn commit_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// See [`DiskImage::seal_for_snapshot`].
     fn seal_for_snapshot(&mut self) -> Result<Option<DiskSeal>, DiskIoError> {
         Ok(None)
@@ -80,6 +85,9 @@ impl<T: ImageFile + ?Sized> ImageFile for Box<T> {
     }
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskIoError> {
         (**self).discard(offset, len)
+    }
+    fn commit_interval(&self) -> Option<std::time::Duration> {
+        (**self).commit_interval()
     }
     fn seal_for_snapshot(&mut self) -> Result<Option<DiskSeal>, DiskIoError> {
         (**self).seal_for_snapshot()
@@ -185,6 +193,10 @@ impl<M: GuestMemoryBackend, T: ImageFile> DiskImage<M> for Bounced<T> {
 
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskIoError> {
         self.image.discard(offset, len)
+    }
+
+    fn commit_interval(&self) -> Option<std::time::Duration> {
+        self.image.commit_interval()
     }
 
     fn seal_for_snapshot(&mut self) -> Result<Option<DiskSeal>, DiskIoError> {

@@ -53,6 +53,9 @@ use ondisk::{FileKind, Parent, Superblock, BLOCK, BLOCK_U64, MAX_DISK_SIZE, STOR
 /// Changed blocks after which a write commits by itself, without waiting for a flush: bounds
 /// the work a flush does and the memory of the dirty set.
 pub const AUTO_COMMIT_BLOCKS: usize = 16 * 1024;
+/// How long after a write a VMM commits a layered image the guest did not flush
+/// ([`ImageFile::commit_interval`]).
+pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest chain of layers opened.
 pub const MAX_LAYERS: usize = 4096;
 /// Block locations [`LayeredImage`] remembers (16 bytes each and the map's overhead: ~2 MiB);
@@ -585,6 +588,12 @@ impl ImageFile for LayeredImage {
 
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskIoError> {
         self.write_range(offset, len, None).map_err(io_err)
+    }
+
+    /// New tree nodes wait in memory until a commit: a guest that never flushes still gets
+    /// its writes committed this long after them.
+    fn commit_interval(&self) -> Option<std::time::Duration> {
+        (!self.read_only).then_some(COMMIT_INTERVAL)
     }
 
     fn seal_for_snapshot(&mut self) -> Result<Option<DiskSeal>, DiskIoError> {

@@ -1,6 +1,7 @@
 //! The virtio-blk device: feature bits, config space, activation and the request queue.
 
 use std::fmt;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
@@ -11,6 +12,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryBackend;
 use vmm_rate_limiter::{BucketUpdate, RateLimiter};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::persist::BlockState;
 use super::request::{process_chain, MAX_CHAIN_DESCRIPTORS};
@@ -29,6 +31,8 @@ use vmm_disk::{DiskId, DiskImage, DiskIoError, DiskSeal, GuestRange};
 /// The token of the rate limiter's descriptor in
 /// [`VirtioDevice::backend_fds`](crate::virtio::VirtioDevice::backend_fds).
 pub const RATE_LIMITER_TOKEN: u32 = 1;
+/// [`VirtioDevice::process_backend`] token of the commit timer ([`DiskImage::commit_interval`]).
+pub const COMMIT_TIMER_TOKEN: u32 = 2;
 
 /// Size of the config space (the whole `struct virtio_blk_config`).
 const CONFIG_LEN: usize = std::mem::size_of::<virtio_blk_config>();
@@ -61,6 +65,13 @@ pub struct Block<M: GuestMemoryBackend, B: DiskImage<M> = RawFile> {
     /// VIRTIO_BLK_F_DISCARD was offered by an earlier backend ([`Block::swap_backend`]): the
     /// feature bits a driver saw never change under it.
     discard_offered: bool,
+    /// Flushes the backend [`DiskImage::commit_interval`] after a write the guest did not
+    /// flush; polled for every backend (a swapped-in one may want it), armed only for those.
+    commit_timer: TimerFd,
+    /// The commit timer runs.
+    commit_armed: bool,
+    /// Writes reached the backend since its last flush.
+    unflushed: bool,
     metrics: Arc<BlockMetrics>,
 }
 
@@ -142,6 +153,10 @@ impl<M: GuestMemoryBackend, B: DiskImage<M>> Block<M, B> {
             rate_limiter: RateLimiter::unlimited().map_err(BlockError::RateLimiter)?,
             throttled: 0,
             discard_offered: false,
+            commit_timer: TimerFd::new()
+                .map_err(|e| BlockError::CommitTimer(std::io::Error::from(e)))?,
+            commit_armed: false,
+            unflushed: false,
             metrics: Arc::default(),
         })
     }
@@ -206,6 +221,39 @@ impl<M: GuestMemoryBackend, B: DiskImage<M>> Block<M, B> {
             active.interrupt.signal_config_change()?;
         }
         Ok(old)
+    }
+
+    /// Starts the commit timer when the backend wants one and writes wait for a flush.
+    fn arm_commit_timer(&mut self) {
+        let Some(interval) = self.backend.commit_interval() else {
+            return;
+        };
+        if self.unflushed && !self.commit_armed {
+            match self.commit_timer.reset(interval, None) {
+                Ok(()) => self.commit_armed = true,
+                Err(e) => log::warn!("virtio-blk: cannot arm the commit timer: {e}"),
+            }
+        }
+    }
+
+    /// The commit timer fired: flushes the backend if writes still wait for it. A wake-up
+    /// before the expiry (the timer still armed) changes nothing.
+    fn commit_timer_expired(&mut self) {
+        if !self.commit_armed || self.commit_timer.is_armed().unwrap_or(true) {
+            return;
+        }
+        // Expired: the read returns at once and clears the readiness.
+        let _ = self.commit_timer.wait();
+        self.commit_armed = false;
+        if self.unflushed && !self.disk.read_only {
+            match self.backend.flush() {
+                Ok(()) => self.unflushed = false,
+                Err(e) => {
+                    self.metrics.execute_fails.inc();
+                    log::error!("virtio-blk: committing the disk after its writes failed: {e}");
+                }
+            }
+        }
     }
 
     /// The disk's size in 512-byte sectors (the backend's size rounded down).
@@ -353,6 +401,10 @@ where
             return Ok(());
         }
         self.metrics.queue_event_count.inc();
+        let (writes, flushes) = (
+            self.metrics.write_count.get(),
+            self.metrics.flush_count.get(),
+        );
         let throttled = serve_queue(
             active,
             &self.disk,
@@ -364,11 +416,26 @@ where
         if throttled {
             self.throttled += 1;
         }
+        if self.metrics.flush_count.get() != flushes && self.disk.writeback {
+            self.unflushed = false;
+        }
+        // A write after the flush in the same batch is not flushed: count writes last.
+        if self.metrics.write_count.get() != writes {
+            self.unflushed = true;
+        }
+        self.arm_commit_timer();
         Ok(())
     }
 
     fn backend_fds(&self) -> Vec<BackendFd> {
-        vec![limiter_fd(&self.rate_limiter, RATE_LIMITER_TOKEN)]
+        vec![
+            limiter_fd(&self.rate_limiter, RATE_LIMITER_TOKEN),
+            BackendFd {
+                fd: self.commit_timer.as_raw_fd(),
+                events: EventSet::IN,
+                token: COMMIT_TIMER_TOKEN,
+            },
+        ]
     }
 
     fn process_backend(&mut self, token: u32, _events: EventSet) -> Result<(), VirtioError> {
@@ -377,6 +444,9 @@ where
         if token == RATE_LIMITER_TOKEN && self.rate_limiter.event_handler().is_ok() {
             self.metrics.rate_limiter_event_count.inc();
             return self.process_queue(0);
+        }
+        if token == COMMIT_TIMER_TOKEN {
+            self.commit_timer_expired();
         }
         Ok(())
     }

@@ -57,7 +57,7 @@ use std::path::PathBuf;
 
 use virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES;
 
-pub use device::{Block, RATE_LIMITER_TOKEN};
+pub use device::{Block, COMMIT_TIMER_TOKEN, RATE_LIMITER_TOKEN};
 pub use persist::BlockState;
 // The disk side lives in vmm-disk; re-exported so that a device user needs one import.
 pub use vmm_disk::{DiskId, DiskImage, DiskIoError, GuestBuffers, GuestRange, GuestSlice, RawFile};
@@ -99,6 +99,9 @@ pub enum BlockError {
     /// The disk image could not be opened.
     #[error(transparent)]
     Disk(#[from] vmm_disk::DiskError),
+    /// The commit timer's timerfd could not be created.
+    #[error("cannot create the disk's commit timer")]
+    CommitTimer(#[source] std::io::Error),
     /// The rate limiter's timerfd could not be created.
     #[error("cannot create the disk's rate limiter")]
     RateLimiter(#[source] vmm_rate_limiter::Error),

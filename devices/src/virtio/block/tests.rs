@@ -23,6 +23,7 @@ use crate::virtio::{
 };
 use crate::EventFd;
 use vm_memory::GuestMemoryBackend;
+use vmm_sys_util::epoll::EventSet;
 
 /// The device on the VMM's memory type (dirty bitmap included).
 type Block<B = RawFile> = super::Block<GuestMemoryMmap, B>;
@@ -893,6 +894,8 @@ struct MemDisk {
     discards: Vec<(u64, u64)>,
     /// What `seal_for_snapshot` returns.
     seal: Option<vmm_disk::DiskSeal>,
+    /// What `commit_interval` returns.
+    commit_interval: Option<std::time::Duration>,
 }
 
 impl MemDisk {
@@ -906,6 +909,7 @@ impl MemDisk {
             discard_fails: false,
             discards: Vec::new(),
             seal: None,
+            commit_interval: None,
         }
     }
 
@@ -964,6 +968,10 @@ impl<M: GuestMemoryBackend> DiskImage<M> for MemDisk {
 
     fn seal_for_snapshot(&mut self) -> Result<Option<vmm_disk::DiskSeal>, DiskIoError> {
         Ok(self.seal.clone())
+    }
+
+    fn commit_interval(&self) -> Option<std::time::Duration> {
+        self.commit_interval
     }
 }
 
@@ -1666,4 +1674,81 @@ fn seal_backend_returns_the_backends_seal() {
     let r = rig(&[0u8; 512]);
     let mut raw = r.block;
     assert_eq!(raw.seal_backend().unwrap(), None, "raw images keep no seal");
+}
+
+#[test]
+fn a_backend_that_wants_commits_is_flushed_after_unflushed_writes_only() {
+    let mut backend = MemDisk::new(vec![0; 4096]);
+    backend.commit_interval = Some(std::time::Duration::from_millis(1));
+    let (mut block, mem, mut tq) = backend_rig(backend, None);
+    let timer = block
+        .backend_fds()
+        .iter()
+        .find(|b| b.token == COMMIT_TIMER_TOKEN)
+        .expect("the commit timer is polled")
+        .fd;
+
+    // A read arms nothing; a spurious wake-up flushes nothing.
+    submit(
+        &mut block,
+        &mem,
+        &mut tq,
+        VIRTIO_BLK_T_IN,
+        0,
+        Some((512, true)),
+    );
+    block
+        .process_backend(COMMIT_TIMER_TOKEN, EventSet::IN)
+        .unwrap();
+    assert_eq!(block.backend().flushes, 0);
+
+    // A write arms the timer; when it fires the backend is flushed once.
+    submit(
+        &mut block,
+        &mem,
+        &mut tq,
+        VIRTIO_BLK_T_OUT,
+        0,
+        Some((512, false)),
+    );
+    wait_readable(timer);
+    block
+        .process_backend(COMMIT_TIMER_TOKEN, EventSet::IN)
+        .unwrap();
+    assert_eq!(block.backend().flushes, 1);
+    block
+        .process_backend(COMMIT_TIMER_TOKEN, EventSet::IN)
+        .unwrap();
+    assert_eq!(block.backend().flushes, 1, "nothing left to commit");
+
+    // A write the guest flushed itself needs no commit when the timer fires.
+    submit(
+        &mut block,
+        &mem,
+        &mut tq,
+        VIRTIO_BLK_T_OUT,
+        1,
+        Some((512, false)),
+    );
+    submit(&mut block, &mem, &mut tq, VIRTIO_BLK_T_FLUSH, 0, None);
+    assert_eq!(block.backend().flushes, 2);
+    wait_readable(timer);
+    block
+        .process_backend(COMMIT_TIMER_TOKEN, EventSet::IN)
+        .unwrap();
+    assert_eq!(block.backend().flushes, 2);
+
+    // A backend without an interval (raw) never arms it.
+    let (mut raw, mem, mut tq) = backend_rig(MemDisk::new(vec![0; 4096]), None);
+    submit(
+        &mut raw,
+        &mem,
+        &mut tq,
+        VIRTIO_BLK_T_OUT,
+        0,
+        Some((512, false)),
+    );
+    raw.process_backend(COMMIT_TIMER_TOKEN, EventSet::IN)
+        .unwrap();
+    assert_eq!(raw.backend().flushes, 0, "never armed, nothing flushed");
 }
