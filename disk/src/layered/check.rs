@@ -81,16 +81,9 @@ impl fmt::Display for Info {
 
 fn layer_blocks(layer: &Layer) -> Result<HashSet<u64>> {
     let mut keys = HashSet::new();
-    btree::walk(
-        &layer.file,
-        layer.tree(),
-        layer.sb.block_count,
-        &mut |k, _| {
-            keys.insert(k);
-            Ok(())
-        },
-        &mut |_, _| {},
-    )?;
+    layer.for_each_block(|k| {
+        keys.insert(k);
+    })?;
     Ok(keys)
 }
 

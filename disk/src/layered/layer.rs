@@ -230,6 +230,26 @@ impl Layer {
         Ok(v)
     }
 
+    /// Calls `each` with every guest block the layer maps (tombstones included): the top's
+    /// in-memory map, or a walk of a sealed layer's tree (which checks it on the way).
+    pub fn for_each_block(&self, mut each: impl FnMut(u64)) -> Result<()> {
+        if let Some(top) = &self.top {
+            top.map.keys().for_each(|&k| each(k));
+            return Ok(());
+        }
+        btree::walk(
+            &self.file,
+            self.tree(),
+            self.sb.block_count,
+            &mut |k, _| {
+                each(k);
+                Ok(())
+            },
+            &mut |_, _| {},
+        )?;
+        Ok(())
+    }
+
     /// Reads the extent `value` (not a tombstone) into `buf` (one block).
     pub fn read_extent(&self, value: u64, buf: &mut [u8]) -> Result<()> {
         if value != TOMBSTONE && value & STORE_BIT != 0 {

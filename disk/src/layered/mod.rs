@@ -722,21 +722,9 @@ pub fn commit(path: &Path) -> Result<()> {
     let has_base = image.base.is_some();
     let mut keys = std::collections::BTreeSet::new();
     for layer in &image.layers {
-        match &layer.top {
-            Some(top) => keys.extend(top.map.keys().copied()),
-            None => {
-                btree::walk(
-                    &layer.file,
-                    layer.tree(),
-                    layer.sb.block_count,
-                    &mut |k, _| {
-                        keys.insert(k);
-                        Ok(())
-                    },
-                    &mut |_, _| {},
-                )?;
-            }
-        }
+        layer.for_each_block(|k| {
+            keys.insert(k);
+        })?;
     }
     let name = file_name(path);
     let tmp = sibling(path, format!(".{name}.flatten"));
