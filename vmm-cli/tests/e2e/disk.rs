@@ -223,29 +223,9 @@ fn vm_snapshot_with_a_layered_disk_restores_twice_onto_two_clones() {
     );
     // The gate runs: the guest keeps writing until the test opens it.
     let gate = Gate::new(&dir, "gate.img");
-    let append = format!(
-        "{QUIET} guest.test=diskwrite guest.files=10 guest.interval_ms={} guest.gate=/dev/vdb",
-        scaled(100)
-    );
     let disk = format!("path={disk_image}");
-    let (kernel, initrd) = (guest("vmlinux"), super::virtio::test_initramfs());
     let deadline = Instant::now() + BOOT_TIMEOUT;
-    let mut vm = Running::start(&[
-        "--kernel",
-        &kernel,
-        "--initrd",
-        &initrd,
-        "--memory",
-        "128M",
-        "--disk",
-        &disk,
-        "--disk",
-        &gate.disk(),
-        "--api-sock",
-        &sock,
-        "--append",
-        &append,
-    ]);
+    let mut vm = super::lifecycle::start_gated_diskwrite(&disk, &gate, &sock);
     vm.expect("DISKWRITE 3", deadline);
     vmm_ok(&["pause", "--api-sock", &sock]);
     vm.collect_output();

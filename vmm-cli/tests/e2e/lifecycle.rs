@@ -184,6 +184,33 @@ fn pause_resume_snapshot_kill_restore_continues_the_count() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A VM with the API on `sock` whose guest writes files to the ext4 disk `disk` (a `--disk`
+/// spec, /dev/vda), cycling over 10 of them until `gate` (/dev/vdb) opens.
+pub(crate) fn start_gated_diskwrite(disk: &str, gate: &Gate, sock: &str) -> Running {
+    let kernel = guest("vmlinux");
+    let initrd = super::virtio::test_initramfs();
+    let append = format!(
+        "{QUIET} guest.test=diskwrite guest.files=10 guest.interval_ms={} guest.gate=/dev/vdb",
+        scaled(100)
+    );
+    Running::start(&[
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--memory",
+        "128M",
+        "--disk",
+        disk,
+        "--disk",
+        &gate.disk(),
+        "--api-sock",
+        sock,
+        "--append",
+        &append,
+    ])
+}
+
 #[test]
 fn snapshot_mid_write_restores_a_consistent_file_system() {
     let dir = scratch("diskwrite");
@@ -198,29 +225,8 @@ fn snapshot_mid_write_restores_a_consistent_file_system() {
     // The gate runs: the guest keeps writing (cycling over 10 files) until the test opens it,
     // so the snapshot is taken while it writes, however fast it writes.
     let gate = Gate::new(&dir, "gate.img");
-    let kernel = guest("vmlinux");
-    let initrd = super::virtio::test_initramfs();
-    let append = format!(
-        "{QUIET} guest.test=diskwrite guest.files=10 guest.interval_ms={} guest.gate=/dev/vdb",
-        scaled(100)
-    );
     let deadline = Instant::now() + BOOT_TIMEOUT;
-    let mut vm = Running::start(&[
-        "--kernel",
-        &kernel,
-        "--initrd",
-        &initrd,
-        "--memory",
-        "128M",
-        "--disk",
-        &disk,
-        "--disk",
-        &gate.disk(),
-        "--api-sock",
-        &sock,
-        "--append",
-        &append,
-    ]);
+    let mut vm = start_gated_diskwrite(&disk, &gate, &sock);
     vm.expect("DISKWRITE 5", deadline);
     pause(&mut vm, &sock);
     snapshot(&sock, &state, &mem, false);
