@@ -745,3 +745,335 @@ fn read_at(
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{create_guest_memory, GuestMemoryBackend, GuestMemoryRegion, MemoryOptions};
+
+    const MIB: u64 = 1 << 20;
+
+    fn key(seed: u8) -> SealKey {
+        SealKey::from_bytes(&[seed; 32]).unwrap()
+    }
+
+    fn id(seed: u8) -> SnapshotId {
+        SnapshotId([seed; 16])
+    }
+
+    fn plaintext(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + 3) as u8).collect()
+    }
+
+    fn open(sealed: &[u8], kind: SealedKind) -> Result<Vec<u8>> {
+        open_bytes(&key(1), kind, Some(&id(9)), sealed, u64::MAX).map(|(_, p)| p)
+    }
+
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("vmm-memory-seal-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TestDir(dir)
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        for kind in [SealedKind::State, SealedKind::Memory] {
+            for len in [0, 1, 63, 64, 65, 128, 300, 1000] {
+                let data = plaintext(len);
+                let sealed = seal_bytes(&key(1), id(9), kind, 64, &data);
+                assert_eq!(sealed.len() as u64, sealed_len(len as u64, 64).unwrap());
+                assert_eq!(&sealed[..8], &SEAL_MAGIC);
+                assert_eq!(open(&sealed, kind).unwrap(), data, "{kind} {len}");
+                assert_eq!(peek_id(&sealed), Some(id(9)));
+                // The plaintext does not appear in the file.
+                if len >= 64 {
+                    assert!(!sealed.windows(32).any(|w| w == &data[..32]));
+                }
+            }
+        }
+        // Without an expected id the file's own is returned.
+        let sealed = seal_bytes(&key(1), id(4), SealedKind::State, 64, b"x");
+        let (found, data) = open_bytes(&key(1), SealedKind::State, None, &sealed, 10).unwrap();
+        assert_eq!((found, data.as_slice()), (id(4), &b"x"[..]));
+    }
+
+    /// Every single-byte change anywhere in a small sealed file of each kind is refused.
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        for kind in [SealedKind::State, SealedKind::Memory] {
+            let sealed = seal_bytes(&key(1), id(9), kind, 64, &plaintext(300));
+            for at in 0..sealed.len() {
+                for bit in [0x01, 0x80] {
+                    let mut bad = sealed.clone();
+                    bad[at] ^= bit;
+                    assert!(open(&bad, kind).is_err(), "{kind}: byte {at} ^ {bit:#x}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reordered_dropped_and_foreign_chunks_are_refused() {
+        let size = 64 + TAG_LEN;
+        let sealed = seal_bytes(&key(1), id(9), SealedKind::State, 64, &plaintext(64 * 4));
+        let chunk = |i: usize| SEAL_HEADER_LEN + i * size..SEAL_HEADER_LEN + (i + 1) * size;
+        // Chunks 1 and 2 swapped.
+        let mut swapped = sealed.clone();
+        swapped[chunk(1)].copy_from_slice(&sealed[chunk(2)]);
+        swapped[chunk(2)].copy_from_slice(&sealed[chunk(1)]);
+        let err = open(&swapped, SealedKind::State).unwrap_err();
+        assert!(matches!(err, SealError::Chunk { index: 1, count: 4 }), "{err}");
+        // The last chunk dropped (a whole chunk: the length check says truncated).
+        let err = open(&sealed[..chunk(3).start], SealedKind::State).unwrap_err();
+        assert!(matches!(err, SealError::Truncated { .. }), "{err}");
+        // A middle chunk dropped and the last one duplicated: the length is right.
+        let mut dropped = sealed[..chunk(1).start].to_vec();
+        dropped.extend_from_slice(&sealed[chunk(2)]);
+        dropped.extend_from_slice(&sealed[chunk(3)]);
+        dropped.extend_from_slice(&sealed[chunk(3)]);
+        let err = open(&dropped, SealedKind::State).unwrap_err();
+        assert!(matches!(err, SealError::Chunk { index: 1, .. }), "{err}");
+        // The last chunk moved earlier: its "last" flag does not fit.
+        let mut moved = sealed.clone();
+        moved[chunk(2)].copy_from_slice(&sealed[chunk(3)]);
+        assert!(open(&moved, SealedKind::State).is_err());
+        // A chunk of another snapshot sealed with the same key, at the same index.
+        let other = seal_bytes(&key(1), id(8), SealedKind::State, 64, &plaintext(64 * 4));
+        let mut mixed = sealed.clone();
+        mixed[chunk(2)].copy_from_slice(&other[chunk(2)]);
+        let err = open(&mixed, SealedKind::State).unwrap_err();
+        assert!(matches!(err, SealError::Chunk { index: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn truncated_and_extended_files_are_refused() {
+        let sealed = seal_bytes(&key(1), id(9), SealedKind::Memory, 64, &plaintext(200));
+        for len in 0..sealed.len() {
+            let err = open(&sealed[..len], SealedKind::Memory).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    SealError::Truncated { .. }
+                        | SealError::TruncatedHeader { .. }
+                        | SealError::NotSealed { .. }
+                ),
+                "{len}: {err}"
+            );
+        }
+        for extra in [1, TAG_LEN, 64 + TAG_LEN] {
+            let mut longer = sealed.clone();
+            longer.extend(std::iter::repeat_n(0u8, extra));
+            let err = open(&longer, SealedKind::Memory).unwrap_err();
+            assert!(matches!(err, SealError::Extended { .. }), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn wrong_key_kind_snapshot_and_unsealed_files_are_refused() {
+        let sealed = seal_bytes(&key(1), id(9), SealedKind::State, 64, &plaintext(100));
+        let err = open_bytes(&key(2), SealedKind::State, None, &sealed, u64::MAX).unwrap_err();
+        assert!(matches!(err, SealError::WrongKey), "{err}");
+        assert!(err.to_string().contains("key"), "{err}");
+        // The key check is per kind too: a state file is never opened as a memory file.
+        let err = open(&sealed, SealedKind::Memory).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SealError::WrongKind {
+                    found: SealedKind::State,
+                    expected: SealedKind::Memory
+                }
+            ),
+            "{err}"
+        );
+        let err = open_bytes(&key(1), SealedKind::State, Some(&id(3)), &sealed, u64::MAX)
+            .unwrap_err();
+        assert!(matches!(err, SealError::OtherSnapshot { .. }), "{err}");
+        assert!(err.to_string().contains(&id(3).to_string()), "{err}");
+        let err = open_bytes(&key(1), SealedKind::State, None, &sealed, 99).unwrap_err();
+        assert!(matches!(err, SealError::TooLarge { len: 100, max: 99 }), "{err}");
+        let err = open(b"VMMSNAP\0 an unsealed state file", SealedKind::State).unwrap_err();
+        assert!(matches!(err, SealError::NotSealed { .. }), "{err}");
+        assert!(err.to_string().contains("without a key"), "{err}");
+        let err = open(b"", SealedKind::State).unwrap_err();
+        assert!(matches!(err, SealError::NotSealed { .. }), "{err}");
+    }
+
+    #[test]
+    fn key_files() {
+        let dir = TestDir::new("keys");
+        let path = dir.path("key");
+        std::fs::write(&path, [5u8; 32]).unwrap();
+        let from_file = SealKey::read_file(&path).unwrap();
+        let sealed = seal_bytes(&from_file, id(1), SealedKind::State, 64, b"abc");
+        let (_, data) = open_bytes(&key(5), SealedKind::State, None, &sealed, 10).unwrap();
+        assert_eq!(data, b"abc");
+        assert_eq!(format!("{from_file:?}"), "SealKey(..)");
+        for len in [0, 31, MAX_KEY_FILE_LEN + 1] {
+            std::fs::write(&path, vec![1u8; len]).unwrap();
+            let err = SealKey::read_file(&path).unwrap_err();
+            assert!(matches!(err, SealError::KeyLength { .. }), "{len}: {err}");
+        }
+        let err = SealKey::read_file(&dir.path("missing")).unwrap_err();
+        assert!(matches!(err, SealError::KeyFileRead { .. }), "{err}");
+        let err = SealKey::read_file(&dir.0).unwrap_err();
+        assert!(matches!(err, SealError::KeyFileNotAFile { .. }), "{err}");
+        assert_ne!(SnapshotId::random().unwrap(), SnapshotId::random().unwrap());
+    }
+
+    fn guest_with_data() -> GuestMemoryMmap {
+        let mem = create_guest_memory(4 * MIB, MemoryOptions::default()).unwrap();
+        for (i, addr) in [0x1000u64, 0x10_0003, 4 * MIB - 100].into_iter().enumerate() {
+            let data: Vec<u8> = (0..100).map(|b| (b as u8) ^ (i as u8 + 1)).collect();
+            mem.write_slice(&data, GuestAddress(addr)).unwrap();
+        }
+        mem
+    }
+
+    fn contents(mem: &GuestMemoryMmap) -> Vec<u8> {
+        let mut all = Vec::new();
+        for r in mem.iter() {
+            let mut buf = vec![0u8; r.len() as usize];
+            mem.read_slice(&mut buf, r.start_addr()).unwrap();
+            all.extend(buf);
+        }
+        all
+    }
+
+    #[test]
+    fn memory_files_round_trip_and_refuse_every_change() {
+        let dir = TestDir::new("memory");
+        let mem = guest_with_data();
+        let path = dir.path("mem");
+        let chunk = 256 * 1024;
+        let layout = save_memory_sealed(&mem, &path, &key(1), id(9), chunk).unwrap();
+        let options = RestoreOptions::default();
+        let restored = restore_memory_sealed(&path, &layout, &key(1), &id(9), &options).unwrap();
+        assert_eq!(contents(&restored), contents(&mem));
+        let good = std::fs::read(&path).unwrap();
+        assert_eq!(good.len() as u64, sealed_len(4 * MIB, chunk).unwrap());
+
+        let bad = dir.path("bad");
+        let refuse = |bytes: &[u8]| {
+            std::fs::write(&bad, bytes).unwrap();
+            restore_memory_sealed(&bad, &layout, &key(1), &id(9), &options)
+                .err()
+                .expect("refused")
+        };
+        // Every header byte, and the first, a middle and the last byte (the tag's) of each
+        // chunk.
+        let cell = chunk as usize + TAG_LEN;
+        let mut offsets: Vec<usize> = (0..SEAL_HEADER_LEN).collect();
+        for i in 0..16 {
+            let start = SEAL_HEADER_LEN + i * cell;
+            offsets.extend([start, start + cell / 2, start + cell - 1]);
+        }
+        for at in offsets {
+            let mut bytes = good.clone();
+            bytes[at] ^= 0x04;
+            let err = refuse(&bytes);
+            assert!(
+                matches!(err, MemorySnapshotError::Sealed { .. }),
+                "byte {at}: {err}"
+            );
+        }
+        // Two chunks swapped.
+        let mut bytes = good.clone();
+        let (a, b) = (SEAL_HEADER_LEN + cell, SEAL_HEADER_LEN + 2 * cell);
+        bytes[a..a + cell].copy_from_slice(&good[b..b + cell]);
+        bytes[b..b + cell].copy_from_slice(&good[a..a + cell]);
+        let err = refuse(&bytes);
+        assert!(
+            matches!(
+                err,
+                MemorySnapshotError::Sealed {
+                    source: SealError::Chunk { index: 1, .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Truncated, extended.
+        let err = refuse(&good[..good.len() - 1]);
+        assert!(err.to_string().contains("sealed memory file"), "{err}");
+        let mut longer = good.clone();
+        longer.push(0);
+        refuse(&longer);
+        // Wrong key, another snapshot's memory file.
+        let err = restore_memory_sealed(&path, &layout, &key(2), &id(9), &options)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                MemorySnapshotError::Sealed {
+                    source: SealError::WrongKey,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let other = dir.path("other");
+        save_memory_sealed(&mem, &other, &key(1), id(8), chunk).unwrap();
+        let err = restore_memory_sealed(&other, &layout, &key(1), &id(9), &options)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                MemorySnapshotError::Sealed {
+                    source: SealError::OtherSnapshot { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A sealed file without its key, an unsealed file with a key, diffs.
+        let err = crate::snapshot::restore_memory(&path, &layout, &options)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, MemorySnapshotError::SealedWithoutKey { .. }),
+            "{err}"
+        );
+        let plain = dir.path("plain");
+        crate::snapshot::save_memory(&mem, &plain).unwrap();
+        let err = restore_memory_sealed(&plain, &layout, &key(1), &id(9), &options)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                MemorySnapshotError::Sealed {
+                    source: SealError::NotSealed { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let with_diff = RestoreOptions {
+            diffs: vec![plain],
+            ..RestoreOptions::default()
+        };
+        let err = restore_memory_sealed(&path, &layout, &key(1), &id(9), &with_diff)
+            .err()
+            .unwrap();
+        assert!(matches!(err, MemorySnapshotError::SealedDiffs), "{err}");
+    }
+}
