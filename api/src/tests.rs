@@ -509,16 +509,12 @@ fn snapshots() {
         "/snapshot/create",
         r#"{"snapshot_path": "/s", "mem_file_path": "/m", "key_file": "/k"}"#,
     );
-    assert!(
-        matches!(r, Ok(ApiRequest::CreateSnapshot(s)) if s.key_file.as_deref() == Some("/k"))
-    );
+    assert!(matches!(r, Ok(ApiRequest::CreateSnapshot(s)) if s.key_file.as_deref() == Some("/k")));
     let r = put(
         "/snapshot/load",
         r#"{"snapshot_path": "/s", "mem_file_path": "/m", "key_file": "/k"}"#,
     );
-    assert!(
-        matches!(r, Ok(ApiRequest::LoadSnapshot(l)) if l.key_file.as_deref() == Some("/k"))
-    );
+    assert!(matches!(r, Ok(ApiRequest::LoadSnapshot(l)) if l.key_file.as_deref() == Some("/k")));
     refused(
         put(
             "/snapshot/load",

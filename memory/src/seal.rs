@@ -104,7 +104,9 @@ pub enum SealError {
         found: Vec<u8>,
     },
     /// Another version of the sealed format.
-    #[error("sealed format version {found} is not supported: this vmm reads version {SEAL_VERSION}")]
+    #[error(
+        "sealed format version {found} is not supported: this vmm reads version {SEAL_VERSION}"
+    )]
     Version {
         /// The version found.
         found: u32,
@@ -137,7 +139,9 @@ pub enum SealError {
         expected: u64,
     },
     /// The file is longer than its header says.
-    #[error("it is extended (or its header damaged): {len} bytes, but its header needs {expected}")]
+    #[error(
+        "it is extended (or its header damaged): {len} bytes, but its header needs {expected}"
+    )]
     Extended {
         /// The file's length.
         len: u64,
@@ -380,7 +384,8 @@ impl SealHeader {
         }
         let mut id = [0u8; 16];
         id.copy_from_slice(&h[16..32]);
-        let kind = SealedKind::from_code(u32_at(32)).ok_or(SealError::Header("unknown file kind"))?;
+        let kind =
+            SealedKind::from_code(u32_at(32)).ok_or(SealError::Header("unknown file kind"))?;
         let chunk_size = u32_at(36);
         if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
         {
@@ -442,8 +447,8 @@ impl Chunks {
                 expected: expected_kind,
             });
         }
-        let expected =
-            sealed_len(header.len, header.chunk_size).ok_or(SealError::Header("impossible length"))?;
+        let expected = sealed_len(header.len, header.chunk_size)
+            .ok_or(SealError::Header("impossible length"))?;
         if file_len < expected {
             return Err(SealError::Truncated {
                 len: file_len,
@@ -522,12 +527,7 @@ impl Chunks {
         let (nonce, aad) = self.nonce_aad(index);
         let (data, tag) = buf.split_at_mut(buf.len() - TAG_LEN);
         self.cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&nonce),
-                &aad,
-                data,
-                Tag::from_slice(tag),
-            )
+            .decrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, data, Tag::from_slice(tag))
             .map_err(|_| SealError::Chunk {
                 index,
                 count: self.count,
@@ -543,7 +543,9 @@ pub fn seal_bytes(
     chunk_size: u32,
     plaintext: &[u8],
 ) -> Vec<u8> {
-    let chunk_size = chunk_size.clamp(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE).next_power_of_two();
+    let chunk_size = chunk_size
+        .clamp(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
+        .next_power_of_two();
     let chunks = Chunks::new(key, id, kind, chunk_size, plaintext.len() as u64);
     let total = sealed_len(plaintext.len() as u64, chunk_size).unwrap_or_default() as usize;
     let mut out = Vec::with_capacity(total);
@@ -652,7 +654,9 @@ pub fn save_memory_sealed(
     chunk_size: u32,
 ) -> std::result::Result<MemoryFileLayout, MemorySnapshotError> {
     let layout = MemoryFileLayout::of(mem);
-    let chunk_size = chunk_size.clamp(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE).next_power_of_two();
+    let chunk_size = chunk_size
+        .clamp(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
+        .next_power_of_two();
     let len = layout.file_len();
     let chunks = Chunks::new(key, id, SealedKind::Memory, chunk_size, len);
     let out = crate::snapshot::AtomicFile::create(path)?;
@@ -838,7 +842,10 @@ mod tests {
         swapped[chunk(1)].copy_from_slice(&sealed[chunk(2)]);
         swapped[chunk(2)].copy_from_slice(&sealed[chunk(1)]);
         let err = open(&swapped, SealedKind::State).unwrap_err();
-        assert!(matches!(err, SealError::Chunk { index: 1, count: 4 }), "{err}");
+        assert!(
+            matches!(err, SealError::Chunk { index: 1, count: 4 }),
+            "{err}"
+        );
         // The last chunk dropped (a whole chunk: the length check says truncated).
         let err = open(&sealed[..chunk(3).start], SealedKind::State).unwrap_err();
         assert!(matches!(err, SealError::Truncated { .. }), "{err}");
@@ -902,12 +909,15 @@ mod tests {
             ),
             "{err}"
         );
-        let err = open_bytes(&key(1), SealedKind::State, Some(&id(3)), &sealed, u64::MAX)
-            .unwrap_err();
+        let err =
+            open_bytes(&key(1), SealedKind::State, Some(&id(3)), &sealed, u64::MAX).unwrap_err();
         assert!(matches!(err, SealError::OtherSnapshot { .. }), "{err}");
         assert!(err.to_string().contains(&id(3).to_string()), "{err}");
         let err = open_bytes(&key(1), SealedKind::State, None, &sealed, 99).unwrap_err();
-        assert!(matches!(err, SealError::TooLarge { len: 100, max: 99 }), "{err}");
+        assert!(
+            matches!(err, SealError::TooLarge { len: 100, max: 99 }),
+            "{err}"
+        );
         let err = open(b"VMMSNAP\0 an unsealed state file", SealedKind::State).unwrap_err();
         assert!(matches!(err, SealError::NotSealed { .. }), "{err}");
         assert!(err.to_string().contains("without a key"), "{err}");
@@ -939,7 +949,10 @@ mod tests {
 
     fn guest_with_data() -> GuestMemoryMmap {
         let mem = create_guest_memory(4 * MIB, MemoryOptions::default()).unwrap();
-        for (i, addr) in [0x1000u64, 0x10_0003, 4 * MIB - 100].into_iter().enumerate() {
+        for (i, addr) in [0x1000u64, 0x10_0003, 4 * MIB - 100]
+            .into_iter()
+            .enumerate()
+        {
             let data: Vec<u8> = (0..100).map(|b| (b as u8) ^ (i as u8 + 1)).collect();
             mem.write_slice(&data, GuestAddress(addr)).unwrap();
         }

@@ -491,8 +491,16 @@ fn sealed_snapshots_restore_with_their_key_only() {
     let sock = path("api.sock");
     assert!(vmm(&["pause", "--api-sock", &sock]).status.success());
     let out = vmm(&[
-        "snapshot", "create", "--api-sock", &sock, "--snapshot", &path("s.state"), "--mem",
-        &path("s.mem"), "--key-file", &path("key"),
+        "snapshot",
+        "create",
+        "--api-sock",
+        &sock,
+        "--snapshot",
+        &path("s.state"),
+        "--mem",
+        &path("s.mem"),
+        "--key-file",
+        &path("key"),
     ]);
     assert!(out.status.success(), "{out:?}");
     drop(vm);
@@ -536,10 +544,7 @@ fn sealed_snapshots_restore_with_their_key_only() {
         &restore(&s_state, &s_mem, Some(&s_wrong)),
         "the key does not match",
     );
-    refused(
-        &restore(&s_state, &s_mem, None),
-        "is sealed (encrypted)",
-    );
+    refused(&restore(&s_state, &s_mem, None), "is sealed (encrypted)");
 
     // The good key: the restored VM runs.
     let args = restore(&s_state, &s_mem, Some(&s_key));
@@ -550,8 +555,17 @@ fn sealed_snapshots_restore_with_their_key_only() {
     // PUT /snapshot/load with key_file, through `vmm snapshot load`.
     let loader = Vmm::start(&["run", "--serial", "none"], &dir.join("api3.sock"));
     let out = vmm(&[
-        "snapshot", "load", "--api-sock", &path("api3.sock"), "--snapshot", &s_state,
-        "--mem", &s_mem, "--key-file", &s_key, "--resume",
+        "snapshot",
+        "load",
+        "--api-sock",
+        &path("api3.sock"),
+        "--snapshot",
+        &s_state,
+        "--mem",
+        &s_mem,
+        "--key-file",
+        &s_key,
+        "--resume",
     ]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(loader.state(), "Running");

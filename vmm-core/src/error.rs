@@ -110,7 +110,9 @@ pub enum Error {
     #[error("sealed snapshot")]
     Seal(#[source] vmm_memory::seal::SealError),
     /// A sealed diff snapshot was asked for.
-    #[error("a Diff snapshot cannot be sealed: sealed snapshots (key_file) are Full snapshots only")]
+    #[error(
+        "a Diff snapshot cannot be sealed: sealed snapshots (key_file) are Full snapshots only"
+    )]
     SealedDiff,
     /// The snapshot state file.
     #[error("snapshot state")]

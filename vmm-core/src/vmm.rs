@@ -317,8 +317,12 @@ impl Vmm {
         };
         let config = self.config.vm.clone();
         let iface_ids = self.config.iface_ids.clone();
-        let written = persist::write_snapshot(params, &self.memory, dirty.as_deref(), key.as_ref(), |memory| {
-            VmSnapshot {
+        let written = persist::write_snapshot(
+            params,
+            &self.memory,
+            dirty.as_deref(),
+            key.as_ref(),
+            |memory| VmSnapshot {
                 config,
                 vcpus,
                 vm,
@@ -328,8 +332,8 @@ impl Vmm {
                 iface_ids,
                 ged,
                 disk_seals,
-            }
-        });
+            },
+        );
         if written.is_err() {
             self.unsaved_dirty = dirty;
         }

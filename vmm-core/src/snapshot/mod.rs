@@ -164,8 +164,7 @@ impl SnapshotFile {
         key: &SealKey,
     ) -> Result<(T, SnapshotId), SnapshotError> {
         let max_plain = MAX_BODY_LEN + HEADER_LEN as u64;
-        let max_sealed =
-            seal::sealed_len(max_plain, seal::MIN_CHUNK_SIZE).unwrap_or(u64::MAX);
+        let max_sealed = seal::sealed_len(max_plain, seal::MIN_CHUNK_SIZE).unwrap_or(u64::MAX);
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
