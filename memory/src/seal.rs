@@ -985,9 +985,7 @@ mod tests {
         let bad = dir.path("bad");
         let refuse = |bytes: &[u8]| {
             std::fs::write(&bad, bytes).unwrap();
-            restore_memory_sealed(&bad, &layout, &key(1), &id(9), &options)
-                .err()
-                .expect("refused")
+            restore_memory_sealed(&bad, &layout, &key(1), &id(9), &options).expect_err("refused")
         };
         // Every header byte, and the first, a middle and the last byte (the tag's) of each
         // chunk.
