@@ -20,7 +20,11 @@ guest: our memory file skips zero pages (they stay holes in a sparse file) and Q
 stream compresses zero pages too. They measure the VMMs' fixed costs, not copying RAM.
 
     benches/lifecycle.py [-n 10] [--sizes 128,1024] [--vmm target/x86_64-unknown-linux-gnu/release/vmm]
-                         [--qemu qemu-system-x86_64] [--no-qemu] [--timeout 60]
+                         [--qemu qemu-system-x86_64] [--no-qemu] [--sealed] [--timeout 60]
+
+--sealed compares this VMM's unsealed snapshots with sealed ones (a random 32-byte --key-file)
+instead of QEMU: a sealed memory file is all of RAM, encrypted (no holes), and its restore
+decrypts it into anonymous memory before the guest runs instead of mapping the file.
 
 Each run measures a guest sitting in its HLT: after the VMM says the VM runs, the script waits
 until the vCPU thread sleeps in KVM's halt (/proc/PID/task/*/wchan), never a fixed delay. Every
@@ -258,8 +262,9 @@ def pause_resume(pause, resume):
     return ms_median(pauses), ms_median(resumes)
 
 
-def run_vmm(args, procs, tmp, kernel, mib, tag):
-    """One vmm run: returns {metric: value}."""
+def run_vmm(args, procs, tmp, kernel, mib, tag, key_file=None):
+    """One vmm run: returns {metric: value}. With key_file the snapshot is sealed and restored
+    with that key."""
     sock = os.path.join(tmp, f"{tag}.sock")
     state_file = os.path.join(tmp, f"{tag}.state")
     mem_file = os.path.join(tmp, f"{tag}.mem")
@@ -277,6 +282,8 @@ def run_vmm(args, procs, tmp, kernel, mib, tag):
             lambda: api.expect("PATCH", "/vm", resumed, 204))
         api.expect("PATCH", "/vm", paused, 204)
         create = {"snapshot_type": "Full", "snapshot_path": state_file, "mem_file_path": mem_file}
+        if key_file:
+            create["key_file"] = key_file
         out["snapshot"] = time_call(lambda: api.expect("PUT", "/snapshot/create", create, 204))
         out["size"] = disk_bytes(state_file, mem_file)
     finally:
@@ -285,8 +292,11 @@ def run_vmm(args, procs, tmp, kernel, mib, tag):
 
     sock2 = os.path.join(tmp, f"{tag}-restored.sock")
     start = now()
-    proc = procs.start("vmm-restore", [args.vmm, "restore", "--snapshot", state_file,
-                                       "--mem", mem_file, "--api-sock", sock2])
+    restore = [args.vmm, "restore", "--snapshot", state_file, "--mem", mem_file,
+               "--api-sock", sock2]
+    if key_file:
+        restore += ["--key-file", key_file]
+    proc = procs.start("vmm-restore", restore)
     api = VmmApi(sock2, proc)
     try:
         wait_until(lambda: api.state() == "Running", "vmm restore: Running", proc, fast=True)
@@ -431,6 +441,9 @@ def main():
     parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--no-qemu", action="store_true", help="measure this VMM only")
+    parser.add_argument("--sealed", action="store_true",
+                        help="compare unsealed snapshots with sealed ones (--key-file, a random "
+                             "32-byte key) instead of QEMU")
     parser.add_argument("--timeout", type=float, default=TIMEOUT,
                         help="seconds before any one step counts as hung and the run fails "
                              "(upper bound, default %(default).0f)")
@@ -442,18 +455,25 @@ def main():
         sys.exit(f"lifecycle.py: {kernel} not found (set VMM_GUEST_DIR)")
     if not os.path.exists(args.vmm):
         sys.exit(f"lifecycle.py: {args.vmm} not found (cargo build --release -p vmm-cli)")
+    if args.sealed:
+        args.no_qemu = True
     if not args.no_qemu and not shutil.which(args.qemu):
         sys.exit(f"lifecycle.py: {args.qemu} not found (or pass --no-qemu)")
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
+    tmp = tempfile.mkdtemp(prefix="vmm-lifecycle-", dir="/tmp")
     peers = [("vmm", run_vmm)]
-    if not args.no_qemu:
+    if args.sealed:
+        key_file = os.path.join(tmp, "key")
+        with open(key_file, "wb") as f:
+            f.write(os.urandom(32))
+        peers.append(("sealed", lambda *a: run_vmm(*a, key_file=key_file)))
+    elif not args.no_qemu:
         peers.append(("qemu", run_qemu))
     metrics = ["pause", "resume", "snapshot", "size", "restore"]
     results = {(name, mib): {m: [] for m in metrics} for name, _ in peers for mib in sizes}
 
-    tmp = tempfile.mkdtemp(prefix="vmm-lifecycle-", dir="/tmp")
     procs = Procs(tmp)
     try:
         for name, run in peers:  # warm the page cache and both binaries; not counted
@@ -482,8 +502,11 @@ def main():
           "skips zero pages (sparse holes), QEMU's migration compresses zero pages.")
     labels = {"pause": "pause ms", "resume": "resume ms", "snapshot": "snapshot create ms",
               "size": "snapshot on disk", "restore": "restore to running ms"}
-    qemu_name = "qemu" if not args.no_qemu else None
-    print(f"{'metric':22} {'size':>8} {'vmm':>12} {'qemu':>12} {'vmm/qemu':>9}")
+    qemu_name = "sealed" if args.sealed else "qemu" if not args.no_qemu else None
+    if args.sealed:
+        print("The peer column is this vmm with sealed snapshots (--key-file); the ratio is "
+              "unsealed/sealed.")
+    print(f"{'metric':22} {'size':>8} {'vmm':>12} {qemu_name or 'qemu':>12} {'ratio':>9}")
     for m in metrics:
         for mib in sizes:
             ours = ms_median(results[("vmm", mib)][m])

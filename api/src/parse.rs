@@ -283,7 +283,11 @@ impl SnapshotCreateParams {
     /// Checks the paths.
     pub fn validate(&self) -> Result<(), ApiError> {
         validate_path("snapshot_path", &self.snapshot_path)?;
-        validate_path("mem_file_path", &self.mem_file_path)
+        validate_path("mem_file_path", &self.mem_file_path)?;
+        if let Some(key_file) = &self.key_file {
+            validate_path("key_file", key_file)?;
+        }
+        Ok(())
     }
 }
 
@@ -324,7 +328,11 @@ impl SnapshotLoadParams {
         if let Some(path) = &vsock_override {
             validate_path("uds_path", path)?;
         }
+        if let Some(key_file) = &self.key_file {
+            validate_path("key_file", key_file)?;
+        }
         Ok(SnapshotLoad {
+            key_file: self.key_file,
             snapshot_path: self.snapshot_path,
             mem_file_path,
             track_dirty_pages: self.track_dirty_pages.unwrap_or(false)

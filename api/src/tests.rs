@@ -501,7 +501,27 @@ fn snapshots() {
             network_overrides: vec![],
             vsock_override: None,
             clock_realtime: false,
+            key_file: None,
         })
+    );
+    // The key_file extension of sealed snapshots, on both requests.
+    let r = put(
+        "/snapshot/create",
+        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "key_file": "/k"}"#,
+    );
+    assert!(matches!(r, Ok(ApiRequest::CreateSnapshot(s)) if s.key_file.as_deref() == Some("/k")));
+    let r = put(
+        "/snapshot/load",
+        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "key_file": "/k"}"#,
+    );
+    assert!(matches!(r, Ok(ApiRequest::LoadSnapshot(l)) if l.key_file.as_deref() == Some("/k")));
+    refused(
+        put(
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "key_file": ""}"#,
+        ),
+        400,
+        "key_file",
     );
     let r = put(
         "/snapshot/load",

@@ -329,6 +329,10 @@ pub struct SnapshotCreateParams {
     /// Full (the default) or diff.
     #[serde(default, deserialize_with = "null_as_default")]
     pub snapshot_type: SnapshotType,
+    /// Extension (not in Firecracker): seal (encrypt and authenticate) the state and memory
+    /// files with the key in this file. Absent: unsealed. Full snapshots only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
 }
 
 /// How guest memory is loaded on restore.
@@ -398,6 +402,10 @@ pub struct SnapshotLoadParams {
     /// Advance the guest clock by the wall time since the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_realtime: Option<bool>,
+    /// Extension (not in Firecracker): the key file of a sealed snapshot. Absent: the snapshot
+    /// must be unsealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
 }
 
 /// A validated `PUT /snapshot/load`: one memory file, flags resolved.
@@ -418,6 +426,8 @@ pub struct SnapshotLoad {
     /// Advance the guest clock by the wall time since the snapshot. The VM side applies or
     /// refuses it.
     pub clock_realtime: bool,
+    /// The key file of a sealed snapshot (`None`: unsealed).
+    pub key_file: Option<String>,
 }
 
 /// The instance's state in [`InstanceInfo`].

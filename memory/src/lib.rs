@@ -7,6 +7,7 @@
 //! This crate knows nothing of KVM: it can be used and tested on any Linux machine.
 
 pub mod layout;
+pub mod seal;
 pub mod snapshot;
 
 use std::io;

@@ -316,6 +316,27 @@ pub enum MemorySnapshotError {
     /// The restored regions could not be put together.
     #[error("invalid restored guest memory regions")]
     Regions(#[source] GuestRegionCollectionError),
+    /// Guest memory for a sealed memory file could not be allocated.
+    #[error("cannot allocate guest memory for the sealed memory file")]
+    Allocate(#[source] crate::Error),
+    /// A sealed memory file is refused (or could not be sealed).
+    #[error("sealed memory file {path}")]
+    Sealed {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::seal::SealError,
+    },
+    /// A sealed memory file given to a restore without a key.
+    #[error("memory file {path} is sealed (encrypted): restore it with its key file")]
+    SealedWithoutKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Diff files with a sealed snapshot.
+    #[error("diff memory files cannot be layered over a sealed snapshot: sealed snapshots are full snapshots only")]
+    SealedDiffs,
 }
 
 /// Result of this module.
@@ -732,7 +753,7 @@ pub fn restore_memory(
 }
 
 /// Opens a file for reading; refuses anything but a regular file (without blocking on a FIFO).
-fn open_regular(path: &Path) -> Result<File> {
+pub(crate) fn open_regular(path: &Path) -> Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -759,6 +780,12 @@ fn open_regular(path: &Path) -> Result<File> {
 fn open_memory_file(path: &Path, layout: &MemoryFileLayout) -> Result<File> {
     let file = open_regular(path)?;
     let len = file_len(path, &file)?;
+    let mut magic = [0u8; 8];
+    if file.read_exact_at(&mut magic, 0).is_ok() && magic == crate::seal::SEAL_MAGIC {
+        return Err(MemorySnapshotError::SealedWithoutKey {
+            path: path.to_path_buf(),
+        });
+    }
     let needed = layout.file_len();
     if len < needed {
         return Err(MemorySnapshotError::FileTooShort {
@@ -777,7 +804,7 @@ fn open_memory_file(path: &Path, layout: &MemoryFileLayout) -> Result<File> {
     Ok(file)
 }
 
-fn file_len(path: &Path, file: &File) -> Result<u64> {
+pub(crate) fn file_len(path: &Path, file: &File) -> Result<u64> {
     file.metadata()
         .map(|m| m.len())
         .map_err(|source| MemorySnapshotError::Open {
@@ -950,7 +977,7 @@ fn crc32(bytes: &[u8]) -> u32 {
 
 /// A file written beside its destination and renamed over it once complete and synced; removed
 /// if dropped before [`AtomicFile::commit`].
-struct AtomicFile {
+pub(crate) struct AtomicFile {
     file: File,
     tmp: PathBuf,
     dest: PathBuf,
@@ -958,7 +985,7 @@ struct AtomicFile {
 }
 
 impl AtomicFile {
-    fn create(dest: &Path) -> Result<Self> {
+    pub(crate) fn create(dest: &Path) -> Result<Self> {
         let name = dest
             .file_name()
             .ok_or_else(|| MemorySnapshotError::InvalidPath {
@@ -993,7 +1020,7 @@ impl AtomicFile {
             .map_err(|source| self.write_error(len, source))
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+    pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.file
             .write_all_at(buf, offset)
             .map_err(|source| self.write_error(offset, source))
@@ -1007,7 +1034,7 @@ impl AtomicFile {
         }
     }
 
-    fn commit(mut self) -> Result<()> {
+    pub(crate) fn commit(mut self) -> Result<()> {
         self.file
             .sync_all()
             .map_err(|source| self.write_error(0, source))?;

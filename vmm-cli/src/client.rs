@@ -45,25 +45,43 @@ pub fn status(sock: &Path) -> ExitCode {
     }
 }
 
-/// `PUT /snapshot/create`, Full or (`diff`) Diff.
-pub fn snapshot_create(sock: &Path, snapshot: &Path, mem: &Path, diff: bool) -> ExitCode {
-    let body = serde_json::json!({
+/// `PUT /snapshot/create`, Full or (`diff`) Diff; sealed with `key_file` when given.
+pub fn snapshot_create(
+    sock: &Path,
+    snapshot: &Path,
+    mem: &Path,
+    diff: bool,
+    key_file: Option<&Path>,
+) -> ExitCode {
+    let mut body = serde_json::json!({
         "snapshot_type": if diff { "Diff" } else { "Full" },
         "snapshot_path": snapshot,
         "mem_file_path": mem,
-    })
-    .to_string();
+    });
+    if let Some(key) = key_file {
+        body["key_file"] = serde_json::json!(key);
+    }
+    let body = body.to_string();
     done(client(sock).request("PUT", "/snapshot/create", Some(&body)))
 }
 
-/// `PUT /snapshot/load`.
-pub fn snapshot_load(sock: &Path, snapshot: &Path, mem: &Path, resume: bool) -> ExitCode {
-    let body = serde_json::json!({
+/// `PUT /snapshot/load` (of a sealed snapshot with `key_file`).
+pub fn snapshot_load(
+    sock: &Path,
+    snapshot: &Path,
+    mem: &Path,
+    resume: bool,
+    key_file: Option<&Path>,
+) -> ExitCode {
+    let mut body = serde_json::json!({
         "snapshot_path": snapshot,
         "mem_backend": {"backend_type": "File", "backend_path": mem},
         "resume_vm": resume,
-    })
-    .to_string();
+    });
+    if let Some(key) = key_file {
+        body["key_file"] = serde_json::json!(key);
+    }
+    let body = body.to_string();
     done(client(sock).request("PUT", "/snapshot/load", Some(&body)))
 }
 

@@ -339,8 +339,13 @@ impl BuiltVm {
     }
 
     fn restore_from(source: &RestoreSource) -> Result<BuiltVm> {
-        let snapshot = source.read_state()?;
+        let (snapshot, sealed) = source.read_state_sealed()?;
         let (mem_path, mem_diffs) = (&source.mem, &source.mem_diffs);
+        if sealed.is_some() && !mem_diffs.is_empty() {
+            return Err(Error::MemorySnapshot(
+                vmm_memory::snapshot::MemorySnapshotError::SealedDiffs,
+            ));
+        }
         let mut config = snapshot.config_for(source)?;
         config.validate()?;
         // Each sealed disk gets its own fresh clone: two restores of one snapshot never write
@@ -375,8 +380,20 @@ impl BuiltVm {
             prefault: config.prefault,
             ksm: config.ksm,
         };
-        let memory = vmm_memory::snapshot::restore_memory(mem_path, &snapshot.memory, &options)
-            .map_err(Error::MemorySnapshot)?;
+        // A sealed memory file is authenticated and decrypted whole into anonymous memory
+        // before anything runs; an unsealed one is mapped privately.
+        let memory = match &sealed {
+            Some((key, id)) => vmm_memory::seal::restore_memory_sealed(
+                mem_path,
+                &snapshot.memory,
+                key,
+                id,
+                &options,
+            ),
+            None => vmm_memory::snapshot::restore_memory(mem_path, &snapshot.memory, &options),
+        }
+        .map_err(Error::MemorySnapshot)?;
+        drop(sealed);
 
         // SAFETY: `memory` (vmm-memory mmaps) goes into the `BuiltVm` returned below together
         // with the VM and its vCPUs, and stays mapped until after their last run: see `machine`.

@@ -107,6 +107,7 @@ pub(crate) fn handle_pre_boot(api: &mut ApiConfig, request: ApiRequest) -> PreBo
                 vsock_override: load.vsock_override.map(Into::into),
                 // Clones of sealed disks go next to their sealed layers.
                 disk_clone_dir: None,
+                key_file: load.key_file.map(Into::into),
             };
             match BuiltVm::restore(&source) {
                 Ok(built) => return PreBoot::Restored(Box::new(built), load.resume_vm),

@@ -106,6 +106,14 @@ pub enum Error {
     /// Writing or mapping guest memory for a snapshot.
     #[error("snapshot memory")]
     MemorySnapshot(#[source] vmm_memory::snapshot::MemorySnapshotError),
+    /// The key of a sealed snapshot cannot be used (or no snapshot id could be drawn).
+    #[error("sealed snapshot")]
+    Seal(#[source] vmm_memory::seal::SealError),
+    /// A sealed diff snapshot was asked for.
+    #[error(
+        "a Diff snapshot cannot be sealed: sealed snapshots (key_file) are Full snapshots only"
+    )]
+    SealedDiff,
     /// The snapshot state file.
     #[error("snapshot state")]
     Snapshot(#[from] crate::snapshot::SnapshotError),

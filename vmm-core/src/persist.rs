@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use vmm_api::{SnapshotCreateParams, SnapshotType, VmConfig};
 use vmm_devices::virtio::mmio::MmioTransportState;
 use vmm_devices::SerialDeviceState;
+use vmm_memory::seal::{SealKey, SnapshotId};
 use vmm_memory::snapshot::MemoryFileLayout;
 use vmm_memory::GuestMemoryMmap;
 use vmm_vcpu::{VcpuState, Vm};
@@ -71,6 +72,9 @@ pub struct RestoreSource {
     /// Where the clones of the snapshot's sealed disks go ([`VmSnapshot::disk_seals`]); `None`
     /// puts each next to its sealed layer. Clones are named `<layer file>.clone-<pid>-<n>`.
     pub disk_clone_dir: Option<PathBuf>,
+    /// The key file of a sealed snapshot; `None` for an unsealed one (a sealed snapshot is then
+    /// refused, as is an unsealed one with a key).
+    pub key_file: Option<PathBuf>,
 }
 
 impl VmSnapshot {
@@ -110,9 +114,21 @@ impl VmSnapshot {
 }
 
 impl RestoreSource {
-    /// Reads and checks the state file.
+    /// Reads and checks the state file (authenticated and decrypted with the key file when
+    /// there is one).
     pub fn read_state(&self) -> Result<VmSnapshot> {
-        Ok(SnapshotFile::read(&self.state)?)
+        Ok(self.read_state_sealed()?.0)
+    }
+
+    /// Reads and checks the state file; for a sealed snapshot also the key and the snapshot
+    /// id, which its memory file must have.
+    pub(crate) fn read_state_sealed(&self) -> Result<(VmSnapshot, Option<(SealKey, SnapshotId)>)> {
+        let Some(key_file) = &self.key_file else {
+            return Ok((SnapshotFile::read(&self.state)?, None));
+        };
+        let key = SealKey::read_file(key_file).map_err(Error::Seal)?;
+        let (snapshot, id) = SnapshotFile::read_sealed(&self.state, &key)?;
+        Ok((snapshot, Some((key, id))))
     }
 }
 
@@ -292,15 +308,48 @@ pub(crate) fn take_dirty(
     Ok(dirty)
 }
 
+/// The key of a sealed snapshot request (`key_file`), read before anything is saved; `None`
+/// for an unsealed one. A sealed Diff is refused.
+pub(crate) fn snapshot_key(params: &SnapshotCreateParams) -> Result<Option<SealKey>> {
+    let Some(key_file) = &params.key_file else {
+        return Ok(None);
+    };
+    if params.snapshot_type == SnapshotType::Diff {
+        return Err(Error::SealedDiff);
+    }
+    SealKey::read_file(Path::new(key_file))
+        .map(Some)
+        .map_err(Error::Seal)
+}
+
 /// Writes the memory file (all of RAM, or the pages in `dirty` for a diff), then the state
-/// file of the snapshot that `state` makes from the memory file's layout.
+/// file of the snapshot that `state` makes from the memory file's layout. With `key`, both
+/// files are sealed under a fresh random snapshot id (full snapshots only).
 pub(crate) fn write_snapshot(
     params: &SnapshotCreateParams,
     memory: &GuestMemoryMmap,
     dirty: Option<&[Vec<u64>]>,
+    key: Option<&SealKey>,
     state: impl FnOnce(MemoryFileLayout) -> VmSnapshot,
 ) -> Result<()> {
     let mem_path = PathBuf::from(&params.mem_file_path);
+    if let Some(key) = key {
+        if params.snapshot_type == SnapshotType::Diff {
+            return Err(Error::SealedDiff);
+        }
+        let id = SnapshotId::random().map_err(Error::Seal)?;
+        let layout = vmm_memory::seal::save_memory_sealed(
+            memory,
+            &mem_path,
+            key,
+            id,
+            vmm_memory::seal::DEFAULT_CHUNK_SIZE,
+        )
+        .map_err(Error::MemorySnapshot)?;
+        let snapshot = state(layout);
+        SnapshotFile::write_sealed(Path::new(&params.snapshot_path), &snapshot, key, id)?;
+        return Ok(());
+    }
     let saved = match dirty {
         Some(bitmaps) if params.snapshot_type == SnapshotType::Diff => {
             vmm_memory::snapshot::save_dirty_pages(memory, bitmaps, &mem_path)

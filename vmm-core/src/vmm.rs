@@ -294,6 +294,7 @@ impl Vmm {
         let tracking = self.config.vm.track_dirty_pages;
         let paused = self.state() == InstanceState::Paused;
         persist::check_snapshot_request(params.snapshot_type, tracking, paused)?;
+        let key = persist::snapshot_key(params)?;
         let vcpus = self.threads().save_states()?;
         let vm = self.vm.save_state()?;
         let devices = persist::save_devices(&self.virtio);
@@ -316,8 +317,12 @@ impl Vmm {
         };
         let config = self.config.vm.clone();
         let iface_ids = self.config.iface_ids.clone();
-        let written = persist::write_snapshot(params, &self.memory, dirty.as_deref(), |memory| {
-            VmSnapshot {
+        let written = persist::write_snapshot(
+            params,
+            &self.memory,
+            dirty.as_deref(),
+            key.as_ref(),
+            |memory| VmSnapshot {
                 config,
                 vcpus,
                 vm,
@@ -327,8 +332,8 @@ impl Vmm {
                 iface_ids,
                 ged,
                 disk_seals,
-            }
-        });
+            },
+        );
         if written.is_err() {
             self.unsaved_dirty = dirty;
         }

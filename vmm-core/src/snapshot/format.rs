@@ -36,6 +36,12 @@ pub const MAX_BODY_LEN: u64 = 64 << 20;
 /// Why bytes are not a usable snapshot state file.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
+    /// The file is a sealed (encrypted) state file.
+    #[error(
+        "the snapshot state file is sealed (encrypted): restore it with its key file \
+         (--key-file, or key_file in PUT /snapshot/load)"
+    )]
+    Sealed,
     /// The magic bytes are wrong.
     #[error(
         "it is not a snapshot state file: it starts with {found:02x?} instead of {MAGIC:02x?} \
@@ -284,6 +290,9 @@ impl SnapshotHeader {
     /// Checks, in order: the magic, the version, the header length, the header checksum and the
     /// declared body length against [`MAX_BODY_LEN`]. It does not look at the body or the CPU.
     pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
+        if bytes.starts_with(&vmm_memory::seal::SEAL_MAGIC) {
+            return Err(FormatError::Sealed);
+        }
         let magic_len = bytes.len().min(MAGIC.len());
         if bytes[..magic_len] != MAGIC[..magic_len] {
             return Err(FormatError::NotASnapshot {

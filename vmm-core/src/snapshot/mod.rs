@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use vmm_memory::seal::{self, SealError, SealKey, SealedKind, SnapshotId};
 
 pub use format::{
     CpuIdentity, FormatError, SnapshotHeader, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_BODY_LEN,
@@ -77,6 +78,15 @@ pub enum SnapshotError {
         #[source]
         source: FormatError,
     },
+    /// A sealed state file is refused (wrong key, damaged, truncated...).
+    #[error("sealed snapshot state file {path} cannot be restored")]
+    Sealed {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: SealError,
+    },
     /// Bytes given directly (not from a file) are refused.
     #[error(transparent)]
     Format(#[from] FormatError),
@@ -129,6 +139,67 @@ impl SnapshotFile {
     pub fn write(path: &Path, body: &impl Serialize) -> Result<(), SnapshotError> {
         let bytes = Self::encode(body)?;
         write_atomically(path, &bytes)
+    }
+
+    /// Writes `body` as a sealed state file of snapshot `id` at `path`, atomically: the bytes
+    /// of an unsealed state file (header and body), sealed with `key`
+    /// ([`vmm_memory::seal`]).
+    pub fn write_sealed(
+        path: &Path,
+        body: &impl Serialize,
+        key: &SealKey,
+        id: SnapshotId,
+    ) -> Result<(), SnapshotError> {
+        let bytes = Self::encode(body)?;
+        let sealed = seal::seal_bytes(key, id, SealedKind::State, seal::DEFAULT_CHUNK_SIZE, &bytes);
+        write_atomically(path, &sealed)
+    }
+
+    /// Reads the sealed state file at `path` with `key`: authenticates and decrypts it, then
+    /// checks and decodes the state file inside as [`Self::read`] does. Returns the state and
+    /// the snapshot id (which the memory file must have too). At most the largest sealed state
+    /// file is read.
+    pub fn read_sealed<T: DeserializeOwned>(
+        path: &Path,
+        key: &SealKey,
+    ) -> Result<(T, SnapshotId), SnapshotError> {
+        let max_plain = MAX_BODY_LEN + HEADER_LEN as u64;
+        let max_sealed = seal::sealed_len(max_plain, seal::MIN_CHUNK_SIZE).unwrap_or(u64::MAX);
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|source| SnapshotError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let read_error = |source| SnapshotError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        if !file.metadata().map_err(read_error)?.is_file() {
+            return Err(SnapshotError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut bytes = Vec::new();
+        (&file)
+            .take(max_sealed + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+        let (id, plain) = seal::open_bytes(key, SealedKind::State, None, &bytes, max_plain)
+            .map_err(|source| SnapshotError::Sealed {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let body = Self::read_from(&plain).map_err(|e| match e {
+            SnapshotError::Format(source) => SnapshotError::Refused {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })?;
+        Ok((body, id))
     }
 
     /// Reads the state file at `path`, checks it against this host (see [`Self::read_from`]) and
