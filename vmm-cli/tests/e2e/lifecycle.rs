@@ -69,6 +69,11 @@ fn pause(vm: &mut Running, sock: &str) {
 }
 
 fn snapshot(sock: &str, state: &str, mem: &str, diff: bool) {
+    snapshot_keyed(sock, state, mem, diff, None);
+}
+
+/// [`snapshot`], sealed with `key_file` when given.
+fn snapshot_keyed(sock: &str, state: &str, mem: &str, diff: bool, key_file: Option<&str>) {
     let mut args = vec![
         "snapshot",
         "create",
@@ -81,6 +86,9 @@ fn snapshot(sock: &str, state: &str, mem: &str, diff: bool) {
     ];
     if diff {
         args.push("--diff");
+    }
+    if let Some(key) = key_file {
+        args.extend(["--key-file", key]);
     }
     ok(&args);
 }
@@ -103,7 +111,21 @@ fn e2fsck_clean(image: &str, what: &str) {
 
 #[test]
 fn pause_resume_snapshot_kill_restore_continues_the_count() {
-    let dir = scratch("lifecycle");
+    count_goes_on_through_pause_snapshot_kill_and_restore("lifecycle", false);
+}
+
+/// The same with a sealed snapshot (`--key-file`): both files are encrypted and authenticated;
+/// a restore with another key is refused before anything runs, the right key continues the count.
+#[test]
+fn sealed_snapshot_of_a_counting_guest_restores_and_continues() {
+    count_goes_on_through_pause_snapshot_kill_and_restore("sealed", true);
+}
+
+fn count_goes_on_through_pause_snapshot_kill_and_restore(name: &str, sealed: bool) {
+    let dir = scratch(name);
+    let key = path_in(&dir, "snapshot.key");
+    std::fs::write(&key, b"0123456789abcdef0123456789abcdef").unwrap();
+    let key_file = sealed.then_some(key.as_str());
     let (sock, sock2) = (path_in(&dir, "api.sock"), path_in(&dir, "api2.sock"));
     let (state, mem) = (path_in(&dir, "snap.state"), path_in(&dir, "snap.mem"));
     let gate = Gate::new(&dir, "gate.img");
@@ -147,7 +169,7 @@ fn pause_resume_snapshot_kill_restore_continues_the_count() {
 
     // Pause, snapshot, kill the VMM.
     pause(&mut vm, &sock);
-    snapshot(&sock, &state, &mem, false);
+    snapshot_keyed(&sock, &state, &mem, false, key_file);
     let before = counts(&vm);
     assert_consecutive(&before, 1, "first VMM");
     let last = *before.last().unwrap();
@@ -155,7 +177,7 @@ fn pause_resume_snapshot_kill_restore_continues_the_count() {
 
     // Restore in a new process: the count continues after `last`; once it has gone on for two
     // lines, the gate lets it end.
-    let mut restored = Running::start_raw(&[
+    let mut restore_args = vec![
         "restore",
         "--snapshot",
         &state,
@@ -163,7 +185,19 @@ fn pause_resume_snapshot_kill_restore_continues_the_count() {
         &mem,
         "--api-sock",
         &sock2,
-    ]);
+    ];
+    if let Some(key) = key_file {
+        let wrong = path_in(&dir, "wrong.key");
+        std::fs::write(&wrong, b"fedcba9876543210fedcba9876543210").unwrap();
+        let mut args = restore_args.clone();
+        args.extend(["--key-file", &wrong]);
+        let refused = vmm(&args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        restore_args.extend(["--key-file", key]);
+    }
+    let mut restored = Running::start_raw(&restore_args);
     restored.expect(&format!("COUNT {}", last + 2), deadline);
     gate.open();
     let done = restored.expect("COUNT-DONE", deadline);
