@@ -231,6 +231,12 @@ pub enum Error {
         /// The hash block's index in the hash file (the superblock's block is 0).
         hash_block: u64,
     },
+    /// A verity disk asked for without read-only.
+    #[error("a verity disk must be opened read-only")]
+    NotReadOnly,
+    /// A new image for a running verity disk (its hash file and root hash are for the old).
+    #[error("a verity disk's image cannot be replaced while the VM runs")]
+    SwapRefused,
     /// A format option out of range.
     #[error("verity format: {0}")]
     Options(String),
