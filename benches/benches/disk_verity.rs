@@ -33,9 +33,8 @@ fn disk_verity(c: &mut Criterion) {
             ..FormatOptions::default()
         };
         let root = verity::format(&data, &hash, &options).expect("format");
-        let mut image =
-            VerityImage::open(RawFile::open(&data, true).expect("open"), &hash, &root)
-                .expect("verity open");
+        let mut image = VerityImage::open(RawFile::open(&data, true).expect("open"), &hash, &root)
+            .expect("verity open");
         // Warm the hash cache: every hash block verified once.
         let mut all = vec![0u8; bytes.len()];
         image.read(0, &mut all).expect("warm read");

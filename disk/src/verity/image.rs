@@ -15,6 +15,9 @@ use crate::ImageFile;
 /// blocks cover 512 MiB of data with sha256).
 pub const DEFAULT_CACHE_BLOCKS: usize = 1024;
 
+/// Verification failures logged, one line each; later ones are only counted.
+const LOGGED_CORRUPTIONS: u64 = 100;
+
 /// Data bytes read and verified at once by a large read.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -260,8 +263,13 @@ impl<T: ImageFile> VerityImage<T> {
         match self.check_data_block(block, data) {
             Ok(()) => Ok(()),
             Err(e @ (Error::CorruptBlock { .. } | Error::CorruptHashBlock { .. })) => {
-                self.corrupt.fetch_add(1, Ordering::Relaxed);
-                log::error!("{e}");
+                let seen = self.corrupt.fetch_add(1, Ordering::Relaxed);
+                // A guest rereading a bad block must not flood the log.
+                if seen < LOGGED_CORRUPTIONS {
+                    log::error!("{e}");
+                } else if seen == LOGGED_CORRUPTIONS {
+                    log::error!("{e}; further verity failures are counted, not logged");
+                }
                 Err(e)
             }
             Err(e) => Err(e),
