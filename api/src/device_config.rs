@@ -229,7 +229,7 @@ impl VerityConfig {
     pub fn validate(&self) -> Result<(), String> {
         let hex = &self.root_hash;
         if !(32..=128).contains(&hex.len())
-            || hex.len() % 2 != 0
+            || !hex.len().is_multiple_of(2)
             || !hex.bytes().all(|c| c.is_ascii_hexdigit())
         {
             return Err(format!("root_hash {hex:?} is not a hex digest"));

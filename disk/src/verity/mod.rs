@@ -256,7 +256,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// The bytes hex `text` spells (either case), or `None`.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.as_bytes();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
