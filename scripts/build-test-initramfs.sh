@@ -19,7 +19,7 @@ OUT_DIR="$ROOT/target/test-guest"
 OUT="$OUT_DIR/initramfs.cpio.gz"
 BASE="$GUEST_DIR/initramfs.cpio.gz"
 TOOLS=(vsock-tool blkio)
-TESTS=(vsockio nettcp blkbench netbench blkwrite balloon diskwrite busy-gated count-gated ratelimit hotdisk poweroff-acpi powerbutton diskbench discard gate.sh)
+TESTS=(vsockio nettcp blkbench netbench blkwrite balloon diskwrite busy-gated count-gated ratelimit hotdisk poweroff-acpi powerbutton diskbench discard verityread gate.sh)
 
 force=0
 case "${1:-}" in

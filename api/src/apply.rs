@@ -183,6 +183,7 @@ pub fn apply_drive(config: &mut VmConfig, drive: &Drive) -> Result<(), ApiError>
         rate_limiter: drive.rate_limiter,
         cache_type: drive.cache_type.unwrap_or_default(),
         io_engine: drive.io_engine,
+        verity: drive.verity()?,
     };
     if let Some(index) = existing {
         config.disk.remove(index);
@@ -490,6 +491,11 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
                 rate_limiter: disk.rate_limiter,
                 socket: None,
                 format: disk.format,
+                verity_hash_file: disk
+                    .verity
+                    .as_ref()
+                    .map(|v| v.hash_file.to_string_lossy().into_owned()),
+                verity_root_hash: disk.verity.as_ref().map(|v| v.root_hash.clone()),
             }
         })
         .collect();

@@ -179,8 +179,8 @@ impl FromStr for DiskFormat {
     }
 }
 
-/// `--disk path=FILE[,read_only=on][,id=NAME][,format=raw|qcow2|layered]`: a virtio-blk
-/// device on a disk image.
+/// `--disk path=FILE[,read_only=on][,id=NAME][,format=raw|qcow2|layered]
+/// [,verity=HASHFILE,root_hash=HEX]`: a virtio-blk device on a disk image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
@@ -207,6 +207,38 @@ pub struct DiskConfig {
     /// engine as `Sync`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
+    /// Serve the image verified against a dm-verity hash file and root hash (read-only
+    /// disks only); `None` serves it as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<VerityConfig>,
+}
+
+/// A disk verified block by block against a dm-verity hash tree (`veritysetup format` or
+/// `vmm disk verity-format` makes one) and its trusted root hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerityConfig {
+    /// The hash file (superblock and hash tree).
+    pub hash_file: PathBuf,
+    /// The root hash, in hex.
+    pub root_hash: String,
+}
+
+impl VerityConfig {
+    /// Checks the root hash is hex of a digest's length (16 to 64 bytes).
+    pub fn validate(&self) -> Result<(), String> {
+        let hex = &self.root_hash;
+        if !(32..=128).contains(&hex.len())
+            || !hex.len().is_multiple_of(2)
+            || !hex.bytes().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err(format!("root_hash {hex:?} is not a hex digest"));
+        }
+        if self.hash_file.as_os_str().is_empty() {
+            return Err("the verity hash file path is empty".to_string());
+        }
+        Ok(())
+    }
 }
 
 fn writeback() -> CacheType {
@@ -226,11 +258,26 @@ impl FromStr for DiskConfig {
             rate_limiter: None,
             cache_type: CacheType::Writeback,
             io_engine: None,
+            verity: None,
         };
-        for (key, value) in key_values(FLAG, text, &["path", "read_only", "id", "cache", "format"])?
-        {
+        let (mut hash_file, mut root_hash) = (None, None);
+        for (key, value) in key_values(
+            FLAG,
+            text,
+            &[
+                "path",
+                "read_only",
+                "id",
+                "cache",
+                "format",
+                "verity",
+                "root_hash",
+            ],
+        )? {
             match key {
                 "path" => disk.path = PathBuf::from(value),
+                "verity" => hash_file = Some(PathBuf::from(value)),
+                "root_hash" => root_hash = Some(value.to_string()),
                 "format" => {
                     disk.format = Some(value.parse().map_err(|why| DeviceConfigError::Syntax {
                         flag: FLAG,
@@ -258,6 +305,28 @@ impl FromStr for DiskConfig {
         if disk.path.as_os_str().is_empty() {
             return Err(missing(FLAG, text, "path"));
         }
+        let syntax = |why: String| DeviceConfigError::Syntax {
+            flag: FLAG,
+            text: text.to_string(),
+            why,
+        };
+        disk.verity = match (hash_file, root_hash) {
+            (None, None) => None,
+            (Some(hash_file), Some(root_hash)) => Some(VerityConfig {
+                hash_file,
+                root_hash,
+            }),
+            (Some(_), None) => return Err(syntax("verity= needs root_hash=HEX".into())),
+            (None, Some(_)) => return Err(syntax("root_hash= needs verity=HASHFILE".into())),
+        };
+        if let Some(verity) = &disk.verity {
+            verity.validate().map_err(syntax)?;
+            if !disk.read_only {
+                return Err(syntax(
+                    "a verity disk must be read-only: add read_only=on".into(),
+                ));
+            }
+        }
         Ok(disk)
     }
 }
@@ -276,6 +345,14 @@ impl fmt::Display for DiskConfig {
         }
         if let Some(format) = self.format {
             write!(f, ",format={format}")?;
+        }
+        if let Some(verity) = &self.verity {
+            write!(
+                f,
+                ",verity={},root_hash={}",
+                verity.hash_file.display(),
+                verity.root_hash
+            )?;
         }
         Ok(())
     }
@@ -511,6 +588,37 @@ mod tests {
         ] {
             assert_eq!(parse_mac(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn disk_verity_flags() {
+        let root = "ab".repeat(32);
+        let text = format!("path=/x.img,read_only=on,verity=/x.hash,root_hash={root}");
+        let d: DiskConfig = text.parse().unwrap();
+        let v = d.verity.as_ref().unwrap();
+        assert_eq!(
+            (v.hash_file.to_str(), v.root_hash.as_str()),
+            (Some("/x.hash"), &*root)
+        );
+        assert_eq!(d.to_string().parse::<DiskConfig>().unwrap(), d);
+        for bad in [
+            format!("path=/x.img,verity=/x.hash,root_hash={root}"),
+            "path=/x.img,read_only=on,verity=/x.hash".to_string(),
+            format!("path=/x.img,read_only=on,root_hash={root}"),
+            "path=/x.img,read_only=on,verity=/x.hash,root_hash=xyz".to_string(),
+            format!("path=/x.img,read_only=on,verity=,root_hash={root}"),
+        ] {
+            let err = bad.parse::<DiskConfig>().unwrap_err();
+            assert!(
+                matches!(err, DeviceConfigError::Syntax { .. }),
+                "{bad}: {err}"
+            );
+        }
+        let json: DiskConfig = serde_json::from_str(&format!(
+            r#"{{"path": "/x", "read_only": true, "verity": {{"hash_file": "/h", "root_hash": "{root}"}}}}"#
+        ))
+        .unwrap();
+        assert!(json.verity.is_some());
     }
 
     #[test]

@@ -54,7 +54,8 @@ pub use apply::{
 };
 pub use client::{ApiClient, ClientError, ClientResponse};
 pub use device_config::{
-    parse_mac, BalloonConfig, DeviceConfigError, DiskConfig, DiskFormat, NetConfig, VsockConfig,
+    parse_mac, BalloonConfig, DeviceConfigError, DiskConfig, DiskFormat, NetConfig, VerityConfig,
+    VsockConfig,
 };
 pub use http::{ApiResponse, RequestReader, CONTINUE_RESPONSE, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 pub use parse::{validate_id, MAX_ID_BYTES};

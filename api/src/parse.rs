@@ -210,7 +210,40 @@ impl Drive {
                 ));
             }
         }
+        if let Some(verity) = self.verity()? {
+            verity
+                .validate()
+                .map_err(|why| invalid("verity_root_hash", why))?;
+            if let Some(path) = &self.verity_hash_file {
+                validate_path("verity_hash_file", path)?;
+            }
+            if self.is_read_only != Some(true) {
+                return Err(invalid(
+                    "is_read_only",
+                    "a drive with verity_hash_file must be read-only (is_read_only: true)",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The drive's verity settings: none, or both fields.
+    pub fn verity(&self) -> Result<Option<crate::VerityConfig>, ApiError> {
+        match (&self.verity_hash_file, &self.verity_root_hash) {
+            (None, None) => Ok(None),
+            (Some(hash_file), Some(root_hash)) => Ok(Some(crate::VerityConfig {
+                hash_file: hash_file.into(),
+                root_hash: root_hash.clone(),
+            })),
+            (Some(_), None) => Err(invalid(
+                "verity_root_hash",
+                "verity_hash_file needs verity_root_hash",
+            )),
+            (None, Some(_)) => Err(invalid(
+                "verity_hash_file",
+                "verity_root_hash needs verity_hash_file",
+            )),
+        }
     }
 }
 

@@ -965,6 +965,8 @@ fn drive(id: &str, path: &str, root: bool) -> Drive {
         rate_limiter: None,
         socket: None,
         format: None,
+        verity_hash_file: None,
+        verity_root_hash: None,
     }
 }
 
@@ -1021,6 +1023,37 @@ fn apply_boot_and_machine() {
         .apply(&ApiRequest::Action(ActionType::InstanceStart))
         .unwrap());
     assert!(!c.apply(&ApiRequest::GetVmConfig).unwrap());
+}
+
+#[test]
+fn apply_verity_drive() {
+    let mut c = ApiConfig::default();
+    let vm = &mut c.vm;
+    let root = "0f".repeat(32);
+    let mut d = drive("data", "/data", false);
+    d.verity_hash_file = Some("/data.hash".into());
+    d.verity_root_hash = Some(root.clone());
+    // Not read-only: refused.
+    assert!(apply_drive(vm, &d).is_err());
+    d.is_read_only = Some(true);
+    apply_drive(vm, &d).unwrap();
+    let v = vm.disk[0].verity.as_ref().unwrap();
+    assert_eq!(v.root_hash, root);
+    let mut half = d.clone();
+    half.verity_root_hash = None;
+    assert!(apply_drive(vm, &half).is_err());
+    let mut bad = d.clone();
+    bad.verity_root_hash = Some("nothex".into());
+    assert!(apply_drive(vm, &bad).is_err());
+    let body: Drive = serde_json::from_str(&format!(
+        r#"{{"drive_id": "d", "path_on_host": "/d", "is_root_device": false, "is_read_only": true,
+            "verity_hash_file": "/d.hash", "verity_root_hash": "{root}"}}"#
+    ))
+    .unwrap();
+    assert_eq!(
+        body.verity().unwrap().unwrap().hash_file.to_str(),
+        Some("/d.hash")
+    );
 }
 
 #[test]

@@ -192,6 +192,13 @@ pub struct Drive {
     /// null detects it from the file's magic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<crate::DiskFormat>,
+    /// A dm-verity hash file to verify every read against (not a Firecracker field); needs
+    /// `verity_root_hash` and `is_read_only: true`. Absent: the image is served as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity_hash_file: Option<String>,
+    /// The trusted root hash of `verity_hash_file`, in hex (not a Firecracker field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity_root_hash: Option<String>,
 }
 
 /// `PUT /network-interfaces/{iface_id}`: a virtio-net device on a host tap.

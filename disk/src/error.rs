@@ -77,4 +77,7 @@ pub enum DiskError {
     /// The layered format failed.
     #[error(transparent)]
     Layered(#[from] crate::layered::Error),
+    /// A verity hash file or root hash refused.
+    #[error(transparent)]
+    Verity(#[from] crate::verity::Error),
 }

@@ -38,6 +38,7 @@ mod image_file;
 pub mod layered;
 pub mod qcow2;
 mod raw;
+pub mod verity;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,7 @@ pub use guest::{DiskId, DiskImage, DiskIoError, GuestBuffers, GuestRange, GuestS
 pub use image_file::{Bounced, ImageFile, BOUNCE_CHUNK};
 pub use qcow2::{create_qcow2, Qcow2Image};
 pub use raw::{default_id, RawFile};
+pub use verity::VerityImage;
 
 /// What a VM's state file records of a disk sealed for a snapshot
 /// ([`DiskImage::seal_for_snapshot`]): enough to open exactly that disk state again.

@@ -71,6 +71,32 @@ pub enum DiskCommand {
     /// Import raw images into a store where equal blocks are kept once; each becomes a layered
     /// image in DIR.
     Import(ImportArgs),
+    /// Write a dm-verity hash file for an image (as `veritysetup format` does) and print its
+    /// root hash in hex; serve it with `--disk path=IMG,read_only=on,verity=HASHFILE,root_hash=HEX`.
+    VerityFormat(VerityFormatArgs),
+}
+
+/// `vmm disk verity-format`.
+#[derive(Args, Debug)]
+pub struct VerityFormatArgs {
+    /// The image to protect (any format).
+    #[arg(value_name = "IMG")]
+    pub image: PathBuf,
+    /// The hash file to write (must not exist).
+    #[arg(value_name = "HASHFILE")]
+    pub hash_file: PathBuf,
+    /// Bytes per data block: a power of two from 512 to 4096.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    pub data_block_size: u32,
+    /// Bytes per hash block: a power of two from 512 to 4096.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    pub hash_block_size: u32,
+    /// The hash: sha256, sha224, sha384 or sha512.
+    #[arg(long, value_name = "HASH", default_value = "sha256")]
+    pub hash: String,
+    /// The salt in hex, or "-" for none; random (32 bytes) when absent.
+    #[arg(long, value_name = "HEX")]
+    pub salt: Option<String>,
 }
 
 /// `vmm disk create`.
@@ -132,6 +158,9 @@ pub enum DiskCliError {
     /// vmm-disk failed.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// Writing a verity hash file failed.
+    #[error(transparent)]
+    Verity(#[from] vmm_disk::verity::Error),
 }
 
 /// What `vmm disk info` prints.
@@ -261,8 +290,57 @@ fn run(command: DiskCommand) -> Result<ExitCode, DiskCliError> {
                 report.ratio
             );
         }
+        DiskCommand::VerityFormat(args) => {
+            let options = verity_options(&args)?;
+            existing(&args.image)?;
+            absent(&args.hash_file)?;
+            let root = vmm_disk::verity::format(&args.image, &args.hash_file, &options)?;
+            println!("{root}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The options `vmm disk verity-format` asks for, checked.
+pub fn verity_options(
+    args: &VerityFormatArgs,
+) -> Result<vmm_disk::verity::FormatOptions, DiskCliError> {
+    use vmm_disk::verity::{from_hex, Algorithm, FormatOptions, MAX_BLOCK, MIN_BLOCK};
+    for (flag, size) in [
+        ("--data-block-size", args.data_block_size),
+        ("--hash-block-size", args.hash_block_size),
+    ] {
+        if !size.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&size) {
+            return Err(DiskCliError::Usage(format!(
+                "{flag} {size}: a power of two from {MIN_BLOCK} to {MAX_BLOCK} is needed"
+            )));
+        }
+    }
+    let algorithm = Algorithm::from_name(&args.hash).ok_or_else(|| {
+        DiskCliError::Usage(format!(
+            "--hash {}: sha256, sha224, sha384 or sha512 is needed",
+            args.hash
+        ))
+    })?;
+    let salt = match args.salt.as_deref() {
+        None => None,
+        Some("-") => Some(Vec::new()),
+        Some(hex) => Some(
+            from_hex(hex)
+                .filter(|s| s.len() <= vmm_disk::verity::MAX_SALT)
+                .ok_or_else(|| {
+                    DiskCliError::Usage(format!(
+                        "--salt {hex}: hex of at most 256 bytes, or - for none, is needed"
+                    ))
+                })?,
+        ),
+    };
+    Ok(FormatOptions {
+        data_block_size: args.data_block_size,
+        hash_block_size: args.hash_block_size,
+        algorithm,
+        salt,
+    })
 }
 
 /// A disk size ("10G", "512M", a plain number of MiB, as `--memory` takes), more than 0.

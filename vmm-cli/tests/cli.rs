@@ -851,3 +851,75 @@ fn disk_format_errors_are_one_line() {
         "is qcow2, not layered",
     );
 }
+
+/// `vmm disk verity-format` prints the root hash; bad arguments, a hash file that exists and a
+/// verity drive that is not read-only, lacks its root hash or has the wrong one get one clear
+/// line.
+#[test]
+fn disk_verity_format_and_verity_drives() {
+    let raw = scratch("verity-data.img");
+    std::fs::write(&raw, vec![0x3c; 1 << 20]).unwrap();
+    let hash = scratch("verity-data.hash");
+    let _ = std::fs::remove_file(&hash);
+    let (raw, hash) = (raw.to_str().unwrap(), hash.to_str().unwrap());
+    let out = vmm(&["disk", "verity-format", raw, hash, "--salt", "-"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let root = text(&out.stdout).trim().to_string();
+    assert_eq!(root.len(), 64, "{root}");
+    assert!(root.bytes().all(|c| c.is_ascii_hexdigit()), "{root}");
+    assert_clean_error(
+        &vmm(&["disk", "verity-format", raw, hash]),
+        "exists already",
+    );
+    let never = "/tmp/never-made.hash";
+    let missing = scratch("verity-missing.img");
+    for (args, needle) in [
+        (
+            vec!["--data-block-size", "1000"],
+            "--data-block-size 1000: a power of two",
+        ),
+        (vec!["--hash-block-size", "8192"], "--hash-block-size 8192"),
+        (vec!["--hash", "md5"], "--hash md5"),
+        (vec!["--salt", "xyz"], "--salt xyz"),
+    ] {
+        let mut all = vec!["disk", "verity-format", raw, never];
+        all.extend(args);
+        assert_clean_error(&vmm(&all), needle);
+    }
+    assert_clean_error(
+        &vmm(&["disk", "verity-format", missing.to_str().unwrap(), never]),
+        "No such file or directory",
+    );
+    assert!(!std::path::Path::new(never).exists());
+
+    let kernel = guest_file("tiny-pvh.elf");
+    let kernel = kernel.to_str().unwrap();
+    let wrong = format!(
+        "{}{}",
+        &root[..63],
+        if root.ends_with('0') { "1" } else { "0" }
+    );
+    let output = vmm(&[
+        "run",
+        "--kernel",
+        kernel,
+        "--disk",
+        &format!("path={raw},read_only=on,verity={hash},root_hash={wrong}"),
+    ]);
+    assert_clean_error(&output, "root hash does not match");
+    for flags in [
+        format!("path={raw},verity={hash},root_hash={root}"),
+        format!("path={raw},read_only=on,verity={hash}"),
+        format!("path={raw},read_only=on,verity={hash},root_hash=nothex"),
+    ] {
+        let output = vmm(&["run", "--kernel", kernel, "--disk", &flags]);
+        assert_eq!(output.status.code(), Some(2), "{flags}");
+        let stderr = text(&output.stderr);
+        assert!(
+            stderr.contains("read-only")
+                || stderr.contains("root_hash")
+                || stderr.contains("hex digest"),
+            "{flags}: {stderr}"
+        );
+    }
+}

@@ -24,6 +24,8 @@ mod jail;
 mod lifecycle;
 #[path = "e2e/power.rs"]
 mod power;
+#[path = "e2e/verity.rs"]
+mod verity;
 #[path = "e2e/virtio.rs"]
 mod virtio;
 

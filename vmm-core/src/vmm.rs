@@ -437,7 +437,14 @@ impl Vmm {
             .drive_index(&patch.drive_id)
             .ok_or_else(unknown)?;
         let read_only = self.config.vm.disk[index].read_only;
+        let verified = self.config.vm.disk[index].verity.is_some();
         let backend = match &patch.path_on_host {
+            Some(path) if verified => {
+                return Err(Error::Disk {
+                    path: path.into(),
+                    source: vmm_disk::DiskError::from(vmm_disk::verity::Error::SwapRefused).into(),
+                })
+            }
             Some(path) => {
                 let path = std::path::PathBuf::from(path);
                 // Any format, detected from the new file's magic.
