@@ -56,6 +56,8 @@ pub const AUTO_COMMIT_BLOCKS: usize = 16 * 1024;
 /// How long after a write a VMM commits a layered image the guest did not flush
 /// ([`ImageFile::commit_interval`]).
 pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most bytes one write of a run of blocks carries.
+const MAX_WRITE_RUN: usize = 1 << 20;
 /// Longest chain of layers opened.
 pub const MAX_LAYERS: usize = 4096;
 /// Block locations [`LayeredImage`] remembers (16 bytes each and the map's overhead: ~2 MiB);
@@ -71,14 +73,52 @@ pub mod fuzzing {
     pub use super::ondisk::{Header, Node, Superblock, BLOCK};
 }
 
-/// Reads the block a layer maps to `value` (zeros for a tombstone).
-fn read_value(layer: &Layer, value: u64, buf: &mut [u8]) -> Result<()> {
-    if value == TOMBSTONE {
-        buf.fill(0);
-        Ok(())
-    } else {
-        layer.read_extent(value, buf)
+/// Where a guest block's data is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Location {
+    /// Nowhere: zeros (a tombstone, or past the base).
+    Zero,
+    /// Extent `value` of layer `layer` (a file block, or a block of the dedup store).
+    Extent {
+        /// Index in the chain, top first.
+        layer: usize,
+        /// The tree's value: a block of the layer's file, or `STORE_BIT | block` of the store.
+        value: u64,
+    },
+    /// The base, at guest block `.0` (zeros without a base).
+    Base(u64),
+}
+
+impl Location {
+    /// The location of value `value` found in layer `layer`.
+    fn of(layer: usize, value: u64) -> Location {
+        if value == TOMBSTONE {
+            Location::Zero
+        } else {
+            Location::Extent { layer, value }
+        }
     }
+
+    /// Whether `next` is the block right after a run of `len` blocks starting here, so that
+    /// one read covers both.
+    fn continued_by(self, next: Location, len: u64) -> bool {
+        match (self, next) {
+            (Location::Zero, Location::Zero) => true,
+            (Location::Extent { layer, value }, Location::Extent { layer: l, value: v }) => {
+                layer == l && value.checked_add(len) == Some(v)
+            }
+            (Location::Base(key), Location::Base(k)) => key.checked_add(len) == Some(k),
+            _ => false,
+        }
+    }
+}
+
+/// The `len` whole blocks of `buf` from byte `from`.
+fn run_slice(buf: &mut [u8], from: usize, len: u64) -> Result<&mut [u8]> {
+    let bytes = usize::try_from(len * BLOCK_U64)
+        .map_err(|_| Error::Invalid("a read run longer than memory".into()))?;
+    buf.get_mut(from..from + bytes)
+        .ok_or_else(|| Error::Invalid("a read run past its buffer".into()))
 }
 
 /// An open layered image: the chain of layers (top first) and the base.
@@ -369,17 +409,17 @@ impl LayeredImage {
         Ok(())
     }
 
-    /// Reads guest block `key` as the chain sees it.
-    fn read_block(&mut self, key: u64, buf: &mut [u8]) -> Result<()> {
+    /// Where guest block `key` lives as the chain sees it.
+    fn locate(&mut self, key: u64) -> Result<Location> {
         // A writable top is asked first and never cached: it changes.
         let mut first_sealed = 0;
         if let Some(top) = self.layers.first_mut().filter(|l| l.top.is_some()) {
             first_sealed = 1;
             if let Some(v) = top.find(key)? {
-                return read_value(top, v, buf);
+                return Ok(Location::of(0, v));
             }
         }
-        let location = match self.located.get(&key) {
+        let (i, v) = match self.located.get(&key) {
             Some(&found) => found,
             None => {
                 let hash = KeyHash::of(key);
@@ -397,22 +437,43 @@ impl LayeredImage {
                 found
             }
         };
-        let (i, v) = location;
-        if let Some(layer) = self.layers.get(i) {
-            return read_value(layer, v, buf);
-        }
-        buf.fill(0);
-        let offset = key * BLOCK_U64;
-        if let Some(base) = self.base.as_mut() {
-            if offset < self.base_size {
-                let n = usize::try_from(self.base_size - offset)
-                    .map_or(buf.len(), |n| n.min(buf.len()));
-                if let Some(part) = buf.get_mut(..n) {
-                    base.read(offset, part).map_err(Error::BaseIo)?;
+        Ok(if i == IN_BASE {
+            Location::Base(key)
+        } else {
+            Location::of(i, v)
+        })
+    }
+
+    /// Fills `buf` (whole blocks) with what `run` says: one read for a run of extents that
+    /// follow each other in one file, or of base blocks that follow each other.
+    fn read_run(&mut self, run: Location, buf: &mut [u8]) -> Result<()> {
+        match run {
+            Location::Zero => buf.fill(0),
+            Location::Extent { layer, value } => match self.layers.get(layer) {
+                Some(layer) => layer.read_extent(value, buf)?,
+                None => buf.fill(0),
+            },
+            Location::Base(key) => {
+                buf.fill(0);
+                let offset = key * BLOCK_U64;
+                if let Some(base) = self.base.as_mut() {
+                    if offset < self.base_size {
+                        let n = usize::try_from(self.base_size - offset)
+                            .map_or(buf.len(), |n| n.min(buf.len()));
+                        if let Some(part) = buf.get_mut(..n) {
+                            base.read(offset, part).map_err(Error::BaseIo)?;
+                        }
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Reads guest block `key` as the chain sees it.
+    fn read_block(&mut self, key: u64, buf: &mut [u8]) -> Result<()> {
+        let location = self.locate(key)?;
+        self.read_run(location, buf)
     }
 
     /// Whether anything below the top could hold data.
@@ -420,13 +481,12 @@ impl LayeredImage {
         self.layers.len() > 1 || self.base.is_some()
     }
 
-    /// Writes a whole guest block into the top.
-    fn write_block(&mut self, key: u64, data: &[u8]) -> Result<()> {
+    /// Maps guest block `key` in the top for `data` (a whole block) and says which block of
+    /// the top's file the data must be written to; `None` when nothing is to be written (zeros
+    /// become a tombstone, or nothing). Writes no data: the caller does, in runs.
+    fn place_block(&mut self, key: u64, data: &[u8]) -> Result<Option<u64>> {
         let has_lower = self.has_lower();
-        let Some(top_layer) = self.layers.first_mut() else {
-            return Ok(());
-        };
-        let Some(top) = top_layer.top.as_mut() else {
+        let Some(top) = self.layers.first_mut().and_then(|l| l.top.as_mut()) else {
             return Err(Error::ReadOnly {
                 path: self.path.clone(),
             });
@@ -438,28 +498,49 @@ impl LayeredImage {
                 top.map.insert(key, TOMBSTONE);
                 top.dirty.insert(key);
             }
-        } else {
-            match current {
-                Some(v) if v != TOMBSTONE && v & STORE_BIT == 0 => {
-                    top_layer.file.write_at(v * BLOCK_U64, data)?;
-                }
-                _ => {
-                    let v = top.next_block;
-                    top_layer.file.write_at(v * BLOCK_U64, data)?;
-                    top.next_block += 1;
-                    top.map.insert(key, v);
-                    top.dirty.insert(key);
-                }
+            return Ok(None);
+        }
+        top.unsynced = true;
+        Ok(Some(match current {
+            // A block the top owns is rewritten in place.
+            Some(v) if v != TOMBSTONE && v & STORE_BIT == 0 => v,
+            _ => {
+                let v = top.next_block;
+                top.next_block += 1;
+                top.map.insert(key, v);
+                top.dirty.insert(key);
+                v
             }
-            top.unsynced = true;
+        }))
+    }
+
+    /// Writes `data` at file block `first` of the top (a run of placed blocks).
+    fn write_run(&mut self, first: u64, data: &[u8]) -> Result<()> {
+        match self.layers.first() {
+            Some(top) if !data.is_empty() => top.file.write_at(first * BLOCK_U64, data),
+            _ => Ok(()),
         }
-        if top.dirty.len() > AUTO_COMMIT_BLOCKS {
-            top_layer.commit()?;
+    }
+
+    /// Commits the top when enough blocks changed ([`AUTO_COMMIT_BLOCKS`]); only between runs,
+    /// once their data is in the file (data before the nodes that point to it).
+    fn commit_if_due(&mut self) -> Result<()> {
+        match self.layers.first_mut() {
+            Some(top)
+                if top
+                    .top
+                    .as_ref()
+                    .is_some_and(|t| t.dirty.len() > AUTO_COMMIT_BLOCKS) =>
+            {
+                top.commit()
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Writes `buf` at `offset`, read-modify-write for partial blocks; `None` writes zeros.
+    /// Whole blocks that land on consecutive blocks of the top's file (new blocks are appended,
+    /// so a sequential first write does) go out in one write.
     fn write_range(&mut self, offset: u64, len: u64, buf: Option<&[u8]>) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly {
@@ -468,6 +549,8 @@ impl LayeredImage {
         }
         self.check_range(offset, len)?;
         let mut block = vec![0u8; BLOCK];
+        // The run being gathered: its first file block and its data.
+        let mut run: (u64, Vec<u8>) = (0, Vec::new());
         let mut done = 0u64;
         while done < len {
             let at = offset + done;
@@ -475,6 +558,9 @@ impl LayeredImage {
             let inner = (at % BLOCK_U64) as usize;
             let n = (BLOCK - inner).min(usize::try_from(len - done).unwrap_or(BLOCK));
             if n < BLOCK {
+                // The old contents may sit in the run not yet written.
+                self.write_run(run.0, &run.1)?;
+                run.1.clear();
                 self.read_block(key, &mut block)?;
             }
             let src = buf.and_then(|b| b.get(done as usize..done as usize + n));
@@ -484,29 +570,62 @@ impl LayeredImage {
                     None => dst.fill(0),
                 }
             }
-            self.write_block(key, &block)?;
+            if let Some(target) = self.place_block(key, &block)? {
+                let follows = run.0 + (run.1.len() / BLOCK) as u64 == target;
+                if !follows || run.1.len() >= MAX_WRITE_RUN {
+                    self.write_run(run.0, &run.1)?;
+                    run = (target, Vec::with_capacity(MAX_WRITE_RUN));
+                }
+                run.1.extend_from_slice(&block);
+            }
             done += n as u64;
+            if run.1.is_empty() {
+                self.commit_if_due()?;
+            }
         }
-        Ok(())
+        self.write_run(run.0, &run.1)?;
+        self.commit_if_due()
     }
 
-    /// Reads `buf.len()` bytes at `offset`.
+    /// Reads `buf.len()` bytes at `offset`. Whole blocks that follow each other in one layer
+    /// file (or in the base) are read with one call.
     pub fn read_bytes(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         let mut block = vec![0u8; BLOCK];
         let mut done = 0usize;
+        // The run being gathered: where it starts, its first byte in `buf`, its blocks.
+        let mut run: Option<(Location, usize, u64)> = None;
         while done < buf.len() {
             let at = offset + done as u64;
             let key = at / BLOCK_U64;
             let inner = (at % BLOCK_U64) as usize;
             let n = (BLOCK - inner).min(buf.len() - done);
-            self.read_block(key, &mut block)?;
-            if let (Some(dst), Some(src)) =
-                (buf.get_mut(done..done + n), block.get(inner..inner + n))
-            {
-                dst.copy_from_slice(src);
+            if n == BLOCK {
+                let here = self.locate(key)?;
+                match &mut run {
+                    Some((start, _, len)) if start.continued_by(here, *len) => *len += 1,
+                    _ => {
+                        if let Some((start, from, len)) = run.take() {
+                            self.read_run(start, run_slice(buf, from, len)?)?;
+                        }
+                        run = Some((here, done, 1));
+                    }
+                }
+            } else {
+                if let Some((start, from, len)) = run.take() {
+                    self.read_run(start, run_slice(buf, from, len)?)?;
+                }
+                self.read_block(key, &mut block)?;
+                if let (Some(dst), Some(src)) =
+                    (buf.get_mut(done..done + n), block.get(inner..inner + n))
+                {
+                    dst.copy_from_slice(src);
+                }
             }
             done += n;
+        }
+        if let Some((start, from, len)) = run {
+            self.read_run(start, run_slice(buf, from, len)?)?;
         }
         Ok(())
     }
