@@ -77,4 +77,7 @@ pub enum DiskError {
     /// The layered format failed.
     #[error(transparent)]
     Layered(#[from] crate::layered::Error),
+    /// A LUKS image refused or failed.
+    #[error(transparent)]
+    Luks(#[from] crate::luks::Error),
 }

@@ -36,6 +36,7 @@ pub mod format;
 mod guest;
 mod image_file;
 pub mod layered;
+pub mod luks;
 pub mod qcow2;
 mod raw;
 
@@ -45,6 +46,7 @@ pub use error::DiskError;
 pub use format::{detect, open_image, Format, OpenOptions, OpenedImage};
 pub use guest::{DiskId, DiskImage, DiskIoError, GuestBuffers, GuestRange, GuestSlice, ID_BYTES};
 pub use image_file::{Bounced, ImageFile, BOUNCE_CHUNK};
+pub use luks::{luks_format, LuksImage, LuksOpenOptions};
 pub use qcow2::{create_qcow2, Qcow2Image};
 pub use raw::{default_id, RawFile};
 
