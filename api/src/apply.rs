@@ -183,6 +183,9 @@ pub fn apply_drive(config: &mut VmConfig, drive: &Drive) -> Result<(), ApiError>
         rate_limiter: drive.rate_limiter,
         cache_type: drive.cache_type.unwrap_or_default(),
         io_engine: drive.io_engine,
+        key_file: drive.key_file.as_ref().map(PathBuf::from),
+        passphrase_file: drive.passphrase_file.as_ref().map(PathBuf::from),
+        luks_header: drive.luks_header.as_ref().map(PathBuf::from),
     };
     if let Some(index) = existing {
         config.disk.remove(index);
@@ -490,6 +493,18 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
                 rate_limiter: disk.rate_limiter,
                 socket: None,
                 format: disk.format,
+                key_file: disk
+                    .key_file
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                passphrase_file: disk
+                    .passphrase_file
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                luks_header: disk
+                    .luks_header
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
             }
         })
         .collect();

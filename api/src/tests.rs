@@ -945,6 +945,9 @@ fn drive(id: &str, path: &str, root: bool) -> Drive {
         rate_limiter: None,
         socket: None,
         format: None,
+        key_file: None,
+        passphrase_file: None,
+        luks_header: None,
     }
 }
 

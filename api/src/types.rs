@@ -192,6 +192,15 @@ pub struct Drive {
     /// null detects it from the file's magic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<crate::DiskFormat>,
+    /// A LUKS-encrypted image's key file (not a Firecracker field; see `DiskConfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// A LUKS-encrypted image's passphrase file (not a Firecracker field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<String>,
+    /// A detached LUKS header (not a Firecracker field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub luks_header: Option<String>,
 }
 
 /// `PUT /network-interfaces/{iface_id}`: a virtio-net device on a host tap.
