@@ -260,6 +260,9 @@ impl Kdf {
 }
 
 /// AES-XTS with a 256- or 512-bit key (two AES-128 or AES-256 keys).
+// Kept inline, not boxed: it lives in a locked `Secret` mapping, and a box would move the key
+// schedule to the ordinary heap.
+#[allow(clippy::large_enum_variant)]
 pub enum XtsCipher {
     /// aes-xts-plain64 with a 32-byte key.
     Aes128(Xts128<Aes128>),
