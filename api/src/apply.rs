@@ -184,6 +184,9 @@ pub fn apply_drive(config: &mut VmConfig, drive: &Drive) -> Result<(), ApiError>
         cache_type: drive.cache_type.unwrap_or_default(),
         io_engine: drive.io_engine,
         verity: drive.verity()?,
+        key_file: drive.key_file.as_ref().map(PathBuf::from),
+        passphrase_file: drive.passphrase_file.as_ref().map(PathBuf::from),
+        luks_header: drive.luks_header.as_ref().map(PathBuf::from),
     };
     if let Some(index) = existing {
         config.disk.remove(index);
@@ -496,6 +499,18 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
                     .as_ref()
                     .map(|v| v.hash_file.to_string_lossy().into_owned()),
                 verity_root_hash: disk.verity.as_ref().map(|v| v.root_hash.clone()),
+                key_file: disk
+                    .key_file
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                passphrase_file: disk
+                    .passphrase_file
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                luks_header: disk
+                    .luks_header
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
             }
         })
         .collect();

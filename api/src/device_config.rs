@@ -211,6 +211,34 @@ pub struct DiskConfig {
     /// disks only); `None` serves it as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verity: Option<VerityConfig>,
+    /// A LUKS-encrypted disk: the key file, read whole as it is (cryptsetup's `--key-file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// A LUKS-encrypted disk: a file holding the passphrase (one trailing newline is dropped,
+    /// as when it is typed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<PathBuf>,
+    /// The LUKS header in a file of its own (cryptsetup's `--header`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub luks_header: Option<PathBuf>,
+}
+
+impl DiskConfig {
+    /// Whether the disk is LUKS-encrypted (a key or passphrase file is given).
+    pub fn is_luks(&self) -> bool {
+        self.key_file.is_some() || self.passphrase_file.is_some()
+    }
+
+    /// Checks the LUKS fields: at most one key source, and a detached header only with one.
+    pub fn check_luks(&self) -> Result<(), String> {
+        if self.key_file.is_some() && self.passphrase_file.is_some() {
+            return Err("key_file and passphrase_file exclude each other".into());
+        }
+        if self.luks_header.is_some() && !self.is_luks() {
+            return Err("luks_header needs key_file or passphrase_file".into());
+        }
+        Ok(())
+    }
 }
 
 /// A disk verified block by block against a dm-verity hash tree (`veritysetup format` or
@@ -259,6 +287,9 @@ impl FromStr for DiskConfig {
             cache_type: CacheType::Writeback,
             io_engine: None,
             verity: None,
+            key_file: None,
+            passphrase_file: None,
+            luks_header: None,
         };
         let (mut hash_file, mut root_hash) = (None, None);
         for (key, value) in key_values(
@@ -272,12 +303,18 @@ impl FromStr for DiskConfig {
                 "format",
                 "verity",
                 "root_hash",
+                "key_file",
+                "passphrase_file",
+                "luks_header",
             ],
         )? {
             match key {
                 "path" => disk.path = PathBuf::from(value),
                 "verity" => hash_file = Some(PathBuf::from(value)),
                 "root_hash" => root_hash = Some(value.to_string()),
+                "key_file" => disk.key_file = Some(PathBuf::from(value)),
+                "passphrase_file" => disk.passphrase_file = Some(PathBuf::from(value)),
+                "luks_header" => disk.luks_header = Some(PathBuf::from(value)),
                 "format" => {
                     disk.format = Some(value.parse().map_err(|why| DeviceConfigError::Syntax {
                         flag: FLAG,
@@ -327,6 +364,11 @@ impl FromStr for DiskConfig {
                 ));
             }
         }
+        disk.check_luks().map_err(|why| DeviceConfigError::Syntax {
+            flag: FLAG,
+            text: text.to_string(),
+            why,
+        })?;
         Ok(disk)
     }
 }
@@ -353,6 +395,15 @@ impl fmt::Display for DiskConfig {
                 verity.hash_file.display(),
                 verity.root_hash
             )?;
+        }
+        if let Some(key) = &self.key_file {
+            write!(f, ",key_file={}", key.display())?;
+        }
+        if let Some(key) = &self.passphrase_file {
+            write!(f, ",passphrase_file={}", key.display())?;
+        }
+        if let Some(header) = &self.luks_header {
+            write!(f, ",luks_header={}", header.display())?;
         }
         Ok(())
     }

@@ -188,6 +188,27 @@ impl Drive {
         if let Some(limiter) = &self.rate_limiter {
             limiter.validate_as("rate_limiter")?;
         }
+        for (field, path) in [
+            ("key_file", &self.key_file),
+            ("passphrase_file", &self.passphrase_file),
+            ("luks_header", &self.luks_header),
+        ] {
+            if let Some(path) = path {
+                validate_path(field, path)?;
+            }
+        }
+        if self.key_file.is_some() && self.passphrase_file.is_some() {
+            return Err(invalid(
+                "passphrase_file",
+                "key_file and passphrase_file exclude each other",
+            ));
+        }
+        if self.luks_header.is_some() && self.key_file.is_none() && self.passphrase_file.is_none() {
+            return Err(invalid(
+                "luks_header",
+                "a LUKS header needs key_file or passphrase_file",
+            ));
+        }
         match &self.path_on_host {
             Some(path) => validate_path("path_on_host", path)?,
             None => {

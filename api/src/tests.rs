@@ -967,6 +967,9 @@ fn drive(id: &str, path: &str, root: bool) -> Drive {
         format: None,
         verity_hash_file: None,
         verity_root_hash: None,
+        key_file: None,
+        passphrase_file: None,
+        luks_header: None,
     }
 }
 

@@ -199,6 +199,15 @@ pub struct Drive {
     /// The trusted root hash of `verity_hash_file`, in hex (not a Firecracker field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verity_root_hash: Option<String>,
+    /// A LUKS-encrypted image's key file (not a Firecracker field; see `DiskConfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// A LUKS-encrypted image's passphrase file (not a Firecracker field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<String>,
+    /// A detached LUKS header (not a Firecracker field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub luks_header: Option<String>,
 }
 
 /// `PUT /network-interfaces/{iface_id}`: a virtio-net device on a host tap.

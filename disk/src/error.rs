@@ -80,4 +80,7 @@ pub enum DiskError {
     /// A verity hash file or root hash refused.
     #[error(transparent)]
     Verity(#[from] crate::verity::Error),
+    /// A LUKS image refused or failed.
+    #[error(transparent)]
+    Luks(#[from] crate::luks::Error),
 }

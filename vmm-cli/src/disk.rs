@@ -74,6 +74,9 @@ pub enum DiskCommand {
     /// Write a dm-verity hash file for an image (as `veritysetup format` does) and print its
     /// root hash in hex; serve it with `--disk path=IMG,read_only=on,verity=HASHFILE,root_hash=HEX`.
     VerityFormat(VerityFormatArgs),
+    /// Create a LUKS-encrypted image (aes-xts-plain64, one keyslot opened by --key-file): a
+    /// new file with a --size payload, or, without --size, over an existing file.
+    LuksFormat(LuksFormatArgs),
 }
 
 /// `vmm disk verity-format`.
@@ -97,6 +100,32 @@ pub struct VerityFormatArgs {
     /// The salt in hex, or "-" for none; random (32 bytes) when absent.
     #[arg(long, value_name = "HEX")]
     pub salt: Option<String>,
+}
+
+/// `vmm disk luks-format`.
+#[derive(Args, Debug)]
+pub struct LuksFormatArgs {
+    /// The image (new with --size; otherwise an existing file, whose start the header replaces).
+    #[arg(value_name = "IMG")]
+    pub file: PathBuf,
+    /// The key file, used whole as it is (as cryptsetup's --key-file).
+    #[arg(long, value_name = "KEY")]
+    pub key_file: PathBuf,
+    /// The payload's size: 10G, 512M, 4096K, or a plain number of MiB.
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// luks2 (cryptsetup's default, argon2id) or luks1 (what qemu-img reads, pbkdf2).
+    #[arg(long = "type", value_name = "TYPE", default_value = "luks2")]
+    pub luks_type: String,
+    /// Use PBKDF2-SHA256 with this many iterations instead of argon2id (at least 1000).
+    #[arg(long, value_name = "N")]
+    pub pbkdf2_iterations: Option<u32>,
+    /// Write the header to this file instead (cryptsetup's --header).
+    #[arg(long, value_name = "FILE")]
+    pub header: Option<PathBuf>,
+    /// Fill the payload with encrypted zeros (otherwise it reads as garbage until written).
+    #[arg(long)]
+    pub zero: bool,
 }
 
 /// `vmm disk create`.
@@ -270,6 +299,7 @@ fn run(command: DiskCommand) -> Result<ExitCode, DiskCliError> {
             convert_image(&input, &output, format)?;
             println!("{}", output.display());
         }
+        DiskCommand::LuksFormat(args) => return luks_format(args),
         DiskCommand::Import(args) => {
             let hash = parse_hash(&args.hash)?;
             if !args.dedup {
@@ -376,6 +406,52 @@ fn existing(path: &Path) -> Result<(), DiskCliError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+fn luks_format(args: LuksFormatArgs) -> Result<ExitCode, DiskCliError> {
+    use vmm_disk::luks::{FormatKdf, FormatOptions, LuksVersion};
+    let size = args.size.as_deref().map(parse_disk_size).transpose()?;
+    let version = match args.luks_type.as_str() {
+        "luks1" => LuksVersion::Luks1,
+        "luks2" => LuksVersion::Luks2,
+        other => {
+            return Err(DiskCliError::Usage(format!(
+                "unknown LUKS type {other:?} (luks1 or luks2)"
+            )))
+        }
+    };
+    let kdf = match (args.pbkdf2_iterations, version) {
+        (Some(iterations), _) => FormatKdf::Pbkdf2 { iterations },
+        (None, LuksVersion::Luks1) => FormatKdf::Pbkdf2 {
+            iterations: 1_000_000,
+        },
+        (None, LuksVersion::Luks2) => FormatOptions::default().kdf,
+    };
+    if size.is_some() {
+        absent(&args.file)?;
+    } else {
+        existing(&args.file)?;
+    }
+    if let Some(header) = &args.header {
+        absent(header)?;
+    }
+    let key = vmm_disk::luks::read_key_file(&args.key_file).map_err(DiskError::from)?;
+    let options = FormatOptions {
+        version,
+        kdf,
+        header: args.header.clone(),
+        zero_payload: args.zero,
+        ..FormatOptions::default()
+    };
+    let info = vmm_disk::luks_format(&args.file, &key, size, &options).map_err(DiskError::from)?;
+    println!(
+        "{}: LUKS{} aes-xts-plain64 {}-bit key, payload at byte {}",
+        args.file.display(),
+        info.version,
+        info.key_size * 8,
+        info.payload_offset
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `path` does not exist (an output).

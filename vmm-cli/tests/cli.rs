@@ -923,3 +923,88 @@ fn disk_verity_format_and_verity_drives() {
         );
     }
 }
+
+/// `vmm disk luks-format`: bad arguments get one clear line; a good one makes an image that a
+/// `--disk ...,key_file=` opens (here: that the wrong key is refused at open, in one line).
+#[test]
+fn disk_luks_format_refuses_bad_arguments() {
+    let key = scratch("luks-key");
+    std::fs::write(&key, b"k3y\n").unwrap();
+    let key = key.to_str().unwrap();
+    let img = scratch("luks.img");
+    let _ = std::fs::remove_file(&img);
+    let img = img.to_str().unwrap();
+    let missing = scratch("luks-missing-key");
+    let missing = missing.to_str().unwrap();
+    assert_clean_error(
+        &vmm(&[
+            "disk",
+            "luks-format",
+            img,
+            "--key-file",
+            missing,
+            "--size",
+            "1M",
+        ]),
+        "No such file or directory",
+    );
+    assert_clean_error(
+        &vmm(&[
+            "disk",
+            "luks-format",
+            img,
+            "--key-file",
+            key,
+            "--size",
+            "1M",
+            "--type",
+            "luks3",
+        ]),
+        "unknown LUKS type",
+    );
+    assert_clean_error(
+        &vmm(&[
+            "disk",
+            "luks-format",
+            img,
+            "--key-file",
+            key,
+            "--size",
+            "1M",
+            "--pbkdf2-iterations",
+            "10",
+        ]),
+        "at least 1000 iterations",
+    );
+    assert_clean_error(
+        &vmm(&["disk", "luks-format", img, "--key-file", key]),
+        "No such file or directory",
+    );
+    assert!(!std::path::Path::new(img).exists());
+    let out = vmm(&[
+        "disk",
+        "luks-format",
+        img,
+        "--key-file",
+        key,
+        "--size",
+        "1M",
+        "--pbkdf2-iterations",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("LUKS2"), "{}", text(&out.stdout));
+    assert_clean_error(
+        &vmm(&[
+            "disk",
+            "luks-format",
+            img,
+            "--key-file",
+            key,
+            "--size",
+            "1M",
+        ]),
+        "exists already",
+    );
+    let _ = std::fs::remove_file(img);
+}

@@ -22,6 +22,8 @@ mod fleet;
 mod jail;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/luks.rs"]
+mod luks;
 #[path = "e2e/power.rs"]
 mod power;
 #[path = "e2e/verity.rs"]

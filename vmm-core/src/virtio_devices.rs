@@ -68,28 +68,57 @@ pub fn open_disk(
     Ok(disk_backend(opened))
 }
 
-/// Opens a drive as [`open_disk`] does and, when `verity` is given, serves it verified against
-/// its dm-verity hash file and root hash (read-only drives only); the counter of blocks that
-/// failed verification comes back with it.
-pub fn open_disk_verified(
-    path: &Path,
-    format: Option<vmm_api::DiskFormat>,
-    read_only: bool,
-    verity: Option<&vmm_api::VerityConfig>,
+/// Opens a drive as its config says: in its format (detected, or `disk.format`), through a
+/// LUKS layer when a key or passphrase file is given (read once, into locked memory; never
+/// logged), and verified against a dm-verity hash file and root hash when `disk.verity` is
+/// given (read-only drives; the tree covers what the guest reads, so over LUKS it is of the
+/// plaintext). The counter of blocks that failed verification comes back with a verified disk.
+/// Opening a LUKS disk makes the process non-dumpable (`PR_SET_DUMPABLE` 0): no core dump and
+/// no ptrace by other processes of the same user, since the volume key lives in its memory.
+pub fn open_disk_config(
+    disk: &vmm_api::DiskConfig,
 ) -> std::result::Result<(DiskBackend, Option<Arc<AtomicU64>>), DiskError> {
-    let Some(verity) = verity else {
-        return Ok((open_disk(path, format, read_only)?, None));
+    if !disk.is_luks() && disk.verity.is_none() {
+        return Ok((open_disk(&disk.path, disk.format, disk.read_only)?, None));
+    }
+    let format = disk.format.map(disk_format);
+    let mut image = vmm_disk::open_image(
+        &disk.path,
+        &OpenOptions {
+            read_only: disk.read_only,
+            format,
+        },
+    )?
+    .into_image_file();
+    let key_path = match (&disk.key_file, &disk.passphrase_file) {
+        (Some(_), Some(_)) => {
+            return Err(DiskError::Luks(vmm_disk::luks::Error::Create(
+                "key_file and passphrase_file exclude each other".into(),
+            )))
+        }
+        (Some(key), None) => Some(key),
+        (None, pass) => pass.as_ref(),
     };
-    if !read_only {
+    if let Some(key_path) = key_path {
+        let mut key = vmm_disk::luks::read_key_file(key_path)?;
+        if disk.passphrase_file.is_some() && key.ends_with(b"\n") {
+            let len = key.len() - 1;
+            key.truncate(len);
+        }
+        make_non_dumpable();
+        let options = vmm_disk::LuksOpenOptions {
+            header: disk.luks_header.clone(),
+            ..Default::default()
+        };
+        image = Box::new(vmm_disk::LuksImage::open(image, &key, &options)?);
+    }
+    let Some(verity) = &disk.verity else {
+        return Ok((Box::new(Bounced::new(image)), None));
+    };
+    if !disk.read_only {
         return Err(vmm_disk::verity::Error::NotReadOnly.into());
     }
-    let format = format.map(disk_format);
-    let opened = vmm_disk::open_image(path, &OpenOptions { read_only, format })?;
-    let image = VerityImage::open(
-        opened.into_image_file(),
-        &verity.hash_file,
-        &verity.root_hash,
-    )?;
+    let image = VerityImage::open(image, &verity.hash_file, &verity.root_hash)?;
     let counter = image.corrupt_counter();
     Ok((Box::new(Bounced::new(image)), Some(counter)))
 }
@@ -111,6 +140,17 @@ impl DeviceMetrics for VerityBlockMetrics {
                 .load(std::sync::atomic::Ordering::Relaxed),
         ));
         totals
+    }
+}
+
+fn make_non_dumpable() {
+    // SAFETY: PR_SET_DUMPABLE takes an integer argument and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        log::warn!(
+            "cannot make the process non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -166,13 +206,7 @@ pub(crate) fn open_devices(
         };
         let (backend, corrupt_blocks) = match opened_disks.remove(&index) {
             Some(backend) => (backend, None),
-            None => open_disk_verified(
-                &disk.path,
-                disk.format,
-                disk.read_only,
-                disk.verity.as_ref(),
-            )
-            .map_err(|e| disk_error(e.into()))?,
+            None => open_disk_config(disk).map_err(|e| disk_error(e.into()))?,
         };
         let mut block: BlockDevice =
             Block::with_backend(backend, disk.id.as_deref()).map_err(disk_error)?;

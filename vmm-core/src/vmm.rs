@@ -447,13 +447,18 @@ impl Vmm {
             }
             Some(path) => {
                 let path = std::path::PathBuf::from(path);
-                // Any format, detected from the new file's magic.
-                Some(
-                    virtio_devices::open_disk(&path, None, read_only).map_err(|e| Error::Disk {
+                // Any format, detected from the new file's magic; a LUKS disk's new image opens
+                // with the same key.
+                let mut disk = self.config.vm.disk[index].clone();
+                disk.path = path.clone();
+                disk.format = None;
+                disk.read_only = read_only;
+                let (backend, _) =
+                    virtio_devices::open_disk_config(&disk).map_err(|e| Error::Disk {
                         path,
                         source: e.into(),
-                    })?,
-                )
+                    })?;
+                Some(backend)
             }
             None => None,
         };
