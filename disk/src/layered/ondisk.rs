@@ -175,7 +175,7 @@ pub struct Superblock {
     pub filter_crc: u32,
     /// What the layer is stacked on.
     pub parent: Parent,
-    /// The dedup extent store leaf values with [`STORE_BIT`] point into: path and id.
+    /// The dedup extent store leaf values with `STORE_BIT` point into: path and id.
     pub store: Option<(String, LayerId)>,
     /// Blocks seen by the import that made this layer (dedup statistics; 0 if none).
     pub dedup_seen: u64,
@@ -326,8 +326,8 @@ pub const MAX_DISK_SIZE: u64 = 1 << 56;
 pub struct Node {
     /// 0 for a leaf; an internal node's children are one level lower.
     pub level: u8,
-    /// Sorted keys (guest block numbers) and values (leaf: file block, [`TOMBSTONE`] or a
-    /// store block with [`STORE_BIT`]; internal: the child's file block, its key the
+    /// Sorted keys (guest block numbers) and values (leaf: file block, `TOMBSTONE` or a
+    /// store block with `STORE_BIT`; internal: the child's file block, its key the
     /// smallest key under it).
     pub entries: Vec<(u64, u64)>,
 }

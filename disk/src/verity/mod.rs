@@ -11,7 +11,7 @@
 //! [`VerityImage`] serves the data: every data block a read touches is hashed and checked up
 //! the tree (hash blocks are cached once verified, in a bounded cache), and a block that does
 //! not match fails that read with [`Error::CorruptBlock`] naming it (inside
-//! [`DiskIoError::Format`]), is logged, and counts in [`VerityImage::corrupt_blocks`]; every
+//! [`DiskIoError::Format`](crate::DiskIoError::Format)), is logged, and counts in [`VerityImage::corrupt_blocks`]; every
 //! other block stays readable. [`format()`] writes a hash file for an image and returns its root
 //! hash.
 //!

@@ -128,3 +128,27 @@ fn verity_disk_fails_only_the_tampered_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The guest boots from the verified disk itself: `root=/dev/vda ro` on the rootfs copy, no
+/// initrd; its /init (from the verified disk) runs the smp test and reaches its markers.
+#[test]
+fn guest_boots_from_a_verified_root_disk() {
+    let dir = scratch("root");
+    let (image, hash, root) = verified_rootfs(&dir);
+    let disk = format!("path={image},read_only=on,verity={hash},root_hash={root}");
+    let kernel = guest("vmlinux");
+    let output = super::boot_and_test(
+        &[
+            "--kernel",
+            &kernel,
+            "--disk",
+            &disk,
+            "--append",
+            "root=/dev/vda ro",
+        ],
+        "smp",
+        &["SMP-OK 1"],
+    );
+    assert!(!output.contains("does not match"), "{output}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
