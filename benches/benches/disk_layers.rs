@@ -207,7 +207,7 @@ fn dedup_import(c: &mut Criterion) {
                 scratch.path(&format!("a-{n}.layered")),
                 scratch.path(&format!("b-{n}.layered")),
             ];
-            let report = layered::import_dedup(&[ra.clone(), rb.clone()], &outs, HashKind::Sha256)
+            let report = vmm_disk::import_dedup(&[ra.clone(), rb.clone()], &outs, HashKind::Sha256)
                 .expect("import");
             ratio = report.ratio;
             for entry in std::fs::read_dir(&scratch.0).expect("dir").flatten() {

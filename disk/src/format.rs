@@ -1,4 +1,5 @@
-//! Which format an image file is, and opening any of them.
+//! Which format an image file is: the formats' names and magic numbers, and detection (a leaf:
+//! it knows no format's code; opening them is `open.rs`'s).
 //!
 //! Formats are told apart by their first bytes ([`detect`]); a user can name one instead
 //! (`--disk format=`), and then a file whose magic says otherwise is refused rather than served
@@ -7,10 +8,10 @@
 
 use std::fmt;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
-use crate::{DiskError, DiskSeal, ImageFile, RawFile};
+use crate::DiskError;
 
 /// First bytes of a qcow2 image (`QFI\xfb`).
 pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
@@ -100,99 +101,4 @@ pub fn detect(path: &Path) -> Result<Format, DiskError> {
         }
     }
     Ok(detect_bytes(&head[..got]))
-}
-
-/// How to open an image ([`open_image`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OpenOptions {
-    /// Refuse writes.
-    pub read_only: bool,
-    /// The format the caller expects; `None` detects it from the file.
-    pub format: Option<Format>,
-}
-
-/// Opens the image at `path` in its format (detected, or as `options.format` says; a file whose
-/// magic names another format than the one asked for is refused, except that any file may be
-/// opened as raw on request).
-pub fn open_image(path: &Path, options: &OpenOptions) -> Result<OpenedImage, DiskError> {
-    let detected = detect(path)?;
-    let format = match options.format {
-        Some(Format::Raw) | None if detected == Format::Raw => Format::Raw,
-        Some(Format::Raw) => Format::Raw,
-        Some(asked) if asked != detected => {
-            return Err(DiskError::FormatMismatch {
-                path: path.to_path_buf(),
-                asked,
-                found: detected,
-            })
-        }
-        _ => detected,
-    };
-    match format {
-        Format::Raw => Ok(OpenedImage::Raw(RawFile::open(path, options.read_only)?)),
-        Format::Qcow2 => Ok(OpenedImage::Other(
-            Format::Qcow2,
-            Box::new(crate::qcow2::Qcow2Image::open(path, options.read_only)?),
-        )),
-        Format::Layered => Ok(OpenedImage::Other(
-            Format::Layered,
-            Box::new(crate::layered::LayeredImage::open(path, options.read_only)?),
-        )),
-    }
-}
-
-/// An opened image: raw stays its own type (it serves guests without a copy); every other
-/// format is an [`ImageFile`].
-pub enum OpenedImage {
-    /// A raw file or block device.
-    Raw(RawFile),
-    /// Any other format.
-    Other(Format, Box<dyn ImageFile>),
-}
-
-impl OpenedImage {
-    /// The image's format.
-    pub fn format(&self) -> Format {
-        match self {
-            OpenedImage::Raw(_) => Format::Raw,
-            OpenedImage::Other(format, _) => *format,
-        }
-    }
-
-    /// The image through the host-side interface, whatever its format.
-    pub fn into_image_file(self) -> Box<dyn ImageFile> {
-        match self {
-            OpenedImage::Raw(raw) => Box::new(raw),
-            OpenedImage::Other(_, image) => image,
-        }
-    }
-}
-
-impl fmt::Debug for OpenedImage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OpenedImage::Raw(raw) => f.debug_tuple("Raw").field(raw).finish(),
-            OpenedImage::Other(format, _) => f.debug_tuple("Other").field(format).finish(),
-        }
-    }
-}
-
-/// Opens a new writable clone of the disk state `seal` recorded (a VM snapshot's disk), at
-/// `clone_path`, which must not exist. The sealed layer itself is never written.
-pub fn open_sealed(seal: &DiskSeal, clone_path: &Path) -> Result<OpenedImage, DiskError> {
-    let format: Format = seal
-        .format
-        .parse()
-        .map_err(|_| DiskError::FormatUnavailable {
-            path: seal.layer.clone(),
-            format: Format::Raw,
-        })?;
-    if format == Format::Layered {
-        let image = crate::layered::open_sealed(seal, clone_path)?;
-        return Ok(OpenedImage::Other(Format::Layered, Box::new(image)));
-    }
-    Err(DiskError::FormatUnavailable {
-        path: PathBuf::from(&seal.layer),
-        format,
-    })
 }

@@ -8,6 +8,7 @@
 
 pub mod layout;
 pub mod seal;
+pub mod sealed_memory;
 pub mod snapshot;
 
 use std::io;

@@ -592,10 +592,11 @@ fn import_dedup(
         }
         outputs.push(output);
     }
-    Ok(
-        layered::import_dedup(inputs, &outputs, layered::HashKind::Sha256)
-            .map_err(DiskError::from)?,
-    )
+    Ok(vmm_disk::import_dedup(
+        inputs,
+        &outputs,
+        layered::HashKind::Sha256,
+    )?)
 }
 
 #[cfg(test)]

@@ -354,7 +354,7 @@ impl BuiltVm {
             &mut config,
             &snapshot.disk_seals,
             source.disk_clone_dir.as_deref(),
-            vmm_disk::format::open_sealed,
+            vmm_disk::open_sealed,
         )?;
         let config = &config;
         let opened = virtio_devices::open_devices(config, clones)?;
@@ -383,7 +383,7 @@ impl BuiltVm {
         // A sealed memory file is authenticated and decrypted whole into anonymous memory
         // before anything runs; an unsealed one is mapped privately.
         let memory = match &sealed {
-            Some((key, id)) => vmm_memory::seal::restore_memory_sealed(
+            Some((key, id)) => vmm_memory::sealed_memory::restore_memory_sealed(
                 mem_path,
                 &snapshot.memory,
                 key,

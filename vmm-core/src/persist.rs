@@ -188,7 +188,7 @@ pub fn sealed_clone_path(layer: &Path, dir: Option<&Path>) -> PathBuf {
 }
 
 /// Makes a writable clone of each sealed disk of a snapshot with `open_sealed`
-/// ([`vmm_disk::format::open_sealed`] outside tests), for restoring it with `config`: the
+/// ([`vmm_disk::open_sealed`] outside tests), for restoring it with `config`: the
 /// disks' paths in `config` become the clones' (so that a later snapshot or `GET
 /// /vm/config` names them), and the opened clones come back by disk index for
 /// [`open_devices`](crate::virtio_devices::open_devices).
@@ -338,7 +338,7 @@ pub(crate) fn write_snapshot(
             return Err(Error::SealedDiff);
         }
         let id = SnapshotId::random().map_err(Error::Seal)?;
-        let layout = vmm_memory::seal::save_memory_sealed(
+        let layout = vmm_memory::sealed_memory::save_memory_sealed(
             memory,
             &mem_path,
             key,
@@ -517,14 +517,9 @@ mod tests {
         assert_ne!(second[0], clone);
 
         // The opener's failure names the disk, the layer and the clone.
-        let err = clone_sealed_disks(
-            &mut config.clone(),
-            &seals,
-            None,
-            vmm_disk::format::open_sealed,
-        )
-        .err()
-        .unwrap();
+        let err = clone_sealed_disks(&mut config.clone(), &seals, None, vmm_disk::open_sealed)
+            .err()
+            .unwrap();
         assert!(matches!(err, Error::DiskClone { .. }), "{err}");
         let text = crate::error::chain(&err);
         assert!(

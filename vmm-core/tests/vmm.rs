@@ -298,7 +298,7 @@ fn snapshot_load_overrides_the_vsock_socket_and_checks_interface_ids() {
 }
 
 /// Snapshots record the disks' seals, and a restore clones each sealed disk through
-/// `vmm_disk::format::open_sealed` instead of opening the configured path. Raw disks keep no
+/// `vmm_disk::open_sealed` instead of opening the configured path. Raw disks keep no
 /// seal; a seal put into the state file by hand makes the restore call `open_sealed`, which
 /// (until a format that seals is built in) refuses, naming the disk and the clone it was to
 /// make.

@@ -24,7 +24,7 @@ pub enum HashKind {
     Sha256,
 }
 
-/// What [`import_dedup`] did.
+/// What [`import_dedup_images`] did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DedupReport {
     /// The shared extent store.
@@ -42,10 +42,11 @@ pub struct DedupReport {
 /// Most keys the content index's Bloom filter is sized for.
 const INDEX_FILTER_KEYS: u64 = 1 << 26;
 
-/// Imports `inputs` (raw, qcow2 or layered images) as layered images at `outputs` (one each,
-/// which must not exist), storing each distinct block once in `<first output>.extents`.
-pub fn import_dedup(
-    inputs: &[PathBuf],
+/// Imports `inputs` (opened images of any format, with their paths) as layered images at
+/// `outputs` (one each, which must not exist), storing each distinct block once in
+/// `<first output>.extents`. [`crate::import_dedup`] opens the inputs from paths.
+pub fn import_dedup_images(
+    inputs: Vec<(PathBuf, Box<dyn crate::ImageFile>)>,
     outputs: &[PathBuf],
     hash: HashKind,
 ) -> Result<DedupReport> {
@@ -62,19 +63,7 @@ pub fn import_dedup(
     let store_path = sibling(first, format!("{}.extents", file_name(first)));
     let mut opened = Vec::new();
     let mut total_blocks = 0u64;
-    for input in inputs {
-        let image = crate::format::open_image(
-            input,
-            &crate::format::OpenOptions {
-                read_only: true,
-                format: None,
-            },
-        )
-        .map_err(|e| Error::Base {
-            path: input.clone(),
-            source: Box::new(e),
-        })?
-        .into_image_file();
+    for (_, image) in inputs {
         check_size(image.size())?;
         total_blocks = total_blocks.saturating_add(image.size().div_ceil(BLOCK_U64));
         opened.push(image);

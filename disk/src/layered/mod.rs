@@ -42,7 +42,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use check::{check, info, Info, LayerInfo, Problem};
-pub use dedup::{import_dedup, DedupReport, HashKind};
+pub use dedup::{import_dedup_images, DedupReport, HashKind};
 pub use error::{Error, Result};
 
 use crate::{DiskId, DiskIoError, DiskSeal, ImageFile, ID_BYTES};
@@ -237,18 +237,25 @@ fn open_base(layer: &Path, parent: &Parent) -> Result<Option<(Box<dyn ImageFile>
             ),
         });
     }
-    let opened = crate::format::open_image(
-        &full,
-        &crate::format::OpenOptions {
-            read_only: true,
-            format: None,
-        },
-    )
-    .map_err(|e| Error::Base {
+    let base = open_base_image(&full).map_err(|e| Error::Base {
         path: full.clone(),
         source: Box::new(e),
     })?;
-    Ok(Some((opened.into_image_file(), full)))
+    Ok(Some((base, full)))
+}
+
+/// A base image, read-only: raw or qcow2 (a layered image below another is chained as layers,
+/// never opened as a base).
+fn open_base_image(path: &Path) -> std::result::Result<Box<dyn ImageFile>, crate::DiskError> {
+    match crate::format::detect(path)? {
+        crate::Format::Raw => Ok(Box::new(crate::RawFile::open(path, true)?)),
+        crate::Format::Qcow2 => Ok(Box::new(crate::qcow2::Qcow2Image::open(path, true)?)),
+        crate::Format::Layered => Err(crate::DiskError::FormatMismatch {
+            path: path.to_path_buf(),
+            asked: crate::Format::Raw,
+            found: crate::Format::Layered,
+        }),
+    }
 }
 
 /// Opens the sealed parent layer `parent` of `child`, checking its identity.

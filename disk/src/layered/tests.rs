@@ -415,7 +415,7 @@ fn open_sealed_gives_each_restore_its_own_clone() {
     let seal = image.seal_for_snapshot().unwrap().unwrap();
     image.write(0, b"later state!!!").unwrap();
     let mut a = open_sealed(&seal, &dir.path().join("a")).unwrap();
-    let mut b = crate::format::open_sealed(&seal, &dir.path().join("b"))
+    let mut b = crate::open_sealed(&seal, &dir.path().join("b"))
         .unwrap()
         .into_image_file();
     a.write(0, b"A").unwrap();
@@ -450,7 +450,8 @@ fn dedup_import_stores_shared_blocks_once() {
     std::fs::write(&i1, &one).unwrap();
     std::fs::write(&i2, &two).unwrap();
     let (o1, o2) = (dir.path().join("one"), dir.path().join("two"));
-    let report = import_dedup(&[i1, i2], &[o1.clone(), o2.clone()], HashKind::Sha256).unwrap();
+    let report =
+        crate::import_dedup(&[i1, i2], &[o1.clone(), o2.clone()], HashKind::Sha256).unwrap();
     assert_eq!(report.blocks_seen, 127);
     assert_eq!(report.blocks_stored, 65);
     assert!(report.ratio > 1.9);
