@@ -41,10 +41,10 @@ pub fn open_image(path: &Path, options: &OpenOptions) -> Result<OpenedImage, Dis
             Format::Qcow2,
             Box::new(crate::qcow2::Qcow2Image::open(path, options.read_only)?),
         )),
-        Format::Layered => Ok(OpenedImage::Other(
-            Format::Layered,
-            Box::new(crate::layered::LayeredImage::open(path, options.read_only)?),
-        )),
+        Format::Layered => Ok(OpenedImage::Layered(crate::layered::LayeredImage::open(
+            path,
+            options.read_only,
+        )?)),
     }
 }
 
@@ -53,6 +53,8 @@ pub fn open_image(path: &Path, options: &OpenOptions) -> Result<OpenedImage, Dis
 pub enum OpenedImage {
     /// A raw file or block device.
     Raw(RawFile),
+    /// A layered image (it serves whole-block guest writes without a copy).
+    Layered(crate::layered::LayeredImage),
     /// Any other format.
     Other(Format, Box<dyn ImageFile>),
 }
@@ -62,6 +64,7 @@ impl OpenedImage {
     pub fn format(&self) -> Format {
         match self {
             OpenedImage::Raw(_) => Format::Raw,
+            OpenedImage::Layered(_) => Format::Layered,
             OpenedImage::Other(format, _) => *format,
         }
     }
@@ -70,7 +73,19 @@ impl OpenedImage {
     pub fn into_image_file(self) -> Box<dyn ImageFile> {
         match self {
             OpenedImage::Raw(raw) => Box::new(raw),
+            OpenedImage::Layered(image) => Box::new(image),
             OpenedImage::Other(_, image) => image,
+        }
+    }
+
+    /// The image as a device serves it to a guest, each format on its best path: raw and
+    /// layered straight between their files and guest memory, the others through
+    /// [`Bounced`](crate::Bounced).
+    pub fn into_disk_image<M: vm_memory::GuestMemoryBackend>(self) -> Box<dyn crate::DiskImage<M>> {
+        match self {
+            OpenedImage::Raw(raw) => Box::new(raw),
+            OpenedImage::Layered(image) => Box::new(image),
+            OpenedImage::Other(_, image) => Box::new(crate::Bounced::new(image)),
         }
     }
 }
@@ -79,6 +94,7 @@ impl fmt::Debug for OpenedImage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpenedImage::Raw(raw) => f.debug_tuple("Raw").field(raw).finish(),
+            OpenedImage::Layered(image) => f.debug_tuple("Layered").field(image).finish(),
             OpenedImage::Other(format, _) => f.debug_tuple("Other").field(format).finish(),
         }
     }
@@ -96,7 +112,7 @@ pub fn open_sealed(seal: &DiskSeal, clone_path: &Path) -> Result<OpenedImage, Di
         })?;
     if format == Format::Layered {
         let image = crate::layered::open_sealed(seal, clone_path)?;
-        return Ok(OpenedImage::Other(Format::Layered, Box::new(image)));
+        return Ok(OpenedImage::Layered(image));
     }
     Err(DiskError::FormatUnavailable {
         path: PathBuf::from(&seal.layer),

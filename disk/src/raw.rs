@@ -220,7 +220,7 @@ pub fn default_id(dev: u64, ino: u64) -> DiskId {
 
 /// Direction of a data transfer between the file and guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Direction {
+pub(crate) enum Direction {
     /// File to guest (IN).
     Read,
     /// Guest to file (OUT).
@@ -229,7 +229,7 @@ enum Direction {
 
 /// Moves the guest memory `slices` to or from the file at byte `offset`, in batches of
 /// `preadv`/`pwritev`. A failure says how many bytes moved before it.
-fn transfer<'a, B: BitmapSlice>(
+pub(crate) fn transfer<'a, B: BitmapSlice>(
     file: &File,
     slices: impl Iterator<Item = Result<VolatileSlice<'a, B>, DiskIoError>>,
     offset: u64,

@@ -42,10 +42,7 @@ pub type BlockDevice = Block<GuestMemoryMmap, DiskBackend>;
 
 /// `opened` as a guest-facing backend.
 pub fn disk_backend(opened: OpenedImage) -> DiskBackend {
-    match opened {
-        OpenedImage::Raw(raw) => Box::new(raw),
-        OpenedImage::Other(_, image) => Box::new(Bounced::new(image)),
-    }
+    opened.into_disk_image()
 }
 
 /// The image format an API drive names (vmm-api does not depend on vmm-disk).

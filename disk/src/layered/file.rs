@@ -17,6 +17,11 @@ pub struct LayerFile {
 }
 
 impl LayerFile {
+    /// The open file, for moving guest data with `pwritev` (the VMM's write path).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Wraps an open file.
     pub fn new(file: File, path: &Path) -> LayerFile {
         LayerFile {

@@ -45,10 +45,11 @@ pub use check::{check, info, Info, LayerInfo, Problem};
 pub use dedup::{import_dedup_images, DedupReport, HashKind};
 pub use error::{Error, Result};
 
-use crate::{DiskId, DiskIoError, DiskSeal, ImageFile, ID_BYTES};
+use crate::{DiskId, DiskIoError, DiskSeal, GuestBuffers, ImageFile, BOUNCE_CHUNK, ID_BYTES};
 use bloom::KeyHash;
 use layer::{create_file, relative_to, resolve, Layer};
 use ondisk::{FileKind, Parent, Superblock, BLOCK, BLOCK_U64, MAX_DISK_SIZE, STORE_BIT, TOMBSTONE};
+use vm_memory::GuestMemoryBackend;
 
 /// Changed blocks after which a write commits by itself, without waiting for a flush: bounds
 /// the work a flush does and the memory of the dirty set.
@@ -521,6 +522,85 @@ impl LayeredImage {
         }))
     }
 
+    /// Maps guest block `key` in the top for data that is not checked for zeros (the guest
+    /// path writes from guest memory without copying it): the file block it goes to.
+    fn place_data_block(&mut self, key: u64) -> Result<u64> {
+        let Some(top) = self.layers.first_mut().and_then(|l| l.top.as_mut()) else {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
+        };
+        top.unsynced = true;
+        Ok(match top.map.get(&key).copied() {
+            Some(v) if v != TOMBSTONE && v & STORE_BIT == 0 => v,
+            _ => {
+                let v = top.next_block;
+                top.next_block += 1;
+                top.map.insert(key, v);
+                top.dirty.insert(key);
+                v
+            }
+        })
+    }
+
+    /// Writes whole blocks from guest memory: blocks placed on consecutive blocks of the top's
+    /// file go out in one `pwritev` straight from the guest's buffers, with no copy.
+    fn write_guest<M: GuestMemoryBackend>(
+        &mut self,
+        offset: u64,
+        bufs: &GuestBuffers<'_, M>,
+    ) -> std::result::Result<(), DiskIoError> {
+        if self.read_only {
+            return Err(DiskIoError::Unsupported("writes to a read-only image"));
+        }
+        self.check_range(offset, bufs.len()).map_err(io_err)?;
+        let blocks = bufs.len() / BLOCK_U64;
+        let first_key = offset / BLOCK_U64;
+        // The run: (its first block in `bufs`, its first file block, its length in blocks).
+        let mut run: Option<(u64, u64, u64)> = None;
+        for i in 0..blocks {
+            let target = self.place_data_block(first_key + i).map_err(io_err)?;
+            match &mut run {
+                Some((_, start, len)) if *start + *len == target => *len += 1,
+                _ => {
+                    if let Some(done) = run.take() {
+                        self.write_guest_run(bufs, done)?;
+                    }
+                    run = Some((i, target, 1));
+                }
+            }
+        }
+        if let Some(done) = run {
+            self.write_guest_run(bufs, done)?;
+        }
+        self.commit_if_due().map_err(io_err)
+    }
+
+    /// One run of [`LayeredImage::write_guest`]: blocks `from..from + len` of `bufs` to file
+    /// block `target` on.
+    fn write_guest_run<M: GuestMemoryBackend>(
+        &self,
+        bufs: &GuestBuffers<'_, M>,
+        (from, target, len): (u64, u64, u64),
+    ) -> std::result::Result<(), DiskIoError> {
+        let part =
+            bufs.subrange(from * BLOCK_U64, len * BLOCK_U64)
+                .ok_or(DiskIoError::BufferRange {
+                    at: from * BLOCK_U64,
+                    len: len * BLOCK_U64,
+                    total: bufs.len(),
+                })?;
+        let Some(top) = self.layers.first() else {
+            return Ok(());
+        };
+        crate::raw::transfer(
+            top.file.file(),
+            part.slices(),
+            target * BLOCK_U64,
+            crate::raw::Direction::Write,
+        )
+    }
+
     /// Writes `data` at file block `first` of the top (a run of placed blocks).
     fn write_run(&mut self, first: u64, data: &[u8]) -> Result<()> {
         match self.layers.first() {
@@ -729,6 +809,87 @@ impl ImageFile for LayeredImage {
             layer,
             layer_id,
         }))
+    }
+}
+
+/// The guest's path: whole-block writes go from guest memory to the top's file without a copy
+/// ([`LayeredImage::write_guest`]); reads and partial-block writes go through a host buffer,
+/// as [`Bounced`](crate::Bounced) does. Blocks the guest writes as zeros are stored as data
+/// here (only host-side writes turn them into tombstones); a discard is the guest's way to
+/// drop blocks.
+impl<M: GuestMemoryBackend> crate::DiskImage<M> for LayeredImage {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn id(&self) -> DiskId {
+        self.id
+    }
+
+    fn read_at(
+        &mut self,
+        offset: u64,
+        bufs: &GuestBuffers<'_, M>,
+    ) -> std::result::Result<(), DiskIoError> {
+        let total = bufs.len();
+        let mut buf =
+            vec![0u8; usize::try_from(total).map_or(BOUNCE_CHUNK, |t| t.min(BOUNCE_CHUNK))];
+        let mut done = 0u64;
+        while done < total {
+            let n = usize::try_from(total - done).map_or(buf.len(), |left| left.min(buf.len()));
+            let piece = buf.get_mut(..n).unwrap_or_default();
+            self.read_bytes(offset + done, piece).map_err(io_err)?;
+            bufs.write_from(done, piece)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn write_at(
+        &mut self,
+        offset: u64,
+        bufs: &GuestBuffers<'_, M>,
+    ) -> std::result::Result<(), DiskIoError> {
+        if offset.is_multiple_of(BLOCK_U64) && bufs.len().is_multiple_of(BLOCK_U64) {
+            return self.write_guest(offset, bufs);
+        }
+        // Not whole blocks: through a host buffer, a bounded piece at a time.
+        let total = bufs.len();
+        let mut data =
+            vec![0u8; usize::try_from(total).map_or(BOUNCE_CHUNK, |t| t.min(BOUNCE_CHUNK))];
+        let mut done = 0u64;
+        while done < total {
+            let n = usize::try_from(total - done).map_or(data.len(), |left| left.min(data.len()));
+            let piece = data.get_mut(..n).unwrap_or_default();
+            bufs.read_into(done, piece)?;
+            ImageFile::write(self, offset + done, piece)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::result::Result<(), DiskIoError> {
+        ImageFile::flush(self)
+    }
+
+    fn can_discard(&self) -> bool {
+        ImageFile::can_discard(self)
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> std::result::Result<(), DiskIoError> {
+        ImageFile::discard(self, offset, len)
+    }
+
+    fn commit_interval(&self) -> Option<std::time::Duration> {
+        ImageFile::commit_interval(self)
+    }
+
+    fn seal_for_snapshot(&mut self) -> std::result::Result<Option<DiskSeal>, DiskIoError> {
+        ImageFile::seal_for_snapshot(self)
     }
 }
 
