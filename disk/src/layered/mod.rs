@@ -813,7 +813,7 @@ impl ImageFile for LayeredImage {
 }
 
 /// The guest's path: whole-block writes go from guest memory to the top's file without a copy
-/// ([`LayeredImage::write_guest`]); reads and partial-block writes go through a host buffer,
+/// (`LayeredImage::write_guest`); reads and partial-block writes go through a host buffer,
 /// as [`Bounced`](crate::Bounced) does. Blocks the guest writes as zeros are stored as data
 /// here (only host-side writes turn them into tombstones); a discard is the guest's way to
 /// drop blocks.
