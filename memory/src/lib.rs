@@ -10,6 +10,8 @@ pub mod layout;
 pub mod seal;
 pub mod sealed_memory;
 pub mod snapshot;
+#[cfg(test)]
+mod test_dir;
 
 use std::io;
 

@@ -596,6 +596,7 @@ pub fn peek_id(bytes: &[u8]) -> Option<SnapshotId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_dir::TestDir;
 
     fn key(seed: u8) -> SealKey {
         SealKey::from_bytes(&[seed; 32]).unwrap()
@@ -611,28 +612,6 @@ mod tests {
 
     fn open(sealed: &[u8], kind: SealedKind) -> Result<Vec<u8>> {
         open_bytes(&key(1), kind, Some(&id(9)), sealed, u64::MAX).map(|(_, p)| p)
-    }
-
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("vmm-memory-seal-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            TestDir(dir)
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 
     #[test]

@@ -180,8 +180,8 @@ fn read_at(
 mod tests {
     use super::*;
     use crate::seal::sealed_len;
+    use crate::test_dir::TestDir;
     use crate::{create_guest_memory, GuestMemoryBackend, GuestMemoryRegion, MemoryOptions};
-    use std::path::PathBuf;
 
     const MIB: u64 = 1 << 20;
 
@@ -191,28 +191,6 @@ mod tests {
 
     fn id(seed: u8) -> SnapshotId {
         SnapshotId([seed; 16])
-    }
-
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("vmm-memory-sealed-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            TestDir(dir)
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 
     fn guest_with_data() -> GuestMemoryMmap {

@@ -1070,6 +1070,7 @@ impl Drop for AtomicFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_dir::TestDir;
     use crate::{create_guest_memory, MemoryOptions};
     use std::os::unix::fs::MetadataExt;
 
@@ -1101,29 +1102,6 @@ mod tests {
         let restored =
             restore_memory(&dir.path("mem"), &layout, &RestoreOptions::default()).unwrap();
         assert_eq!(contents(&restored), contents(&mem));
-    }
-
-    /// A directory of its own under the system's temporary directory, removed on drop.
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("vmm-memory-snapshot-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            TestDir(dir)
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 
     fn guest(bytes: u64) -> GuestMemoryMmap {
