@@ -51,6 +51,36 @@ fn guest(name: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// A scratch directory `vmm-e2e-<name>-<pid>` for one test (modules prefix `name` with their
+/// own name), emptied first; the test removes it when it passes.
+pub(crate) fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `dir/name` as a string, for command lines.
+pub(crate) fn path_in(dir: &Path, name: &str) -> String {
+    dir.join(name).to_string_lossy().into_owned()
+}
+
+/// Runs a host command; panics with its output unless it succeeds. Returns its stdout.
+pub(crate) fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e} (scripts/install-deps.sh installs it)"));
+    assert!(
+        out.status.success(),
+        "{program} {}:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn require_real_kvm() {
     let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
     assert!(

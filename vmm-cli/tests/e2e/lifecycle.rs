@@ -7,11 +7,10 @@
 //! The guests' tests are gated (scripts/guest/tests/gate.sh): they cannot end before the test
 //! opens their gate, so no step here depends on how fast the guest or the test host runs.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{guest, scaled, Gate, Running, BOOT_TIMEOUT, QUIET};
+use super::{guest, path_in, scaled, scratch, Gate, Running, BOOT_TIMEOUT, QUIET};
 
 fn vmm(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_vmm"))
@@ -28,18 +27,6 @@ fn ok(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A scratch directory for one test, removed when it passes.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmm-e2e-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn path_in(dir: &Path, name: &str) -> String {
-    dir.join(name).to_string_lossy().into_owned()
 }
 
 /// The numbers of the `PREFIX<n>` lines seen so far.

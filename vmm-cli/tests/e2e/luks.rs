@@ -2,26 +2,9 @@
 //! encrypted data disk made by `vmm disk luks-format`; after the VM ends the host decrypts the
 //! image with `qemu-img convert` (its luks driver) and finds the pattern.
 
-use std::process::Command;
-
 use super::boot_and_test;
-use super::guest;
 use super::virtio::{test_initramfs, Scratch};
-
-fn run_ok(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e} (scripts/install-deps.sh installs it)"));
-    assert!(
-        out.status.success(),
-        "{program} {}:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use super::{guest, run_ok};
 
 #[test]
 fn luks_data_disk_written_by_guest_decrypts_with_qemu_img() {

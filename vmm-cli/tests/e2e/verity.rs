@@ -6,37 +6,13 @@
 //! The guest runs `verityread` (scripts/guest/tests/verityread) from the test initramfs.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
-use super::{guest, Running, BOOT_TIMEOUT, QUIET};
+use super::{guest, path_in, run_ok, Running, BOOT_TIMEOUT, QUIET};
 
 /// A scratch directory for one test, removed when it passes.
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmm-e2e-verity-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn path_in(dir: &Path, name: &str) -> String {
-    dir.join(name).to_string_lossy().into_owned()
-}
-
-/// Runs a host command; panics with its output unless it succeeds. Returns its stdout.
-fn run_ok(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {}:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    super::scratch(&format!("verity-{test}"))
 }
 
 /// A copy of rootfs.ext4 in `dir` with its hash file; returns (image, hash file, root hash).
