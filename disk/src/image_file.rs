@@ -125,35 +125,38 @@ impl<T: ImageFile> Bounced<T> {
     pub fn into_inner(self) -> T {
         self.image
     }
+}
 
-    /// Moves `bufs` in chunks; `step(image, disk offset, chunk buffer, offset in bufs)`.
-    fn chunked<M: GuestMemoryBackend>(
-        &mut self,
-        offset: u64,
-        bufs: &GuestBuffers<'_, M>,
-        mut step: impl FnMut(&mut T, u64, &mut [u8], u64) -> Result<(), DiskIoError>,
-    ) -> Result<(), DiskIoError> {
-        let total = bufs.len();
-        let chunk = usize::try_from(total).map_or(BOUNCE_CHUNK, |t| t.min(BOUNCE_CHUNK));
-        if self.buf.len() < chunk {
-            self.buf.resize(chunk, 0);
-        }
-        let mut done = 0u64;
-        while done < total {
-            let n = usize::try_from(total - done).map_or(chunk, |left| left.min(chunk));
-            let piece = self.buf.get_mut(..n).ok_or(DiskIoError::BufferRange {
-                at: done,
-                len: n as u64,
-                total,
-            })?;
-            step(&mut self.image, offset + done, piece, done).map_err(|e| match e {
-                DiskIoError::Io { source, .. } => DiskIoError::Io { done, source },
-                other => other,
-            })?;
-            done += n as u64;
-        }
-        Ok(())
+/// Moves a guest request through the host buffer `buf` (grown to at most [`BOUNCE_CHUNK`]) in
+/// chunks: `step(image, disk offset, chunk, offset in bufs)` for each. An I/O error says how much
+/// of the request was done before it.
+pub(crate) fn through_buffer<M: GuestMemoryBackend, T: ?Sized>(
+    image: &mut T,
+    buf: &mut Vec<u8>,
+    offset: u64,
+    bufs: &GuestBuffers<'_, M>,
+    mut step: impl FnMut(&mut T, u64, &mut [u8], u64) -> Result<(), DiskIoError>,
+) -> Result<(), DiskIoError> {
+    let total = bufs.len();
+    let chunk = usize::try_from(total).map_or(BOUNCE_CHUNK, |t| t.min(BOUNCE_CHUNK));
+    if buf.len() < chunk {
+        buf.resize(chunk, 0);
     }
+    let mut done = 0u64;
+    while done < total {
+        let n = usize::try_from(total - done).map_or(chunk, |left| left.min(chunk));
+        let piece = buf.get_mut(..n).ok_or(DiskIoError::BufferRange {
+            at: done,
+            len: n as u64,
+            total,
+        })?;
+        step(image, offset + done, piece, done).map_err(|e| match e {
+            DiskIoError::Io { source, .. } => DiskIoError::Io { done, source },
+            other => other,
+        })?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 impl<M: GuestMemoryBackend, T: ImageFile> DiskImage<M> for Bounced<T> {
@@ -170,17 +173,29 @@ impl<M: GuestMemoryBackend, T: ImageFile> DiskImage<M> for Bounced<T> {
     }
 
     fn read_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), DiskIoError> {
-        self.chunked(offset, bufs, |image, at, piece, done| {
-            image.read(at, piece)?;
-            bufs.write_from(done, piece)
-        })
+        through_buffer(
+            &mut self.image,
+            &mut self.buf,
+            offset,
+            bufs,
+            |image, at, piece, done| {
+                image.read(at, piece)?;
+                bufs.write_from(done, piece)
+            },
+        )
     }
 
     fn write_at(&mut self, offset: u64, bufs: &GuestBuffers<'_, M>) -> Result<(), DiskIoError> {
-        self.chunked(offset, bufs, |image, at, piece, done| {
-            bufs.read_into(done, piece)?;
-            image.write(at, piece)
-        })
+        through_buffer(
+            &mut self.image,
+            &mut self.buf,
+            offset,
+            bufs,
+            |image, at, piece, done| {
+                bufs.read_into(done, piece)?;
+                image.write(at, piece)
+            },
+        )
     }
 
     fn flush(&mut self) -> Result<(), DiskIoError> {

@@ -45,7 +45,8 @@ pub use check::{check, info, Info, LayerInfo, Problem};
 pub use dedup::{import_dedup_images, DedupReport, HashKind};
 pub use error::{Error, Result};
 
-use crate::{DiskId, DiskIoError, DiskSeal, GuestBuffers, ImageFile, BOUNCE_CHUNK, ID_BYTES};
+use crate::image_file::through_buffer;
+use crate::{DiskId, DiskIoError, DiskSeal, GuestBuffers, ImageFile, ID_BYTES};
 use bloom::KeyHash;
 use layer::{create_file, relative_to, resolve, Layer};
 use ondisk::{FileKind, Parent, Superblock, BLOCK, BLOCK_U64, MAX_DISK_SIZE, STORE_BIT, TOMBSTONE};
@@ -835,18 +836,16 @@ impl<M: GuestMemoryBackend> crate::DiskImage<M> for LayeredImage {
         offset: u64,
         bufs: &GuestBuffers<'_, M>,
     ) -> std::result::Result<(), DiskIoError> {
-        let total = bufs.len();
-        let mut buf =
-            vec![0u8; usize::try_from(total).map_or(BOUNCE_CHUNK, |t| t.min(BOUNCE_CHUNK))];
-        let mut done = 0u64;
-        while done < total {
-            let n = usize::try_from(total - done).map_or(buf.len(), |left| left.min(buf.len()));
-            let piece = buf.get_mut(..n).unwrap_or_default();
-            self.read_bytes(offset + done, piece).map_err(io_err)?;
-            bufs.write_from(done, piece)?;
-            done += n as u64;
-        }
-        Ok(())
+        through_buffer(
+            self,
+            &mut Vec::new(),
+            offset,
+            bufs,
+            |image, at, piece, done| {
+                image.read_bytes(at, piece).map_err(io_err)?;
+                bufs.write_from(done, piece)
+            },
+        )
     }
 
     fn write_at(
@@ -858,18 +857,16 @@ impl<M: GuestMemoryBackend> crate::DiskImage<M> for LayeredImage {
             return self.write_guest(offset, bufs);
         }
         // Not whole blocks: through a host buffer, a bounded piece at a time.
-        let total = bufs.len();
-        let mut data =
-            vec![0u8; usize::try_from(total).map_or(BOUNCE_CHUNK, |t| t.min(BOUNCE_CHUNK))];
-        let mut done = 0u64;
-        while done < total {
-            let n = usize::try_from(total - done).map_or(data.len(), |left| left.min(data.len()));
-            let piece = data.get_mut(..n).unwrap_or_default();
-            bufs.read_into(done, piece)?;
-            ImageFile::write(self, offset + done, piece)?;
-            done += n as u64;
-        }
-        Ok(())
+        through_buffer(
+            self,
+            &mut Vec::new(),
+            offset,
+            bufs,
+            |image, at, piece, done| {
+                bufs.read_into(done, piece)?;
+                ImageFile::write(image, at, piece)
+            },
+        )
     }
 
     fn flush(&mut self) -> std::result::Result<(), DiskIoError> {
