@@ -159,26 +159,45 @@ impl MutEventSubscriber for SerialInput {
 }
 
 /// Ends the VM when the guest resets it (the i8042 or the ACPI reset register) or powers it
-/// off (ACPI S5): sends `event()` once `line` is raised.
+/// off (ACPI S5). One listener reads both lines each time either is raised, and power-off wins
+/// when both are: a guest that writes S5 and then falls back to a reset (the tiny test guest,
+/// firmware-style shutdown code) may raise both before the loop wakes, and epoll does not say
+/// which came first; the S5 write always comes first in such a guest's program order.
 struct EndListener {
-    line: EventFd,
-    event: fn() -> VmEvent,
+    reset: EventFd,
+    power_off: EventFd,
     events: Sender<VmEvent>,
+    /// The end was reported (at most once).
+    ended: bool,
 }
 
 impl MutEventSubscriber for EndListener {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.line, EventSet::IN)) {
-            let _ = self
-                .events
-                .send(VmEvent::EventLoopFailed(io::Error::other(e.to_string())));
+        for line in [&self.reset, &self.power_off] {
+            if let Err(e) = ops.add(Events::new(line, EventSet::IN)) {
+                let _ = self
+                    .events
+                    .send(VmEvent::EventLoopFailed(io::Error::other(e.to_string())));
+            }
         }
     }
 
     fn process(&mut self, _: Events, ops: &mut EventOps) {
-        let _ = self.line.read();
-        let _ = ops.remove(Events::new(&self.line, EventSet::IN));
-        let _ = self.events.send((self.event)());
+        // Nonblocking eventfds: a line that was not raised reads as an error.
+        let reset = self.reset.read().is_ok();
+        let power_off = self.power_off.read().is_ok();
+        if self.ended || !(reset || power_off) {
+            return;
+        }
+        self.ended = true;
+        for line in [&self.reset, &self.power_off] {
+            let _ = ops.remove(Events::new(line, EventSet::IN));
+        }
+        let _ = self.events.send(if power_off {
+            VmEvent::GuestPowerOff
+        } else {
+            VmEvent::GuestReset
+        });
     }
 }
 
@@ -262,14 +281,10 @@ fn event_loop(
     let mut manager: EventManager<Subscriber> = EventManager::new().map_err(to_io)?;
     manager.add_subscriber(Arc::new(Mutex::new(wake)));
     manager.add_subscriber(Arc::new(Mutex::new(EndListener {
-        line: reset,
-        event: || VmEvent::GuestReset,
-        events: events.clone(),
-    })));
-    manager.add_subscriber(Arc::new(Mutex::new(EndListener {
-        line: power_off,
-        event: || VmEvent::GuestPowerOff,
+        reset,
+        power_off,
         events,
+        ended: false,
     })));
     for device in virtio {
         manager.add_subscriber(Arc::new(Mutex::new(device)));
