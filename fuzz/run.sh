@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target for SECONDS seconds each (default 30) and fails on any crash.
+# Runs every cargo-fuzz target for SECONDS seconds each (default 30) and fails on any crash: the
+# short run CI does. Each target first replays its whole committed corpus (fuzz/corpus/<target>/,
+# the minimized result of fuzz/campaign.sh) and its regression inputs (fuzz/regressions/<target>/,
+# inputs that once crashed), then fuzzes on from there.
 #
 #   fuzz/run.sh [SECONDS]
 #
-# Works from any directory. Each target grows its corpus in fuzz/corpus/<target>/ (only the
-# seed-* files are tracked); crashes land in fuzz/artifacts/<target>/. One line per target is
-# printed; the exit status is non-zero when any target failed to build or found a crash.
+# Works from any directory. The committed corpora are only read: new inputs go to a scratch
+# directory (fuzz/campaign.sh is what grows and minimizes the corpora); crashes land in
+# fuzz/artifacts/<target>/. One line per target is printed; the exit status is non-zero when any
+# target failed to build or found a crash.
 set -euo pipefail
 
 seconds="${1:-30}"
@@ -38,14 +42,22 @@ fi
 log_dir="$(mktemp -d "${TMPDIR:-/tmp}/fuzz-run.XXXXXX")"
 failed=()
 for t in "${targets[@]}"; do
-    corpus="fuzz/corpus/$t"
-    mkdir -p "$corpus"
+    scratch="$log_dir/corpus-$t"
+    mkdir -p "$scratch"
+    # libFuzzer writes new inputs to the first directory only.
+    corpora=("$scratch")
+    for d in "fuzz/corpus/$t" "fuzz/regressions/$t"; do
+        [ -d "$d" ] && corpora+=("$d")
+    done
+    dict=()
+    [ -f "fuzz/dict/$t.dict" ] && dict=("-dict=fuzz/dict/$t.dict")
     log="$log_dir/$t.log"
-    if cargo fuzz run "$t" "$corpus" -- -max_total_time="$seconds" >"$log" 2>&1; then
-        # libFuzzer ends with "Done <N> runs in <S> second(s)".
+    if cargo fuzz run "$t" "${corpora[@]}" -- -max_total_time="$seconds" -timeout=30 "${dict[@]}" >"$log" 2>&1; then
+        # libFuzzer ends with "Done <N> runs in <S> second(s)"; "INITED" follows the replay.
         runs="$(grep -Eo 'Done [0-9]+ runs' "$log" | tail -n1 | grep -Eo '[0-9]+' || true)"
-        units="$(find "$corpus" -type f | wc -l)"
-        echo "$t: ok (${runs:-?} execs in ${seconds}s, corpus ${units} inputs)"
+        inputs=0
+        for d in "${corpora[@]:1}"; do inputs=$((inputs + $(find "$d" -type f | wc -l))); done
+        echo "$t: ok (replayed ${inputs} committed inputs, ${runs:-?} execs in ${seconds}s)"
     else
         rc=$?
         failed+=("$t")

@@ -4,7 +4,7 @@
 # (qemu-img and qemu-io for the qcow2 interop tests), e2fsprogs, cryptsetup-bin (LUKS and verity
 # interop),
 # util-linux's setpriv (the no-/dev/kvm-access test), python3 (benchmark scripts), gcc,
-# libc6-dev and cpio (scripts/build-test-initramfs.sh), rustfmt and clippy, and cargo-fuzz.
+# libc6-dev and cpio (scripts/build-test-initramfs.sh), llvm-22 (fuzz coverage), rustfmt and clippy, and cargo-fuzz.
 # Does nothing for what is already there.
 set -euo pipefail
 missing=()
@@ -22,6 +22,8 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v gcc >/dev/null || missing+=(gcc)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
 command -v cpio >/dev/null || missing+=(cpio)
+# llvm-profdata-22 and llvm-cov-22: fuzz/campaign.sh's line coverage (LLVM 22 matches rustc 1.95's)
+command -v llvm-profdata-22 >/dev/null && command -v llvm-cov-22 >/dev/null || missing+=(llvm-22)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${missing[*]}"
     apt-get update -qq
