@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls this):
 #   formatting, clippy with -D warnings, tier 1 (no KVM) and tier 2 (tiny guests on this
 #   machine's /dev/kvm) through cargo test, tier 3 (full Linux boots: scripts/e2e.sh, inside the
-#   test host on a PVM machine), and a short fuzz run of every target.
+#   test host on a PVM machine), and a short fuzz run of every target (each replays its committed
+#   corpus and regression inputs first: fuzz/README.md).
 # Env: FUZZ_SECONDS (per target, default 15), VMM_GUEST_DIR (default ../shared/guest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,7 @@ step "tier 2: the vmm-vcpu example, as its docs say to run it"
 cargo run -q -p vmm-vcpu --example hello_guest
 step "tier 3: end-to-end Linux boots"
 counted scripts/e2e.sh
-step "fuzz smoke run"
+step "fuzz: replay the committed corpora, then a short run of every target"
 fuzz/run.sh "${FUZZ_SECONDS:-15}"
 step "all passed"
 # The counts of every cargo test and e2e run above, in the form CI reads.
