@@ -2,16 +2,16 @@
 //! configured over the API), or restore one, then run it to its end while the API is served.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::channel;
 
 use vmm_api::{ApiConfig, Flavor, VmConfig, MAX_BODY_BYTES};
 
 use crate::api_server::{ApiServer, DEFAULT_SOCKET_MODE};
 use crate::builder::BuiltVm;
-use crate::dispatch::{self, PreBoot};
 use crate::error::{Error, Result};
 use crate::events::{ShutdownReason, SignalForwarder, VmEvent};
 use crate::persist::RestoreSource;
+use crate::session::{answer_running, Session};
 use crate::vmm::{StartMode, Vmm};
 
 /// Builds and runs the VM `config` describes, returning how it ended.
@@ -64,32 +64,22 @@ pub fn run_api_config(mut api: ApiConfig, options: &ApiOptions) -> Result<Shutdo
         options.socket_mode,
     )?;
     api.flavor = options.flavor;
-    let (built, mode) = if api.vm.kernel.is_some() {
-        (BuiltVm::build(&api.vm)?, StartMode::Running)
+    let boot_at_once = api.vm.kernel.is_some();
+    let mut session = Session::with_events(api, events_tx.clone(), events_rx);
+    if boot_at_once {
+        session.boot()?;
     } else {
-        let signals = SignalForwarder::start(events_tx.clone())
+        let signals = SignalForwarder::start(events_tx)
             .map_err(|e| Error::Thread(crate::thread_names::SIGNALS, e))?;
-        let start = wait_for_configuration(&mut api, &events_rx)?;
+        let signal = wait_for_configuration(&mut session)?;
         // The running VM forwards signals on its own.
         drop(signals);
-        match start {
-            Start::Boot(built) => (*built, StartMode::Running),
-            Start::Restored(built, true) => (*built, StartMode::PausedThenResumed),
-            Start::Restored(built, false) => (*built, StartMode::Paused),
-            Start::Signal(signal) => {
-                crate::metrics::flush_at_exit();
-                return Ok(ShutdownReason::Signal(signal));
-            }
+        if let Some(signal) = signal {
+            crate::metrics::flush_at_exit();
+            return Ok(ShutdownReason::Signal(signal));
         }
-    };
-    let mut built = built;
-    // A restored VM knows its interfaces' ids from its state file; a booted one from the API.
-    if built.iface_ids.is_empty() {
-        built.iface_ids = api.iface_ids;
     }
-    run_to_end(Vmm::start_with_events(
-        built, mode, api.flavor, events_tx, events_rx,
-    )?)
+    run_to_end(session.into_vmm()?)
 }
 
 /// Restores the snapshot `source` in this process and runs it (paused unless `resume`), with
@@ -130,9 +120,7 @@ pub fn restore_vm(
 fn run_to_end(mut vmm: Vmm) -> Result<ShutdownReason> {
     // Every other thread runs now; the main thread is confined for the rest of the process.
     crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm);
-    let outcome = vmm.wait_for_end(|vmm, request| {
-        counted(&request.clone(), || dispatch::handle_running(vmm, request))
-    });
+    let outcome = vmm.wait_for_end(answer_running);
     let stopped_at = vmm.shutdown();
     // The last line: what happened since the previous one, however the VM ended.
     crate::metrics::flush_at_exit();
@@ -145,52 +133,18 @@ fn run_to_end(mut vmm: Vmm) -> Result<ShutdownReason> {
     outcome
 }
 
-/// Answers a request with `answer` and counts it in the metrics.
-fn counted(
-    request: &vmm_api::ApiRequest,
-    answer: impl FnOnce() -> vmm_api::ApiResponse,
-) -> vmm_api::ApiResponse {
-    let started = std::time::Instant::now();
-    let response = answer();
-    crate::metrics::record_api_request(request, response.status, started.elapsed());
-    response
-}
-
-/// What ended the wait for configuration.
-enum Start {
-    Boot(Box<BuiltVm>),
-    Restored(Box<BuiltVm>, bool),
-    Signal(i32),
-}
-
-fn wait_for_configuration(api: &mut ApiConfig, events: &Receiver<VmEvent>) -> Result<Start> {
-    loop {
-        let (request, reply) = match events.recv() {
-            Ok(VmEvent::Api(request, reply)) => (*request, reply),
-            Ok(VmEvent::Signal(signal)) => return Ok(Start::Signal(signal)),
-            Ok(_) => continue,
+/// Answers requests before boot until one starts the VM (`None`) or a termination signal
+/// comes (`Some(signal)`).
+fn wait_for_configuration(session: &mut Session) -> Result<Option<i32>> {
+    while let Some(event) = session.next_pre_boot_event() {
+        match event {
+            Ok(VmEvent::Api(request, reply)) => {
+                let _ = reply.send(session.handle(*request));
+            }
+            Ok(VmEvent::Signal(signal)) => return Ok(Some(signal)),
+            Ok(_) => {}
             Err(_) => return Err(Error::EventChannelLost),
-        };
-        let kind = request.clone();
-        let mut status = 204;
-        let started = std::time::Instant::now();
-        let outcome = dispatch::handle_pre_boot(api, request);
-        if let PreBoot::Answer(response) = &outcome {
-            status = response.status;
-        }
-        crate::metrics::record_api_request(&kind, status, started.elapsed());
-        match outcome {
-            PreBoot::Answer(response) => {
-                let _ = reply.send(response);
-            }
-            PreBoot::Boot(built) => {
-                let _ = reply.send(vmm_api::ApiResponse::no_content());
-                return Ok(Start::Boot(built));
-            }
-            PreBoot::Restored(built, resume) => {
-                let _ = reply.send(vmm_api::ApiResponse::no_content());
-                return Ok(Start::Restored(built, resume));
-            }
         }
     }
+    Ok(None)
 }

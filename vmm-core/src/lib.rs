@@ -5,7 +5,8 @@
 //! [`BuiltVm::build`] (or [`BuiltVm::restore`] from a snapshot) builds it; [`Vmm::start`] runs
 //! it and gives typed operations ([`Vmm::pause`], [`Vmm::resume`], [`Vmm::snapshot`],
 //! [`Vmm::set_balloon_target`], [`Vmm::state`], [`Vmm::shutdown`]); the control API maps its
-//! requests onto them in one place (`dispatch.rs`).
+//! requests onto them in one place (`dispatch.rs`), and [`Session`] drives one VM's whole life
+//! through those requests, as the API server does, without a socket.
 //!
 //! The configuration it takes ([`vmm_api::VmConfig`]) and the control API's requests come from
 //! `vmm-api`; `vmm-cli` composes the two with `vmm-fleet`.
@@ -25,6 +26,7 @@ pub mod output_file;
 mod persist;
 mod pvm;
 pub mod seccomp;
+mod session;
 pub mod snapshot;
 mod stoppable;
 mod terminal;
@@ -47,5 +49,6 @@ pub use events::{ShutdownReason, CONSOLE_QUIT_EXIT_CODE};
 pub use persist::{merge_diff_snapshot, RestoreSource, VmSnapshot};
 pub use pvm::{is_pvm_host, PVM_EXPLANATION};
 pub use seccomp::{SeccompConfig, SeccompError};
+pub use session::Session;
 pub use virtio_devices::{disk_format, AttachedDevice};
 pub use vmm::{StartMode, Vmm};

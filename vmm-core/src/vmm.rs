@@ -2,7 +2,7 @@
 //! Ctrl+Alt+Del, state) and its shutdown. The control API reaches these through
 //! `dispatch.rs`; a program embedding this crate calls them directly.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 use vmm_api::{
@@ -447,6 +447,22 @@ impl Vmm {
             }
             Some(path) => {
                 let path = std::path::PathBuf::from(path);
+                // The image of another drive would be written by two devices at once, and a
+                // snapshot of this VM could never be restored (a build refuses it). Compared by
+                // inode: the running VMM's seccomp filter allows stat, not realpath's readlink.
+                if let Some(other) = (0..self.config.vm.disk.len())
+                    .filter(|&i| i != index)
+                    .find(|&i| same_file(&path, &self.config.vm.disk[i].path))
+                {
+                    return Err(Error::Request(vmm_api::ApiError::InvalidValue {
+                        field: "path_on_host",
+                        why: format!(
+                            "{} is the image of drive {:?} already: a disk cannot be attached twice",
+                            path.display(),
+                            self.config.drive_id(other).unwrap_or_default()
+                        ),
+                    }));
+                }
                 // Any format, detected from the new file's magic; a LUKS disk's new image opens
                 // with the same key.
                 let mut disk = self.config.vm.disk[index].clone();
@@ -517,25 +533,51 @@ impl Vmm {
         mut on_request: impl FnMut(&mut Vmm, ApiRequest) -> ApiResponse,
     ) -> Result<ShutdownReason> {
         loop {
-            match self.events.recv() {
-                Ok(VmEvent::GuestReset) => return Ok(ShutdownReason::GuestReset),
-                Ok(VmEvent::GuestPowerOff) => return Ok(ShutdownReason::GuestPowerOff),
-                Ok(VmEvent::ConsoleQuit) => return Ok(ShutdownReason::ConsoleQuit),
-                Ok(VmEvent::Vcpu(Ok(reason))) => {
-                    if let Some(reason) = ShutdownReason::from_vcpu(reason) {
-                        return Ok(reason);
-                    }
-                }
-                Ok(VmEvent::Vcpu(Err(e))) => return Err(e.into()),
-                Ok(VmEvent::VcpuPanicked(index)) => return Err(Error::VcpuPanicked(index)),
-                Ok(VmEvent::EventLoopFailed(e)) => return Err(Error::EventLoop(e)),
-                Ok(VmEvent::Signal(signal)) => return Ok(ShutdownReason::Signal(signal)),
-                Ok(VmEvent::Api(request, reply)) => {
-                    let _ = reply.send(on_request(self, *request));
-                }
-                Err(_) => return Err(Error::EventChannelLost),
+            let event = self.events.recv().map_err(|_| Error::EventChannelLost)?;
+            if let Some(end) = self.on_event(event, &mut on_request) {
+                return end;
             }
         }
+    }
+
+    /// [`Vmm::wait_for_end`] without waiting: takes the events already there and says how the
+    /// VM ended, `None` while it has not.
+    pub fn poll_end(
+        &mut self,
+        mut on_request: impl FnMut(&mut Vmm, ApiRequest) -> ApiResponse,
+    ) -> Option<Result<ShutdownReason>> {
+        loop {
+            let event = match self.events.try_recv() {
+                Ok(event) => event,
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => return Some(Err(Error::EventChannelLost)),
+            };
+            if let Some(end) = self.on_event(event, &mut on_request) {
+                return Some(end);
+            }
+        }
+    }
+
+    /// Acts on one event: how the VM ended, or `None` when it goes on.
+    fn on_event(
+        &mut self,
+        event: VmEvent,
+        on_request: &mut impl FnMut(&mut Vmm, ApiRequest) -> ApiResponse,
+    ) -> Option<Result<ShutdownReason>> {
+        Some(match event {
+            VmEvent::GuestReset => Ok(ShutdownReason::GuestReset),
+            VmEvent::GuestPowerOff => Ok(ShutdownReason::GuestPowerOff),
+            VmEvent::ConsoleQuit => Ok(ShutdownReason::ConsoleQuit),
+            VmEvent::Vcpu(Ok(reason)) => Ok(ShutdownReason::from_vcpu(reason)?),
+            VmEvent::Vcpu(Err(e)) => Err(e.into()),
+            VmEvent::VcpuPanicked(index) => Err(Error::VcpuPanicked(index)),
+            VmEvent::EventLoopFailed(e) => Err(Error::EventLoop(e)),
+            VmEvent::Signal(signal) => Ok(ShutdownReason::Signal(signal)),
+            VmEvent::Api(request, reply) => {
+                let _ = reply.send(on_request(self, *request));
+                return None;
+            }
+        })
     }
 
     /// Stops the vCPU threads and the event loop and releases the VM. Returns where each
@@ -558,6 +600,16 @@ impl Vmm {
             .filter_map(|vcpu| Some((vcpu.index(), vcpu.fd().get_regs().ok()?.rip)))
             .collect()
     }
+}
+
+/// Whether `a` and `b` name the same file: the same path, or the same device and inode.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a == b
+        || matches!(
+            (std::fs::metadata(a), std::fs::metadata(b)),
+            (Ok(x), Ok(y)) if (x.dev(), x.ino()) == (y.dev(), y.ino())
+        )
 }
 
 /// Applies a PATCH body's limiter to the configured one: buckets left out stay, buckets with
