@@ -375,13 +375,21 @@ impl<M: GuestMemoryBackend + Send + 'static> VirtioDevice<M> for Vsock<M> {
             event,
             interrupt,
         });
-        if std::mem::take(&mut self.restored) {
-            self.send_transport_reset()
-                .inspect_err(|_| metrics.activate_fails.inc())?;
+        let mut started = || {
+            if std::mem::take(&mut self.restored) {
+                self.send_transport_reset()?;
+            }
+            // The driver may have queued packets before DRIVER_OK.
+            self.kick(true)
+        };
+        let result = started();
+        if result.is_err() {
+            // The transport leaves DRIVER_OK clear on a failed activation: the device must
+            // not stay active behind it (nor keep what it took from the broken rings).
+            metrics.activate_fails.inc();
+            self.reset();
         }
-        // The driver may have queued packets before DRIVER_OK.
-        self.kick(true)
-            .inspect_err(|_| metrics.activate_fails.inc())
+        result
     }
 
     fn reset(&mut self) {

@@ -757,6 +757,26 @@ fn descriptor_loop_and_hostile_avail_index_do_not_hang() {
 }
 
 #[test]
+fn a_failed_activation_leaves_the_device_inactive() {
+    // Activation drains the transmit queue; an available index far ahead of the device fails
+    // it. The transport then leaves DRIVER_OK clear, so the device must not stay active.
+    let mut env = Env::inactive();
+    env.drv
+        .mem
+        .write_obj(1000u16.to_le(), GuestAddress(env.drv.tx.avail + 2))
+        .unwrap();
+    assert!(env.drv.activate(&mut env.dev, 0).is_err());
+    assert!(!env.dev.is_activated());
+
+    // A driver that resets and sets up sane rings gets a working device.
+    env.dev.reset();
+    env.drv = GuestDriver::new(CID);
+    env.drv.post_rx(4, 4096);
+    env.drv.activate(&mut env.dev, 0).unwrap();
+    assert!(env.dev.is_activated());
+}
+
+#[test]
 fn control_packets_wait_for_rx_buffers_and_tx_waits_when_they_pile_up() {
     let mut env = Env::inactive();
     env.drv
