@@ -141,7 +141,7 @@ fn set_root_tokens(config: &mut VmConfig, new: Option<String>) {
 }
 
 /// The id a disk is known by in the API: its id, or `disk<N>` for one configured without.
-fn disk_api_id(disk: &DiskConfig, index: usize) -> String {
+pub(crate) fn disk_api_id(disk: &DiskConfig, index: usize) -> String {
     disk.id.clone().unwrap_or_else(|| format!("disk{index}"))
 }
 

@@ -28,10 +28,12 @@ pub enum DeviceConfigError {
         why: String,
     },
     /// Two disks with the same id.
-    #[error("two disks have the id {0:?}: disk ids must be unique")]
+    #[error(
+        "two disks have the id {0:?}: disk ids must be unique (a disk without one is disk<N>, N its position from 0)"
+    )]
     DuplicateDiskId(String),
     /// One file attached twice (it would be written by two devices at once).
-    #[error("disk {0} is attached twice")]
+    #[error("disk {0:?} is attached twice")]
     DuplicateDiskPath(PathBuf),
     /// Two network devices on the same tap.
     #[error("two network devices use tap {0:?}")]

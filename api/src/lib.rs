@@ -36,6 +36,7 @@
 
 mod apply;
 pub mod client;
+pub mod config_file;
 pub mod device_config;
 mod http;
 mod memory_size;
@@ -53,6 +54,7 @@ pub use apply::{
     ApiConfig, MAX_DRIVE_ID_BYTES,
 };
 pub use client::{ApiClient, ClientError, ClientResponse};
+pub use config_file::{ConfigFileError, FirecrackerConfigFile};
 pub use device_config::{
     parse_mac, BalloonConfig, DeviceConfigError, DiskConfig, DiskFormat, NetConfig, VerityConfig,
     VsockConfig,

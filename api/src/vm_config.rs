@@ -302,12 +302,14 @@ impl VmConfig {
 fn validate_devices(config: &VmConfig) -> Result<(), DeviceConfigError> {
     let mut ids = HashSet::new();
     let mut paths = HashSet::new();
-    for disk in &config.disk {
-        if let Some(id) = &disk.id {
-            if !ids.insert(id.as_str()) {
-                return Err(DeviceConfigError::DuplicateDiskId(id.clone()));
-            }
+    for (index, disk) in config.disk.iter().enumerate() {
+        // The API knows a disk without an id as `disk<N>`: an explicit id may not take the
+        // name of another disk either, or two drives would answer to one drive_id.
+        let id = crate::apply::disk_api_id(disk, index);
+        if ids.contains(&id) {
+            return Err(DeviceConfigError::DuplicateDiskId(id));
         }
+        ids.insert(id);
         // Canonical paths catch the same file under two names; a missing file is reported
         // when it is opened.
         let key = std::fs::canonicalize(&disk.path).unwrap_or_else(|_| disk.path.clone());
@@ -467,11 +469,30 @@ mod tests {
             validate_devices(&c),
             Err(DeviceConfigError::DuplicateDiskId(_))
         ));
+        // An explicit id equal to the `disk<N>` name of a disk without one.
+        c.disk = vec![
+            "path=/a,id=disk1".parse().unwrap(),
+            "path=/b".parse().unwrap(),
+        ];
+        assert!(matches!(
+            validate_devices(&c),
+            Err(DeviceConfigError::DuplicateDiskId(id)) if id == "disk1"
+        ));
         c.disk = vec!["path=/a".parse().unwrap(), "path=/a".parse().unwrap()];
         assert!(matches!(
             validate_devices(&c),
             Err(DeviceConfigError::DuplicateDiskPath(_))
         ));
+        // A path with a line break still gives a one-line message.
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel": "/k", "disk": [{"path": "a\nb"}, {"path": "a\nb"}]}"#,
+        )
+        .unwrap();
+        let message = c.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("attached twice") && !message.contains('\n'),
+            "{message}"
+        );
         let mut c = base.clone();
         c.net = vec!["tap=t0".parse().unwrap(), "tap=t0".parse().unwrap()];
         assert!(matches!(

@@ -9,117 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use serde::Deserialize;
-use vmm_api::{
-    ApiConfig, ApiRequest, Balloon, BootSource, Drive, EntropyDevice, Flavor, LogLevel, Logger,
-    MachineConfig, Metrics, NetworkInterface, VmConfig, Vsock, FIRECRACKER_VERSION, MAX_BODY_BYTES,
-};
+use vmm_api::{ApiConfig, FirecrackerConfigFile, Flavor, Logger, VmConfig, FIRECRACKER_VERSION};
+use vmm_cli::firecracker_args::FirecrackerArgs;
 use vmm_core::logger::{self, LogStyle};
-
-/// Firecracker's default API socket.
-pub const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
-
-/// Firecracker's flags.
-#[derive(Parser, Debug)]
-#[command(
-    name = "firecracker",
-    disable_version_flag = true,
-    about = "A KVM virtual machine monitor, run under Firecracker's name and command line"
-)]
-pub struct FirecrackerArgs {
-    /// Path to the API socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_API_SOCK)]
-    api_sock: PathBuf,
-    /// The API socket file's permissions, in octal (not a Firecracker flag; only root and the
-    /// VMM's own uid are served, whatever they are).
-    #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = crate::parse_socket_mode)]
-    api_sock_mode: u32,
-    /// MicroVM unique identifier (letters, digits and '-', at most 64).
-    #[arg(long, value_name = "ID", default_value = vmm_api::DEFAULT_INSTANCE_ID)]
-    id: String,
-    /// Path to a file that contains the microVM configuration in JSON format; the VM boots at
-    /// once and the API keeps serving.
-    #[arg(long, value_name = "FILE")]
-    config_file: Option<PathBuf>,
-    /// Start and run the microVM without the API socket (needs --config-file).
-    #[arg(long, requires = "config_file")]
-    no_api: bool,
-    /// Path to a file or named pipe for the human-readable log.
-    #[arg(long, value_name = "PATH")]
-    log_path: Option<PathBuf>,
-    /// Log level: Error, Warning, Info, Debug, Trace or Off.
-    #[arg(long, value_name = "LEVEL")]
-    level: Option<LogLevel>,
-    /// Only log records from this module path.
-    #[arg(long, value_name = "MODULE")]
-    module: Option<String>,
-    /// Show the level in each log line.
-    #[arg(long)]
-    show_level: bool,
-    /// Show the source file and line of each log line.
-    #[arg(long)]
-    show_log_origin: bool,
-    /// Path to a file or named pipe for the metrics.
-    #[arg(long, value_name = "PATH")]
-    metrics_path: Option<PathBuf>,
-    /// Log how long the guest took to boot once it writes 123 to the boot timer (MMIO
-    /// 0xcffff000, the page below the virtio-mmio window).
-    #[arg(long)]
-    boot_timer: bool,
-    /// Disable seccomp filtering (by default every thread gets a filter for its kind).
-    #[arg(long, conflicts_with = "seccomp_filter")]
-    no_seccomp: bool,
-    /// Custom seccomp filters in seccompiler's JSON format (not Firecracker's compiled BPF
-    /// file): "vmm", "api" and "vcpu" filters, and optionally "events", "signals" and
-    /// "metrics" (which default to "vmm"'s).
-    #[arg(long, value_name = "FILE")]
-    seccomp_filter: Option<PathBuf>,
-    /// Largest API request body, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = MAX_BODY_BYTES)]
-    http_api_max_payload_size: usize,
-    /// Process start time (wall clock, microseconds), as the jailer passes it.
-    #[arg(long, value_name = "US")]
-    start_time_us: Option<u64>,
-    /// Process start CPU time (microseconds), as the jailer passes it.
-    #[arg(long, value_name = "US")]
-    start_time_cpu_us: Option<u64>,
-    /// The parent's CPU time (microseconds), as the jailer passes it.
-    #[arg(long, value_name = "US")]
-    parent_cpu_time_us: Option<u64>,
-    /// Print the Firecracker version this binary implements, and exit.
-    #[arg(long)]
-    version: bool,
-    /// A file of MMDS metadata (refused: no metadata service here).
-    #[arg(long, value_name = "FILE")]
-    metadata: Option<PathBuf>,
-    /// MMDS data store limit (refused: no metadata service here).
-    #[arg(long, value_name = "BYTES")]
-    mmds_size_limit: Option<u64>,
-    /// PCIe transport (refused: devices are on virtio-mmio).
-    #[arg(long)]
-    enable_pci: bool,
-}
-
-/// Firecracker's `--config-file`: the API's bodies under their endpoint names.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(rename = "boot-source")]
-    boot_source: Option<BootSource>,
-    #[serde(rename = "machine-config")]
-    machine_config: Option<MachineConfig>,
-    #[serde(default)]
-    drives: Option<Vec<Drive>>,
-    #[serde(rename = "network-interfaces", default)]
-    network_interfaces: Option<Vec<NetworkInterface>>,
-    vsock: Option<Vsock>,
-    entropy: Option<EntropyDevice>,
-    balloon: Option<Balloon>,
-    logger: Option<Logger>,
-    metrics: Option<Metrics>,
-    #[serde(rename = "mmds-config")]
-    mmds_config: Option<serde_json::Value>,
-}
 
 /// Errors of the `firecracker` front end.
 #[derive(Debug, thiserror::Error)]
@@ -256,12 +148,7 @@ fn run(args: FirecrackerArgs) -> Result<ExitCode, FcError> {
 fn apply_config_file(api: &mut ApiConfig, path: &Path) -> Result<(), FcError> {
     let bad = |why: String| FcError::Config(path.to_path_buf(), why);
     let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let file: ConfigFile = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
-    if file.mmds_config.is_some() {
-        return Err(bad(
-            "mmds-config: the microVM metadata service (MMDS) is not supported".into(),
-        ));
-    }
+    let file = FirecrackerConfigFile::parse(&text).map_err(|e| bad(e.to_string()))?;
     if let Some(config) = &file.logger {
         logger::configure(config).map_err(|e| bad(format!("logger: {e}")))?;
     }
@@ -269,96 +156,12 @@ fn apply_config_file(api: &mut ApiConfig, path: &Path) -> Result<(), FcError> {
         vmm_core::metrics::configure(Path::new(&metrics.metrics_path))
             .map_err(|e| bad(format!("metrics: {e}")))?;
     }
-    let boot = file
-        .boot_source
-        .ok_or_else(|| bad("boot-source is required".into()))?;
-    let mut requests = vec![ApiRequest::PutBootSource(boot)];
-    if let Some(machine) = file.machine_config {
-        requests.push(ApiRequest::PutMachineConfig(machine));
-    }
-    requests.extend(
-        file.drives
-            .unwrap_or_default()
-            .into_iter()
-            .map(ApiRequest::PutDrive),
-    );
-    requests.extend(
-        file.network_interfaces
-            .unwrap_or_default()
-            .into_iter()
-            .map(ApiRequest::PutNetworkInterface),
-    );
-    requests.extend(file.vsock.map(ApiRequest::PutVsock));
-    requests.extend(file.entropy.map(ApiRequest::PutEntropy));
-    requests.extend(file.balloon.map(ApiRequest::PutBalloon));
-    for request in requests {
-        api.apply(&request).map_err(|e| bad(e.to_string()))?;
-    }
-    Ok(())
+    file.apply(api).map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(args: &[&str]) -> Result<FirecrackerArgs, clap::Error> {
-        FirecrackerArgs::try_parse_from(std::iter::once("firecracker").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn firecrackers_flags_parse_with_its_defaults() {
-        let args = parse(&[]).unwrap();
-        assert_eq!(args.api_sock, PathBuf::from(DEFAULT_API_SOCK));
-        assert_eq!(args.id, "anonymous-instance");
-        assert_eq!(args.http_api_max_payload_size, 51200);
-        assert_eq!(args.api_sock_mode, 0o600);
-        assert_eq!(
-            parse(&["--api-sock-mode", "660"]).unwrap().api_sock_mode,
-            0o660
-        );
-        assert!(parse(&["--api-sock-mode", "rw"]).is_err());
-        let args = parse(&[
-            "--api-sock",
-            "/tmp/x.sock",
-            "--id",
-            "vm-1",
-            "--level",
-            "debug",
-            "--show-level",
-            "--show-log-origin",
-            "--log-path",
-            "/tmp/log",
-            "--metrics-path",
-            "/tmp/m",
-            "--boot-timer",
-            "--no-seccomp",
-            "--http-api-max-payload-size",
-            "1000",
-            "--start-time-us",
-            "1",
-            "--start-time-cpu-us",
-            "2",
-            "--parent-cpu-time-us",
-            "3",
-        ])
-        .unwrap();
-        assert_eq!(args.level, Some(LogLevel::Debug));
-        assert!(args.show_level && args.show_log_origin && args.boot_timer && args.no_seccomp);
-        assert_eq!(args.start_time_us, Some(1));
-    }
-
-    #[test]
-    fn bad_command_lines_are_refused() {
-        for bad in [
-            vec!["--no-api"],
-            vec!["--frobnicate"],
-            vec!["--level", "loud"],
-            vec!["--no-seccomp", "--seccomp-filter", "/f"],
-            vec!["run"],
-        ] {
-            assert!(parse(&bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn a_config_file_configures_every_device() {

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use vmm_api::{
     BalloonConfig, DiskConfig, ElfEntry, MemorySize, NetConfig, SerialMode, VmConfig, VsockConfig,
 };
+use vmm_cli::parse_socket_mode;
 
 #[derive(Parser)]
 #[command(
@@ -356,17 +357,6 @@ mod firecracker;
 mod fleet;
 mod jailer;
 
-/// `--api-sock-mode`: file permission bits in octal (`600`, `0600` or `0o600`).
-fn parse_socket_mode(text: &str) -> Result<u32, String> {
-    let digits = text.strip_prefix("0o").unwrap_or(text);
-    match u32::from_str_radix(digits, 8) {
-        Ok(mode) if !digits.is_empty() && mode <= 0o7777 => Ok(mode),
-        _ => Err(format!(
-            "`{text}` is not a file mode in octal (0000 to 7777, such as 0600)"
-        )),
-    }
-}
-
 /// One line: the error and every cause, joined by ": ".
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     vmm_core::error_chain(error)
@@ -544,12 +534,6 @@ mod tests {
 
     #[test]
     fn socket_modes_are_octal() {
-        assert_eq!(parse_socket_mode("0600"), Ok(0o600));
-        assert_eq!(parse_socket_mode("660"), Ok(0o660));
-        assert_eq!(parse_socket_mode("0o666"), Ok(0o666));
-        for bad in ["", "0o", "0800", "rw", "10000", "-600"] {
-            assert!(parse_socket_mode(bad).is_err(), "{bad}");
-        }
         let cli = Cli::try_parse_from(["vmm", "run", "--api-sock", "s"]).unwrap();
         let Command::Run(args) = cli.command else {
             panic!("not run")
