@@ -213,8 +213,33 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         line.push_str("; ");
         line.push_str(crate::pvm::PVM_ADVICE);
     }
+    // A message may quote hostile input as it came (serde_json names an unknown key verbatim):
+    // escaped, a line break in it cannot split the line.
+    if line.contains(['\n', '\r']) {
+        line = line.replace('\n', "\\n").replace('\r', "\\r");
+    }
     line
 }
 
 /// Result of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    #[test]
+    fn a_line_break_quoted_from_input_stays_on_one_line() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Config {
+            vcpus: u8,
+        }
+        let error = serde_json::from_str::<Config>("{\"a\\nb\\rc\": 1}").unwrap_err();
+        assert!(error.to_string().contains('\n'), "{error}");
+        let line = chain(&error);
+        assert!(!line.contains(['\n', '\r']), "{line}");
+        assert!(line.contains("a\\nb\\rc"), "{line}");
+    }
+}
