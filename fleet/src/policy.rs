@@ -111,6 +111,26 @@ pub trait Policy: Send {
     }
 }
 
+/// A policy seen only through [`Policy::select`] (not incremental): a simulator or runner then
+/// asks it over every active job at each decision, the straightforward O(n) reference that an
+/// incremental policy's [`Policy::decide`] must match. For tests and fuzzing.
+pub struct SelectOnly(pub Box<dyn Policy>);
+
+impl Policy for SelectOnly {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn preemptive(&self) -> bool {
+        self.0.preemptive()
+    }
+    fn quantum_ms(&self) -> Option<u64> {
+        self.0.quantum_ms()
+    }
+    fn select(&mut self, now_ms: u64, jobs: &[JobView], capacity: Capacity) -> Vec<usize> {
+        self.0.select(now_ms, jobs, capacity)
+    }
+}
+
 /// Builds a policy by name: `fcfs`, `sjf`, `srtf` or `rr` (which needs a quantum of at least
 /// 1 ms; the others take none).
 pub fn policy_by_name(name: &str, quantum_ms: Option<u64>) -> Result<Box<dyn Policy>, FleetError> {

@@ -360,7 +360,7 @@ pub fn synthetic_jobs(count: usize, seed: u64, mean_gap_ms: u64, mean_burst_ms: 
 #[cfg(test)]
 mod tests {
     use super::super::jobs::JobsFile;
-    use super::super::policy::policy_by_name;
+    use super::super::policy::{policy_by_name, SelectOnly};
     use super::super::report::gantt_svg;
     use super::*;
 
@@ -670,24 +670,6 @@ mod tests {
         }
     }
 
-    /// A built-in policy seen only through `select`: the straightforward O(n)-per-decision
-    /// reference the incremental `decide` must match.
-    struct Reference(Box<dyn Policy>);
-    impl Policy for Reference {
-        fn name(&self) -> &'static str {
-            self.0.name()
-        }
-        fn preemptive(&self) -> bool {
-            self.0.preemptive()
-        }
-        fn quantum_ms(&self) -> Option<u64> {
-            self.0.quantum_ms()
-        }
-        fn select(&mut self, now: u64, jobs: &[JobView], capacity: Capacity) -> Vec<usize> {
-            self.0.select(now, jobs, capacity)
-        }
-    }
-
     /// A seeded xorshift generator.
     struct Rng(u64);
     impl Rng {
@@ -748,7 +730,7 @@ mod tests {
                 ("rr", Some(quantum)),
             ] {
                 let fast = run(&list, name, q, host);
-                let mut reference = Reference(policy_by_name(name, q).unwrap());
+                let mut reference = SelectOnly(policy_by_name(name, q).unwrap());
                 assert!(!reference.incremental());
                 let slow = simulate(&list, &mut reference, host);
                 assert_eq!(

@@ -30,6 +30,9 @@ use vmm_api::{ApiConfig, ApiResponse, InstanceInfo, InstanceState, MemorySize, R
 use vmm_api::{SerialMode, VmConfig};
 use vmm_core::Session;
 
+#[path = "common/tiny_guest.rs"]
+mod tiny_guest;
+
 /// The longest sequence one input makes.
 const MAX_OPS: usize = 24;
 /// Disk images made in each run's folder.
@@ -51,28 +54,7 @@ struct Setup {
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
-        if let Err(e) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-        {
-            panic!("api_session needs /dev/kvm to boot its guest, and it cannot be opened: {e}");
-        }
-        let dir = std::env::var_os("VMM_GUEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/guest")
-            });
-        let guest = dir.join("tiny-pvh.elf");
-        assert!(
-            guest.exists(),
-            "{} is missing: set VMM_GUEST_DIR to the guest image folder",
-            guest.display()
-        );
-        let guest = guest.canonicalize().expect("the guest's path");
-        let root = std::env::temp_dir().join(format!("vmm-fuzz-session-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).expect("the fuzzer's folder");
+        let (guest, root) = tiny_guest::tiny_guest_and_scratch("api_session");
         Setup {
             root,
             guest,

@@ -24,6 +24,9 @@ use vmm_api::{
 use vmm_core::snapshot::SnapshotFile;
 use vmm_core::{error_chain, BuiltVm, RestoreSource, StartMode, Vmm};
 
+#[path = "common/tiny_guest.rs"]
+mod tiny_guest;
+
 /// Mutations one input makes at most.
 const MAX_MUTATIONS: usize = 8;
 /// How deep a path goes into the JSON at most.
@@ -41,29 +44,7 @@ struct Original {
 fn original() -> &'static Original {
     static ORIGINAL: OnceLock<Original> = OnceLock::new();
     ORIGINAL.get_or_init(|| {
-        if let Err(e) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-        {
-            panic!(
-                "snapshot_state needs /dev/kvm to make its snapshot, and it cannot be opened: {e}"
-            );
-        }
-        let guest_dir = std::env::var_os("VMM_GUEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/guest")
-            });
-        let guest = guest_dir.join("tiny-pvh.elf");
-        assert!(
-            guest.exists(),
-            "{} is missing: set VMM_GUEST_DIR to the guest image folder",
-            guest.display()
-        );
-        let dir = std::env::temp_dir().join(format!("vmm-fuzz-snapshot-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("the fuzzer's folder");
+        let (guest, dir) = tiny_guest::tiny_guest_and_scratch("snapshot_state");
         let disk = dir.join("disk.img");
         std::fs::write(&disk, vec![0u8; 64 << 10]).expect("the disk image");
         let config = VmConfig {

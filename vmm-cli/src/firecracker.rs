@@ -163,35 +163,23 @@ fn apply_config_file(api: &mut ApiConfig, path: &Path) -> Result<(), FcError> {
 mod tests {
     use super::*;
 
+    /// The file's sections are vmm-api's (config_file.rs tests every one); here: the file is
+    /// read, applied, and a refusal or an unreadable file is one error naming the file's problem.
     #[test]
-    fn a_config_file_configures_every_device() {
+    fn a_config_file_is_read_and_applied() {
         let dir = std::env::temp_dir().join(format!("fc-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("vm.json");
         std::fs::write(
             &file,
-            r#"{
-              "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0", "initrd_path": null},
-              "machine-config": {"vcpu_count": 2, "mem_size_mib": 256, "smt": false},
-              "drives": [
-                {"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": false},
-                {"drive_id": "drive_0", "path_on_host": "/p0", "is_root_device": false, "is_read_only": false}
-              ],
-              "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:00:00:00:01"}],
-              "vsock": {"guest_cid": 3, "uds_path": "/v.sock"},
-              "entropy": {},
-              "balloon": {"amount_mib": 0, "deflate_on_oom": true}
-            }"#,
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "machine-config": {"vcpu_count": 2, "mem_size_mib": 256}}"#,
         )
         .unwrap();
         let mut api = ApiConfig::new(VmConfig::default());
         apply_config_file(&mut api, &file).unwrap();
         assert_eq!(api.vm.kernel, Some(PathBuf::from("/k")));
         assert_eq!(api.vm.vcpus, 2);
-        assert_eq!(api.vm.disk.len(), 2);
-        assert_eq!(api.vm.disk[1].id.as_deref(), Some("drive_0"));
-        assert_eq!(api.iface_ids, ["eth0"]);
-        assert!(api.vm.rng && api.vm.vsock.is_some() && api.vm.balloon.is_some());
         std::fs::write(
             &file,
             r#"{"boot-source": {"kernel_image_path": "/k"}, "mmds-config": {}}"#,
@@ -199,13 +187,10 @@ mod tests {
         .unwrap();
         let error = apply_config_file(&mut api, &file).unwrap_err().to_string();
         assert!(error.contains("MMDS"), "{error}");
-        std::fs::write(
-            &file,
-            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1}}"#,
-        )
-        .unwrap();
-        let error = apply_config_file(&mut api, &file).unwrap_err().to_string();
-        assert!(error.contains("boot-source"), "{error}");
+        let error = apply_config_file(&mut api, &dir.join("absent.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains('\n'), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,26 +1,7 @@
 //! Invariants of a simulated fleet [`Schedule`], shared by the fleet targets.
 
-use vmm_fleet::policy::{JobView, Policy};
+use vmm_fleet::policy::SelectOnly;
 use vmm_fleet::{policy_by_name, simulate, Capacity, Job, Schedule};
-
-/// A built-in policy seen only through `select`: the simulator then asks it over all active
-/// jobs at every decision, the straightforward reference the incremental `decide` must match.
-struct Reference(Box<dyn Policy>);
-
-impl Policy for Reference {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-    fn preemptive(&self) -> bool {
-        self.0.preemptive()
-    }
-    fn quantum_ms(&self) -> Option<u64> {
-        self.0.quantum_ms()
-    }
-    fn select(&mut self, now: u64, jobs: &[JobView], capacity: Capacity) -> Vec<usize> {
-        self.0.select(now, jobs, capacity)
-    }
-}
 
 /// Simulates `jobs` under every built-in policy (round robin with `quantum`), checks each
 /// schedule, and compares the incremental policies with their `select` reference.
@@ -35,7 +16,7 @@ pub fn check_all_policies(jobs: &[Job], capacity: Capacity, quantum: u64) {
         assert!(policy.incremental(), "{name}");
         let schedule = simulate(jobs, policy.as_mut(), capacity);
         check_schedule(jobs, capacity, &schedule, !policy.preemptive());
-        let mut reference = Reference(policy_by_name(name, q).expect("a built-in policy"));
+        let mut reference = SelectOnly(policy_by_name(name, q).expect("a built-in policy"));
         let slow = simulate(jobs, &mut reference, capacity);
         assert_eq!(
             schedule, slow,
