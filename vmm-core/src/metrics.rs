@@ -507,6 +507,13 @@ pub fn configure(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a metrics file is configured. `PUT /metrics` is accepted before boot only (as in
+/// Firecracker), and the front ends' `--metrics-path` and config file are read before boot too,
+/// so what this says at boot holds for the VM's whole run.
+pub(crate) fn is_configured() -> bool {
+    crate::lock(&SINK).is_some()
+}
+
 /// Records the process start times the jailer passes (`--start-time-us`,
 /// `--start-time-cpu-us`, `--parent-cpu-time-us`) as Firecracker's startup-time gauges.
 pub fn set_process_start(
@@ -742,7 +749,8 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A thread that writes a metrics line every [`FLUSH_INTERVAL`] (when a metrics file is
 /// configured): it sleeps on a timerfd and its stop eventfd, never polling. Dropping it stops
-/// the thread.
+/// the thread. Started at boot only when a metrics file is configured ([`is_configured`]):
+/// without one it would only wake to write nothing, and its stack and task cost memory.
 pub(crate) struct PeriodicFlush {
     _thread: crate::stoppable::StoppableThread,
 }

@@ -137,12 +137,18 @@ impl Vmm {
             acpi_off,
             config: ApiConfig::new(config),
             unsaved_dirty: None,
-            _metrics_flush: match crate::metrics::PeriodicFlush::start() {
-                Ok(flush) => Some(flush),
-                Err(e) => {
-                    log::warn!("no periodic metrics: {e}");
-                    None
+            // The metrics file can only be configured before boot: without one now, there
+            // is never anything to write.
+            _metrics_flush: if crate::metrics::is_configured() {
+                match crate::metrics::PeriodicFlush::start() {
+                    Ok(flush) => Some(flush),
+                    Err(e) => {
+                        log::warn!("no periodic metrics: {e}");
+                        None
+                    }
                 }
+            } else {
+                None
             },
             unclaimed: Arc::new(crate::exits::UnclaimedAccesses::new(&exits)),
             vm,

@@ -20,10 +20,13 @@
 
 pub mod balloon;
 pub mod block;
+mod lazy_buf;
 pub mod mmio;
 pub mod net;
 pub mod rng;
 pub mod vsock;
+
+pub(crate) use lazy_buf::LazyBuf;
 
 /// The tap backend of virtio-net, at its old path (it lives in [`net::tap`] now).
 pub use net::tap;

@@ -63,7 +63,7 @@ pub struct Rng<M> {
     active: Option<Active<M>>,
     /// Random bytes are drawn here, then copied to guest memory: keeps getrandom(2) away from
     /// guest mappings and needs no unsafe pointer arithmetic on them.
-    scratch: Vec<u8>,
+    scratch: super::LazyBuf,
     metrics: Arc<EntropyMetrics>,
     /// Requests pass it first; unlimited by default.
     rate_limiter: RateLimiter,
@@ -91,7 +91,7 @@ impl<M: GuestMemoryBackend> Rng<M> {
     pub fn new() -> Rng<M> {
         Rng {
             active: None,
-            scratch: vec![0; MAX_BYTES_PER_CHAIN],
+            scratch: super::LazyBuf::new(MAX_BYTES_PER_CHAIN),
             metrics: Arc::default(),
             rate_limiter: RateLimiter::default(),
             throttled: 0,
@@ -140,7 +140,7 @@ impl<M: GuestMemoryBackend> Rng<M> {
             return Ok(());
         };
         let mem = &active.mem;
-        let scratch = &mut self.scratch;
+        let scratch = self.scratch.get();
         let metrics = &*self.metrics;
         let limiter = &mut self.rate_limiter;
         let throttled = drain_queue_limited(&mut active.queue, mem, &active.interrupt, |chain| {

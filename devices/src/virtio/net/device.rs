@@ -44,7 +44,7 @@ pub struct Net<M> {
     active: Option<Active<M>>,
     /// The receive side: the frame that waits for buffers, and its scratch.
     pub(super) receiver: Receiver,
-    tx_buf: Box<[u8]>,
+    tx_buf: crate::virtio::LazyBuf,
     metrics: Arc<NetMetrics>,
     /// Gates frames into the guest; unlimited by default.
     rx_limiter: RateLimiter,
@@ -79,7 +79,7 @@ impl<M: GuestMemoryBackend> Net<M> {
             mac,
             active: None,
             receiver: Receiver::new(),
-            tx_buf: vec![0; MAX_BUFFER_LEN].into_boxed_slice(),
+            tx_buf: crate::virtio::LazyBuf::new(MAX_BUFFER_LEN),
             metrics: Arc::default(),
             rx_limiter: RateLimiter::default(),
             tx_limiter: RateLimiter::default(),
@@ -165,7 +165,7 @@ impl<M: GuestMemoryBackend> Net<M> {
             return Ok(());
         };
         let mem = &active.mem;
-        let (buf, backend, metrics) = (&mut self.tx_buf, self.backend.as_mut(), &*self.metrics);
+        let (buf, backend, metrics) = (self.tx_buf.get(), self.backend.as_mut(), &*self.metrics);
         let limiter = &mut self.tx_limiter;
         let mut sent = 0u64;
         let result = drain_queue_limited(&mut active.tx, mem, &active.interrupt, |chain| {

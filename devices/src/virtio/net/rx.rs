@@ -21,7 +21,7 @@ const MAX_RX_RETRIES: u32 = 64;
 /// and the buffers to read it.
 pub(super) struct Receiver {
     /// One byte longer than the largest frame, so a truncated read is recognised.
-    buf: Box<[u8]>,
+    buf: crate::virtio::LazyBuf,
     /// Length of a frame in `buf` that waits for receive buffers.
     pending: Option<usize>,
     /// Chains (head, bytes written) that hold the frame being received.
@@ -36,7 +36,7 @@ pub(super) struct Receiver {
 impl Receiver {
     pub(super) fn new() -> Self {
         Receiver {
-            buf: vec![0; MAX_BUFFER_LEN + 1].into_boxed_slice(),
+            buf: crate::virtio::LazyBuf::new(MAX_BUFFER_LEN + 1),
             pending: None,
             chains: Vec::new(),
             admitted: false,
@@ -110,6 +110,7 @@ impl Receiver {
             admitted,
             throttled,
         } = self;
+        let rx_buf = rx_buf.get();
         rx.disable_notification(mem)?;
         let mut retries = 0u32;
         loop {

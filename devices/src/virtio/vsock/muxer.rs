@@ -84,7 +84,7 @@ pub(crate) struct Muxer {
     /// tx processing stopped because `control` was full.
     pub tx_stalled: bool,
     /// Staging for one packet's payload.
-    scratch: Vec<u8>,
+    scratch: crate::virtio::LazyBuf,
     /// How long a host stream has to send its CONNECT line.
     pub line_timeout: Duration,
     /// How long the guest has to answer a host-initiated REQUEST.
@@ -150,7 +150,7 @@ impl Muxer {
             control: VecDeque::new(),
             dropped_control: 0,
             tx_stalled: false,
-            scratch: vec![0; MAX_PKT_PAYLOAD],
+            scratch: crate::virtio::LazyBuf::new(MAX_PKT_PAYLOAD),
             line_timeout: super::LINE_TIMEOUT,
             connect_timeout: super::CONNECT_TIMEOUT,
             close_timeout: super::CLOSE_TIMEOUT,
@@ -880,7 +880,7 @@ impl Muxer {
         if len == 0 {
             return;
         }
-        let Some(data) = self.scratch.get_mut(..len) else {
+        let Some(data) = self.scratch.get().get_mut(..len) else {
             return;
         };
         if reader.read_exact(data).is_err() {
@@ -1001,7 +1001,7 @@ impl Muxer {
         if max == 0 {
             return Fill::Nothing;
         }
-        let Some(buf) = self.scratch.get_mut(..max) else {
+        let Some(buf) = self.scratch.get().get_mut(..max) else {
             return Fill::Nothing;
         };
         let n = loop {
