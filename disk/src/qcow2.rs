@@ -84,6 +84,9 @@ const INCOMPAT_EXTL2: u64 = 1 << 4;
 
 const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+const EXT_FEATURE_NAME_TABLE: u32 = 0x6803_f857;
+/// Bytes per feature name table entry: type, bit number, 46-byte name.
+const FEATURE_NAME_ENTRY: u32 = 48;
 
 /// Why a qcow2 image was refused or could not be opened or created.
 #[derive(Debug, thiserror::Error)]
@@ -498,7 +501,7 @@ fn check_incompatible(
 }
 
 /// The backing format header extension, walking the extensions after the header (inside the
-/// first cluster, each 8-byte aligned).
+/// first cluster, each 8-byte aligned) and refusing malformed ones imago would trip over.
 fn backing_format_ext(
     head: &[u8],
     header_len: u64,
@@ -527,6 +530,11 @@ fn backing_format_ext(
         let end = start + u64::from(len);
         if end > cluster_size {
             return Err(bad("header extensions run past the first cluster"));
+        }
+        if kind == EXT_FEATURE_NAME_TABLE && len % FEATURE_NAME_ENTRY != 0 {
+            // imago 0.2.6 indexes every entry as a whole one: a short last entry panics it
+            // (found by the qcow2_header fuzz target).
+            return Err(bad("feature name table is not made of 48-byte entries"));
         }
         if kind == EXT_BACKING_FORMAT {
             let data = head
@@ -973,6 +981,17 @@ mod tests {
         assert!(matches!(parse(&h), Err(Error::BadHeader { .. })));
         h[8..16].copy_from_slice(&10u64.to_be_bytes());
         assert!(matches!(parse(&h), Err(Error::BadHeader { .. })));
+    }
+
+    #[test]
+    fn a_feature_name_table_of_partial_entries_is_refused() {
+        let mut h = v3(1 << 20);
+        h[104..108].copy_from_slice(&EXT_FEATURE_NAME_TABLE.to_be_bytes());
+        h[108..112].copy_from_slice(&49u32.to_be_bytes());
+        assert!(matches!(parse(&h), Err(Error::BadHeader { .. })));
+        // Whole entries are fine (then the end marker at 8-aligned 160).
+        h[108..112].copy_from_slice(&48u32.to_be_bytes());
+        assert!(parse(&h).is_ok());
     }
 
     #[test]
