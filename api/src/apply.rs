@@ -140,11 +140,6 @@ fn set_root_tokens(config: &mut VmConfig, new: Option<String>) {
     config.append = (!text.is_empty()).then_some(text);
 }
 
-/// The id a disk is known by in the API: its id, or `disk<N>` for one configured without.
-pub(crate) fn disk_api_id(disk: &DiskConfig, index: usize) -> String {
-    disk.id.clone().unwrap_or_else(|| format!("disk{index}"))
-}
-
 /// Applies `PUT /drives/{drive_id}`.
 pub fn apply_drive(config: &mut VmConfig, drive: &Drive) -> Result<(), ApiError> {
     drive.validate()?;
@@ -164,15 +159,11 @@ pub fn apply_drive(config: &mut VmConfig, drive: &Drive) -> Result<(), ApiError>
         .disk
         .iter()
         .enumerate()
-        .position(|(i, d)| disk_api_id(d, i) == drive.drive_id);
+        .position(|(i, d)| d.api_id(i) == drive.drive_id);
     let was_root = has_root && existing == Some(0);
     if drive.is_root_device && has_root && !was_root {
         return Err(ApiError::RootDriveExists {
-            existing: config
-                .disk
-                .first()
-                .map(|d| disk_api_id(d, 0))
-                .unwrap_or_default(),
+            existing: config.disk.first().map(|d| d.api_id(0)).unwrap_or_default(),
         });
     }
     let disk = DiskConfig {
@@ -292,7 +283,7 @@ impl ApiConfig {
     /// The `drive_id` of `vm.disk[index]`: its id, or `disk<N>` for one configured without
     /// (`None` past the end).
     pub fn drive_id(&self, index: usize) -> Option<String> {
-        self.vm.disk.get(index).map(|d| disk_api_id(d, index))
+        self.vm.disk.get(index).map(|d| d.api_id(index))
     }
 
     /// The index in `vm.disk` of the drive the API calls `drive_id`.
@@ -480,7 +471,7 @@ pub fn vm_config_to_firecracker(config: &VmConfig) -> FullVmConfig {
         .map(|(i, disk)| {
             let is_root = i == 0 && root.is_some();
             Drive {
-                drive_id: disk_api_id(disk, i),
+                drive_id: disk.api_id(i),
                 path_on_host: Some(disk.path.to_string_lossy().into_owned()),
                 is_root_device: is_root,
                 is_read_only: Some(disk.read_only),

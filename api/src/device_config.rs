@@ -226,6 +226,12 @@ pub struct DiskConfig {
 }
 
 impl DiskConfig {
+    /// The id the disk is known by in the API (a drive's `drive_id`): its id, or `disk<N>` for
+    /// one configured without, `index` being its place in the configuration.
+    pub fn api_id(&self, index: usize) -> String {
+        self.id.clone().unwrap_or_else(|| format!("disk{index}"))
+    }
+
     /// Whether the disk is LUKS-encrypted (a key or passphrase file is given).
     pub fn is_luks(&self) -> bool {
         self.key_file.is_some() || self.passphrase_file.is_some()

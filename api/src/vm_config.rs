@@ -305,7 +305,7 @@ fn validate_devices(config: &VmConfig) -> Result<(), DeviceConfigError> {
     for (index, disk) in config.disk.iter().enumerate() {
         // The API knows a disk without an id as `disk<N>`: an explicit id may not take the
         // name of another disk either, or two drives would answer to one drive_id.
-        let id = crate::apply::disk_api_id(disk, index);
+        let id = disk.api_id(index);
         if ids.contains(&id) {
             return Err(DeviceConfigError::DuplicateDiskId(id));
         }
