@@ -52,6 +52,9 @@
 //!   flags, vsock drains its transmit queue); the VMM pauses devices only with the vCPUs
 //!   stopped, so no DRIVER_OK arrives then. An operation that activates the device is checked
 //!   as one that may run it;
+//! - an activation that fails on a broken ring (DRIVER_OK refused, DEVICE_NEEDS_RESET set) may
+//!   have served the chains before the broken one, so its writes are checked as a running
+//!   device's, not forbidden (the campaign found vsock writing its transmit used ring so);
 //! - a restore that fails because re-activating the device failed on broken rings is allowed
 //!   (the transport comes back reset); one refused for any other reason is a failure.
 //!
@@ -1276,6 +1279,8 @@ struct Before {
     /// Which device (a restore builds a new one).
     generation: u32,
     can_run: bool,
+    /// DEVICE_NEEDS_RESET was set: a failed activation during the operation sets it.
+    needed_reset: bool,
     inflated: u64,
 }
 
@@ -1320,6 +1325,7 @@ impl Rig {
             activated: self.t.device().is_activated(),
             generation: self.generation,
             can_run: can_run(&self.t),
+            needed_reset: self.t.status() & status::DEVICE_NEEDS_RESET != 0,
             inflated: self.inflated(),
         }
     }
@@ -1341,7 +1347,11 @@ impl Rig {
         // step's (after its reset) or a restored device's.
         let activated_now = self.t.device().is_activated()
             && (!before.activated || before.init || before.generation != self.generation);
-        if !before.can_run && !can_run(&self.t) && !activated_now {
+        // An activation that failed on a broken ring (the transport then needs a reset and the
+        // device has reset itself) may have served the chains before the broken one.
+        let failed_activation =
+            !before.needed_reset && self.t.status() & status::DEVICE_NEEDS_RESET != 0;
+        if !before.can_run && !can_run(&self.t) && !activated_now && !failed_activation {
             if let Some(i) = old.iter().zip(new).position(|(a, b)| a != b) {
                 panic!(
                     "the device wrote {:#x} while it could not run",
