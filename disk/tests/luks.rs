@@ -27,6 +27,29 @@ fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// [`run`] for `qemu-img` commands that create LUKS keyslots: QEMU times PBKDF2 on the thread's
+/// CPU clock to pick an iteration count, and on a loaded machine that measurement can fail
+/// ("Unable to get accurate CPU usage", seen in CI); only that failure is retried, twice.
+fn run_qemu_img_keyslot(args: &[&str]) -> String {
+    for _ in 0..2 {
+        let out = Command::new("qemu-img")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run qemu-img ({e}): install it with scripts/install-deps.sh")
+            });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            stderr.contains("Unable to get accurate CPU usage"),
+            "qemu-img {args:?} failed: {stderr}"
+        );
+    }
+    run("qemu-img", args)
+}
+
 fn fails(program: &str, args: &[&str]) -> bool {
     !Command::new(program)
         .args(args)
@@ -277,20 +300,17 @@ fn qemu_img_luks_reads_plaintext() {
     let plain = pattern(2 << 20, 3);
     std::fs::write(d.p("plain.raw"), &plain).unwrap();
     let secret = format!("secret,id=s0,file={}", d.s("key"));
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "--object",
-            &secret,
-            "-O",
-            "luks",
-            "-o",
-            "key-secret=s0,iter-time=200",
-            &d.s("plain.raw"),
-            &d.s("enc.luks"),
-        ],
-    );
+    run_qemu_img_keyslot(&[
+        "convert",
+        "--object",
+        &secret,
+        "-O",
+        "luks",
+        "-o",
+        "key-secret=s0,iter-time=200",
+        &d.s("plain.raw"),
+        &d.s("enc.luks"),
+    ]);
     let mut image = open(&d.p("enc.luks"), KEY, None).unwrap();
     assert_eq!(image.info().version, 1);
     assert!(read_all(&mut image) == plain);
