@@ -150,7 +150,7 @@ fuzz_one() {
         echo "seconds=$took"
         echo "execs=$execs"
         echo "cov=${cov:-0}"
-        echo "crashes=${crashes[*]:-}"
+        printf 'crashes=%q\n' "${crashes[*]:-}"
     } >"$work/$t.env"
     echo "campaign: $t: ${took}s, $execs execs, cov ${cov:-?}${crashes:+, crashes: ${crashes[*]}}"
 }
