@@ -55,21 +55,7 @@ fn a_session_configures_boots_pauses_and_its_snapshot_loads_into_a_fresh_one() {
     let info = send(&mut vm, "GET", "/", "");
     assert!(info.body.unwrap().contains(r#""state":"Running""#));
 
-    assert_eq!(
-        send(&mut vm, "PATCH", "/vm", r#"{"state": "Paused"}"#).status,
-        204
-    );
-    assert_eq!(vm.state(), Some(InstanceState::Paused));
-    let snapshot = format!(
-        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        dir.join("vm.state").display(),
-        dir.join("vm.mem").display()
-    );
-    assert_eq!(
-        send(&mut vm, "PUT", "/snapshot/create", &snapshot).status,
-        204
-    );
-    drop(vm);
+    let snapshot = pause_and_snapshot(vm, &dir);
 
     let mut restored = session(&dir);
     let load = snapshot.replace('}', r#", "resume_vm": true}"#);
@@ -125,20 +111,7 @@ fn a_drive_cannot_be_patched_to_another_drives_image() {
     assert_eq!(config.vm.disk[1].path, dir.join("b.img"));
 
     // The VM as it is snapshots and loads.
-    assert_eq!(
-        send(&mut vm, "PATCH", "/vm", r#"{"state": "Paused"}"#).status,
-        204
-    );
-    let snapshot = format!(
-        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        dir.join("vm.state").display(),
-        dir.join("vm.mem").display()
-    );
-    assert_eq!(
-        send(&mut vm, "PUT", "/snapshot/create", &snapshot).status,
-        204
-    );
-    drop(vm);
+    let snapshot = pause_and_snapshot(vm, &dir);
     let mut restored = session(&dir);
     let response = send(&mut restored, "PUT", "/snapshot/load", &snapshot);
     assert_eq!(response.status, 204, "{response:?}");
@@ -171,4 +144,25 @@ fn a_guest_that_powers_off_ends_the_session() {
     assert_eq!(vm.state(), None);
     assert_eq!(send(&mut vm, "GET", "/", "").status, 503);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Pauses `vm` through the API (its state must then be Paused), writes a full snapshot into
+/// `dir` (vm.state, vm.mem) and shuts the VM down; returns the snapshot request's body, which a
+/// load takes as it is.
+fn pause_and_snapshot(mut vm: Session, dir: &Path) -> String {
+    assert_eq!(
+        send(&mut vm, "PATCH", "/vm", r#"{"state": "Paused"}"#).status,
+        204
+    );
+    assert_eq!(vm.state(), Some(InstanceState::Paused));
+    let snapshot = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        dir.join("vm.state").display(),
+        dir.join("vm.mem").display()
+    );
+    assert_eq!(
+        send(&mut vm, "PUT", "/snapshot/create", &snapshot).status,
+        204
+    );
+    snapshot
 }
