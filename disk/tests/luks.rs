@@ -12,13 +12,18 @@ use vmm_disk::{ImageFile, RawFile};
 
 const KEY: &[u8] = b"correct horse battery staple\n";
 
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
+/// Runs `program` to its end; a program that cannot be started is a setup error.
+fn output(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program)
         .args(args)
         .output()
         .unwrap_or_else(|e| {
             panic!("cannot run {program} ({e}): install it with scripts/install-deps.sh")
-        });
+        })
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = output(program, args);
     assert!(
         out.status.success(),
         "{program} {args:?} failed: {}",
@@ -32,16 +37,11 @@ fn run(program: &str, args: &[&str]) -> String {
 /// ("Unable to get accurate CPU usage", seen in CI); only that failure is retried, twice.
 fn run_qemu_img_keyslot(args: &[&str]) -> String {
     for _ in 0..2 {
-        let out = Command::new("qemu-img")
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run qemu-img ({e}): install it with scripts/install-deps.sh")
-            });
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let out = output("qemu-img", args);
         if out.status.success() {
             return String::from_utf8_lossy(&out.stdout).into_owned();
         }
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains("Unable to get accurate CPU usage"),
             "qemu-img {args:?} failed: {stderr}"
@@ -51,12 +51,7 @@ fn run_qemu_img_keyslot(args: &[&str]) -> String {
 }
 
 fn fails(program: &str, args: &[&str]) -> bool {
-    !Command::new(program)
-        .args(args)
-        .output()
-        .unwrap()
-        .status
-        .success()
+    !output(program, args).status.success()
 }
 
 struct Dir(tempfile::TempDir);
