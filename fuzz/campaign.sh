@@ -89,12 +89,12 @@ if [ "$coverage" = 1 ] && ! { command -v llvm-profdata-22 && command -v llvm-cov
     exit 1
 fi
 
+known="$(cargo fuzz list)"
 if [ $# -gt 0 ]; then
     targets=("$@")
 else
-    mapfile -t targets < <(cargo fuzz list)
+    mapfile -t targets <<<"$known"
 fi
-known="$(cargo fuzz list)"
 for t in "${targets[@]}"; do
     grep -qxF -- "$t" <<<"$known" || { echo "campaign: no fuzz target '$t' (cargo fuzz list)" >&2; exit 2; }
 done
