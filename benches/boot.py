@@ -8,16 +8,24 @@ run it through benches/boot-vs-qemu.sh, which runs it inside ../shared/testhost 
 absolute numbers are the test host's, only the ratio carries over).
 
     benches/boot.py [-n 10] [--kernel vmlinux|bzImage] [--vcpus 1] [--vmm target/x86_64-unknown-linux-gnu/release/vmm]
-                    [--timeout 300]
+                    [--irqchip-compare] [--timeout 300]
+
+--irqchip-compare also boots this VMM with --irqchip kernel (the default is split), alternating.
+Peers besides QEMU, when their binaries are given by path (skipped quietly otherwise):
+FIRECRACKER=/path/to/firecracker (--no-api with a config file) and
+CLOUD_HYPERVISOR=/path/to/cloud-hypervisor. Targets (issue 16): <= 0.9x Firecracker and
+<= 0.8x QEMU to the marker, reported as met / NOT met, never a failure.
 
 Each boot is timed to events (the marker line on the console, the process's exit); --timeout is
 only an upper bound on one boot (a hung guest), far above a normal boot even in the test host,
 and ends the script with an error naming the command.
 """
 import argparse
+import json
 import os
 import statistics
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from startup import ROOT, guest_dir, run_once  # noqa: E402
@@ -34,6 +42,8 @@ def main():
     parser.add_argument("--memory-mib", type=int, default=256)
     parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
+    parser.add_argument("--irqchip-compare", action="store_true",
+                        help="also boot this VMM with --irqchip kernel and compare")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds before one boot counts as hung and the script fails (upper bound)")
     args = parser.parse_args()
@@ -47,7 +57,25 @@ def main():
             "-cpu", "host", "-m", str(args.memory_mib), "-smp", str(args.vcpus), "-nodefaults",
             "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
             "-kernel", kernel, "-initrd", initrd, "-append", CMDLINE]
-    peers = [("vmm", ours), ("qemu-microvm", qemu)]
+    peers = [("vmm", ours)]
+    if args.irqchip_compare:
+        peers.append(("vmm-kernel-irq", ours + ["--irqchip", "kernel"]))
+    firecracker = os.environ.get("FIRECRACKER")
+    if firecracker and os.access(firecracker, os.X_OK):
+        config = os.path.join(tempfile.mkdtemp(prefix="boot-"), "firecracker.json")
+        with open(config, "w") as f:
+            json.dump({"boot-source": {"kernel_image_path": kernel, "initrd_path": initrd,
+                                       "boot_args": CMDLINE},
+                       "machine-config": {"vcpu_count": args.vcpus, "mem_size_mib": args.memory_mib},
+                       "drives": []}, f)
+        peers.append(("firecracker", [firecracker, "--no-api", "--config-file", config, "--level", "Error"]))
+    cloud_hypervisor = os.environ.get("CLOUD_HYPERVISOR")
+    if cloud_hypervisor and os.access(cloud_hypervisor, os.X_OK):
+        peers.append(("cloud-hypervisor", [
+            cloud_hypervisor, "--kernel", kernel, "--initramfs", initrd, "--cmdline", CMDLINE,
+            "--cpus", f"boot={args.vcpus}", "--memory", f"size={args.memory_mib}M",
+            "--serial", "tty", "--console", "off"]))
+    peers.append(("qemu-microvm", qemu))
     results = {name: {"marker": [], "exit": []} for name, _ in peers}
     for _ in range(args.n):
         for name, cmd in peers:
@@ -61,12 +89,18 @@ def main():
           f"alternating, {where}")
     for name, _ in peers:
         r = results[name]
-        print(f"{name:14} to GUEST-INIT-OK {statistics.median(r['marker']):8.1f} ms   to exit "
+        print(f"{name:16} to GUEST-INIT-OK {statistics.median(r['marker']):8.1f} ms   to exit "
               f"{statistics.median(r['exit']):8.1f} ms   (medians; marker {min(r['marker']):.0f}-"
               f"{max(r['marker']):.0f})")
     m = lambda name, key: statistics.median(results[name][key])
-    print("ratio vmm/qemu: to marker {:.3f}, to exit {:.3f}".format(
-        m("vmm", "marker") / m("qemu-microvm", "marker"), m("vmm", "exit") / m("qemu-microvm", "exit")))
+    for peer, _ in peers[1:]:
+        print("ratio vmm/{}: to marker {:.3f}, to exit {:.3f}".format(
+            peer, m("vmm", "marker") / m(peer, "marker"), m("vmm", "exit") / m(peer, "exit")))
+    verdict = lambda ok: "met" if ok else "NOT met"
+    targets = [f"<= 0.8x QEMU {verdict(m('vmm', 'marker') <= 0.8 * m('qemu-microvm', 'marker'))}"]
+    if "firecracker" in results:
+        targets.append(f"<= 0.9x Firecracker {verdict(m('vmm', 'marker') <= 0.9 * m('firecracker', 'marker'))}")
+    print("targets (to marker): " + ", ".join(targets))
 
 
 if __name__ == "__main__":

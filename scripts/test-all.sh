@@ -2,8 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls this):
 #   formatting, clippy with -D warnings, tier 1 (no KVM) and tier 2 (tiny guests on this
 #   machine's /dev/kvm) through cargo test, tier 3 (full Linux boots: scripts/e2e.sh, inside the
-#   test host on a PVM machine), and a short fuzz run of every target (each replays its committed
-#   corpus and regression inputs first: fuzz/README.md).
+#   test host on a PVM machine, once per irqchip mode), and a short fuzz run of every target
+#   (each replays its committed corpus and regression inputs first: fuzz/README.md).
 # Env: FUZZ_SECONDS (per target, default 15), VMM_GUEST_DIR (default ../shared/guest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,10 +25,14 @@ step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 step "tiers 1 and 2: cargo test --workspace (unit, integration and doc tests)"
 counted cargo test --workspace
+step "tier 2 again with the in-kernel irqchip: the CLI's tests (every vmm they start inherits it)"
+VMM_IRQCHIP=kernel counted cargo test -p vmm-cli
 step "tier 2: the vmm-vcpu example, as its docs say to run it"
 cargo run -q -p vmm-vcpu --example hello_guest
-step "tier 3: end-to-end Linux boots"
+step "tier 3: end-to-end Linux boots (split irqchip, the default)"
 counted scripts/e2e.sh
+step "tier 3: end-to-end Linux boots again with the in-kernel irqchip (--irqchip kernel)"
+VMM_IRQCHIP=kernel counted scripts/e2e.sh
 step "fuzz: replay the committed corpora, then a short run of every target"
 fuzz/run.sh "${FUZZ_SECONDS:-15}"
 step "all passed"

@@ -71,8 +71,8 @@ pub use types::{
     VersionInfo, VmState, VmStateUpdate, Vsock, VsockOverride, FIRECRACKER_VERSION,
 };
 pub use vm_config::{
-    ConfigError, ElfEntry, MemorySize, MemorySizeError, SerialMode, VmConfig, DEFAULT_CMDLINE,
-    DEFAULT_INSTANCE_ID, MAX_INSTANCE_ID_BYTES,
+    ConfigError, ElfEntry, Irqchip, MemorySize, MemorySizeError, SerialMode, VmConfig,
+    DEFAULT_CMDLINE, DEFAULT_INSTANCE_ID, MAX_INSTANCE_ID_BYTES,
 };
 
 /// Why a request was refused. Every variant is a client error: [`ApiError::status`] is a 4xx

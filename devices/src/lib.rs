@@ -1,6 +1,7 @@
 //! Device models for the VMM: the port/MMIO [`Bus`] that KVM exits are dispatched to, a 16550A
-//! UART ([`SerialDevice`]) and an i8042 controller ([`I8042Wrapper`]) built on `vm-superio`, and
-//! the virtio devices behind the virtio-mmio transport ([`virtio`]).
+//! UART ([`SerialDevice`]) and an i8042 controller ([`I8042Wrapper`]) built on `vm-superio`, a
+//! user-space IOAPIC for a split irqchip ([`IoApic`]), and the virtio devices behind the
+//! virtio-mmio transport ([`virtio`]).
 //!
 //! This crate never talks to KVM. Interrupt lines and notifications are [`EventFdTrigger`]s;
 //! `vmm-core` binds their EventFds to guest IRQs (KVM_IRQFD) or watches them in its event loop.
@@ -44,6 +45,7 @@ pub mod acpi;
 pub mod boot_timer;
 pub mod bus;
 pub mod i8042;
+pub mod ioapic;
 pub mod metrics;
 pub mod serial;
 pub mod trigger;
@@ -56,6 +58,7 @@ pub use acpi::{AcpiPmDevice, Ged, GedState};
 pub use boot_timer::BootTimer;
 pub use bus::{Bus, BusDevice};
 pub use i8042::{I8042Wrapper, I8042_PORT_BASE, I8042_PORT_LEN};
+pub use ioapic::{IoApic, IoApicRoutes, IoApicState, MsiMessage};
 pub use serial::{InputRoom, SerialDevice, SerialDeviceState, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
 pub use trigger::{EventFd, EventFdTrigger, EFD_NONBLOCK};
 

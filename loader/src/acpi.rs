@@ -41,7 +41,8 @@ const OEM_ID: [u8; 6] = *b"RSVMM ";
 const OEM_TABLE_ID: [u8; 8] = *b"RSVMMTBL";
 const OEM_REVISION: u32 = 1;
 
-/// MADT flag: the machine also has dual 8259 PICs (KVM's in-kernel PIC), which the OS masks.
+/// MADT flag: the machine also has dual 8259 PICs (KVM's in-kernel PIC), which the OS masks;
+/// set when [`BootLayout::legacy_pic`] says so.
 const MADT_PCAT_COMPAT: u32 = 1;
 const MADT_INTERRUPT_SOURCE_OVERRIDE: u8 = 2;
 const MADT_LOCAL_APIC_NMI: u8 = 4;
@@ -240,7 +241,7 @@ fn madt(boot: &BootLayout, num_cpus: u8) -> Result<Vec<u8>> {
     // Header (36 bytes), local APIC address, flags.
     let mut madt = Sdt::new(*b"APIC", 44, 5, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     madt.write_u32(36, addr32("local APIC (MADT)", boot.lapic_addr)?);
-    madt.write_u32(40, MADT_PCAT_COMPAT);
+    madt.write_u32(40, if boot.legacy_pic { MADT_PCAT_COMPAT } else { 0 });
     for cpu in 0..num_cpus {
         madt.append_slice(&bytes(&ProcessorLocalApic::new(
             cpu,
@@ -452,6 +453,11 @@ mod tests {
         );
         let madt = table(&mem, entries[1], b"APIC");
         assert_eq!(u32_at(&madt, 36), layout::LAPIC_START as u32);
+        assert_eq!(
+            u32_at(&madt, 40),
+            MADT_PCAT_COMPAT,
+            "the default layout has PICs"
+        );
         // Walk the MADT's structures.
         let (mut cpus, mut ioapic, mut overrides, mut nmis) = (vec![], None, vec![], 0);
         let mut at = 44;
@@ -587,6 +593,7 @@ mod tests {
             ioapic_addr: 0xfec1_0000,
             serial_irq: 3,
             keyboard_irq: 12,
+            legacy_pic: false,
             ..BootLayout::default()
         };
         super::setup_acpi(&mem, &boot, 2, &[]).unwrap();
@@ -598,9 +605,10 @@ mod tests {
         let mut xsdt = [0u8; 52];
         mem.read_slice(&mut xsdt, GuestAddress(xsdt_addr)).unwrap();
         let madt_addr = u64_at(&xsdt, 44);
-        let mut madt = [0u8; 40];
+        let mut madt = [0u8; 44];
         mem.read_slice(&mut madt, GuestAddress(madt_addr)).unwrap();
         assert_eq!((&madt[..4], u32_at(&madt, 36)), (&b"APIC"[..], 0xfee1_0000));
+        assert_eq!(u32_at(&madt, 40), 0, "no PCAT_COMPAT without PICs");
         // The DSDT declares COM1 on IRQ 3 and the keyboard on 12.
         let fadt_addr = u64_at(&xsdt, 36);
         let mut fadt = [0u8; 148];

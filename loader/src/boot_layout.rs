@@ -62,6 +62,10 @@ pub struct BootLayout {
     /// The last IOAPIC pin the MP table routes: ISA IRQs and the pins up to this one, which
     /// virtio-mmio devices announced on the command line use.
     pub ioapic_last_pin: u8,
+    /// Whether the machine has the dual 8259 PICs (KVM's in-kernel irqchip has them, a split
+    /// irqchip has none): the MADT's PCAT_COMPAT flag, without which Linux does not expect a
+    /// PIC to answer.
+    pub legacy_pic: bool,
     /// COM1's IRQ, declared in the DSDT.
     pub serial_irq: u32,
     /// The i8042's IRQ, declared in the DSDT.
@@ -107,6 +111,7 @@ const VMM_LAYOUT: BootLayout = BootLayout {
     lapic_addr: layout::LAPIC_START,
     ioapic_addr: layout::IOAPIC_START,
     ioapic_last_pin: layout::IRQ_LAST as u8,
+    legacy_pic: true,
     serial_irq: layout::SERIAL_IRQ,
     keyboard_irq: layout::KEYBOARD_IRQ,
     acpi_pm_port: Some(layout::ACPI_PM_PORT),

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_memory::{create_guest_memory, layout, GuestMemoryMmap, MemoryOptions};
-use vmm_vcpu::{BootEntry, ExitHandler, GuestLayout, VcpuExitReason, Vm, VmOptions};
+use vmm_vcpu::{BootEntry, ExitHandler, GuestLayout, Irqchip, VcpuExitReason, Vm, VmOptions};
 
 /// Where the code goes: the first byte above the low 1 MiB (what the boot layout reserves).
 const CODE_ADDR: u64 = layout::HIGH_RAM_START;
@@ -76,7 +76,7 @@ fn create_vm() -> Result<(Vm, GuestMemoryMmap), Box<dyn std::error::Error>> {
     mem.write_slice(GUEST_CODE, GuestAddress(CODE_ADDR))?;
     // No irqchip: HLT then exits to user space instead of waiting for an interrupt.
     let vm = Vm::new(VmOptions {
-        irqchip: false,
+        irqchip: Irqchip::None,
         layout: guest_layout(),
     })?;
     // SAFETY: `mem` is one anonymous mapping per region, used only through vm-memory's volatile

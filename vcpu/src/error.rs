@@ -51,6 +51,9 @@ pub enum Error {
     /// Guest memory has more regions than KVM has slots.
     #[error("guest memory needs {0} memory slots, more than KVM offers")]
     TooManyMemorySlots(usize),
+    /// More MSI routes than a routing table holds.
+    #[error("{0} MSI routes are more than a KVM routing table holds")]
+    TooManyRoutes(usize),
     /// Guest memory access failed while setting up boot structures.
     #[error("cannot write boot structure {what} into guest memory")]
     GuestMemory {
@@ -152,8 +155,8 @@ pub enum Error {
         /// KVM_CAP_XSAVE2's size here (0: no XSAVE at all).
         host_bytes: usize,
     },
-    /// A saved state has an in-kernel irqchip (PICs, IOAPIC, PIT, LAPIC) where the VM has none,
-    /// or the other way round.
+    /// A saved state has an in-kernel irqchip (PICs, IOAPIC, PIT) where the VM has none, or
+    /// the other way round; or LAPICs where the VM has none (or none where it has them).
     #[error("the saved state {} an in-kernel irqchip but this VM {}", if *.state { "has" } else { "lacks" }, if *.vm { "has one" } else { "has none" })]
     IrqchipMismatch {
         /// Whether the state has one.

@@ -1,5 +1,6 @@
 //! KVM VM and vCPU setup for x86-64 guests on `kvm-ioctls`: opening /dev/kvm with clear errors,
-//! the in-kernel irqchip and PIT, memory slots, irqfd/ioeventfd, per-vCPU CPUID normalization,
+//! the in-kernel irqchip and PIT or the split irqchip (MSI routes for a user-space IOAPIC),
+//! memory slots, irqfd/ioeventfd, per-vCPU CPUID normalization,
 //! boot MSRs, long-mode and 32-bit (PVH) entry registers, FPU, LAPIC, and the run loop that
 //! hands port and MMIO exits to an [`ExitHandler`]; vCPU and VM state for snapshots ([`state`])
 //! and KVM's dirty log of guest memory.
@@ -32,5 +33,5 @@ pub use boot::{BootEntry, GuestLayout};
 pub use error::{Error, Result};
 pub use run::{ExitHandler, OtherExit, Vcpu, VcpuExitReason, VcpuKicker};
 pub use state::{CpuidEntry, FpuState, IrqchipState, KvmVmState, MsrEntry, VcpuState};
-pub use vm::{is_pvm_host, DirtyBitmap, Vm, VmOptions};
+pub use vm::{is_pvm_host, DirtyBitmap, Irqchip, Msi, MsiRouter, Vm, VmOptions, SPLIT_IOAPIC_PINS};
 pub use vmm_sys_util::eventfd::EventFd;

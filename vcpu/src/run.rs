@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use kvm_bindings::{
     kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -32,6 +32,17 @@ pub trait ExitHandler: Send + Sync {
     fn mmio_read(&self, addr: u64, data: &mut [u8]);
     /// A guest write to unbacked memory.
     fn mmio_write(&self, addr: u64, data: &[u8]);
+    /// A guest write that KVM buffered in the VM's coalesced MMIO ring instead of exiting
+    /// ([`crate::Vm::coalesce_mmio_writes`]), delivered in order before this vCPU's next MMIO
+    /// exit (or its stop). Not an exit: the default hands it to [`ExitHandler::mmio_write`];
+    /// a handler that counts exits overrides it.
+    fn coalesced_mmio_write(&self, addr: u64, data: &[u8]) {
+        self.mmio_write(addr, data);
+    }
+    /// A guest EOI of a level-triggered vector that the split irqchip's user-space IOAPIC
+    /// routes (KVM_EXIT_IOAPIC_EOI; only with [`crate::Irqchip::Split`]). Does nothing unless
+    /// overridden.
+    fn ioapic_eoi(&self, _vector: u8) {}
     /// Any other exit from KVM_RUN, named: for statistics only (the run loop handles it).
     /// Does nothing unless overridden.
     fn other_exit(&self, _kind: OtherExit) {}
@@ -183,16 +194,98 @@ pub struct Vcpu {
     fd: VcpuFd,
     kicker: VcpuKicker,
     state_caps: Arc<StateCaps>,
+    coalesced: Arc<CoalescedMmio>,
+    /// The VM's coalesced MMIO ring is mapped through this vCPU's fd.
+    ring_mapped: bool,
+}
+
+/// Whether a VM has coalesced MMIO zones, shared by its vCPUs, which drain the one ring of the
+/// VM (mapped through each vCPU's fd) one at a time.
+#[derive(Debug, Default)]
+pub(crate) struct CoalescedMmio {
+    pub(crate) enabled: AtomicBool,
+    drain: Mutex<()>,
 }
 
 impl Vcpu {
-    pub(crate) fn new(index: u8, fd: VcpuFd, state_caps: Arc<StateCaps>) -> Self {
+    pub(crate) fn new(
+        index: u8,
+        fd: VcpuFd,
+        state_caps: Arc<StateCaps>,
+        coalesced: Arc<CoalescedMmio>,
+    ) -> Self {
         Vcpu {
             index,
             fd,
             kicker: VcpuKicker::new(Arc::new(AtomicBool::new(false))),
             state_caps,
+            coalesced,
+            ring_mapped: false,
         }
+    }
+
+    /// Hands every write waiting in the VM's coalesced MMIO ring to `handler`, oldest first
+    /// (a no-op for a VM without coalesced zones). Called before each MMIO exit is served and
+    /// when a run ends (stopped, halted, reset...), so that the guest's accesses reach the devices in the order it
+    /// made them, and device state saved after a stop is complete.
+    fn drain_coalesced_mmio(&mut self, handler: &dyn ExitHandler) -> Result<()> {
+        if !self.coalesced.enabled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.map_coalesced_ring()?;
+        let _one_at_a_time = self
+            .coalesced
+            .drain
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while let Some(entry) = self
+            .fd
+            .coalesced_mmio_read()
+            .map_err(kvm_err("coalesced MMIO ring"))?
+        {
+            let len = (entry.len as usize).min(entry.data.len());
+            handler.coalesced_mmio_write(entry.phys_addr, &entry.data[..len]);
+        }
+        Ok(())
+    }
+
+    /// Maps the VM's coalesced MMIO ring through this vCPU's fd, once the VM has a zone.
+    fn map_coalesced_ring(&mut self) -> Result<()> {
+        if self.ring_mapped || !self.coalesced.enabled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.fd
+            .map_coalesced_mmio_ring()
+            .map_err(kvm_err("mmap of the coalesced MMIO ring"))?;
+        self.ring_mapped = true;
+        Ok(())
+    }
+
+    /// Serves an MMIO exit after draining the coalesced ring: the access leaves the kvm_run
+    /// page for a local copy while the ring is drained, and a read's value is put back.
+    fn serve_mmio_after_ring(
+        &mut self,
+        handler: &dyn ExitHandler,
+        addr: u64,
+        write: Option<&[u8]>,
+        len: usize,
+    ) -> Result<()> {
+        let mut buf = [0u8; 8];
+        let len = len.min(buf.len());
+        if let Some(data) = write {
+            buf[..len].copy_from_slice(&data[..len]);
+        }
+        self.drain_coalesced_mmio(handler)?;
+        if write.is_some() {
+            handler.mmio_write(addr, &buf[..len]);
+            return Ok(());
+        }
+        handler.mmio_read(addr, &mut buf[..len]);
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the last KVM_RUN exited with KVM_EXIT_MMIO (this function serves that exit),
+        // so `mmio` is the union member KVM filled in and reads back on the next KVM_RUN.
+        unsafe { run.__bindgen_anon_1.mmio.data[..len].copy_from_slice(&buf[..len]) };
+        Ok(())
     }
 
     /// What the host's KVM offers for state save/restore.
@@ -243,7 +336,7 @@ impl Vcpu {
         self.fd
             .set_fpu(&regs::boot_fpu())
             .map_err(kvm_err("KVM_SET_FPU"))?;
-        if vm.has_irqchip() {
+        if vm.has_lapic() {
             let mut lapic = self.fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
             regs::set_lint_pins(&mut lapic);
             self.fd
@@ -281,7 +374,10 @@ impl Vcpu {
         // SAFETY: pthread_self has no preconditions.
         *self.kicker.thread.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(unsafe { libc::pthread_self() });
-        let result = self.run_loop(handler);
+        // Whatever ended the run, the devices get the guest's buffered writes first.
+        let result = self
+            .run_loop(handler)
+            .and_then(|reason| self.drain_coalesced_mmio(handler).map(|()| reason));
         *self.kicker.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
         KVM_RUN_PAGE.with(|p| p.set(null_mut()));
         result
@@ -299,6 +395,7 @@ impl Vcpu {
                 return Ok(VcpuExitReason::Stopped);
             }
             access_pending = false;
+            let coalescing = self.coalesced.enabled.load(Ordering::Relaxed);
             let fatal = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     handler.pio_read(port, data);
@@ -311,13 +408,30 @@ impl Vcpu {
                     continue;
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
-                    handler.mmio_read(addr, data);
+                    if coalescing {
+                        let len = data.len();
+                        self.serve_mmio_after_ring(handler, addr, None, len)?;
+                    } else {
+                        handler.mmio_read(addr, data);
+                    }
                     access_pending = true;
                     continue;
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    handler.mmio_write(addr, data);
+                    if coalescing {
+                        let mut copy = [0u8; 8];
+                        let len = data.len().min(copy.len());
+                        copy[..len].copy_from_slice(&data[..len]);
+                        self.serve_mmio_after_ring(handler, addr, Some(&copy[..len]), len)?;
+                    } else {
+                        handler.mmio_write(addr, data);
+                    }
                     access_pending = true;
+                    continue;
+                }
+                Ok(VcpuExit::IoapicEoi(vector)) => {
+                    handler.other_exit(OtherExit::IoapicEoi);
+                    handler.ioapic_eoi(vector);
                     continue;
                 }
                 Ok(VcpuExit::Hlt) => {
@@ -362,11 +476,7 @@ impl Vcpu {
                     Fatal::Internal(suberror)
                 }
                 Ok(other) => {
-                    handler.other_exit(if matches!(other, VcpuExit::IoapicEoi(_)) {
-                        OtherExit::IoapicEoi
-                    } else {
-                        OtherExit::Other
-                    });
+                    handler.other_exit(OtherExit::Other);
                     Fatal::Unhandled(exit_name(&other))
                 }
                 Err(e) if e.errno() == libc::EINTR => {
@@ -439,7 +549,16 @@ impl Vm {
             .fd()
             .create_vcpu(u64::from(index))
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu::new(index, fd, self.state_caps().clone()))
+        let mut vcpu = Vcpu::new(
+            index,
+            fd,
+            self.state_caps().clone(),
+            self.coalesced_mmio().clone(),
+        );
+        // Mapped now rather than at the first drain, which may run under a seccomp filter
+        // without mmap.
+        vcpu.map_coalesced_ring()?;
+        Ok(vcpu)
     }
 }
 

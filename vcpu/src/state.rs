@@ -38,7 +38,7 @@ use crate::caps::LEGACY_XSAVE_BYTES;
 use crate::cpuid::{self, CpuidRegs};
 use crate::error::{kvm_err, Error, Result};
 use crate::run::Vcpu;
-use crate::vm::Vm;
+use crate::vm::{Irqchip, Vm};
 
 /// IA32_TSC.
 const MSR_TSC: u32 = 0x10;
@@ -573,12 +573,13 @@ impl Vcpu {
 }
 
 impl Vm {
-    /// Saves the VM-wide KVM state: the PICs and the IOAPIC, the PIT and kvmclock. Creates the
-    /// irqchip first if the VM has that option and it does not exist yet (as creating a vCPU
-    /// does). Stop every vCPU first.
+    /// Saves the VM-wide KVM state: the PICs and the IOAPIC, the PIT (only with
+    /// [`Irqchip::Kernel`]: a split irqchip's IOAPIC is the VMM's to save) and kvmclock.
+    /// Creates the irqchip first if the VM has that option and it does not exist yet (as
+    /// creating a vCPU does). Stop every vCPU first.
     pub fn save_state(&self) -> Result<KvmVmState> {
         let fd = self.fd();
-        let (irqchip, pit) = if self.has_irqchip() {
+        let (irqchip, pit) = if self.irqchip() == Irqchip::Kernel {
             self.create_irqchip()?;
             let chip = |chip_id: u32| -> Result<kvm_irqchip> {
                 let mut chip = kvm_irqchip {
@@ -619,7 +620,7 @@ impl Vm {
     /// add the real time passed since the save. It is left out so that the guest's clock, like
     /// its TSC (restored from the IA32_TSC MSR), resumes where it stopped.
     pub fn restore_state(&self, state: &KvmVmState) -> Result<()> {
-        let vm = self.has_irqchip();
+        let vm = self.irqchip() == Irqchip::Kernel;
         if state.irqchip.is_some() != vm || state.pit.is_some() != vm {
             return Err(Error::IrqchipMismatch {
                 state: state.irqchip.is_some() || state.pit.is_some(),

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, kvm_pit_config, kvm_userspace_memory_region,
+    CpuId, KvmIrqRouting, KVM_CAP_SPLIT_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES,
     KVM_MEM_LOG_DIRTY_PAGES,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
@@ -16,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::GuestLayout;
 use crate::caps::StateCaps;
 use crate::error::{kvm_err, Error, Result};
+use crate::run::CoalescedMmio;
 
 /// True when /dev/kvm comes from the kvm_pvm module: KVM without VT-x/AMD-V, which runs guest
 /// supervisor code through its instruction emulator and so cannot run an unmodified kernel.
@@ -29,12 +31,41 @@ pub fn is_pvm_host() -> bool {
     *PVM.get_or_init(|| Path::new("/sys/module/kvm_pvm").exists())
 }
 
+/// Which interrupt controllers KVM emulates for a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Irqchip {
+    /// None at all: no LAPIC, and HLT exits to user space. Only for tests and examples.
+    None,
+    /// Everything in the kernel (KVM_CREATE_IRQCHIP, KVM_CREATE_PIT2): the LAPICs, the IOAPIC,
+    /// both 8259 PICs and the PIT. What guests that program the PIC or the PIT need.
+    Kernel,
+    /// KVM_CAP_SPLIT_IRQCHIP: the LAPICs in the kernel, the IOAPIC in user space. Its
+    /// [`SPLIT_IOAPIC_PINS`] pins are GSIs whose routes are MSIs ([`MsiRouter::set_routes`]),
+    /// programmed from the user-space IOAPIC's redirection table; an EOI of a level-triggered
+    /// vector exits with KVM_EXIT_IOAPIC_EOI. No PIC and no PIT. Destroying such a VM is much
+    /// cheaper than one with the in-kernel irqchip (which waits for RCU grace periods).
+    Split,
+}
+
+/// IOAPIC pins a [`Irqchip::Split`] VM reserves as its first GSIs (the in-kernel IOAPIC's
+/// count).
+pub const SPLIT_IOAPIC_PINS: u32 = 24;
+
+/// A message-signalled interrupt: what is written where (the LAPICs' window at 0xfee00000).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Msi {
+    /// The address: destination APIC id and mode.
+    pub address: u64,
+    /// The data: vector, delivery mode, trigger mode.
+    pub data: u32,
+}
+
 /// VM creation options.
 #[derive(Clone, Copy, Debug)]
 pub struct VmOptions {
-    /// Create the in-kernel irqchip (IOAPIC, PIC, LAPICs) and PIT. Off only for tests that want
-    /// HLT to exit to user space.
-    pub irqchip: bool,
+    /// The interrupt controllers. [`Irqchip::None`] only for tests that want HLT to exit to
+    /// user space.
+    pub irqchip: Irqchip,
     /// Where the VM's TSS and the boot vCPU's structures go in guest physical memory.
     pub layout: GuestLayout,
 }
@@ -43,7 +74,7 @@ impl VmOptions {
     /// Options for a VM with the in-kernel irqchip and the given layout.
     pub fn new(layout: GuestLayout) -> Self {
         VmOptions {
-            irqchip: true,
+            irqchip: Irqchip::Kernel,
             layout,
         }
     }
@@ -54,9 +85,10 @@ pub struct Vm {
     kvm: Kvm,
     fd: Arc<VmFd>,
     supported_cpuid: CpuId,
-    irqchip: bool,
+    irqchip: Irqchip,
     irqchip_created: Mutex<bool>,
     state_caps: Arc<StateCaps>,
+    coalesced_mmio: Arc<CoalescedMmio>,
     dirty_log: AtomicBool,
     layout: GuestLayout,
 }
@@ -120,13 +152,21 @@ impl Vm {
             (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
             (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
         ];
-        if options.irqchip {
-            required.extend([
+        match options.irqchip {
+            Irqchip::None => {}
+            Irqchip::Kernel => required.extend([
                 (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
                 (Cap::Pit2, "KVM_CAP_PIT2"),
                 (Cap::Irqfd, "KVM_CAP_IRQFD"),
                 (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
-            ]);
+            ]),
+            Irqchip::Split => required.extend([
+                (Cap::SplitIrqchip, "KVM_CAP_SPLIT_IRQCHIP"),
+                (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
+                (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"),
+                (Cap::Irqfd, "KVM_CAP_IRQFD"),
+                (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+            ]),
         }
         for (cap, name) in required {
             if !kvm.check_extension(cap) {
@@ -140,7 +180,8 @@ impl Vm {
         // x86-64: usize and u64 have the same width.
         fd.set_tss_address(options.layout.tss as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        let state_caps = StateCaps::new(&kvm, &fd, &supported_cpuid, options.irqchip);
+        let lapic = options.irqchip != Irqchip::None;
+        let state_caps = StateCaps::new(&kvm, &fd, &supported_cpuid, lapic);
         Ok(Vm {
             kvm,
             fd: Arc::new(fd),
@@ -148,22 +189,41 @@ impl Vm {
             irqchip: options.irqchip,
             irqchip_created: Mutex::new(false),
             state_caps: Arc::new(state_caps),
+            coalesced_mmio: Arc::default(),
             dirty_log: AtomicBool::new(false),
             layout: options.layout,
         })
     }
 
-    /// Creates the in-kernel irqchip (IOAPIC, PIC, LAPICs) and PIT, once; a no-op without the
-    /// irqchip option. Call it after [`Vm::register_memory`]: once an irqchip exists, KVM makes
-    /// every memory slot update wait for a grace period (measured on a PVM host: 7-10 ms for
-    /// the first slot instead of 0.4 ms). vCPU creation and irqfds create it if still missing.
+    /// Creates the interrupt controllers of the [`Irqchip`] option, once: the in-kernel irqchip
+    /// (IOAPIC, PIC, LAPICs) and PIT, or the split irqchip (in-kernel LAPICs); a no-op with
+    /// [`Irqchip::None`]. Call it after [`Vm::register_memory`]: once an irqchip exists, KVM
+    /// makes every memory slot update wait for a grace period (measured on a PVM host: 7-10 ms
+    /// for the first slot instead of 0.4 ms). vCPU creation and irqfds create it if still
+    /// missing.
     pub fn create_irqchip(&self) -> Result<()> {
         let mut created = self
             .irqchip_created
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if !self.irqchip || *created {
+        if *created {
             return Ok(());
+        }
+        match self.irqchip {
+            Irqchip::None => return Ok(()),
+            Irqchip::Split => {
+                let mut cap = kvm_enable_cap {
+                    cap: KVM_CAP_SPLIT_IRQCHIP,
+                    ..Default::default()
+                };
+                cap.args[0] = u64::from(SPLIT_IOAPIC_PINS);
+                self.fd
+                    .enable_cap(&cap)
+                    .map_err(kvm_err("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
+                *created = true;
+                return Ok(());
+            }
+            Irqchip::Kernel => {}
         }
         self.fd
             .create_irq_chip()
@@ -210,14 +270,53 @@ impl Vm {
         &self.fd
     }
 
-    /// Whether the in-kernel irqchip exists.
-    pub fn has_irqchip(&self) -> bool {
+    /// The interrupt controllers this VM was created with.
+    pub fn irqchip(&self) -> Irqchip {
         self.irqchip
+    }
+
+    /// Whether the vCPUs have in-kernel LAPICs (a [`Irqchip::Kernel`] or [`Irqchip::Split`]
+    /// VM).
+    pub fn has_lapic(&self) -> bool {
+        self.irqchip != Irqchip::None
+    }
+
+    /// A handle that programs and signals this VM's MSI routes, for a user-space IOAPIC; None
+    /// unless the VM has the [`Irqchip::Split`] option.
+    pub fn msi_router(&self) -> Option<MsiRouter> {
+        (self.irqchip == Irqchip::Split).then(|| MsiRouter {
+            fd: self.fd.clone(),
+        })
     }
 
     /// The guest layout the VM was created with.
     pub fn layout(&self) -> &GuestLayout {
         &self.layout
+    }
+
+    /// The VM's coalesced MMIO zones, for its vCPUs.
+    pub(crate) fn coalesced_mmio(&self) -> &Arc<CoalescedMmio> {
+        &self.coalesced_mmio
+    }
+
+    /// Makes guest writes to `len` bytes of MMIO at `addr` not exit: KVM appends them to the
+    /// VM's coalesced MMIO ring, and each vCPU hands the ring's writes to its
+    /// [`ExitHandler::coalesced_mmio_write`] before it serves its next MMIO exit, and when it
+    /// stops. Only for registers whose writes have no effect a guest could see before its next
+    /// access to the same device (an index register, for one); reads still exit.
+    ///
+    /// Returns false, and changes nothing, when the host's KVM has no coalesced MMIO.
+    ///
+    /// [`ExitHandler::coalesced_mmio_write`]: crate::ExitHandler::coalesced_mmio_write
+    pub fn coalesce_mmio_writes(&self, addr: u64, len: u32) -> Result<bool> {
+        if !self.kvm.check_extension(Cap::CoalescedMmio) {
+            return Ok(false);
+        }
+        self.fd
+            .register_coalesced_mmio(IoEventAddress::Mmio(addr), len)
+            .map_err(kvm_err("KVM_REGISTER_COALESCED_MMIO"))?;
+        self.coalesced_mmio.enabled.store(true, Ordering::Release);
+        Ok(true)
     }
 
     /// What the host's KVM offers for state save/restore, for the VM's vCPUs.
@@ -367,6 +466,53 @@ impl Vm {
             None => self.fd.register_ioevent(fd, &addr, kvm_ioctls::NoDatamatch),
         }
         .map_err(kvm_err("KVM_IOEVENTFD"))
+    }
+}
+
+/// Programs and signals the MSI routes of a [`Irqchip::Split`] VM ([`Vm::msi_router`]): what a
+/// user-space IOAPIC needs from KVM. Cheap to keep and usable from any thread.
+#[derive(Clone, Debug)]
+pub struct MsiRouter {
+    fd: Arc<VmFd>,
+}
+
+impl MsiRouter {
+    /// Replaces the VM's GSI routing (KVM_SET_GSI_ROUTING) with `routes`: GSI `gsi` raises
+    /// `msi`. An irqfd bound to a GSI without a route raises nothing until one is set.
+    pub fn set_routes(&self, routes: &[(u32, Msi)]) -> Result<()> {
+        let mut table = KvmIrqRouting::new(0).map_err(|_| Error::TooManyRoutes(routes.len()))?;
+        for &(gsi, msi) in routes {
+            let mut entry = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_MSI,
+                ..Default::default()
+            };
+            entry.u.msi.address_lo = msi.address as u32;
+            entry.u.msi.address_hi = (msi.address >> 32) as u32;
+            entry.u.msi.data = msi.data;
+            table
+                .push(entry)
+                .map_err(|_| Error::TooManyRoutes(routes.len()))?;
+        }
+        self.fd
+            .set_gsi_routing(&table)
+            .map_err(kvm_err("KVM_SET_GSI_ROUTING"))
+    }
+
+    /// Raises `msi` once (KVM_SIGNAL_MSI). Returns whether a LAPIC took it (false: the
+    /// guest blocked it, e.g. no APIC has the destination id).
+    pub fn signal(&self, msi: Msi) -> Result<bool> {
+        let message = kvm_msi {
+            address_lo: msi.address as u32,
+            address_hi: (msi.address >> 32) as u32,
+            data: msi.data,
+            ..Default::default()
+        };
+        let delivered = self
+            .fd
+            .signal_msi(message)
+            .map_err(kvm_err("KVM_SIGNAL_MSI"))?;
+        Ok(delivered > 0)
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_memory::{create_guest_memory, layout, GuestMemoryMmap, MemoryOptions};
-use vmm_vcpu::{BootEntry, ExitHandler, GuestLayout, VcpuExitReason, Vm, VmOptions};
+use vmm_vcpu::{BootEntry, ExitHandler, GuestLayout, Irqchip, VcpuExitReason, Vm, VmOptions};
 
 mod common;
 use common::options;
@@ -54,6 +54,12 @@ impl ExitHandler for Recorder {
             .lock()
             .unwrap()
             .push(format!("mmio-write {addr:#x} {data:02x?}"));
+    }
+    fn coalesced_mmio_write(&self, addr: u64, data: &[u8]) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("coalesced {addr:#x} {data:02x?}"));
     }
 }
 
@@ -118,6 +124,44 @@ fn long_mode_guest_does_port_and_mmio_exits_then_halts() {
     );
     let sregs = vcpu.fd().get_sregs().unwrap();
     assert_ne!(sregs.efer & (1 << 10), 0, "long mode active");
+}
+
+#[rustfmt::skip]
+const COALESCED_WRITES: &[u8] = &[
+    0x48, 0xc7, 0xc0, 0x00, 0x00, 0x00, 0x02,       // mov rax, 0x2000000
+    0xc7, 0x00, 0x01, 0x00, 0x00, 0x00,             // mov dword [rax], 1       (coalesced)
+    0xc7, 0x00, 0x02, 0x00, 0x00, 0x00,             // mov dword [rax], 2       (coalesced)
+    0x8b, 0x58, 0x10,                               // mov ebx, [rax + 0x10]    (exit)
+    0xc7, 0x40, 0x10, 0x03, 0x00, 0x00, 0x00,       // mov dword [rax + 0x10], 3 (exit)
+    0xc7, 0x00, 0x04, 0x00, 0x00, 0x00,             // mov dword [rax], 4       (coalesced)
+    0xf4,                                           // hlt
+];
+
+#[test]
+fn coalesced_writes_reach_the_handler_in_order_before_the_next_mmio_exit_and_at_the_end() {
+    let (vm, mem) = vm_with_code(COALESCED_WRITES, false);
+    assert!(
+        vm.coalesce_mmio_writes(MMIO_ADDR, 4).unwrap(),
+        "KVM has coalesced MMIO"
+    );
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.configure(&vm, &mem, Some(long64()), 1).unwrap();
+    let handler = Recorder::default();
+    assert_eq!(vcpu.run(&handler).unwrap(), VcpuExitReason::Halted);
+    let zone = MMIO_ADDR;
+    let other = MMIO_ADDR + 0x10;
+    assert_eq!(
+        handler.lines(),
+        vec![
+            format!("coalesced {zone:#x} [01, 00, 00, 00]"),
+            format!("coalesced {zone:#x} [02, 00, 00, 00]"),
+            format!("mmio-read {other:#x} 4"),
+            format!("mmio-write {other:#x} [03, 00, 00, 00]"),
+            format!("coalesced {zone:#x} [04, 00, 00, 00]"),
+        ]
+    );
+    // The read's value went back to the guest through the kvm_run page.
+    assert_eq!(vcpu.fd().get_regs().unwrap().rbx, 0xabab_abab);
 }
 
 #[test]
@@ -261,7 +305,7 @@ fn own_memory_type_and_layout() {
     };
     // No irqchip: the HLT at the end exits to user space.
     let vm = Vm::new(VmOptions {
-        irqchip: false,
+        irqchip: Irqchip::None,
         layout,
     })
     .unwrap();

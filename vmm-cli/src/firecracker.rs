@@ -127,6 +127,7 @@ fn run(args: FirecrackerArgs) -> Result<ExitCode, FcError> {
         apply_config_file(&mut api, path)?;
     }
     api.vm.boot_timer = args.boot_timer;
+    api.vm.irqchip = args.irqchip;
     let reason = if args.no_api {
         vmm_core::run_vm(&api.vm)
     } else {

@@ -68,6 +68,16 @@ pub struct FirecrackerArgs {
     /// Largest API request body, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = MAX_BODY_BYTES)]
     pub http_api_max_payload_size: usize,
+    /// Where the interrupt controllers are emulated (not a Firecracker flag): split (IOAPIC in
+    /// this process, LAPICs in KVM; no PIC or PIT) or kernel (all in KVM, with the PIC and
+    /// PIT, as Firecracker does).
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "VMM_IRQCHIP",
+        default_value = "split"
+    )]
+    pub irqchip: vmm_api::Irqchip,
     /// Process start time (wall clock, microseconds), as the jailer passes it.
     #[arg(long, value_name = "US")]
     pub start_time_us: Option<u64>,

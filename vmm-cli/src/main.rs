@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use vmm_api::{
-    BalloonConfig, DiskConfig, ElfEntry, MemorySize, NetConfig, SerialMode, VmConfig, VsockConfig,
+    BalloonConfig, DiskConfig, ElfEntry, Irqchip, MemorySize, NetConfig, SerialMode, VmConfig,
+    VsockConfig,
 };
 use vmm_cli::parse_socket_mode;
 
@@ -258,6 +259,12 @@ struct RunArgs {
     /// ELF kernel entry: auto (PVH when the kernel has the note), linux64 or pvh.
     #[arg(long, value_name = "ENTRY")]
     elf_entry: Option<ElfEntry>,
+    /// Where the interrupt controllers are emulated: split (the IOAPIC in this process, the
+    /// LAPICs in KVM, no PIC or PIT: for guests that use ACPI) or kernel (all in KVM, with the
+    /// PIC and PIT: for guests that need them, e.g. some booted with acpi=off)
+    /// [default: split]. A restored snapshot keeps its own.
+    #[arg(long, value_name = "MODE", env = "VMM_IRQCHIP")]
+    irqchip: Option<Irqchip>,
     /// virtio-blk disk on an image: path=FILE[,read_only=on][,id=NAME][,cache=unsafe]
     /// [,format=raw|qcow2|layered] (without format=, detected from the file's magic)
     /// (repeatable; the first is /dev/vda). Guest flushes reach the host's disk unless
@@ -330,6 +337,9 @@ impl RunArgs {
         config.track_dirty_pages |= self.track_dirty_pages;
         if let Some(entry) = self.elf_entry {
             config.elf_entry = entry;
+        }
+        if let Some(irqchip) = self.irqchip {
+            config.irqchip = irqchip;
         }
         // Device lists replace the file's lists rather than adding to them.
         if !self.disk.is_empty() {

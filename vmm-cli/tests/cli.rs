@@ -96,6 +96,50 @@ fn tiny_pvh_guest_prints_its_marker_and_exits_zero() {
     );
 }
 
+#[test]
+fn both_irqchip_modes_run_the_tiny_guest_and_a_bad_mode_is_refused() {
+    let kernel = guest_file("tiny-pvh.elf");
+    let k = kernel.to_str().unwrap();
+    for mode in ["split", "kernel"] {
+        let output = vmm(&[
+            "run",
+            "--kernel",
+            k,
+            "--cmdline",
+            "test=1",
+            "--irqchip",
+            mode,
+        ]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{mode}: {}",
+            text(&output.stderr)
+        );
+        assert!(text(&output.stdout).contains("GUEST-TEST-DONE"), "{mode}");
+    }
+    let output = vmm(&["run", "--kernel", k, "--irqchip", "both"]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        text(&output.stderr).contains("use split or kernel"),
+        "{}",
+        text(&output.stderr)
+    );
+    // The environment variable is the flag's default (the e2e suite runs on it).
+    let output = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(["run", "--kernel", k])
+        .env("VMM_IRQCHIP", "neither")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        text(&output.stderr).contains("neither"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
 /// The row of `table` for `exit` at `address`: its count.
 fn exit_count(table: &str, exit: &str, address: &str) -> Option<u64> {
     table.lines().find_map(|line| {

@@ -8,11 +8,14 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use vmm_devices::{AcpiPmDevice, Bus, EventFdTrigger, Ged, GedState, I8042Wrapper, SerialDevice};
+use vmm_devices::{
+    AcpiPmDevice, Bus, EventFdTrigger, Ged, GedState, I8042Wrapper, IoApic, IoApicState,
+    SerialDevice,
+};
 use vmm_loader::{BootLayout, BootProtocol, LoadedKernel};
 use vmm_memory::{layout, GuestMemoryMmap, MemoryOptions};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_vcpu::{BootEntry, GuestLayout, Vcpu, Vm, VmOptions};
+use vmm_vcpu::{BootEntry, GuestLayout, Irqchip, Vcpu, Vm, VmOptions};
 
 use crate::error::{Error, Result};
 use crate::exits::BusExitHandler;
@@ -25,8 +28,8 @@ const _: () = assert!(layout::BOOT_GDT_MAX == vmm_vcpu::boot::BOOT_GDT_ENTRIES);
 
 /// The KVM VM of the address map in `vmm_memory::layout`: its TSS, and where the boot vCPU's
 /// GDT, IDT, identity page tables and stack go.
-fn vm_options() -> VmOptions {
-    VmOptions::new(GuestLayout {
+fn vm_options(irqchip: vmm_api::Irqchip) -> VmOptions {
+    let mut options = VmOptions::new(GuestLayout {
         tss: layout::KVM_TSS_ADDRESS,
         gdt: layout::BOOT_GDT_START,
         idt: layout::BOOT_IDT_START,
@@ -34,7 +37,12 @@ fn vm_options() -> VmOptions {
         pdpt: layout::PDPTE_START,
         pd: layout::PDE_START,
         boot_stack_pointer: layout::BOOT_STACK_POINTER,
-    })
+    });
+    options.irqchip = match irqchip {
+        vmm_api::Irqchip::Kernel => Irqchip::Kernel,
+        vmm_api::Irqchip::Split => Irqchip::Split,
+    };
+    options
 }
 
 /// Kernels larger than this are ordinary kernels (not tiny test guests): on a PVM host they get
@@ -64,6 +72,8 @@ pub struct BuiltVm {
     /// Raised when the guest powers off through ACPI (S5).
     pub(crate) power_off: EventFd,
     pub(crate) ged: Arc<Mutex<Ged>>,
+    /// The split irqchip's IOAPIC; None with the in-kernel irqchip.
+    pub(crate) ioapic: Option<Arc<Mutex<IoApic>>>,
     /// The guest's kernel was told `acpi=off`: it has no power button.
     pub(crate) acpi_off: bool,
     pub(crate) exits: Arc<BusExitHandler>,
@@ -223,8 +233,12 @@ impl BuiltVm {
         };
         // Virtio backends too (disk images, taps, the vsock socket).
         let opened = virtio_devices::open_devices(config, Default::default())?;
-        // Where the loader puts the boot structures: the VMM's own layout.
-        let boot = BootLayout::default();
+        // Where the loader puts the boot structures: the VMM's own layout, with the PICs only
+        // where KVM emulates them.
+        let boot = BootLayout {
+            legacy_pic: config.irqchip == vmm_api::Irqchip::Kernel,
+            ..BootLayout::default()
+        };
         let cmdline = {
             let base = config
                 .cmdline
@@ -256,7 +270,7 @@ impl BuiltVm {
 
         // SAFETY: `memory` (vmm-memory mmaps) goes into the `BuiltVm` returned below together
         // with the VM and its vCPUs, and stays mapped until after their last run: see `machine`.
-        let machine = unsafe { machine(config, &memory, opened, None, None) }?;
+        let machine = unsafe { machine(config, &memory, opened, None, None, None) }?;
         // Machine::new checked the count against KVM's limit, at most 254.
         let vcpu_count = config.vcpus as u8;
         let virtio_slots: Vec<_> = machine.virtio.iter().map(|d| d.slot).collect();
@@ -347,6 +361,13 @@ impl BuiltVm {
             ));
         }
         let mut config = snapshot.config_for(source)?;
+        // The interrupt controllers the snapshot has state for (snapshots from before the
+        // split irqchip existed have the in-kernel one, whatever their configuration says).
+        config.irqchip = if snapshot.ioapic.is_some() {
+            vmm_api::Irqchip::Split
+        } else {
+            vmm_api::Irqchip::Kernel
+        };
         config.validate()?;
         // Each sealed disk gets its own fresh clone: two restores of one snapshot never write
         // the same file.
@@ -404,6 +425,7 @@ impl BuiltVm {
                 opened,
                 Some(&snapshot.serial),
                 Some(&snapshot.ged),
+                snapshot.ioapic.as_ref(),
             )
         }?;
         persist::restore_devices(&machine.virtio, &snapshot.devices)?;
@@ -436,6 +458,7 @@ struct Machine {
     reset: EventFd,
     power_off: EventFd,
     ged: Arc<Mutex<Ged>>,
+    ioapic: Option<Arc<Mutex<IoApic>>>,
     virtio: Vec<AttachedDevice>,
     exits: Arc<BusExitHandler>,
 }
@@ -461,8 +484,9 @@ unsafe fn machine(
     opened: Vec<virtio_devices::OpenedDevice>,
     serial_state: Option<&vmm_devices::SerialDeviceState>,
     ged_state: Option<&GedState>,
+    ioapic_state: Option<&IoApicState>,
 ) -> Result<Machine> {
-    let vm = Vm::new(vm_options())?;
+    let vm = Vm::new(vm_options(config.irqchip))?;
     vm.check_vcpu_count(config.vcpus)?;
     // SAFETY: this function's contract is register_memory's.
     unsafe { vm.register_memory(memory) }?;
@@ -481,6 +505,8 @@ unsafe fn machine(
         pio,
     } = LegacyDevices::attach(&vm, config, serial_state)?;
     let mut mmio = Bus::new();
+    // A split irqchip's IOAPIC first: its routes carry the irqfds below.
+    let ioapic = crate::ioapic::attach(&vm, config.vcpus, ioapic_state, &mut mmio)?;
     // The ACPI power button: a GED whose interrupt is an irqfd.
     let ged_irq = event_fd()?;
     vm.register_irqfd(&ged_irq, layout::GED_IRQ)?;
@@ -499,6 +525,9 @@ unsafe fn machine(
         )?;
     }
     let virtio = virtio_devices::attach_devices(opened, &vm, memory, &mut mmio)?;
+    if let Some(ioapic) = &ioapic {
+        crate::ioapic::connect_lines(ioapic, &virtio);
+    }
     Ok(Machine {
         vm,
         serial,
@@ -511,7 +540,9 @@ unsafe fn machine(
             pio,
             mmio,
             stats: crate::exit_stats::get(),
+            ioapic: ioapic.clone(),
         }),
+        ioapic,
     })
 }
 
@@ -537,6 +568,7 @@ impl Machine {
             reset: self.reset,
             power_off: self.power_off,
             ged: self.ged,
+            ioapic: self.ioapic,
             acpi_off: acpi_off(config),
             exits: self.exits,
             config: config.clone(),

@@ -70,6 +70,9 @@ pub enum Error {
     /// An eventfd for an interrupt or notification.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// A saved user-space IOAPIC is refused, or its routes cannot be installed.
+    #[error("IOAPIC")]
+    IoApic(#[source] vmm_devices::ioapic::IoApicError),
     /// The power button's interrupt could not be raised.
     #[error("cannot raise the power button's interrupt")]
     PowerButton(#[source] std::io::Error),

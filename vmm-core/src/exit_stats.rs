@@ -251,7 +251,13 @@ fn describe_mmio(addr: u64) -> (String, String) {
         return ("boot timer".into(), String::new());
     }
     if (layout::IOAPIC_START..layout::IOAPIC_START + 0x1000).contains(&addr) {
-        return ("IOAPIC".into(), String::new());
+        use vmm_devices::ioapic::{IOREGSEL_OFFSET, IOWIN_OFFSET};
+        let register = match addr - layout::IOAPIC_START {
+            IOREGSEL_OFFSET => "IOREGSEL",
+            IOWIN_OFFSET => "IOWIN",
+            _ => "",
+        };
+        return ("IOAPIC".into(), register.into());
     }
     if (layout::LAPIC_START..layout::LAPIC_START + 0x1000).contains(&addr) {
         return ("LAPIC".into(), String::new());
@@ -409,6 +415,14 @@ mod tests {
                 (ExitKey::Other(OtherExit::Interrupted), 1),
             ]
         );
+    }
+
+    #[test]
+    fn the_split_irqchips_ioapic_registers_are_named() {
+        let name = |offset| describe_mmio(layout::IOAPIC_START + offset);
+        assert_eq!(name(0x00), ("IOAPIC".to_string(), "IOREGSEL".to_string()));
+        assert_eq!(name(0x10), ("IOAPIC".to_string(), "IOWIN".to_string()));
+        assert_eq!(name(0x40), ("IOAPIC".to_string(), String::new()));
     }
 
     #[test]

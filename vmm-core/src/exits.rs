@@ -1,10 +1,10 @@
 //! The vCPU exit handler: port and MMIO exits go to the two buses.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use vmm_devices::metrics::DeviceMetrics;
-use vmm_devices::Bus;
+use vmm_devices::{Bus, IoApic};
 use vmm_vcpu::{ExitHandler, OtherExit};
 
 /// Dispatches vCPU exits to the port bus and the MMIO bus. Unclaimed reads see all ones and
@@ -17,6 +17,8 @@ pub struct BusExitHandler {
     pub mmio: Bus,
     /// The `--exit-stats` counters, when they are on.
     pub stats: Option<&'static crate::exit_stats::ExitStats>,
+    /// The split irqchip's IOAPIC (also on `mmio`), which hears of level-triggered EOIs.
+    pub ioapic: Option<Arc<Mutex<IoApic>>>,
 }
 
 impl ExitHandler for BusExitHandler {
@@ -54,6 +56,17 @@ impl ExitHandler for BusExitHandler {
             stats.mmio(addr, true);
         }
         self.mmio.write(addr, data);
+    }
+
+    fn coalesced_mmio_write(&self, addr: u64, data: &[u8]) {
+        // Not an exit: neither counted nor in the metrics.
+        self.mmio.write(addr, data);
+    }
+
+    fn ioapic_eoi(&self, vector: u8) {
+        if let Some(ioapic) = &self.ioapic {
+            crate::lock(ioapic).end_of_interrupt(vector);
+        }
     }
 
     fn other_exit(&self, kind: OtherExit) {

@@ -20,6 +20,7 @@ mod event_loop;
 mod events;
 pub mod exit_stats;
 mod exits;
+mod ioapic;
 pub mod logger;
 pub mod metrics;
 pub mod output_file;

@@ -44,6 +44,10 @@ pub struct VmSnapshot {
     /// pending in snapshots taken before the GED existed.
     #[serde(default)]
     pub ged: vmm_devices::GedState,
+    /// The user-space IOAPIC of a VM with the split irqchip; None for the in-kernel irqchip
+    /// (whose IOAPIC is in `vm`), and in snapshots taken before the split irqchip existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ioapic: Option<vmm_devices::IoApicState>,
     /// The disks sealed at the snapshot ([`DiskImage::seal_for_snapshot`]), keyed by device id
     /// ("blk0"): a restore attaches a fresh clone of each instead of the configured path. Only
     /// formats that keep such a point (the layered format) have one; none in snapshots taken

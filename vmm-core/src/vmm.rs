@@ -51,6 +51,8 @@ pub struct Vmm {
     i8042: Arc<Mutex<I8042Wrapper>>,
     /// The ACPI power button.
     ged: Arc<Mutex<Ged>>,
+    /// The split irqchip's IOAPIC.
+    ioapic: Option<Arc<Mutex<vmm_devices::IoApic>>>,
     /// The guest was booted with `acpi=off`: it has no power button.
     acpi_off: bool,
     config: ApiConfig,
@@ -96,6 +98,7 @@ impl Vmm {
             reset,
             power_off,
             ged,
+            ioapic,
             acpi_off,
             exits,
             config,
@@ -134,6 +137,7 @@ impl Vmm {
             serial,
             i8042,
             ged,
+            ioapic,
             acpi_off,
             config: ApiConfig::new(config),
             unsaved_dirty: None,
@@ -309,6 +313,7 @@ impl Vmm {
         let disk_seals = persist::seal_disks(&self.virtio)?;
         let serial = crate::lock(&self.serial).save_state();
         let ged = crate::lock(&self.ged).save_state();
+        let ioapic = self.ioapic.as_ref().map(|i| crate::lock(i).state());
         // Every snapshot, full or diff, starts a new epoch of dirty tracking: reading KVM's log
         // clears it, and the VMM's bitmaps are read and cleared with it. Pages of a snapshot
         // that then fails are kept for the next one.
@@ -337,6 +342,7 @@ impl Vmm {
                 memory,
                 iface_ids,
                 ged,
+                ioapic,
                 disk_seals,
             },
         );

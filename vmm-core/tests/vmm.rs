@@ -8,8 +8,8 @@ use common::{scratch, tiny_guest};
 use std::path::Path;
 
 use vmm_api::{
-    ApiResponse, BalloonUpdate, InstanceState, MemorySize, SerialMode, SnapshotCreateParams,
-    SnapshotType, VmConfig,
+    ApiResponse, BalloonUpdate, InstanceState, Irqchip, MemorySize, SerialMode,
+    SnapshotCreateParams, SnapshotType, VmConfig,
 };
 use vmm_core::{BuiltVm, Error, RestoreSource, ShutdownReason, StartMode, Vmm};
 
@@ -57,9 +57,22 @@ fn no_api(_: &mut Vmm, _: vmm_api::ApiRequest) -> ApiResponse {
 }
 
 #[test]
-fn a_vmm_pauses_resumes_snapshots_and_its_snapshot_restores() {
-    let dir = scratch("lifecycle");
-    let built = BuiltVm::build(&config(&dir, "console=ttyS0")).unwrap();
+fn a_vmm_pauses_resumes_snapshots_and_its_snapshot_restores_split_irqchip() {
+    pause_resume_snapshot_restore(Irqchip::Split);
+}
+
+#[test]
+fn a_vmm_pauses_resumes_snapshots_and_its_snapshot_restores_kernel_irqchip() {
+    pause_resume_snapshot_restore(Irqchip::Kernel);
+}
+
+fn pause_resume_snapshot_restore(irqchip: Irqchip) {
+    let dir = scratch(&format!("lifecycle-{irqchip}"));
+    let built = BuiltVm::build(&VmConfig {
+        irqchip,
+        ..config(&dir, "console=ttyS0")
+    })
+    .unwrap();
     let mut vmm = Vmm::start(built, StartMode::Running).unwrap();
     assert_eq!(vmm.state(), InstanceState::Running);
     assert_eq!(vmm.config().vm.instance_id(), "anonymous-instance");
@@ -106,8 +119,14 @@ fn a_vmm_pauses_resumes_snapshots_and_its_snapshot_restores() {
     let saved = source.read_state().unwrap();
     let ids: Vec<&str> = saved.devices.keys().map(String::as_str).collect();
     assert_eq!(ids, ["balloon", "rng"]);
+    // The interrupt controllers' state is where the mode keeps it: the user-space IOAPIC, or
+    // KVM's chips and PIT.
+    assert_eq!(saved.ioapic.is_some(), irqchip == Irqchip::Split);
+    assert_eq!(saved.vm.irqchip.is_some(), irqchip == Irqchip::Kernel);
+    assert_eq!(saved.vm.pit.is_some(), irqchip == Irqchip::Kernel);
     let mut restored = Vmm::start(BuiltVm::restore(&source).unwrap(), StartMode::Paused).unwrap();
     assert_eq!(restored.state(), InstanceState::Paused);
+    assert_eq!(restored.config().vm.irqchip, irqchip);
     restored.resume().unwrap();
     assert_eq!(restored.state(), InstanceState::Running);
     let stopped_at = restored.shutdown();
@@ -155,6 +174,41 @@ fn a_snapshot_for_another_device_set_is_refused() {
     let err = BuiltVm::restore(&source).err().expect("a mismatch");
     let text = vmm_core::error_chain(&err);
     assert!(text.contains("rng7"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_split_irqchip_state_without_its_ioapic_or_with_a_bad_one_is_refused() {
+    let dir = scratch("ioapic-state");
+    let built = BuiltVm::build(&config(&dir, "console=ttyS0")).unwrap();
+    let mut vmm = Vmm::start(built, StartMode::Paused).unwrap();
+    vmm.snapshot(&full_snapshot(&dir)).unwrap();
+    vmm.shutdown();
+    let source = RestoreSource {
+        state: dir.join("vm.state"),
+        mem: dir.join("vm.mem"),
+        ..RestoreSource::default()
+    };
+    let saved = source.read_state().unwrap();
+    // Without its IOAPIC the state reads as an in-kernel irqchip's, which it lacks.
+    let mut without = saved.clone();
+    without.ioapic = None;
+    vmm_core::snapshot::SnapshotFile::write(&source.state, &without).unwrap();
+    let err = BuiltVm::restore(&source).err().expect("a mismatch");
+    let text = vmm_core::error_chain(&err);
+    assert!(text.contains("in-kernel irqchip"), "{text}");
+    // A redirection table of the wrong size.
+    let mut short = saved.clone();
+    short.ioapic.as_mut().unwrap().entries.truncate(3);
+    vmm_core::snapshot::SnapshotFile::write(&source.state, &short).unwrap();
+    let err = BuiltVm::restore(&source).err().expect("a bad IOAPIC");
+    let text = vmm_core::error_chain(&err);
+    assert!(text.contains("3 redirection entries"), "{text}");
+    // The state as saved still restores.
+    vmm_core::snapshot::SnapshotFile::write(&source.state, &saved).unwrap();
+    let restored = Vmm::start(BuiltVm::restore(&source).unwrap(), StartMode::Paused).unwrap();
+    assert_eq!(restored.config().vm.irqchip, Irqchip::Split);
+    drop(restored);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

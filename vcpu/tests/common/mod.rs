@@ -2,7 +2,7 @@
 //! passes them.
 
 use vmm_memory::layout;
-use vmm_vcpu::{GuestLayout, VmOptions};
+use vmm_vcpu::{GuestLayout, Irqchip, VmOptions};
 
 /// vmm-memory's address map.
 pub fn guest_layout() -> GuestLayout {
@@ -19,6 +19,15 @@ pub fn guest_layout() -> GuestLayout {
 
 /// A VM with or without the in-kernel irqchip, in vmm-memory's address map.
 pub fn options(irqchip: bool) -> VmOptions {
+    with_irqchip(if irqchip {
+        Irqchip::Kernel
+    } else {
+        Irqchip::None
+    })
+}
+
+/// A VM with the given interrupt controllers, in vmm-memory's address map.
+pub fn with_irqchip(irqchip: Irqchip) -> VmOptions {
     VmOptions {
         irqchip,
         layout: guest_layout(),

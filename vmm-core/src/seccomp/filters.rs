@@ -344,7 +344,7 @@ mod kvm {
     }
 
     /// What a vCPU thread does on its own vCPU: run it, read its state for a snapshot.
-    pub const VCPU_THREAD: [u64; 15] = [
+    pub const VCPU_THREAD: [u64; 17] = [
         ioc(NONE, 0x80, 0),                               // KVM_RUN
         ioc(READ, 0x81, size_of::<kvm_regs>()),           // KVM_GET_REGS
         ioc(READ, 0x83, size_of::<kvm_sregs>()),          // KVM_GET_SREGS
@@ -360,6 +360,9 @@ mod kvm {
         ioc(READ, 0xa6, size_of::<kvm_xcrs>()),           // KVM_GET_XCRS
         ioc(NONE, 0xa3, 0),                               // KVM_GET_TSC_KHZ
         ioc(NONE, 0xad, 0),                               // KVM_KVMCLOCK_CTRL
+        // The split irqchip's IOAPIC, programmed by the guest through MMIO exits.
+        ioc(WRITE, 0x6a, size_of::<kvm_irq_routing>()), // KVM_SET_GSI_ROUTING
+        ioc(WRITE, 0xa5, size_of::<kvm_msi>()),         // KVM_SIGNAL_MSI
     ];
 
     /// What the main thread does on the VM once it runs: a snapshot's VM-wide state and dirty
@@ -386,6 +389,8 @@ mod tests {
         assert_eq!(kvm::VCPU_THREAD[1], 0x8090_ae81); // KVM_GET_REGS
         assert_eq!(kvm::VM_CONTROL[7], 0xae03); // KVM_CHECK_EXTENSION
         assert_eq!(kvm::VM_CONTROL[3], 0x4010_ae42); // KVM_GET_DIRTY_LOG
+        assert_eq!(kvm::VCPU_THREAD[15], 0x4008_ae6a); // KVM_SET_GSI_ROUTING
+        assert_eq!(kvm::VCPU_THREAD[16], 0x4020_aea5); // KVM_SIGNAL_MSI
     }
 
     #[test]
