@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use kvm_bindings::{
     kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -19,7 +19,7 @@ use crate::caps::StateCaps;
 use crate::cpuid;
 use crate::error::{kvm_err, Error, Result};
 use crate::regs;
-use crate::vm::{is_pvm_host, Vm};
+use crate::vm::{is_pvm_host, CoalescedMmio, Vm};
 
 /// Receives the exits that the VMM's devices must answer. `vmm-core` implements it with its
 /// port and MMIO buses; the run loop never knows which device it talks to.
@@ -197,14 +197,6 @@ pub struct Vcpu {
     coalesced: Arc<CoalescedMmio>,
     /// The VM's coalesced MMIO ring is mapped through this vCPU's fd.
     ring_mapped: bool,
-}
-
-/// Whether a VM has coalesced MMIO zones, shared by its vCPUs, which drain the one ring of the
-/// VM (mapped through each vCPU's fd) one at a time.
-#[derive(Debug, Default)]
-pub(crate) struct CoalescedMmio {
-    pub(crate) enabled: AtomicBool,
-    drain: Mutex<()>,
 }
 
 impl Vcpu {

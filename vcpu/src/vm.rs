@@ -17,7 +17,6 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::GuestLayout;
 use crate::caps::StateCaps;
 use crate::error::{kvm_err, Error, Result};
-use crate::run::CoalescedMmio;
 
 /// True when /dev/kvm comes from the kvm_pvm module: KVM without VT-x/AMD-V, which runs guest
 /// supervisor code through its instruction emulator and so cannot run an unmodified kernel.
@@ -78,6 +77,14 @@ impl VmOptions {
             layout,
         }
     }
+}
+
+/// Whether a VM has coalesced MMIO zones, shared by its vCPUs, which drain the one ring of the
+/// VM (mapped through each vCPU's fd) one at a time.
+#[derive(Debug, Default)]
+pub(crate) struct CoalescedMmio {
+    pub(crate) enabled: AtomicBool,
+    pub(crate) drain: Mutex<()>,
 }
 
 /// A KVM VM.

@@ -154,19 +154,24 @@ fn wait_for_end_returns_the_guests_power_off() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn a_snapshot_for_another_device_set_is_refused() {
-    let dir = scratch("mismatch");
-    let built = BuiltVm::build(&config(&dir, "console=ttyS0")).unwrap();
+/// A full snapshot in `dir` of the test VM that never ran (built paused, default irqchip).
+fn snapshot_of_a_paused_vm(dir: &Path) -> RestoreSource {
+    let built = BuiltVm::build(&config(dir, "console=ttyS0")).unwrap();
     let mut vmm = Vmm::start(built, StartMode::Paused).unwrap();
-    vmm.snapshot(&full_snapshot(&dir)).unwrap();
+    vmm.snapshot(&full_snapshot(dir)).unwrap();
     vmm.shutdown();
-    // Rewrite the state with one device renamed: the restore must say which one is missing.
-    let source = RestoreSource {
+    RestoreSource {
         state: dir.join("vm.state"),
         mem: dir.join("vm.mem"),
         ..RestoreSource::default()
-    };
+    }
+}
+
+#[test]
+fn a_snapshot_for_another_device_set_is_refused() {
+    let dir = scratch("mismatch");
+    let source = snapshot_of_a_paused_vm(&dir);
+    // Rewrite the state with one device renamed: the restore must say which one is missing.
     let mut saved = source.read_state().unwrap();
     let rng = saved.devices.remove("rng").unwrap();
     saved.devices.insert("rng7".to_string(), rng);
@@ -180,15 +185,7 @@ fn a_snapshot_for_another_device_set_is_refused() {
 #[test]
 fn a_split_irqchip_state_without_its_ioapic_or_with_a_bad_one_is_refused() {
     let dir = scratch("ioapic-state");
-    let built = BuiltVm::build(&config(&dir, "console=ttyS0")).unwrap();
-    let mut vmm = Vmm::start(built, StartMode::Paused).unwrap();
-    vmm.snapshot(&full_snapshot(&dir)).unwrap();
-    vmm.shutdown();
-    let source = RestoreSource {
-        state: dir.join("vm.state"),
-        mem: dir.join("vm.mem"),
-        ..RestoreSource::default()
-    };
+    let source = snapshot_of_a_paused_vm(&dir);
     let saved = source.read_state().unwrap();
     // Without its IOAPIC the state reads as an in-kernel irqchip's, which it lacks.
     let mut without = saved.clone();
