@@ -251,6 +251,15 @@ pub struct VmConfig {
     /// writes 123 when it has booted; the VMM logs the time it took.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub boot_timer: bool,
+    /// On SIGTERM, SIGINT or SIGHUP, press the ACPI power button and give the guest this many
+    /// seconds to power off before the VM ends anyway (a second signal ends it at once); 0
+    /// ends it at the first signal.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shutdown_grace_s: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Default for VmConfig {
@@ -280,6 +289,7 @@ impl Default for VmConfig {
             track_dirty_pages: false,
             smt: false,
             boot_timer: false,
+            shutdown_grace_s: 0,
         }
     }
 }

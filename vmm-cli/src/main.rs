@@ -265,6 +265,11 @@ struct RunArgs {
     /// [default: split]. A restored snapshot keeps its own.
     #[arg(long, value_name = "MODE", env = "VMM_IRQCHIP")]
     irqchip: Option<Irqchip>,
+    /// On SIGTERM, SIGINT or SIGHUP, press the ACPI power button and give the guest this many
+    /// seconds to power off (exit code 0 if it does) before ending the VM anyway (a second
+    /// signal ends it at once) [default: 0: end at the first signal].
+    #[arg(long, value_name = "SECONDS")]
+    shutdown_grace: Option<u64>,
     /// virtio-blk disk on an image: path=FILE[,read_only=on][,id=NAME][,cache=unsafe]
     /// [,format=raw|qcow2|layered] (without format=, detected from the file's magic)
     /// (repeatable; the first is /dev/vda). Guest flushes reach the host's disk unless
@@ -340,6 +345,9 @@ impl RunArgs {
         }
         if let Some(irqchip) = self.irqchip {
             config.irqchip = irqchip;
+        }
+        if let Some(grace) = self.shutdown_grace {
+            config.shutdown_grace_s = grace;
         }
         // Device lists replace the file's lists rather than adding to them.
         if !self.disk.is_empty() {

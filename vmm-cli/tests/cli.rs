@@ -1,7 +1,7 @@
 //! Tier 2: the `vmm` binary end to end on this machine's /dev/kvm with the tiny PVH guest
 //! (../shared/guest/tiny-pvh.elf), and every bad-input case the CLI must refuse cleanly.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -260,6 +260,66 @@ fn sigterm_ends_a_halted_guest_cleanly() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+}
+
+/// Starts the tiny guest (halted after its marker, deaf to the power button) with
+/// `--shutdown-grace SECONDS`, sends it SIGTERM once its marker is out, and returns the child
+/// with its stderr, read up to the line that says the button was pressed.
+fn sigterm_with_grace(
+    seconds: &str,
+) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
+    let kernel = guest_file("tiny-pvh.elf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0",
+        ])
+        .args(["--shutdown-grace", seconds])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_marker(&mut BufReader::new(child.stdout.take().unwrap()));
+    // SAFETY: sends SIGTERM to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("pressed the power button") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "vmm closed stderr before pressing the power button"
+        );
+    }
+    assert!(
+        line.contains(&format!("the guest has {seconds} s")),
+        "{line}"
+    );
+    (child, stderr)
+}
+
+#[test]
+fn a_shutdown_grace_presses_the_power_button_then_ends_at_its_deadline() {
+    // The tiny guest never powers off: the grace runs out (an upper bound, not a speed).
+    let (mut child, mut stderr) = sigterm_with_grace("1");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("did not power off within 1 s"), "{rest}");
+}
+
+#[test]
+fn a_second_signal_ends_the_shutdown_grace_at_once() {
+    let (mut child, _stderr) = sigterm_with_grace("3600");
+    // SAFETY: sends SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGINT));
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! Ctrl+Alt+Del, state) and its shutdown. The control API reaches these through
 //! `dispatch.rs`; a program embedding this crate calls them directly.
 
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use vmm_api::{
     ApiConfig, ApiRequest, ApiResponse, BalloonUpdate, Flavor, InstanceState, PartialDrive,
@@ -55,6 +56,9 @@ pub struct Vmm {
     ioapic: Option<Arc<Mutex<vmm_devices::IoApic>>>,
     /// The guest was booted with `acpi=off`: it has no power button.
     acpi_off: bool,
+    /// A termination signal that pressed the power button, and when the guest's grace to
+    /// power off ends.
+    signal_grace: Option<(i32, Instant)>,
     config: ApiConfig,
     /// Dirty pages read for a snapshot that failed, to be part of the next one.
     unsaved_dirty: Option<Vec<Vec<u64>>>,
@@ -139,6 +143,7 @@ impl Vmm {
             ged,
             ioapic,
             acpi_off,
+            signal_grace: None,
             config: ApiConfig::new(config),
             unsaved_dirty: None,
             // The metrics file can only be configured before boot: without one now, there
@@ -545,11 +550,48 @@ impl Vmm {
         mut on_request: impl FnMut(&mut Vmm, ApiRequest) -> ApiResponse,
     ) -> Result<ShutdownReason> {
         loop {
-            let event = self.events.recv().map_err(|_| Error::EventChannelLost)?;
+            let event = match self.signal_grace {
+                // The deadline is an upper bound for a guest that ignores the button.
+                Some((signal, deadline)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match self.events.recv_timeout(left) {
+                        Ok(event) => event,
+                        Err(RecvTimeoutError::Timeout) => {
+                            log::warn!(
+                                "the guest did not power off within {} s of signal {signal}",
+                                self.config.vm.shutdown_grace_s
+                            );
+                            return Ok(ShutdownReason::Signal(signal));
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return Err(Error::EventChannelLost),
+                    }
+                }
+                None => self.events.recv().map_err(|_| Error::EventChannelLost)?,
+            };
             if let Some(end) = self.on_event(event, &mut on_request) {
                 return end;
             }
         }
+    }
+
+    /// On a first termination signal with a shutdown grace configured, presses the power
+    /// button of a running ACPI guest and starts the grace; false when the signal ends the VM
+    /// now (no grace, a second signal, a paused or `acpi=off` guest).
+    fn begin_signal_grace(&mut self, signal: i32) -> bool {
+        let grace = self.config.vm.shutdown_grace_s;
+        if grace == 0 || self.signal_grace.is_some() || self.state() != InstanceState::Running {
+            return false;
+        }
+        if let Err(e) = self.press_power_button() {
+            log::info!("signal {signal}: no power button to press ({e}): ending the VM");
+            return false;
+        }
+        log::warn!(
+            "signal {signal}: pressed the power button; the guest has {grace} s to power off"
+        );
+        let deadline = Instant::now() + Duration::from_secs(grace);
+        self.signal_grace = Some((signal, deadline));
+        true
     }
 
     /// [`Vmm::wait_for_end`] without waiting: takes the events already there and says how the
@@ -558,6 +600,11 @@ impl Vmm {
         &mut self,
         mut on_request: impl FnMut(&mut Vmm, ApiRequest) -> ApiResponse,
     ) -> Option<Result<ShutdownReason>> {
+        if let Some((signal, deadline)) = self.signal_grace {
+            if Instant::now() >= deadline {
+                return Some(Ok(ShutdownReason::Signal(signal)));
+            }
+        }
         loop {
             let event = match self.events.try_recv() {
                 Ok(event) => event,
@@ -584,7 +631,12 @@ impl Vmm {
             VmEvent::Vcpu(Err(e)) => Err(e.into()),
             VmEvent::VcpuPanicked(index) => Err(Error::VcpuPanicked(index)),
             VmEvent::EventLoopFailed(e) => Err(Error::EventLoop(e)),
-            VmEvent::Signal(signal) => Ok(ShutdownReason::Signal(signal)),
+            VmEvent::Signal(signal) => {
+                if self.begin_signal_grace(signal) {
+                    return None;
+                }
+                Ok(ShutdownReason::Signal(signal))
+            }
             VmEvent::Api(request, reply) => {
                 let _ = reply.send(on_request(self, *request));
                 return None;

@@ -3,6 +3,9 @@
 //! button (a Generic Event Device's interrupt), which a guest that handles it answers by
 //! powering off: the VMM then exits 0 by itself, before the stop's timeout, unkilled.
 //!
+//! With `--shutdown-grace`, SIGTERM presses the button too and the guest has that long to power
+//! off (exit 0).
+//!
 //! The shared guest's busybox init has no power button handler; the test initramfs's
 //! `powerbutton` script plays that part (it waits for the GED's interrupt, then powers off).
 
@@ -87,5 +90,37 @@ fn vmm_stop_presses_the_power_button_and_the_guest_powers_off() {
     );
     assert!(stop_stderr.contains("the guest stopped"), "{stop_stderr}");
     assert_clean(code, &output);
+    assert!(!output.contains("POWERBUTTON-FAIL"), "{output}");
+}
+
+#[test]
+fn sigterm_with_a_shutdown_grace_lets_the_guest_power_off_through_its_button() {
+    let (kernel, initrd) = (guest("vmlinux"), test_initramfs());
+    let append = format!("{QUIET} guest.test=powerbutton");
+    let (code, output) = retried_in_test_host(|| {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        // The grace is an upper bound, never waited out when the guest powers off.
+        let mut vm = Running::start(&[
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--memory",
+            "128M",
+            "--shutdown-grace",
+            "120",
+            "--append",
+            &append,
+        ]);
+        vm.expect("POWERBUTTON-READY", deadline);
+        // SAFETY: sends SIGTERM to our own child process.
+        unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+        vm.expect("POWERBUTTON-PRESSED", deadline);
+        vm.finish(deadline)
+    });
+    // The guest's own power-off ended the VMM (0), not the signal (143).
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("pressed the power button"), "{output}");
+    assert!(!output.contains("did not power off"), "{output}");
     assert!(!output.contains("POWERBUTTON-FAIL"), "{output}");
 }
