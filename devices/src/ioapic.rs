@@ -219,7 +219,7 @@ impl IoApic {
             .as_slice()
             .try_into()
             .map_err(|_| IoApicError::EntryCount(state.entries.len()))?;
-        let mut ioapic = IoApic::new(state.id & 0x0f, routes);
+        let mut ioapic = IoApic::new(state.id, routes);
         ioapic.select = state.select;
         // Only what a guest could have written, plus remote IRR.
         ioapic.entries = entries.map(|e| e & (WRITABLE | REMOTE_IRR));
@@ -339,7 +339,9 @@ impl IoApic {
 
     fn write_register(&mut self, value: u32) {
         match self.select {
-            REG_ID => self.id = ((value >> 24) & 0x0f) as u8,
+            // Bits 24-31: the MADT gives ids up to the vCPU count, past the 4 bits of an
+            // 82093AA.
+            REG_ID => self.id = (value >> 24) as u8,
             index if index >= REG_REDIRECTION => {
                 let pin = usize::from((index - REG_REDIRECTION) / 2);
                 let Some(&old) = self.entries.get(pin) else {
@@ -625,7 +627,7 @@ mod tests {
         odd.id = 0xff;
         let back = IoApic::from_state(&odd, Box::new(Recorder::default())).unwrap();
         assert_eq!(back.entry(0), Some(WRITABLE | REMOTE_IRR));
-        assert_eq!(back.state().id, 0x0f);
+        assert_eq!(back.state().id, 0xff);
     }
 
     #[test]
