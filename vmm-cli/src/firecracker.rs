@@ -48,7 +48,7 @@ pub fn invoked_as_firecracker(argv0: Option<&OsString>) -> bool {
 
 /// Runs the `firecracker` front end on `args` (the first is the program name).
 pub fn main(args: Vec<OsString>) -> ExitCode {
-    let args = match FirecrackerArgs::try_parse_from(args) {
+    let args = match vmm_cli::on_own_stack(move || FirecrackerArgs::try_parse_from(args)) {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => {
             // --help: Firecracker prints its version first.

@@ -422,7 +422,7 @@ fn main() -> ExitCode {
         vmm_core::logger::LogStyle::Vmm,
         vmm_api::DEFAULT_INSTANCE_ID,
     );
-    let cli = Cli::parse();
+    let cli = vmm_cli::on_own_stack(Cli::parse);
     let result = match cli.command {
         Command::Run(mut args) => {
             let api_sock = args.api_sock.take();
