@@ -85,6 +85,8 @@ impl VmOptions {
 pub(crate) struct CoalescedMmio {
     pub(crate) enabled: AtomicBool,
     pub(crate) drain: Mutex<()>,
+    /// The zones (address, length), unregistered when the VM goes.
+    zones: Mutex<Vec<(u64, u32)>>,
 }
 
 /// A KVM VM.
@@ -314,6 +316,10 @@ impl Vm {
     ///
     /// Returns false, and changes nothing, when the host's KVM has no coalesced MMIO.
     ///
+    /// The price is at the end: KVM destroys a VM with a coalesced zone ~12 ms slower (measured
+    /// on a PVM host), and dropping the [`Vm`] unregisters its zones first, which costs 3-7 ms
+    /// there (an SRCU wait) instead.
+    ///
     /// [`ExitHandler::coalesced_mmio_write`]: crate::ExitHandler::coalesced_mmio_write
     pub fn coalesce_mmio_writes(&self, addr: u64, len: u32) -> Result<bool> {
         if !self.kvm.check_extension(Cap::CoalescedMmio) {
@@ -322,6 +328,11 @@ impl Vm {
         self.fd
             .register_coalesced_mmio(IoEventAddress::Mmio(addr), len)
             .map_err(kvm_err("KVM_REGISTER_COALESCED_MMIO"))?;
+        self.coalesced_mmio
+            .zones
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((addr, len));
         self.coalesced_mmio.enabled.store(true, Ordering::Release);
         Ok(true)
     }
@@ -473,6 +484,26 @@ impl Vm {
             None => self.fd.register_ioevent(fd, &addr, kvm_ioctls::NoDatamatch),
         }
         .map_err(kvm_err("KVM_IOEVENTFD"))
+    }
+}
+
+impl Drop for Vm {
+    /// Unregisters the coalesced MMIO zones before the VM fd closes: a VM destroyed with a
+    /// zone still registered makes that close() wait ~12 ms (measured on a PVM host; without
+    /// zones it takes ~0.2 ms), one unregister costs far less.
+    fn drop(&mut self) {
+        let zones = std::mem::take(
+            &mut *self
+                .coalesced_mmio
+                .zones
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (addr, len) in zones {
+            let _ = self
+                .fd
+                .unregister_coalesced_mmio(IoEventAddress::Mmio(addr), len);
+        }
     }
 }
 
