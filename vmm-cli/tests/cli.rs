@@ -239,45 +239,14 @@ fn config_file_and_serial_file() {
     );
 }
 
-#[test]
-fn sigterm_ends_a_halted_guest_cleanly() {
-    let kernel = guest_file("tiny-pvh.elf");
-    // Without test= the guest halts forever after its marker.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--cmdline",
-            "console=ttyS0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_marker(&mut BufReader::new(child.stdout.take().unwrap()));
-    // SAFETY: sends SIGTERM to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
-}
-
-/// Starts the tiny guest (halted after its marker, deaf to the power button) with
-/// `--shutdown-grace SECONDS`, sends it SIGTERM once its marker is out, and returns the child
-/// with its stderr, read up to the line that says the button was pressed.
-fn sigterm_with_grace(
-    seconds: &str,
-) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
+/// The tiny guest under `vmm run EXTRA`, halted for ever after its marker (no `test=`), sent
+/// SIGTERM once the marker is out. Its stderr is piped.
+fn sigterm_a_halted_tiny_guest(extra: &[&str]) -> std::process::Child {
     let kernel = guest_file("tiny-pvh.elf");
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--cmdline",
-            "console=ttyS0",
-        ])
-        .args(["--shutdown-grace", seconds])
+        .args(["run", "--kernel", kernel.to_str().unwrap()])
+        .args(["--cmdline", "console=ttyS0"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -286,6 +255,22 @@ fn sigterm_with_grace(
     wait_for_marker(&mut BufReader::new(child.stdout.take().unwrap()));
     // SAFETY: sends SIGTERM to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child
+}
+
+#[test]
+fn sigterm_ends_a_halted_guest_cleanly() {
+    let status = sigterm_a_halted_tiny_guest(&[]).wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+}
+
+/// [`sigterm_a_halted_tiny_guest`] with `--shutdown-grace SECONDS` (the tiny guest is deaf to
+/// the power button): the child and its stderr, read up to the line that says the button was
+/// pressed.
+fn sigterm_with_grace(
+    seconds: &str,
+) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
+    let mut child = sigterm_a_halted_tiny_guest(&["--shutdown-grace", seconds]);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("pressed the power button") {

@@ -44,10 +44,21 @@ fn guest_poweroff_through_acpi_s5_ends_the_vmm_with_0() {
     assert!(!output.contains("GUEST-TEST-DONE"), "{output}");
 }
 
-#[test]
-fn vmm_stop_presses_the_power_button_and_the_guest_powers_off() {
+/// The shared kernel with the test initramfs running its `powerbutton` script, under `vmm run
+/// EXTRA`, once the script waits for the button.
+fn powerbutton_guest(extra: &[&str], deadline: Instant) -> Running {
     let (kernel, initrd) = (guest("vmlinux"), test_initramfs());
     let append = format!("{QUIET} guest.test=powerbutton");
+    let mut args = vec!["--kernel", &kernel, "--initrd", &initrd, "--memory", "128M"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--append", &append]);
+    let mut vm = Running::start(&args);
+    vm.expect("POWERBUTTON-READY", deadline);
+    vm
+}
+
+#[test]
+fn vmm_stop_presses_the_power_button_and_the_guest_powers_off() {
     let dir = Scratch::new("powerbutton");
     let sock = dir.path("api.sock").to_string_lossy().into_owned();
     // An upper bound for the guest to power off once pressed, never waited out when it does.
@@ -55,19 +66,7 @@ fn vmm_stop_presses_the_power_button_and_the_guest_powers_off() {
     let (code, output, stop) = retried_in_test_host(|| {
         let _ = std::fs::remove_file(&sock);
         let deadline = Instant::now() + BOOT_TIMEOUT;
-        let mut vm = Running::start(&[
-            "--kernel",
-            &kernel,
-            "--initrd",
-            &initrd,
-            "--memory",
-            "128M",
-            "--api-sock",
-            &sock,
-            "--append",
-            &append,
-        ]);
-        vm.expect("POWERBUTTON-READY", deadline);
+        let mut vm = powerbutton_guest(&["--api-sock", &sock], deadline);
         let started = Instant::now();
         let stop = Command::new(env!("CARGO_BIN_EXE_vmm"))
             .args(["stop", "--api-sock", &sock, "--timeout"])
@@ -95,24 +94,10 @@ fn vmm_stop_presses_the_power_button_and_the_guest_powers_off() {
 
 #[test]
 fn sigterm_with_a_shutdown_grace_lets_the_guest_power_off_through_its_button() {
-    let (kernel, initrd) = (guest("vmlinux"), test_initramfs());
-    let append = format!("{QUIET} guest.test=powerbutton");
     let (code, output) = retried_in_test_host(|| {
         let deadline = Instant::now() + BOOT_TIMEOUT;
         // The grace is an upper bound, never waited out when the guest powers off.
-        let mut vm = Running::start(&[
-            "--kernel",
-            &kernel,
-            "--initrd",
-            &initrd,
-            "--memory",
-            "128M",
-            "--shutdown-grace",
-            "120",
-            "--append",
-            &append,
-        ]);
-        vm.expect("POWERBUTTON-READY", deadline);
+        let mut vm = powerbutton_guest(&["--shutdown-grace", "120"], deadline);
         // SAFETY: sends SIGTERM to our own child process.
         unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
         vm.expect("POWERBUTTON-PRESSED", deadline);
