@@ -352,6 +352,37 @@ impl Vcpu {
         self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
     }
 
+    /// A triple fault is how some guests reset on purpose, and how a kernel whose exception
+    /// handling broke ends without a word: the registers where it happened tell which. On AMD
+    /// (SVM) KVM puts the vCPU through INIT before it reports the exit, so there they read as
+    /// after a reset and say nothing.
+    fn log_triple_fault(&self, vcpu: u8) {
+        let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            return;
+        };
+        if r.rip == 0xfff0 && s.cs.selector == 0xf000 {
+            log::warn!(
+                "vCPU {vcpu} triple fault (its registers were reset by KVM: not known where)"
+            );
+            return;
+        }
+        log::warn!(
+            "vCPU {vcpu} triple fault: rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} \
+             cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}+{:#x}",
+            r.rip,
+            r.rsp,
+            r.rflags,
+            s.cs.selector,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.idt.base,
+            s.idt.limit
+        );
+    }
+
     /// Runs the vCPU until the guest resets or shuts down, a fatal exit happens, or a
     /// [`VcpuKicker`] stops it. Port and MMIO exits go to `handler`.
     ///
@@ -432,6 +463,7 @@ impl Vcpu {
                 }
                 Ok(VcpuExit::Shutdown) => {
                     handler.other_exit(OtherExit::Shutdown);
+                    self.log_triple_fault(vcpu);
                     return Ok(VcpuExitReason::TripleFault);
                 }
                 Ok(VcpuExit::SystemEvent(kind, _)) => {
