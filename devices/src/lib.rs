@@ -49,6 +49,7 @@ pub mod ioapic;
 pub mod metrics;
 pub mod serial;
 pub mod trigger;
+pub mod unix_socket;
 pub mod virtio;
 
 /// The token-bucket rate limiter the block, net and rng devices take (re-exported).

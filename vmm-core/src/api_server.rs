@@ -17,10 +17,10 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -63,16 +63,8 @@ impl ApiServer {
             path: path.to_path_buf(),
             source,
         };
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            let stale = meta.file_type().is_socket() && UnixStream::connect(path).is_err();
-            if !stale {
-                return Err(bind_err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "the path exists (another VMM's socket, or not a socket): remove it or choose another",
-                )));
-            }
-            std::fs::remove_file(path).map_err(bind_err)?;
-        }
+        // A killed VMM's socket file is cleared; another VMM's live one, or a file, is not.
+        vmm_devices::unix_socket::remove_stale_socket(path).map_err(bind_err)?;
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         let ready = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .and_then(|()| listener.set_nonblocking(true));
@@ -283,6 +275,37 @@ fn call(events: &Sender<VmEvent>, request: ApiRequest) -> ApiResponse {
     if events.send(VmEvent::Api(Box::new(request), tx)).is_err() {
         return ApiResponse::fault(503, "the VM is shutting down");
     }
-    rx.recv_timeout(ANSWER_TIMEOUT)
-        .unwrap_or_else(|_| ApiResponse::internal_error("the VMM did not answer in time"))
+    await_answer(&rx, ANSWER_TIMEOUT)
+}
+
+/// The main thread's answer to a request, waited for at most `timeout`. A request it dropped
+/// unanswered (it is ending: a failed restore drops the requests that came meanwhile) gets
+/// 503 at once, so the API thread is free to be joined.
+fn await_answer(rx: &Receiver<ApiResponse>, timeout: Duration) -> ApiResponse {
+    match rx.recv_timeout(timeout) {
+        Ok(answer) => answer,
+        Err(RecvTimeoutError::Disconnected) => ApiResponse::fault(503, "the VMM is ending"),
+        Err(RecvTimeoutError::Timeout) => {
+            ApiResponse::internal_error("the VMM did not answer in time")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_dropped_unanswered_gets_503_at_once() {
+        let (tx, rx) = channel();
+        drop(tx);
+        // A timeout far beyond the test: only the disconnection can end the wait.
+        let answer = await_answer(&rx, Duration::from_secs(3600));
+        assert_eq!(answer.status, 503);
+        let body = answer.body.unwrap_or_default();
+        assert!(body.contains("ending"), "{body}");
+        let (tx, rx) = channel();
+        tx.send(ApiResponse::no_content()).unwrap();
+        assert_eq!(await_answer(&rx, Duration::from_secs(3600)).status, 204);
+    }
 }

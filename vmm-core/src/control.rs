@@ -101,7 +101,15 @@ pub fn restore_vm(
             )
         })
         .transpose()?;
-    let built = BuiltVm::restore(source)?;
+    let built = match BuiltVm::restore(source) {
+        Ok(built) => built,
+        Err(e) => {
+            // Before the API server is joined (it is dropped first): a request that came
+            // during the restore is answered 503 instead of holding that join up.
+            drop(events_rx);
+            return Err(e);
+        }
+    };
     let mode = if resume {
         StartMode::PausedThenResumed
     } else {

@@ -119,8 +119,13 @@ pub enum VsockError {
         /// The longest that fits.
         max: usize,
     },
-    /// Something already exists at the socket path (maybe a stale socket of an earlier run).
-    #[error("vsock socket path {} already exists; remove it or choose another", path.display())]
+    /// Something is at the socket path: a socket another process listens on, or not a socket
+    /// (a socket nobody listens on, a killed VMM's, is removed instead).
+    #[error(
+        "vsock socket path {} is in use (a socket another process listens on, or not a socket); \
+         remove it or choose another",
+        path.display()
+    )]
     PathExists {
         /// The path.
         path: PathBuf,
@@ -201,8 +206,14 @@ impl<M: GuestMemoryBackend> Vsock<M> {
         if len > max {
             return Err(VsockError::PathTooLong { path, len, max });
         }
-        if path.symlink_metadata().is_ok() {
-            return Err(VsockError::PathExists { path });
+        // A killed VMM's socket file (a restore after SIGKILL) is cleared; a live one is not.
+        match crate::unix_socket::remove_stale_socket(&path) {
+            Ok(true) => log::info!("vsock: removed the stale socket {}", path.display()),
+            Ok(false) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(VsockError::PathExists { path })
+            }
+            Err(source) => return Err(VsockError::Bind { path, source }),
         }
         let listener = UnixListener::bind(&path).map_err(|source| VsockError::Bind {
             path: path.clone(),

@@ -218,6 +218,16 @@ fn new_checks_cid_and_path_and_drop_removes_the_socket() {
     assert!(e.to_string().contains("v.sock"), "{e}");
     drop(dev);
     assert!(!uds.exists());
+    // A socket file nobody listens on (what a killed VMM leaves) is cleared and bound again.
+    drop(std::os::unix::net::UnixListener::bind(&uds).unwrap());
+    assert!(uds.exists());
+    let dev = Vsock::new(cfg(3, &uds)).unwrap();
+    drop(dev);
+    // Not a socket: left alone.
+    std::fs::write(&uds, b"data").unwrap();
+    let e = Vsock::new(cfg(3, &uds)).unwrap_err();
+    assert!(matches!(e, VsockError::PathExists { .. }), "{e}");
+    assert_eq!(std::fs::read(&uds).unwrap(), b"data");
 }
 
 #[test]
