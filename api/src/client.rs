@@ -140,6 +140,21 @@ impl ApiClient {
         }
         Ok(ClientResponse { status, body })
     }
+
+    /// Asks the guest to shut itself down: presses its ACPI power button, or, for a guest
+    /// without one (`acpi=off`: the VMM refuses the press with 400), sends Ctrl+Alt+Del.
+    /// Never both: a kernel whose init does not take Ctrl+Alt+Del over reboots at once on it,
+    /// without syncing its disks, while the power button's handler may be shutting down.
+    pub fn ask_guest_to_stop(&self) -> Result<ClientResponse, ClientError> {
+        let action = |name: &str| {
+            let body = format!(r#"{{"action_type": "{name}"}}"#);
+            self.request("PUT", "/actions", Some(&body))
+        };
+        match action("PressPowerButton") {
+            Err(ClientError::Refused { status: 400, .. }) => action("SendCtrlAltDel"),
+            other => other,
+        }
+    }
 }
 
 /// The pid, uid and gid of the process at the other end of `stream`, as they were when it

@@ -17,15 +17,21 @@
 //! started twice; a pause decided meanwhile waits for the start); its run time, intervals and
 //! log lines follow the effects. A launch decided while a hibernation is in flight waits for
 //! it (it needs the memory that frees).
+//!
+//! A job the runner stops while its guest runs (over `max_run_ms`, or the run was stopped
+//! through a [`FleetStop`]) is not killed outright: its worker asks the guest to shut down
+//! (the ACPI power button, Ctrl+Alt+Del without ACPI) and gives it
+//! [`RunOptions::stop_grace_ms`] before SIGKILL, and reports how it ended.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -89,8 +95,15 @@ pub struct RunOptions {
     /// Turn the host's KSM on for the run (restored after) and mark guest memory mergeable.
     pub ksm: bool,
     /// A job that has run (wall time, excluding pauses and hibernation) longer than this is
-    /// killed and reported Failed; `None`: no limit.
+    /// stopped (see `stop_grace_ms`) and reported Failed; `None`: no limit.
     pub max_run_ms: Option<u64>,
+    /// When the runner stops a job whose guest runs (over `max_run_ms`, or the run was told to
+    /// stop), it first asks the guest to shut down (its ACPI power button; Ctrl+Alt+Del for
+    /// an `acpi=off` guest) and gives it this long to power off before its VMM is killed.
+    /// 0: killed at once.
+    pub stop_grace_ms: u64,
+    /// Lets another thread stop the run (a signal, a test); `None`: it runs to the end.
+    pub stop: Option<FleetStop>,
     /// Receives one line per event (start, pause, resume, hibernate, restore, exit).
     pub log: Box<dyn FnMut(&str) + Send>,
 }
@@ -102,7 +115,79 @@ impl std::fmt::Debug for RunOptions {
             .field("work_dir", &self.work_dir)
             .field("ksm", &self.ksm)
             .field("max_run_ms", &self.max_run_ms)
+            .field("stop_grace_ms", &self.stop_grace_ms)
+            .field("stop", &self.stop)
             .finish_non_exhaustive()
+    }
+}
+
+/// Stops a [`run_fleet`] in progress from another thread (a signal's, a test's). The first
+/// [`FleetStop::stop`] fails every job that has not ended, with its reason: jobs not started
+/// stay so, and each running guest is asked to shut down and gets
+/// [`RunOptions::stop_grace_ms`] to do it; a second one kills the VMMs still running at once.
+#[derive(Clone, Debug, Default)]
+pub struct FleetStop {
+    inner: Arc<StopInner>,
+}
+
+#[derive(Debug, Default)]
+struct StopInner {
+    state: Mutex<StopState>,
+    /// Set by a second request: no more grace.
+    hurry: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct StopState {
+    /// The first request's reason.
+    why: Option<String>,
+    /// Wakes the runner's loop, once it runs.
+    wake: Option<Sender<Message>>,
+}
+
+impl FleetStop {
+    /// A handle that has not stopped anything yet.
+    pub fn new() -> FleetStop {
+        FleetStop::default()
+    }
+
+    /// Stops the run (the first call) or ends its grace at once (a later one). `why` goes
+    /// into each stopped job's failure.
+    pub fn stop(&self, why: &str) {
+        let mut state = self.lock();
+        if state.why.is_some() {
+            self.inner.hurry.store(true, Ordering::SeqCst);
+            return;
+        }
+        state.why = Some(why.to_string());
+        if let Some(wake) = &state.wake {
+            let _ = wake.send(Message::Stop);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StopState> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lets [`FleetStop::stop`] wake the loop that reads `wake`; a stop requested before is
+    /// sent at once.
+    fn attach(&self, wake: Sender<Message>) {
+        let mut state = self.lock();
+        if state.why.is_some() {
+            let _ = wake.send(Message::Stop);
+        }
+        state.wake = Some(wake);
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.lock().why.clone()
+    }
+
+    fn hurried(&self) -> bool {
+        self.inner.hurry.load(Ordering::SeqCst)
     }
 }
 
@@ -502,6 +587,16 @@ enum Effect {
     },
     /// A request failed and the VMM did not exit: the job cannot go on (its process is gone).
     Failed(String),
+    /// After the runner let go of the job: how its running VMM was ended.
+    Stopped(String),
+}
+
+/// What the runner's loop waits for.
+enum Message {
+    /// A worker's report.
+    Worker(Event),
+    /// [`FleetStop::stop`] was called.
+    Stop,
 }
 
 /// A worker's report to the runner's loop.
@@ -525,20 +620,26 @@ const EXIT_POLL: Duration = Duration::from_millis(5);
 struct WorkerState {
     slot: usize,
     vmm_binary: PathBuf,
-    events: Sender<Event>,
+    events: Sender<Message>,
     cancel: Arc<AtomicBool>,
     child: Option<Child>,
     api: Option<ApiClient>,
     stderr: Option<PathBuf>,
+    /// The VM was paused by this worker and not resumed since.
+    paused: bool,
+    /// How long a guest asked to shut down gets (`RunOptions::stop_grace_ms`).
+    grace: Duration,
+    /// Cuts that grace short.
+    stop: FleetStop,
 }
 
 impl WorkerState {
     fn send(&self, effect: Effect) {
-        let _ = self.events.send(Event {
+        let _ = self.events.send(Message::Worker(Event {
             slot: self.slot,
             at: Instant::now(),
             effect,
-        });
+        }));
     }
 
     fn run(mut self, rx: Receiver<Request>) {
@@ -558,10 +659,64 @@ impl WorkerState {
             }
             self.check_exit();
         }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        self.stop_vmm();
+    }
+
+    /// Ends the VMM of a job the runner let go of: a guest still running is asked to shut
+    /// itself down (a paused one is resumed for that) and gets `grace`, then the process is
+    /// killed. Reports how it went.
+    fn stop_vmm(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
         }
+        let asked = match &self.api {
+            Some(api) if !self.grace.is_zero() && !self.stop.hurried() => {
+                let resumed = !self.paused
+                    || api
+                        .request("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#))
+                        .is_ok();
+                resumed && api.ask_guest_to_stop().is_ok()
+            }
+            _ => false,
+        };
+        let asked_at = Instant::now();
+        let mut ended = None;
+        while asked && asked_at.elapsed() < self.grace && !self.stop.hurried() {
+            match child.try_wait() {
+                Ok(None) => std::thread::sleep(EXIT_POLL),
+                Ok(Some(status)) => {
+                    ended = Some(status);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let line = match ended {
+            Some(status) if status.success() => format!(
+                "the guest shut down when asked ({} ms)",
+                asked_at.elapsed().as_millis()
+            ),
+            Some(status) => format!(
+                "asked to shut down, the VMM ended with {}",
+                describe_exit(&status)
+            ),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                if asked {
+                    format!(
+                        "the guest did not shut down within {} ms of being asked: VMM killed",
+                        self.grace.as_millis()
+                    )
+                } else {
+                    "VMM killed".to_string()
+                }
+            }
+        };
+        self.send(Effect::Stopped(line));
     }
 
     /// Reports the VMM's exit, if it exited; true when it did.
@@ -603,6 +758,7 @@ impl WorkerState {
                     Ok(child) => {
                         let pid = child.id();
                         self.child = Some(child);
+                        self.paused = false;
                         self.api = Some(ApiClient::new(&sock, REQUEST_TIMEOUT));
                         self.stderr = Some(stderr);
                         self.send(done(Some(pid)));
@@ -620,7 +776,10 @@ impl WorkerState {
             Op::Patch { state } => {
                 let body = format!("{{\"state\": \"{state}\"}}");
                 match self.request("PATCH", "/vm", &body) {
-                    Ok(()) => self.send(done(None)),
+                    Ok(()) => {
+                        self.paused = state == "Paused";
+                        self.send(done(None));
+                    }
                     Err(why) => self.request_failed(kind, why),
                 }
             }
@@ -683,8 +842,11 @@ fn spawn_vmm(
         .open(stderr_path)
         .map_err(|e| format!("cannot open {}: {e}", stderr_path.display()))?;
     let _ = std::fs::remove_file(sock);
+    // Its own process group: a terminal's Ctrl-C goes to the runner, which stops the job
+    // its way (RunOptions::stop_grace_ms), not straight to every VMM.
     let mut child = Command::new(vmm_binary)
         .args(args)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -745,9 +907,11 @@ struct Runner<'a> {
     decisions: u64,
     /// Set when a job ends or fails.
     ended: bool,
-    /// The workers' reports.
-    events: Receiver<Event>,
-    events_tx: Sender<Event>,
+    /// The workers' reports and stop requests.
+    events: Receiver<Message>,
+    events_tx: Sender<Message>,
+    /// Stops the run from outside (a default one that nobody holds when none was given).
+    stop: FleetStop,
 }
 
 impl Runner<'_> {
@@ -819,6 +983,9 @@ impl Runner<'_> {
                 child: None,
                 api: None,
                 stderr: None,
+                paused: false,
+                grace: Duration::from_millis(self.options.stop_grace_ms),
+                stop: self.stop.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("fleet-job-{slot}"))
@@ -852,7 +1019,8 @@ impl Runner<'_> {
         }
     }
 
-    /// Stops the job's worker: it ends the VMM process, if any, and reports nothing more.
+    /// Stops the job's worker: it ends the VMM process, if any (see [`WorkerState::stop_vmm`]),
+    /// and reports nothing more but how.
     fn stop_worker(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
         s.held.clear();
@@ -976,9 +1144,17 @@ impl Runner<'_> {
         self.launch(slot, &args, "restore", decided, decided_ms);
     }
 
-    /// A worker's report: an operation took effect, the VMM exited, or the job failed.
-    fn handle(&mut self, event: Event) {
+    /// A worker's report (an operation took effect, the VMM exited, the job failed, its VMM
+    /// was stopped) or a stop request.
+    fn handle(&mut self, message: Message) {
+        let event = match message {
+            Message::Worker(event) => event,
+            Message::Stop => return self.stop_all(),
+        };
         let slot = event.slot;
+        if let Effect::Stopped(how) = event.effect {
+            return self.stopped(slot, &how);
+        }
         if !self.slots[slot].active() {
             // Reports about a job already ended (its worker is being stopped).
             return;
@@ -1021,6 +1197,50 @@ impl Runner<'_> {
             }
             Effect::Exited { status, last_line } => self.exited(slot, status, last_line),
             Effect::Failed(why) => self.fail(slot, why),
+            Effect::Stopped(_) => {}
+        }
+    }
+
+    /// [`FleetStop::stop`]: every job that has not ended fails (those not started stay so),
+    /// which stops the VMMs, and the loop ends.
+    fn stop_all(&mut self) {
+        let why = self.stop.reason().unwrap_or_default();
+        for slot in 0..self.slots.len() {
+            let s = &mut self.slots[slot];
+            if matches!(s.state, JobState::Done | JobState::Failed) {
+                continue;
+            }
+            s.arrived = true;
+            self.fail(slot, format!("the fleet was stopped: {why}"));
+        }
+    }
+
+    /// A stopped job's VMM is gone: its failure and the log say how it ended.
+    fn stopped(&mut self, slot: usize, how: &str) {
+        let s = &mut self.slots[slot];
+        if let Some(why) = s.failure.as_mut() {
+            why.push_str("; ");
+            why.push_str(how);
+        }
+        let name = s.job.name.clone();
+        self.log(&format!("stopped {name}: {how}"));
+    }
+
+    /// Ends every worker (each stops its VMM the way [`WorkerState::stop_vmm`] says) and
+    /// takes in their last reports, so that the report says how each stopped job ended.
+    fn wind_down(&mut self) {
+        for slot in 0..self.slots.len() {
+            self.stop_worker(slot);
+        }
+        for s in self.slots.iter_mut() {
+            if let Some(thread) = s.worker.as_mut().and_then(|w| w.thread.take()) {
+                let _ = thread.join();
+            }
+        }
+        while let Ok(Message::Worker(event)) = self.events.try_recv() {
+            if let Effect::Stopped(how) = event.effect {
+                self.stopped(event.slot, &how);
+            }
         }
     }
 
@@ -1423,6 +1643,8 @@ pub fn run_fleet(
         })
         .collect();
     let (events_tx, events) = mpsc::channel();
+    let stop = options.stop.clone().unwrap_or_default();
+    stop.attach(events_tx.clone());
     let mut runner = Runner {
         slots,
         policy,
@@ -1435,6 +1657,7 @@ pub fn run_fleet(
         ended: false,
         events,
         events_tx,
+        stop,
     };
     let name = runner.policy.name();
     runner.log(&format!(
@@ -1444,6 +1667,7 @@ pub fn run_fleet(
         runner.capacity.memory_bytes >> 20
     ));
     runner.run();
+    runner.wind_down();
     let summary = runner.latency_summary();
     runner.log(&summary);
     Ok(runner.report())

@@ -94,16 +94,7 @@ pub fn stop(sock: &Path, timeout_s: u64) -> ExitCode {
         Ok(pid) => pid,
         Err(e) => return fail(&e),
     };
-    let action = |name: &str| {
-        let body = format!(r#"{{"action_type": "{name}"}}"#);
-        api.request("PUT", "/actions", Some(&body))
-    };
-    // Not both: a kernel whose init does not take Ctrl+Alt+Del over reboots at once on it,
-    // without syncing its disks, while the power button's handler may be shutting down.
-    let asked = match action("PressPowerButton") {
-        Err(ClientError::Refused { status: 400, .. }) => action("SendCtrlAltDel"),
-        other => other,
-    };
+    let asked = api.ask_guest_to_stop();
     if let Err(e) = &asked {
         eprintln!(
             "vmm: the guest could not be asked to stop: {}",

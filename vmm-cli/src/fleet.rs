@@ -3,10 +3,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use vmm_api::MemorySize;
+use vmm_fleet::runner::FleetStop;
 use vmm_fleet::{self as fleet, Capacity, FleetError, JobsFile};
 
 /// The fleet subcommands.
@@ -16,7 +19,9 @@ pub enum FleetCommand {
     Simulate(SimulateArgs),
     /// Run a jobs file as real VMs, one `vmm` process per job, under a policy. Prints one line
     /// per event, then the per-job table. Exit code 0 when every job's guest powered off, 2
-    /// when some job failed (the others still ran).
+    /// when some job failed (the others still ran). SIGTERM, SIGINT or SIGHUP stop the run:
+    /// jobs not started fail, running guests get --stop-grace to shut down, the table is
+    /// printed and the exit code is 128 + the signal.
     Run(RunArgs),
 }
 
@@ -100,6 +105,12 @@ pub struct RunArgs {
     /// limit when absent.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_run: Option<u64>,
+    /// A job stopped while its guest runs (over --max-run, or the run got a signal) has its
+    /// guest asked to shut down (the ACPI power button; Ctrl+Alt+Del with acpi=off) and this
+    /// long to power off before its VMM is killed; 0: killed at once. A second signal ends
+    /// the grace.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub stop_grace: u64,
 }
 
 /// `vmm fleet simulate`.
@@ -158,6 +169,53 @@ fn simulate(args: &SimulateArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread and every thread it starts later (the
+/// runner's workers), and starts a thread that takes them with sigwait(2): the first stops
+/// `stop`'s run, a later one ends its grace. The number of the first one is what this returns
+/// once it came. The VMMs start with no signal blocked (std resets the mask of a child) and in
+/// process groups of their own, so a terminal's Ctrl-C reaches the runner alone.
+fn stop_on_termination_signals(stop: FleetStop) -> Result<Arc<AtomicI32>, String> {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises; sigaddset and
+    // pthread_sigmask read and write only that local set and this thread's mask.
+    let set = unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(format!(
+                "cannot block termination signals: {}",
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
+        set
+    };
+    let first = Arc::new(AtomicI32::new(0));
+    let seen = Arc::clone(&first);
+    std::thread::Builder::new()
+        .name("fleet-signals".to_string())
+        .spawn(move || loop {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: sigwait reads the set (blocked in this thread, inherited from the
+            // caller) and writes the signal number into a live local.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                return;
+            }
+            let _ = seen.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+            let name = match signal {
+                libc::SIGTERM => "SIGTERM",
+                libc::SIGINT => "SIGINT",
+                _ => "SIGHUP",
+            };
+            eprintln!("vmm: fleet: {name}: stopping (a second signal ends the guests' grace)");
+            stop.stop(name);
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(first)
+}
+
 fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     use std::io::Write as _;
     use vmm_fleet::runner::{run_fleet, Outcome, RunOptions};
@@ -179,6 +237,8 @@ fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let _ = writeln!(out, "{line}").and_then(|()| out.flush());
         }
     });
+    let stop = FleetStop::new();
+    let signalled = stop_on_termination_signals(stop.clone())?;
     let report = run_fleet(
         jobs,
         policy.as_mut(),
@@ -188,6 +248,8 @@ fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             work_dir: work_dir.clone(),
             ksm: args.ksm,
             max_run_ms: args.max_run,
+            stop_grace_ms: args.stop_grace,
+            stop: Some(stop),
             log,
         },
     )?;
@@ -267,7 +329,10 @@ fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .jobs
         .iter()
         .any(|j| matches!(j.outcome, Outcome::Failed(_)));
-    Ok(if failed {
+    let signal = signalled.load(Ordering::SeqCst);
+    Ok(if signal != 0 {
+        ExitCode::from(u8::try_from(128 + signal).unwrap_or(255))
+    } else if failed {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS

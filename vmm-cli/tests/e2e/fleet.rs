@@ -3,7 +3,8 @@
 //! through FCFS, SJF, SRTF and RR, checking the completion order, the preemptions and that every
 //! job completed; then SRTF on a host whose memory holds one guest only, so that the preempted
 //! job is hibernated (snapshot, process ended, restored later) and must go on with its work,
-//! not start over; and two identical guests sharing pages under KSM.
+//! not start over; and two identical guests sharing pages under KSM. A run stopped while a
+//! guest that handles its ACPI power button runs lets that guest power off.
 //!
 //! Arrivals are on the runner's clock, and a guest's work takes as long as the machine makes
 //! it. So that no outcome depends on that, a job whose work must outlast an event is gated
@@ -14,10 +15,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use vmm_fleet::runner::{run_fleet, FleetReport, JobRecord, Outcome, RunOptions};
+use vmm_fleet::runner::{run_fleet, FleetReport, FleetStop, JobRecord, Outcome, RunOptions};
 use vmm_fleet::{policy_by_name, Capacity, JobsFile};
 
-use super::{guest, require_real_kvm, scaled, Gate, QUIET};
+use super::{guest, require_real_kvm, scaled, Gate, BOOT_TIMEOUT, QUIET};
 
 /// One job of the workload: name, arrival, estimate, units of work, and the runner's event
 /// (a log line ending with it) that lets it finish: until then it keeps working. `None`: it
@@ -160,24 +161,39 @@ fn run_on(
         policy.as_mut(),
         capacity,
         RunOptions {
-            vmm_binary: PathBuf::from(env!("CARGO_BIN_EXE_vmm")),
-            work_dir: dir.join("work"),
             ksm,
             // An upper bound only: every job ends once the events it waits for have happened.
             max_run_ms: Some(600_000),
-            log: Box::new(move |line| {
-                eprintln!("fleet: {line}");
-                for (name, event) in &events {
-                    if line.ends_with(event) {
-                        eprintln!("fleet test: {event}: opening the gate of {name}");
-                        gates[name].open();
+            ..run_options(
+                dir,
+                Box::new(move |line| {
+                    eprintln!("fleet: {line}");
+                    for (name, event) in &events {
+                        if line.ends_with(event) {
+                            eprintln!("fleet test: {event}: opening the gate of {name}");
+                            gates[name].open();
+                        }
                     }
-                }
-                on_line(line, &gates);
-            }),
+                    on_line(line, &gates);
+                }),
+            )
         },
     )
     .unwrap()
+}
+
+/// The options of a test run in `dir`: this build's vmm, no KSM, no run limit, stopped jobs
+/// killed at once, no stop handle, `log` for the lines.
+fn run_options(dir: &Path, log: Box<dyn FnMut(&str) + Send>) -> RunOptions {
+    RunOptions {
+        vmm_binary: PathBuf::from(env!("CARGO_BIN_EXE_vmm")),
+        work_dir: dir.join("work"),
+        ksm: false,
+        max_run_ms: None,
+        stop_grace_ms: 0,
+        stop: None,
+        log,
+    }
 }
 
 /// Runs `scenario`; inside the nested test host, where a boot fails now and then, once more
@@ -478,6 +494,97 @@ fn fleet_hibernated_job_resumes_its_work() {
         );
         // assert_all_completed checked BUSY 1..done once each and one boot: after the restore
         // the guest went on from counts[0] + 1, not from 1.
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// A stopped run asks each running guest to shut down: a Linux guest that handles its power
+/// button (the test initramfs's `powerbutton` script) powers off within the grace, and its
+/// job's record and the log say so.
+#[test]
+fn a_stopped_run_lets_a_linux_guest_power_off_through_its_button() {
+    require_real_kvm();
+    with_retry(|| {
+        let dir = scratch("stop");
+        let (kernel, initrd) = (guest("vmlinux"), super::virtio::test_initramfs());
+        let vm = serde_json::json!({
+            "kernel": kernel,
+            "initrd": initrd,
+            "memory": "128M",
+            "vcpus": 1,
+            "append": format!("{QUIET} guest.test=powerbutton"),
+        });
+        let jobs = serde_json::json!({"jobs": [
+            {"name": "button", "arrival_ms": 0, "estimate_ms": 1000, "vm": vm}
+        ]});
+        let path = dir.join("jobs.json");
+        std::fs::write(&path, jobs.to_string()).unwrap();
+        let capacity = Capacity {
+            cpus: 1,
+            memory_bytes: 1 << 30,
+        };
+        let jobs = JobsFile::from_file(&path)
+            .unwrap()
+            .validate(capacity, true)
+            .unwrap();
+        let mut policy = policy_by_name("fcfs", None).unwrap();
+        let stop = FleetStop::new();
+        // Stops the run once the guest's script waits for the button (its serial log says
+        // so), or at the boot timeout, when the assertions below fail.
+        let watcher = {
+            let stop = stop.clone();
+            let serial = dir.join("work").join("0-button.log");
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+                while std::time::Instant::now() < deadline {
+                    let text = std::fs::read_to_string(&serial).unwrap_or_default();
+                    if text.contains("POWERBUTTON-READY") {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                stop.stop("told by the test");
+            })
+        };
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        let report = run_fleet(
+            jobs,
+            policy.as_mut(),
+            capacity,
+            RunOptions {
+                // An upper bound only: the guest powers off as soon as it handled the press.
+                stop_grace_ms: BOOT_TIMEOUT.as_millis() as u64,
+                stop: Some(stop),
+                ..run_options(
+                    &dir,
+                    Box::new(move |line| {
+                        eprintln!("fleet: {line}");
+                        sink.lock().unwrap().push(line.to_string());
+                    }),
+                )
+            },
+        )
+        .unwrap();
+        watcher.join().unwrap();
+        let log = lines.lock().unwrap().join("\n");
+        let button = job(&report, "button");
+        let serial = std::fs::read_to_string(&button.serial_log).unwrap_or_default();
+        match &button.outcome {
+            Outcome::Failed(why) => assert!(
+                why.starts_with(
+                    "the fleet was stopped: told by the test; the guest shut down when asked"
+                ),
+                "{why}\n{log}\nserial:\n{serial}"
+            ),
+            other => panic!("button: {other:?}\n{log}"),
+        }
+        assert!(serial.contains("POWERBUTTON-PRESSED"), "{serial}");
+        assert!(!serial.contains("POWERBUTTON-FAIL"), "{serial}");
+        assert!(
+            log.contains("stopped button: the guest shut down when asked"),
+            "{log}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
