@@ -21,6 +21,19 @@ stream compresses zero pages too. They measure the VMMs' fixed costs, not copyin
 
     benches/lifecycle.py [-n 10] [--sizes 128,1024] [--vmm target/x86_64-unknown-linux-gnu/release/vmm]
                          [--qemu qemu-system-x86_64] [--no-qemu] [--sealed] [--timeout 60]
+    benches/lifecycle.py --linux [-n 10] [--sizes 1024] [--strace]
+
+--linux restores a Linux guest instead (and QEMU's, unless --no-qemu): the shared vmlinux with the test
+initramfs (scripts/build-test-initramfs.sh), 2 vCPUs, every virtio device attached (a disk, a
+tap, vsock, rng, balloon), whose `fillmem` test fills three quarters of its RAM with non-zero
+data before the snapshot (full, paused). Each size boots once; the snapshot is then restored -n
+times, each from starting `vmm restore` to GET / answering Running, the VMM killed after.
+QEMU microvm gets the same guest and devices (vhost-vsock for vsock), a migration to a file
+while paused, and restores with `-incoming "exec:cat FILE"` to `cont` answered and running.
+--strace traces one more restore with `strace -f -T` and prints where its time went: wall time
+per syscall kind, the slowest calls, and the first and last call of the process. On a PVM host
+(which cannot boot Linux) the script runs itself inside ../shared/testhost, where every figure
+is that of the nested, emulated machine (TCG): compare them with each other, not with a host.
 
 --sealed compares this VMM's unsealed snapshots with sealed ones (a random 32-byte --key-file)
 instead of QEMU: a sealed memory file is all of RAM, encrypted (no holes), and its restore
@@ -39,6 +52,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -370,22 +384,7 @@ def run_qemu(args, procs, tmp, kernel, mib, tag):
     qmp = None
     try:
         qmp = Qmp(sock2, proc)
-        cont_sent = False
-        while True:
-            status = qmp.status()
-            if status == "running":
-                break
-            if status in ("inmigrate", "prelaunch"):
-                pass  # still loading the stream
-            elif status in ("paused", "postmigrate") and not cont_sent:
-                qmp.execute("cont")
-                cont_sent = True
-            elif status not in ("paused", "postmigrate"):
-                raise BenchError(f"QEMU restore ended in state {status}" + log_tail(proc))
-            if now() - start > TIMEOUT:
-                raise BenchError(f"QEMU restore: not running after {TIMEOUT:g} s (--timeout; "
-                                 f"state {status})" + log_tail(proc))
-            time.sleep(0.0002)  # polling interval
+        qemu_run_restored(qmp, proc, start, TIMEOUT)
         out["restore"] = (now() - start) * 1000
     finally:
         if qmp:
@@ -396,15 +395,37 @@ def run_qemu(args, procs, tmp, kernel, mib, tag):
     return out
 
 
-def wait_until(check, what, proc, fast=False):
+def qemu_run_restored(qmp, proc, start, timeout):
+    """Waits for a QEMU started with -incoming to load its stream, sends `cont` and waits until
+    it runs (`timeout` seconds from `start` bound a hang)."""
+    cont_sent = False
+    while True:
+        status = qmp.status()
+        if status == "running":
+            return
+        if status in ("inmigrate", "prelaunch"):
+            pass  # still loading the stream
+        elif status in ("paused", "postmigrate") and not cont_sent:
+            qmp.execute("cont")
+            cont_sent = True
+        elif status not in ("paused", "postmigrate"):
+            raise BenchError(f"QEMU restore ended in state {status}" + log_tail(proc))
+        if now() - start > timeout:
+            raise BenchError(f"QEMU restore: not running after {timeout:g} s (--timeout; "
+                             f"state {status})" + log_tail(proc))
+        time.sleep(0.0002)  # polling interval
+
+
+def wait_until(check, what, proc, fast=False, timeout=None):
     """Polls check() until true. The interval is only polling granularity (fast: 0.2 ms, for
     waits that are measured); TIMEOUT only bounds a hang."""
-    deadline = now() + TIMEOUT
+    timeout = TIMEOUT if timeout is None else timeout
+    deadline = now() + timeout
     while not check():
         if proc.poll() is not None:
             raise BenchError(f"{what}: process ended" + log_tail(proc))
         if now() > deadline:
-            raise BenchError(f"{what}: not reached within {TIMEOUT:g} s (--timeout)" + log_tail(proc))
+            raise BenchError(f"{what}: not reached within {timeout:g} s (--timeout)" + log_tail(proc))
         time.sleep(0.0002 if fast else 0.005)
 
 
@@ -429,6 +450,275 @@ def fmt_size(b):
     return f"{b / 1024:.0f} KiB" if b < (10 << 20) else f"{b / (1 << 20):.1f} MiB"
 
 
+def test_initramfs():
+    out = subprocess.run([os.path.join(ROOT, "scripts", "build-test-initramfs.sh")], cwd=ROOT,
+                         check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+    return out.splitlines()[-1]
+
+
+def wait_serial(path, marker, proc, what):
+    """Waits until the serial log at `path` holds a line starting with `marker`."""
+    def seen():
+        try:
+            with open(path, errors="replace") as f:
+                return any(l.startswith(marker) for l in f)
+        except FileNotFoundError:
+            return False
+    # A boot that fills RAM takes far longer than any other step (minutes in the test host).
+    try:
+        wait_until(seen, what, proc, timeout=max(TIMEOUT, 1200))
+    except BenchError as e:
+        try:
+            with open(path, errors="replace") as f:
+                tail = "".join(f.readlines()[-15:])
+        except FileNotFoundError:
+            tail = "(none)"
+        raise BenchError(f"{e}\n  serial log tail:\n{tail}")
+
+
+def linux_vm_args(tmp, tag, mib, tap, initrd):
+    """`vmm run` arguments of the Linux guest with every virtio device."""
+    disk = os.path.join(tmp, "disk.img")
+    if not os.path.exists(disk):
+        with open(disk, "wb") as f:
+            f.truncate(64 << 20)
+    return ["--kernel", os.path.join(guest_dir(), "vmlinux"), "--initrd", initrd,
+            "--memory", f"{mib}M", "--vcpus", "2", "--cmdline", LINUX_CMDLINE,
+            "--disk", f"path={disk}", "--net", f"tap={tap},mac=02:00:00:00:00:02",
+            "--vsock", f"cid=3,socket={os.path.join(tmp, tag + '.vsock')}", "--rng",
+            "--balloon", "deflate_on_oom=on"]
+
+
+def strace_summary(trace_path, wall_ms):
+    """Where a traced restore's time went: per syscall kind, the slowest calls, and the longest
+    stretches a thread spent between two calls (in user space, or not scheduled). strace -f
+    splits a call that another thread's call interrupts into `<unfinished ...>` and
+    `<... NAME resumed>` lines; the call starts at the first and ends at the second."""
+    per_kind, calls, first, last = {}, [], None, None
+    # Per thread: when its previous call ended and what it was.
+    previous, gaps = {}, []
+    head_re = re.compile(r"^(\d+)\s+(\d+):(\d+):(\d+\.\d+) (.*)$")
+    took_re = re.compile(r"<(\d+\.\d+)>$")
+    with open(trace_path, errors="replace") as f:
+        for line in f:
+            m = head_re.match(line.strip())
+            if not m:
+                continue
+            pid, h, mi, sec, rest = m.groups()
+            at = (int(h) * 3600 + int(mi) * 60 + float(sec)) * 1000
+            first = at if first is None else min(first, at)
+            last = max(last or at, at)
+            resumed = re.match(r"<\.\.\. (\w+) resumed>(.*)$", rest)
+            if resumed:
+                name, text = resumed.group(1), resumed.group(2)
+            else:
+                call = re.match(r"(\w+)\((.*)$", rest)
+                if not call:
+                    continue  # signals, exits
+                name, text = call.groups()
+                if pid in previous:
+                    ended, before = previous.pop(pid)
+                    gaps.append((at - ended, pid, before, name + "(" + text[:60]))
+            if text.endswith("<unfinished ...>"):
+                continue
+            took = took_re.search(text)
+            took_ms = float(took.group(1)) * 1000 if took else 0.0
+            end = at if resumed else at + took_ms
+            last = max(last, end)
+            previous[pid] = (end, name + "(" + text[:60])
+            k = per_kind.setdefault(name, [0, 0.0])
+            k[0] += 1
+            k[1] += took_ms
+            calls.append((took_ms, pid, name, text[:90]))
+    print(f"strace -f -T of one restore: {wall_ms:.1f} ms to Running under strace; first to last "
+          f"syscall {((last or 0) - (first or 0)):.1f} ms; {len(calls)} calls")
+    print("  time in syscalls by kind (ms, all threads; blocking waits included):")
+    for name, (n, ms) in sorted(per_kind.items(), key=lambda kv: -kv[1][1])[:12]:
+        print(f"    {name:24} {n:6d} x {ms:10.2f}")
+    print("  slowest calls:")
+    for took_ms, pid, name, text in sorted(calls, reverse=True)[:12]:
+        print(f"    {took_ms:9.2f} ms  [{pid}] {name}({text}")
+    print("  longest gaps between a thread's calls (user space, or not scheduled):")
+    for gap, pid, before, after in sorted(gaps, reverse=True)[:10]:
+        print(f"    {gap:9.2f} ms  [{pid}] after {before}\n{'':20}before {after}")
+
+
+def run_linux(args, procs, tmp, mib, initrd, tap):
+    """Boots the Linux guest once at `mib`, snapshots it and restores it args.n times."""
+    tag = f"linux-{mib}"
+    sock = os.path.join(tmp, f"{tag}.sock")
+    serial = os.path.join(tmp, f"{tag}.serial")
+    state_file = os.path.join(tmp, f"{tag}.state")
+    mem_file = os.path.join(tmp, f"{tag}.mem")
+    proc = procs.start("vmm-linux", [args.vmm, "run", *linux_vm_args(tmp, tag, mib, tap, initrd),
+                                     "--serial", f"file:{serial}", "--api-sock", sock])
+    api = VmmApi(sock, proc)
+    booted = now()
+    try:
+        wait_serial(serial, "FILLMEM-OK", proc, "Linux guest: FILLMEM-OK")
+        print(f"linux {mib} MiB: booted and filled in {now() - booted:.1f} s", file=sys.stderr)
+        api.expect("PATCH", "/vm", {"state": "Paused"}, 204)
+        create = {"snapshot_type": "Full", "snapshot_path": state_file, "mem_file_path": mem_file}
+        snapshot_ms = time_call(lambda: api.expect("PUT", "/snapshot/create", create, 204))
+    finally:
+        api.close()
+        procs.kill(proc)
+    size = disk_bytes(state_file, mem_file)
+    restore_cmd = [args.vmm, "restore", "--snapshot", state_file, "--mem", mem_file]
+    times = []
+    for i in range(args.n + 1):
+        sock2 = os.path.join(tmp, f"{tag}-r{i}.sock")
+        start = now()
+        proc = procs.start("vmm-restore", restore_cmd + ["--api-sock", sock2])
+        api = VmmApi(sock2, proc)
+        try:
+            wait_until(lambda: api.state() == "Running", "vmm restore: Running", proc, fast=True)
+            if i > 0:  # the first one warms the page cache: not counted
+                times.append((now() - start) * 1000)
+        finally:
+            api.close()
+            procs.kill(proc)
+        remove(sock2)
+    traced = None
+    if args.strace:
+        trace = os.path.join(tmp, f"{tag}.strace")
+        sock2 = os.path.join(tmp, f"{tag}-traced.sock")
+        start = now()
+        proc = procs.start("vmm-restore-strace", ["strace", "-f", "-T", "-tt", "-o", trace]
+                           + restore_cmd + ["--api-sock", sock2, "--no-seccomp"])
+        api = VmmApi(sock2, proc)
+        try:
+            wait_until(lambda: api.state() == "Running", "traced restore: Running", proc)
+            traced = ((now() - start) * 1000, trace)
+        finally:
+            api.close()
+            procs.kill(proc)
+    return {"snapshot": snapshot_ms, "size": size, "restore": times, "traced": traced}
+
+
+LINUX_CMDLINE = ("console=ttyS0 reboot=k panic=1 pci=off nomodule 8250.nr_uarts=1 i8042.noaux "
+                 "i8042.nomux i8042.dumbkbd quiet noxsave guest.test=fillmem")
+
+
+def qemu_linux_command(args, tmp, tag, mib, tap, initrd, qmp_sock, serial, incoming=None):
+    """QEMU microvm with the same guest and devices as linux_vm_args (vhost-vsock for vsock)."""
+    disk = os.path.join(tmp, "disk.img")
+    cmd = [args.qemu, "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off", "-accel", "kvm",
+           "-cpu", "host", "-m", str(mib), "-smp", "2", "-nodefaults", "-no-user-config",
+           "-nographic", "-no-reboot", "-kernel", os.path.join(guest_dir(), "vmlinux"),
+           "-initrd", initrd, "-append", LINUX_CMDLINE, "-serial", f"file:{serial}",
+           "-drive", f"id=d0,file={disk},format=raw,if=none",
+           "-device", "virtio-blk-device,drive=d0",
+           "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+           "-device", "virtio-net-device,netdev=n0,mac=02:00:00:00:00:02",
+           "-device", "vhost-vsock-device,guest-cid=3", "-device", "virtio-rng-device",
+           "-device", "virtio-balloon-device,deflate-on-oom=on",
+           "-qmp", f"unix:{qmp_sock},server=on,wait=off"]
+    if incoming:
+        cmd += ["-incoming", incoming]
+    return cmd
+
+
+def run_linux_qemu(args, procs, tmp, mib, initrd, tap):
+    """The same as run_linux's vmm part with QEMU: one boot, a migration to a file (paused),
+    then args.n restores from it (`-incoming exec:cat FILE`, `cont`, to running)."""
+    tag = f"qemu-linux-{mib}"
+    sock = os.path.join(tmp, f"{tag}.qmp")
+    serial = os.path.join(tmp, f"{tag}.serial")
+    image = os.path.join(tmp, f"{tag}.migration")
+    proc = procs.start("qemu-linux", qemu_linux_command(args, tmp, tag, mib, tap, initrd, sock, serial))
+    qmp = Qmp(sock, proc)
+    booted = now()
+    try:
+        wait_serial(serial, "FILLMEM-OK", proc, "QEMU Linux guest: FILLMEM-OK")
+        print(f"qemu linux {mib} MiB: booted and filled in {now() - booted:.1f} s", file=sys.stderr)
+        qmp.execute("stop")
+        start = now()
+        qmp.execute("migrate", {"uri": f"exec:cat > {image}"})
+        while qmp.execute("query-migrate").get("status") != "completed":
+            if now() - start > max(TIMEOUT, 1200):
+                raise BenchError("QEMU migration did not complete" + log_tail(proc))
+            time.sleep(0.001)  # polling interval
+        snapshot_ms = (now() - start) * 1000
+        qmp.execute("quit")
+        proc.wait(timeout=TIMEOUT)
+        wait_group_gone(proc.pid, TIMEOUT)
+        procs.live.remove(proc)
+    finally:
+        qmp.close()
+        if proc in procs.live:
+            procs.kill(proc)
+    size = disk_bytes(image)
+    times = []
+    for i in range(args.n + 1):
+        sock2 = os.path.join(tmp, f"{tag}-r{i}.qmp")
+        start = now()
+        proc = procs.start("qemu-restore", qemu_linux_command(
+            args, tmp, tag, mib, tap, initrd, sock2, serial + f".r{i}",
+            incoming=f"exec:cat {image}"))
+        qmp = None
+        try:
+            qmp = Qmp(sock2, proc)
+            qemu_run_restored(qmp, proc, start, max(TIMEOUT, 1200))
+            if i > 0:  # the first one warms the page cache: not counted
+                times.append((now() - start) * 1000)
+        finally:
+            if qmp:
+                qmp.close()
+            procs.kill(proc)
+        remove(sock2)
+    remove(image)
+    return {"snapshot": snapshot_ms, "size": size, "restore": times, "traced": None}
+
+
+def main_linux(args):
+    if os.path.exists("/sys/module/kvm_pvm") and not os.environ.get("TESTHOST"):
+        testhost = os.environ.get("TESTHOST_DIR", os.path.join(ROOT, "..", "shared", "testhost"))
+        print(f"lifecycle.py: PVM host: running inside the test host ({testhost})", file=sys.stderr)
+        cmd = [os.path.join(testhost, "run.sh"), "-m", "6G", "-c", "2", "-t", "3000", "--",
+               "python3", os.path.relpath(os.path.abspath(__file__), ROOT)] + sys.argv[1:]
+        return subprocess.run(cmd, cwd=ROOT).returncode
+    for tool in ["ip"] + (["strace"] if args.strace else []) + ([] if args.no_qemu else [args.qemu]):
+        if not shutil.which(tool):
+            sys.exit(f"lifecycle.py: {tool} not found (scripts/install-deps.sh, or --no-qemu)")
+    initrd = test_initramfs()
+    sizes = [int(s) for s in args.sizes.split(",") if s] if args.sizes_given else [1024]
+    tmp = tempfile.mkdtemp(prefix="vmm-lifecycle-", dir="/tmp")
+    procs = Procs(tmp)
+    results = {}
+    tap = linux_tap()
+    try:
+        for mib in sizes:
+            results[("vmm", mib)] = run_linux(args, procs, tmp, mib, initrd, tap)
+            traced = results[("vmm", mib)]["traced"]
+            if traced:
+                strace_summary(traced[1], traced[0])
+            if not args.no_qemu:
+                results[("qemu", mib)] = run_linux_qemu(args, procs, tmp, mib, initrd, tap)
+    except BenchError as e:
+        print(f"lifecycle.py: run failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        procs.kill_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    where = "inside the test host (TCG, emulated SVM)" if os.environ.get("TESTHOST") else "/dev/kvm"
+    print(f"Linux guest (vmlinux + test initramfs, 2 vCPUs, blk, net, vsock, rng, balloon; "
+          f"3/4 of RAM filled), {where}, {os.cpu_count()} CPUs; {args.n} restores of one full snapshot")
+    print(f"{'':6} {'size':>8} {'snapshot ms':>12} {'on disk':>10} {'restore ms median':>18} "
+          f"{'p90':>9} {'min':>9} {'max':>9}")
+    for (name, mib), r in results.items():
+        t = sorted(r["restore"])
+        p90 = t[min(len(t) - 1, (len(t) * 9 + 9) // 10 - 1)]
+        print(f"{name:6} {str(mib) + ' MiB':>8} {r['snapshot']:12.1f} {fmt_size(r['size']):>10} "
+              f"{statistics.median(t):18.2f} {p90:9.2f} {t[0]:9.2f} {t[-1]:9.2f}")
+    for mib in sizes:
+        if ("qemu", mib) in results:
+            ours = statistics.median(results[("vmm", mib)]["restore"])
+            peer = statistics.median(results[("qemu", mib)]["restore"])
+            print(f"restore ratio vmm/qemu at {mib} MiB: {ours / peer:.3f}")
+    return 0
+
+
 def on_term(signum, frame):
     raise SystemExit(f"lifecycle.py: killed by signal {signum}")
 
@@ -437,7 +727,8 @@ def main():
     global TIMEOUT
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=10, help="runs per VMM and size")
-    parser.add_argument("--sizes", default="128,1024", help="guest sizes in MiB, comma-separated")
+    parser.add_argument("--sizes", default=None, help="guest sizes in MiB, comma-separated "
+                        "(default 128,1024; with --linux 1024)")
     parser.add_argument("--vmm", default=os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--no-qemu", action="store_true", help="measure this VMM only")
@@ -447,9 +738,17 @@ def main():
     parser.add_argument("--timeout", type=float, default=TIMEOUT,
                         help="seconds before any one step counts as hung and the run fails "
                              "(upper bound, default %(default).0f)")
+    parser.add_argument("--linux", action="store_true",
+                        help="restore a Linux guest with every virtio device (this VMM only)")
+    parser.add_argument("--strace", action="store_true",
+                        help="with --linux: trace one more restore and say where its time went")
     args = parser.parse_args()
     TIMEOUT = args.timeout
-    sizes = [int(s) for s in args.sizes.split(",") if s]
+    args.sizes_given = args.sizes is not None
+    if args.linux:
+        signal.signal(signal.SIGTERM, on_term)
+        return main_linux(args)
+    sizes = [int(s) for s in (args.sizes or "128,1024").split(",") if s]
     kernel = os.path.join(guest_dir(), "tiny-pvh.elf")
     if not os.path.exists(kernel):
         sys.exit(f"lifecycle.py: {kernel} not found (set VMM_GUEST_DIR)")

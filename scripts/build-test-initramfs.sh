@@ -4,7 +4,7 @@
 # second gzip'd newc cpio archive with
 #   /bin/vsock-tool, /bin/blkio              scripts/guest/{vsock-tool,blkio}.c, gcc -static -O2
 #   /tests/{vsockio,nettcp,blkbench,netbench,blkwrite,balloon,diskwrite,busy-gated,count-gated,
-#   ratelimit,hotdisk,poweroff-acpi,powerbutton,diskbench,discard}
+#   ratelimit,hotdisk,poweroff-acpi,powerbutton,diskbench,discard,verityread,fillmem}
 #   and /tests/gate.sh (their gate helper)  scripts/guest/tests/*
 # The kernel unpacks concatenated archives in order (later files win), so the shared /init and
 # /tests/* stay as they are and gain these. Rebuilds only when an input (or VMM_GUEST_DIR)
@@ -19,7 +19,7 @@ OUT_DIR="$ROOT/target/test-guest"
 OUT="$OUT_DIR/initramfs.cpio.gz"
 BASE="$GUEST_DIR/initramfs.cpio.gz"
 TOOLS=(vsock-tool blkio)
-TESTS=(vsockio nettcp blkbench netbench blkwrite balloon diskwrite busy-gated count-gated ratelimit hotdisk poweroff-acpi powerbutton diskbench discard verityread gate.sh)
+TESTS=(fillmem vsockio nettcp blkbench netbench blkwrite balloon diskwrite busy-gated count-gated ratelimit hotdisk poweroff-acpi powerbutton diskbench discard verityread gate.sh)
 
 force=0
 case "${1:-}" in
