@@ -499,15 +499,29 @@ fn terminate(child: &mut Child) -> Option<ExitStatus> {
         return Some(status);
     }
     signal(child.id(), libc::SIGTERM);
-    let deadline = Instant::now() + TERM_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if let Some(status) = wait_for_exit(child, TERM_TIMEOUT, || false) {
+        return Some(status);
     }
     let _ = child.kill();
     child.wait().ok()
+}
+
+/// Waits up to `within` for `child` to exit, or until `cut_short` says to stop waiting; its
+/// exit status if it exited.
+fn wait_for_exit(
+    child: &mut Child,
+    within: Duration,
+    cut_short: impl Fn() -> bool,
+) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline && !cut_short() {
+        match child.try_wait() {
+            Ok(None) => std::thread::sleep(EXIT_POLL),
+            Ok(Some(status)) => return Some(status),
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// A file name made of the job's name (letters, digits, `-`, `_`, `.` kept).
@@ -683,17 +697,10 @@ impl WorkerState {
             _ => false,
         };
         let asked_at = Instant::now();
-        let mut ended = None;
-        while asked && asked_at.elapsed() < self.grace && !self.stop.hurried() {
-            match child.try_wait() {
-                Ok(None) => std::thread::sleep(EXIT_POLL),
-                Ok(Some(status)) => {
-                    ended = Some(status);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+        let stop = &self.stop;
+        let ended = asked
+            .then(|| wait_for_exit(&mut child, self.grace, || stop.hurried()))
+            .flatten();
         let line = match ended {
             Some(status) if status.success() => format!(
                 "the guest shut down when asked ({} ms)",
@@ -1226,9 +1233,8 @@ impl Runner<'_> {
         self.log(&format!("stopped {name}: {how}"));
     }
 
-    /// Ends every worker (each stops its VMM the way [`WorkerState::stop_vmm`] says) and
-    /// takes in their last reports, so that the report says how each stopped job ended.
-    fn wind_down(&mut self) {
+    /// Stops every worker and waits for each to have ended its VMM.
+    fn stop_and_join_workers(&mut self) {
         for slot in 0..self.slots.len() {
             self.stop_worker(slot);
         }
@@ -1237,6 +1243,12 @@ impl Runner<'_> {
                 let _ = thread.join();
             }
         }
+    }
+
+    /// Ends every worker (each stops its VMM the way [`WorkerState::stop_vmm`] says) and
+    /// takes in their last reports, so that the report says how each stopped job ended.
+    fn wind_down(&mut self) {
+        self.stop_and_join_workers();
         while let Ok(Message::Worker(event)) = self.events.try_recv() {
             if let Effect::Stopped(how) = event.effect {
                 self.stopped(event.slot, &how);
@@ -1570,19 +1582,8 @@ impl Runner<'_> {
 
 impl Drop for Runner<'_> {
     fn drop(&mut self) {
-        // Never leave VMMs behind, whatever ended the run.
-        for s in self.slots.iter_mut() {
-            s.held.clear();
-            if let Some(worker) = s.worker.as_mut() {
-                worker.cancel.store(true, Ordering::Relaxed);
-                worker.tx = None;
-            }
-        }
-        for s in self.slots.iter_mut() {
-            if let Some(thread) = s.worker.as_mut().and_then(|w| w.thread.take()) {
-                let _ = thread.join();
-            }
-        }
+        // Never leave VMMs behind, whatever ended the run (after wind_down: nothing left).
+        self.stop_and_join_workers();
     }
 }
 
